@@ -1,0 +1,1 @@
+"""popscore: a streaming real-time popularity scorer."""

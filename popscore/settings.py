@@ -1,0 +1,91 @@
+"""The one typed settings object of popscore.
+
+Every tunable lives here and is read from the environment (prefix ``POPSCORE_``, nested fields joined
+with ``__``, e.g. ``POPSCORE_KAFKA__BOOTSTRAP_SERVERS``) or set by the CLI; nothing else reads env vars.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+COUNTER_NAMES: tuple[str, ...] = ("views", "likes", "comments", "shares", "favorites")
+"""The counters kept in a post's sequence, in storage order. Other counters are validated, not stored."""
+
+
+class TopicSettings(BaseModel):
+    posts: str = "posts"
+    snapshots: str = "snapshots"
+    predictions: str = "predictions"
+    deadletter: str = "deadletter"
+    partitions: int = Field(4, ge=1, le=1024)
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topics: TopicSettings = TopicSettings()
+
+
+class RedisSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "ps:"
+
+
+class TritonSettings(BaseModel):
+    http_url: str = "127.0.0.1:8000"
+    grpc_url: str = "127.0.0.1:8001"
+
+
+class WorkerSettings(BaseModel):
+    app_id: str = "popscore"
+    web_port: int = 6066
+    metrics_port: int = 9464
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    batch_within_s: float = Field(0.05, gt=0, le=10)
+
+
+class LimitSettings(BaseModel):
+    """Operational caps at the input boundary. Field-level caps (id, text and list lengths) are part of
+    the public contract and live in ``popscore.contract`` so the JSON Schemas publish them."""
+
+    max_record_bytes: int = Field(1_048_576, ge=1_024)
+    max_future_skew_s: int = Field(24 * 3600, ge=0)
+
+
+class ScoreSettings(BaseModel):
+    """Popularity score = weighted sum of counters; the MTAF paper's weights are the default."""
+
+    default_weights: dict[str, float] = {"favorites": 0.2, "comments": 0.3, "shares": 0.5}
+    platform_weights: dict[str, dict[str, float]] = {
+        "hackernews": {"likes": 1.0},
+        "reddit": {"likes": 1.0},
+        "youtube": {"views": 1.0},
+    }
+    horizon_s: int = 7 * 24 * 3600
+
+    def weights_for(self, platform: str) -> dict[str, float]:
+        return self.platform_weights.get(platform, self.default_weights)
+
+
+class StackSettings(BaseModel):
+    """The embedded stack started by ``popscore up``."""
+
+    run_dir: Path = Path(".popscore/run")
+    model_repo: Path = Path("model_repo")
+    host: str = "127.0.0.1"
+    start_timeout_s: float = 120.0
+    stop_timeout_s: float = 20.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POPSCORE_", env_nested_delimiter="__", extra="forbid")
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    triton: TritonSettings = TritonSettings()
+    worker: WorkerSettings = WorkerSettings()
+    limits: LimitSettings = LimitSettings()
+    score: ScoreSettings = ScoreSettings()
+    stack: StackSettings = StackSettings()
