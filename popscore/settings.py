@@ -44,6 +44,10 @@ class WorkerSettings(BaseModel):
     metrics_port: int = 9464
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_within_s: float = Field(0.05, gt=0, le=10)
+    # Tansu holds a group join for half the rebalance timeout; short timeouts make (re)joins quick.
+    rebalance_timeout_s: float = Field(6.0, gt=0)
+    session_timeout_s: float = Field(10.0, gt=0)
+    heartbeat_interval_s: float = Field(1.0, gt=0)
 
 
 class LimitSettings(BaseModel):

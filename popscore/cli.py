@@ -1,0 +1,164 @@
+"""The ``popscore`` command: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from popscore.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings()
+    if getattr(args, "run_dir", None):
+        settings.stack.run_dir = Path(args.run_dir)
+    if getattr(args, "model_repo", None):
+        settings.stack.model_repo = Path(args.model_repo)
+    return settings
+
+
+def _print(message: str) -> None:
+    print(f"[popscore] {message}", flush=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from popscore.stack.stack import EmbeddedStack
+
+    stack = EmbeddedStack(_settings(args), fixed_ports=_fixed_ports(args), log=_print)
+    state = stack.start(with_worker=not args.no_worker)
+    _print(f"stack running; logs and state under {state.run_dir}")
+    for name, url in state.endpoints_obj().as_dict().items():
+        _print(f"  {name:16} {url}")
+    if args.detach:
+        _print("detached; stop it with `popscore down`")
+        return 0
+    _print("press Ctrl-C to stop")
+    stopping = False
+
+    def _stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stopping:
+            time.sleep(0.5)
+            dead = [n for n, c in stack.status()["components"].items() if not c["alive"]]
+            if dead:
+                _print(f"component(s) exited: {', '.join(dead)}; see the logs in {state.run_dir}/logs")
+                return 1
+    finally:
+        _print("stopping the stack ...")
+        stack.stop()
+        _print("stopped")
+    return 0
+
+
+def _fixed_ports(args: argparse.Namespace) -> dict[str, int]:
+    return {name: port for name, port in (("broker_port", args.broker_port), ("redis_port", args.redis_port))
+            if port}
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from popscore.stack.stack import EmbeddedStack
+
+    EmbeddedStack(_settings(args)).stop()
+    _print("stack stopped")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from popscore.stack.stack import EmbeddedStack
+
+    status = EmbeddedStack(_settings(args)).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        if not status["components"]:
+            _print(f"no stack running from {status['run_dir']}")
+        for name, url in status.get("endpoints", {}).items():
+            print(f"{name:16} {url}")
+        for name, c in status["components"].items():
+            print(f"{name:8} pid {c['pid']:<8} {'healthy' if c['healthy'] else 'ALIVE, NOT HEALTHY' if c['alive'] else 'DOWN'}")
+    return 0 if status["running"] else 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from faust import Worker
+
+    from popscore.stream.app import create_app
+
+    settings = _settings(args)
+    app = create_app(settings)
+    Worker(app, loglevel=args.loglevel).execute_from_commandline()
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from popscore.contract import json_schemas
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        path = out / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        _print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from popscore.demo import run_demo
+
+    return run_demo(_settings(args), log=_print)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="popscore", description=__doc__)
+    parser.add_argument("--run-dir", help="where the embedded stack keeps logs and state (default .popscore/run)")
+    parser.add_argument("--model-repo", help="Triton model repository (default model_repo/)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the embedded stack: broker, Redis, Triton and the worker")
+    up.add_argument("--detach", action="store_true", help="return once everything is healthy")
+    up.add_argument("--no-worker", action="store_true", help="start the infrastructure only")
+    up.add_argument("--broker-port", type=int, help="fixed broker port (default: a free one)")
+    up.add_argument("--redis-port", type=int, help="fixed Redis port (default: a free one)")
+    up.set_defaults(func=cmd_up)
+
+    sub.add_parser("down", help="stop a (detached) embedded stack").set_defaults(func=cmd_down)
+
+    status = sub.add_parser("status", help="endpoints and health of the embedded stack")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    worker = sub.add_parser("worker", help="run the Faust stream worker (configured from POPSCORE_* env)")
+    worker.add_argument("--loglevel", default="info")
+    worker.set_defaults(func=cmd_worker)
+
+    schema = sub.add_parser("schema", help="write the JSON Schemas of the v1 event contract")
+    schema.add_argument("--out", default="schemas")
+    schema.set_defaults(func=cmd_schema)
+
+    sub.add_parser("demo", help="the main job: start the embedded stack, feed it the built-in sample, "
+                                "show what it stored, stop").set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from popscore.stack.process import StackError
+
+    try:
+        return args.func(args)
+    except StackError as exc:
+        print(f"popscore: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

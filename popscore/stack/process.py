@@ -1,0 +1,143 @@
+"""Child processes of the embedded stack: started in their own session, logged to a file, stopped for sure.
+
+Each component runs in its own process group so that stopping it also stops whatever it spawned
+(Triton's Python-backend stubs, for instance), and so that a detached stack survives the shell that
+started it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class StackError(RuntimeError):
+    """A component could not be started or checked; the message says what to do about it."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def ensure_port_free(host: str, port: int, owner: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise StackError(f"{owner}: port {host}:{port} is already taken ({exc.strerror}); "
+                             f"free it or choose another port") from None
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_executable(path: Path | str, component: str, hint: str) -> str:
+    path = str(path)
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise StackError(f"{component}: executable {path} not found; {hint}")
+    return path
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    pid: int
+    log_path: Path
+
+    @classmethod
+    def spawn(cls, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> "ManagedProcess":
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, cwd=cwd, start_new_session=True,
+            )
+        return cls(name=name, pid=proc.pid, log_path=log_path)
+
+    def alive(self) -> bool:
+        return pid_alive(self.pid)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float) -> None:
+        stop_group(self.pid, timeout_s)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child counts as gone: reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return _not_zombie(pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return any(_not_zombie(int(p)) for p in _group_members(pgid))
+
+
+def _group_members(pgid: int) -> list[str]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid:
+                    members.append(entry)
+            except (OSError, IndexError, ValueError):
+                continue
+    return members
+
+
+def stop_group(pgid: int, timeout_s: float) -> None:
+    """SIGTERM the whole process group, then SIGKILL what is left after ``timeout_s``."""
+    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            pid_alive(pgid)  # reaps our own child when it has exited
+            if not group_alive(pgid):
+                return
+            time.sleep(0.1)

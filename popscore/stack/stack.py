@@ -1,0 +1,194 @@
+"""The embedded stack: broker, Redis, Triton and the Faust worker, started on free local ports.
+
+``popscore up``, ``down`` and ``status`` and the test fixtures all go through ``EmbeddedStack``. Its
+state (endpoints, process ids, log files) is written to ``<run_dir>/stack.json`` so that a detached
+stack can be inspected and stopped from another shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from popscore.settings import Settings
+from popscore.stack import components as c
+from popscore.stack.process import ManagedProcess, StackError, ensure_port_free, free_port, stop_group
+
+STATE_FILE = "stack.json"
+COMPONENTS = ("broker", "redis", "triton", "worker")
+
+
+@dataclass
+class StackState:
+    run_dir: str
+    endpoints: dict[str, int | str]
+    processes: dict[str, dict[str, str | int]] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
+
+    def endpoints_obj(self) -> c.Endpoints:
+        return c.Endpoints(**self.endpoints)  # type: ignore[arg-type]
+
+    def save(self) -> None:
+        path = Path(self.run_dir) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "StackState | None":
+        path = run_dir / STATE_FILE
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+HEALTH: dict[str, Callable[[c.Endpoints], bool]] = {
+    "broker": c.broker_healthy,
+    "redis": c.redis_healthy,
+    "triton": c.triton_healthy,
+    "worker": c.worker_healthy,
+}
+
+
+def allocate_endpoints(host: str, fixed: dict[str, int] | None = None) -> c.Endpoints:
+    """Free ports for every service; a port given explicitly must be free or we fail fast."""
+    fixed = fixed or {}
+    ports: dict[str, int] = {}
+    for name in ("broker_port", "redis_port", "triton_http_port", "triton_grpc_port", "triton_metrics_port",
+                 "worker_web_port", "worker_metrics_port"):
+        if fixed.get(name):
+            ensure_port_free(host, fixed[name], name.removesuffix("_port"))
+            ports[name] = fixed[name]
+        else:
+            port = free_port(host)
+            while port in ports.values():
+                port = free_port(host)
+            ports[name] = port
+    return c.Endpoints(host=host, **ports)
+
+
+def worker_settings_env(settings: Settings, endpoints: c.Endpoints, run_dir: Path) -> dict[str, str]:
+    """The worker reads the same Settings; the stack only points it at the embedded services."""
+    env = dict(os.environ)
+    env.update({
+        "POPSCORE_KAFKA__BOOTSTRAP_SERVERS": endpoints.broker_bootstrap,
+        "POPSCORE_REDIS__URL": endpoints.redis_url,
+        "POPSCORE_TRITON__HTTP_URL": f"{endpoints.host}:{endpoints.triton_http_port}",
+        "POPSCORE_TRITON__GRPC_URL": f"{endpoints.host}:{endpoints.triton_grpc_port}",
+        "POPSCORE_WORKER__WEB_PORT": str(endpoints.worker_web_port),
+        "POPSCORE_WORKER__METRICS_PORT": str(endpoints.worker_metrics_port),
+        "POPSCORE_STACK__RUN_DIR": str(run_dir),
+        "POPSCORE_STACK__MODEL_REPO": str(settings.stack.model_repo.resolve()),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+class EmbeddedStack:
+    def __init__(self, settings: Settings, fixed_ports: dict[str, int] | None = None,
+                 log: Callable[[str], None] = lambda _: None) -> None:
+        self.settings = settings
+        self.run_dir = settings.stack.run_dir.resolve()
+        self.fixed_ports = fixed_ports
+        self.log = log
+        self.state: StackState | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self, with_worker: bool = True) -> StackState:
+        existing = StackState.load(self.run_dir)
+        if existing and any(_alive(p) for p in existing.processes.values()):
+            raise StackError(f"a stack is already running from {self.run_dir}; run `popscore down` first")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        endpoints = allocate_endpoints(self.settings.stack.host, self.fixed_ports)
+        self.state = StackState(run_dir=str(self.run_dir), endpoints=asdict(endpoints))
+        try:
+            self._start_infrastructure(endpoints)
+            if with_worker:
+                self._spawn("worker", c.worker_argv(),
+                            env=worker_settings_env(self.settings, endpoints, self.run_dir))
+                self._wait_healthy("worker", endpoints)
+        except BaseException:
+            self.stop()
+            raise
+        return self.state
+
+    def _start_infrastructure(self, endpoints: c.Endpoints) -> None:
+        from popscore.serving.model_repository import build_python_backend_repository
+
+        models = build_python_backend_repository(self.settings.stack.model_repo.resolve(),
+                                                 self.run_dir / "triton_repository")
+        self.state.models = [m.name for m in models if m.versions]
+        backends = c.prepare_triton_backends(self.run_dir)
+        self._spawn("broker", c.broker_argv(endpoints))
+        self._spawn("redis", c.redis_argv(endpoints, self.run_dir / "redis"))
+        self._spawn("triton", c.triton_argv(endpoints, self.run_dir / "triton_repository", backends,
+                                            self.state.models), env=c.triton_env())
+        for name in ("broker", "redis", "triton"):
+            self._wait_healthy(name, endpoints)
+        topics = self.settings.kafka.topics
+        c.create_topics(endpoints, [topics.posts, topics.snapshots, topics.predictions, topics.deadletter],
+                        topics.partitions)
+        self.log(f"topics ready: {topics.posts}, {topics.snapshots}, {topics.predictions}, "
+                 f"{topics.deadletter} ({topics.partitions} partitions)")
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        process = ManagedProcess.spawn(name, argv, self.run_dir / "logs" / f"{name}.log", env=env,
+                                       cwd=self.run_dir)
+        self.state.processes[name] = {"pid": process.pid, "log": str(process.log_path)}
+        self.state.save()
+
+    def _wait_healthy(self, name: str, endpoints: c.Endpoints) -> None:
+        info = self.state.processes[name]
+        process = ManagedProcess(name, int(info["pid"]), Path(str(info["log"])))
+        deadline = time.monotonic() + self.settings.stack.start_timeout_s
+        while time.monotonic() < deadline:
+            if not process.alive():
+                raise StackError(f"{name} exited during start-up; last lines of {process.log_path}:\n"
+                                 f"{process.log_tail()}")
+            if HEALTH[name](endpoints):
+                self.log(f"{name} healthy (pid {process.pid})")
+                return
+            time.sleep(0.25)
+        raise StackError(f"{name} not healthy after {self.settings.stack.start_timeout_s:.0f}s; "
+                         f"last lines of {process.log_path}:\n{process.log_tail()}")
+
+    def stop(self) -> None:
+        state = self.state or StackState.load(self.run_dir)
+        if state is None:
+            return
+        for name in reversed(COMPONENTS):  # the worker first, so it can commit and leave the group
+            info = state.processes.get(name)
+            if info:
+                stop_group(int(info["pid"]), self.settings.stack.stop_timeout_s)
+        state.processes.clear()
+        state.save()
+
+    # --- inspection ------------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        state = self.state or StackState.load(self.run_dir)
+        if state is None:
+            return {"running": False, "run_dir": str(self.run_dir), "components": {}}
+        endpoints = state.endpoints_obj()
+        components = {}
+        for name in COMPONENTS:
+            info = state.processes.get(name)
+            if info is None:
+                continue
+            alive = _alive(info)
+            components[name] = {"pid": info["pid"], "alive": alive, "healthy": alive and HEALTH[name](endpoints),
+                                "log": info["log"]}
+        return {"running": bool(components) and all(v["alive"] for v in components.values()),
+                "run_dir": state.run_dir, "endpoints": endpoints.as_dict(), "models": state.models,
+                "components": components}
+
+
+def _alive(info: dict) -> bool:
+    from popscore.stack.process import group_alive
+
+    return group_alive(int(info["pid"]))

@@ -1,0 +1,44 @@
+"""Triton Python-backend model that serves an ONNX file through ONNX Runtime.
+
+The embedded tritonserver has only the Python backend, so ``popscore up`` copies this file next to
+each ONNX version as ``model.py``. All requests of one ``execute`` call are concatenated into one
+ONNX Runtime run (the point of dynamic batching) and the outputs split back per request.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ.get("POPSCORE_ORT_THREADS", "1"))
+        self.session = ort.InferenceSession(
+            os.path.join(version_dir, "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [i["name"] for i in config["input"]]
+        self.output_names = [o["name"] for o in config["output"]]
+
+    def execute(self, requests):
+        per_request = [
+            {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.input_names}
+            for r in requests
+        ]
+        sizes = [len(inputs[self.input_names[0]]) for inputs in per_request]
+        batch = {name: np.concatenate([inputs[name] for inputs in per_request]) for name in self.input_names}
+        outputs = self.session.run(self.output_names, batch)
+        responses, start = [], 0
+        for size in sizes:
+            tensors = [
+                pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + size]))
+                for name, out in zip(self.output_names, outputs)
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start += size
+        return responses

@@ -1,0 +1,153 @@
+"""Each post's early-popularity sequence in Redis: compact, idempotent, out-of-order safe, batched.
+
+A sequence is one Redis string: a version byte, then fixed-width records sorted by time. A record is
+``observed_at`` (uint32, big-endian, so byte order is time order) followed by one float64 per counter of
+``COUNTER_NAMES`` (NaN where the platform lacks the counter; float64 is exact below 2**53, the contract's
+cap). A Lua script merges new records into place atomically: a record already present is a no-op
+(redelivery changes nothing), an older one is inserted in order, a different record at the same time
+replaces the old one and is reported as a correction. The script returns the merged sequence so that
+features are computed from exactly what is stored, in the same round trip. Post metadata (created_at,
+platform, ...) lives in a small hash beside it. Both expire ``ttl_s`` after their last update.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis.asyncio as redis
+
+from popscore.contract import Post, Snapshot
+from popscore.settings import COUNTER_NAMES
+
+FORMAT_VERSION = b"\x01"
+RECORD = struct.Struct(">I" + "d" * len(COUNTER_NAMES))
+RECORD_DTYPE = np.dtype([("t", ">u4")] + [(name, ">f8") for name in COUNTER_NAMES])
+
+APPENDED, DUPLICATE, CORRECTED, OUT_OF_ORDER = 1, 0, 2, 3
+
+# KEYS[1] sequence, KEYS[2] post metadata; ARGV: header, record width, ttl seconds, records...
+MERGE_SCRIPT = """
+local key, meta_key = KEYS[1], KEYS[2]
+local header, width, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local hlen = #header
+local seq = redis.call('GET', key) or header
+local statuses = {}
+for i = 4, #ARGV do
+  local rec = ARGV[i]
+  local t = string.sub(rec, 1, 4)
+  local n = (#seq - hlen) / width
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local off = hlen + mid * width
+    if string.sub(seq, off + 1, off + 4) < t then lo = mid + 1 else hi = mid end
+  end
+  local off = hlen + lo * width
+  if lo < n and string.sub(seq, off + 1, off + 4) == t then
+    if string.sub(seq, off + 1, off + width) == rec then
+      statuses[#statuses + 1] = 0
+    else
+      seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + width + 1)
+      statuses[#statuses + 1] = 2
+    end
+  else
+    seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + 1)
+    statuses[#statuses + 1] = (lo < n) and 3 or 1
+  end
+end
+redis.call('SET', key, seq, 'EX', ttl)
+redis.call('EXPIRE', meta_key, ttl)
+return {statuses, seq, redis.call('HGETALL', meta_key)}
+"""
+
+
+def encode_snapshot(snapshot: Snapshot) -> bytes:
+    counts = snapshot.counts
+    values = [getattr(counts, name) for name in COUNTER_NAMES]
+    return RECORD.pack(int(snapshot.observed_at.timestamp()),
+                       *(float("nan") if v is None else float(v) for v in values))
+
+
+def decode_sequence(blob: bytes) -> np.ndarray:
+    """Stored bytes -> float64 array [n, 1 + len(COUNTER_NAMES)]: observed_at epoch seconds, counters."""
+    if not blob:
+        return np.zeros((0, 1 + len(COUNTER_NAMES)))
+    if blob[:1] != FORMAT_VERSION:
+        raise ValueError(f"unknown sequence format version {blob[:1]!r}")
+    records = np.frombuffer(blob, dtype=RECORD_DTYPE, offset=1)
+    return np.stack([records[name].astype(np.float64) for name in RECORD_DTYPE.names], axis=1)
+
+
+def count_decreases(sequence: np.ndarray) -> int:
+    """Steps where a counter went down: kept as observed (never hidden), but counted."""
+    if len(sequence) < 2:
+        return 0
+    diffs = np.diff(sequence[:, 1:], axis=0)
+    return int(np.sum(np.nan_to_num(diffs, nan=0.0) < 0))
+
+
+@dataclass
+class SequenceUpdate:
+    post_id: str
+    sequence: np.ndarray
+    post: dict[str, str]
+    statuses: list[int] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return any(s != DUPLICATE for s in self.statuses)
+
+
+class SnapshotSequenceStore:
+    def __init__(self, client: redis.Redis, key_prefix: str, ttl_s: int) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self.ttl_s = ttl_s
+        self._merge = client.register_script(MERGE_SCRIPT)
+
+    def sequence_key(self, post_id: str) -> str:
+        return f"{self.key_prefix}seq:{post_id}"
+
+    def post_key(self, post_id: str) -> str:
+        return f"{self.key_prefix}post:{post_id}"
+
+    async def merge(self, snapshots: list[Snapshot]) -> list[SequenceUpdate]:
+        """Merge a micro-batch: one script call per post, all in one pipelined round trip."""
+        by_post: dict[str, list[bytes]] = defaultdict(list)
+        for snapshot in snapshots:
+            by_post[snapshot.post_id].append(encode_snapshot(snapshot))
+        if not by_post:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for post_id, records in by_post.items():
+                await self._merge(keys=[self.sequence_key(post_id), self.post_key(post_id)],
+                                  args=[FORMAT_VERSION, RECORD.size, self.ttl_s, *records], client=pipe)
+            results = await pipe.execute()
+        updates = []
+        for post_id, (statuses, blob, meta) in zip(by_post, results):
+            post = {_text(meta[i]): _text(meta[i + 1]) for i in range(0, len(meta), 2)}
+            updates.append(SequenceUpdate(post_id, decode_sequence(blob), post, [int(s) for s in statuses]))
+        return updates
+
+    async def put_posts(self, posts: list[Post]) -> None:
+        """Keep what the temporal features need from the post event (its age, platform, category)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for post in posts:
+                key = self.post_key(post.post_id)
+                fields = {"created_at": str(int(post.created_at.timestamp())), "platform": post.platform}
+                category = post.attributes.get("category")
+                if category is not None:
+                    fields["category"] = str(category)
+                pipe.hset(key, mapping=fields)
+                pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
+    async def get(self, post_id: str) -> np.ndarray:
+        return decode_sequence(await self.client.get(self.sequence_key(post_id)) or b"")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

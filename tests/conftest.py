@@ -1,0 +1,55 @@
+"""Shared fixtures. The integration fixtures start the embedded stack through the same code as `popscore up`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("POPSCORE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data sets; tests that need them skip cleanly where the folder is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not available at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory):
+    from popscore.settings import Settings
+
+    settings = Settings()
+    settings.stack.run_dir = tmp_path_factory.mktemp("stack")
+    settings.stack.model_repo = REPO / "model_repo"
+    return settings
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(stack_settings):
+    """Broker, Redis, Triton and the worker, running for the whole test session."""
+    from popscore.stack.stack import EmbeddedStack
+
+    stack = EmbeddedStack(stack_settings)
+    state = stack.start(with_worker=True)
+    yield state
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def endpoints(embedded_stack):
+    return embedded_stack.endpoints_obj()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(endpoints) -> str:
+    return endpoints.broker_bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url(endpoints) -> str:
+    return endpoints.redis_url

@@ -1,0 +1,72 @@
+"""N valid and M invalid records through the running worker: N sequences in Redis, M dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+
+import pytest
+import redis
+
+from popscore.contract import DeadLetter
+from popscore.stream.sequence_store import decode_sequence
+from tests.integration.kafka_io import consume_until, produce
+
+pytestmark = pytest.mark.integration
+
+
+def snapshot(post_id: str, minute: int, likes: int) -> bytes:
+    return json.dumps({"schema": "snapshot.v1", "post_id": post_id,
+                       "observed_at": f"2024-05-01T10:{minute:02d}:00Z", "counts": {"likes": likes}}).encode()
+
+
+def invalid_records(prefix: str) -> list[tuple[bytes, bytes, str]]:
+    """(key, value, expected reason) for a catalogue of bad input."""
+    return [
+        (f"{prefix}-bad0".encode(), b"\xff not utf-8", "not_utf8"),
+        (f"{prefix}-bad1".encode(), b"{broken json", "not_json"),
+        (f"{prefix}-bad2".encode(), b"[]", "not_an_object"),
+        (f"{prefix}-bad3".encode(), json.dumps({"schema": "snapshot.v9"}).encode(), "unknown_schema"),
+        (f"{prefix}-bad4".encode(), snapshot(f"{prefix}-bad4", 1, -5), "invalid"),
+        (f"{prefix}-bad5".encode(), snapshot(f"{prefix}-other", 1, 5), "key_mismatch"),
+        (f"{prefix}-bad6".encode(), json.dumps({"schema": "post.v1", "post_id": "x", "platform": "x",
+                                                "created_at": "2024-05-01T10:00:00Z"}).encode(), "wrong_topic"),
+    ]
+
+
+def test_valid_snapshots_update_sequences_and_invalid_ones_reach_the_dead_letters(stack_settings, kafka_bootstrap,
+                                                                                   redis_url):
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    n_posts, per_post = 40, 3
+    valid = [(f"{prefix}-{i}".encode(), snapshot(f"{prefix}-{i}", minute, likes=minute * (i + 1)))
+             for i in range(n_posts) for minute in range(per_post)]
+    bad = invalid_records(prefix)
+    records = valid + [(key, value) for key, value, _ in bad]
+    # Interleave the bad ones with the good ones: one bad record must not stall or lose its neighbours.
+    records = [records[i] for i in sorted(range(len(records)), key=lambda i: (i * 7919) % len(records))]
+    topics = stack_settings.kafka.topics
+    asyncio.run(produce(kafka_bootstrap, topics.snapshots, records))
+
+    letters = asyncio.run(consume_until(
+        kafka_bootstrap, topics.deadletter,
+        lambda ms: sum(m.key.decode().startswith(prefix) for m in ms if m.key) >= len(bad)))
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(client.keys(f"ps:seq:{prefix}-*")) < n_posts:
+        time.sleep(0.2)
+    time.sleep(1.0)  # anything extra (a duplicate, a stray key) would show up by now
+
+    mine = [DeadLetter.model_validate_json(m.value) for m in letters if m.key and m.key.decode().startswith(prefix)]
+    assert sorted(letter.reason.value for letter in mine) == sorted(reason for _, _, reason in bad)
+    originals = {base64.b64decode(letter.value_b64) for letter in mine}
+    assert originals == {value for _, value, _ in bad}
+    assert all(letter.topic == topics.snapshots and letter.detail for letter in mine)
+
+    keys = sorted(k.decode() for k in client.keys(f"ps:seq:{prefix}-*"))
+    assert keys == sorted(f"ps:seq:{prefix}-{i}" for i in range(n_posts))
+    for i in range(n_posts):
+        seq = decode_sequence(client.get(f"ps:seq:{prefix}-{i}"))
+        assert seq[:, 2].tolist() == [minute * (i + 1) for minute in range(per_post)]  # likes, in time order

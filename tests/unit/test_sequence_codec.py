@@ -1,0 +1,45 @@
+"""The sequence record codec and decrease counting (pure functions; the Redis side is integration-tested)."""
+
+import math
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from popscore.contract import Counts, Snapshot
+from popscore.settings import COUNTER_NAMES
+from popscore.stream.sequence_store import FORMAT_VERSION, RECORD, count_decreases, decode_sequence, \
+    encode_snapshot
+
+
+def snap(ts: int, **counts) -> Snapshot:
+    return Snapshot(post_id="p1", observed_at=datetime.fromtimestamp(ts, timezone.utc), counts=Counts(**counts))
+
+
+def test_records_sort_by_bytes_in_time_order():
+    early, late = encode_snapshot(snap(1_600_000_000, likes=1)), encode_snapshot(snap(1_600_000_001, likes=0))
+    assert early[:4] < late[:4]
+    assert len(early) == RECORD.size == 4 + 8 * len(COUNTER_NAMES)
+
+
+def test_decode_gives_time_and_counters_with_nan_for_missing():
+    blob = FORMAT_VERSION + encode_snapshot(snap(1_600_000_000, likes=3, comments=2**53 - 1)) + \
+        encode_snapshot(snap(1_600_000_060, views=10))
+    seq = decode_sequence(blob)
+    assert seq.shape == (2, 1 + len(COUNTER_NAMES))
+    likes, comments, views = (1 + COUNTER_NAMES.index(n) for n in ("likes", "comments", "views"))
+    assert seq[0, 0] == 1_600_000_000 and seq[0, likes] == 3 and seq[0, comments] == 2**53 - 1
+    assert math.isnan(seq[0, views]) and seq[1, views] == 10 and math.isnan(seq[1, likes])
+
+
+def test_unknown_format_version_is_an_error():
+    with pytest.raises(ValueError, match="format version"):
+        decode_sequence(b"\x09" + encode_snapshot(snap(1_600_000_000, likes=1)))
+
+
+def test_count_decreases_ignores_missing_counters():
+    seq = np.array([[0, np.nan, 5, 1, np.nan, np.nan],
+                    [1, np.nan, 4, 2, np.nan, np.nan],
+                    [2, 10, 6, 1, np.nan, np.nan]])
+    assert count_decreases(seq) == 2
+    assert count_decreases(seq[:1]) == 0
