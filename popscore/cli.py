@@ -111,6 +111,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from popscore.settings import settings_reference
+
+    for env, value, description in settings_reference(_settings(args)):
+        print(f"{env}={value}" + (f"  # {description}" if description and args.describe else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from popscore.demo import run_demo
 
@@ -143,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="write the JSON Schemas of the v1 event contract")
     schema.add_argument("--out", default="schemas")
     schema.set_defaults(func=cmd_schema)
+
+    config = sub.add_parser("config", help="print every setting as the environment variable that sets it")
+    config.add_argument("--describe", action="store_true", help="add each setting's description")
+    config.set_defaults(func=cmd_config)
 
     sub.add_parser("demo", help="the main job: start the embedded stack, feed it the built-in sample, "
                                 "show what it stored, stop").set_defaults(func=cmd_demo)

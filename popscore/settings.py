@@ -6,6 +6,7 @@ with ``__``, e.g. ``POPSCORE_KAFKA__BOOTSTRAP_SERVERS``) or set by the CLI; noth
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -93,3 +94,17 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     score: ScoreSettings = ScoreSettings()
     stack: StackSettings = StackSettings()
+
+
+def settings_reference(model: BaseModel, prefix: str = "POPSCORE_") -> list[tuple[str, str, str]]:
+    """(environment variable, current value, description) for every setting, nested ones flattened."""
+    rows = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        env = f"{prefix}{name.upper()}"
+        if isinstance(value, BaseModel):
+            rows += settings_reference(value, f"{env}__")
+        else:
+            shown = value if isinstance(value, (str, int, float, Path)) else json.dumps(value)
+            rows.append((env, str(shown), info.description or ""))
+    return rows
