@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", help="the main job: start the embedded stack, feed it the built-in sample, "
                                 "show what it stored, stop").set_defaults(func=cmd_demo)
+    from popscore.datacli import add_data_commands
+
+    add_data_commands(sub)
     return parser
 
 

@@ -1,0 +1,142 @@
+"""The data subcommands of ``popscore``: import, inspect, replay, simulate, simulator-fit.
+
+``add_data_commands(subparsers)`` registers them on the main parser (``popscore/cli.py``); each command
+is ``func(args) -> exit code`` like the others. Heavy imports happen inside the commands so that
+``popscore --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+DATASET_NAMES = ("hackernews", "reddit", "youtube-excel-in", "youtube-excel-us", "youtube-v1-us", "youtube-v2-fr",
+                 "youtube-v2-us")
+"""The names in ``popscore.datasets.DATASETS``, listed here so that building the parser needs no pandas."""
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from popscore import datasets, eventfile
+
+    loaded = datasets.load(args.dataset, args.data_dir, limit=args.limit)
+    print(loaded.problems.render(), file=sys.stderr)
+    written = eventfile.write(args.out, _progress(loaded.events(), len(loaded.posts) + loaded.n_snapshots,
+                                                   f"import {args.dataset}", args.quiet))
+    print(f"wrote {written} events ({len(loaded.posts)} posts, {loaded.n_snapshots} snapshots) to {args.out}")
+    if args.report:
+        Path(args.report).write_text(json.dumps(loaded.problems.as_dict(), indent=2) + "\n")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from popscore import eventfile
+
+    summary = eventfile.summarise(args.file)
+    print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.render())
+    return 1 if summary.rejected or summary.out_of_order else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from popscore.replay import ReplayOptions, replay_file
+    from popscore.settings import Settings
+
+    settings = Settings()
+    options = ReplayOptions(
+        speed=args.speed, rate=args.rate, batch=args.batch, batch_max=args.batch_max,
+        create_topics=not args.no_create_topics, progress=not args.quiet,
+    )
+    result = replay_file(Path(args.file), args.bootstrap or settings.kafka.bootstrap_servers,
+                         settings.kafka.topics, options)
+    print(result.render())
+    return 0 if result.complete else 1
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from popscore import eventfile
+    from popscore.simulate import SimulatorParams, simulate
+
+    params = SimulatorParams.load(args.params)
+    events = simulate(params, posts=args.posts, seed=args.seed, rate_per_hour=args.rate_per_hour)
+    written = eventfile.write(args.out, _progress(events, None, "simulate", args.quiet))
+    print(f"wrote {written} events for {args.posts} posts to {args.out}")
+    return 0
+
+
+def cmd_simulator_fit(args: argparse.Namespace) -> int:
+    from popscore.simulate import compare_report, fit_params
+
+    params = fit_params(args.data_dir)
+    params.save(args.params_out)
+    print(f"fitted simulator parameters written to {args.params_out}")
+    if args.docs:
+        table = compare_report(params, Path(args.docs), posts=args.posts, data_dir=args.data_dir)
+        print(table)
+    return 0
+
+
+def _progress(events, total, desc: str, quiet: bool):
+    if quiet:
+        return events
+    from tqdm import tqdm
+
+    return tqdm(events, total=total, desc=desc, unit="ev", mininterval=0.5, file=sys.stderr)
+
+
+def add_data_commands(sub: argparse._SubParsersAction) -> None:
+    """Register import, inspect, replay, simulate and simulator-fit on the ``popscore`` parser."""
+    imp = sub.add_parser("import", help="convert a real data set into a time-ordered event file (JSON Lines)")
+    imp.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    imp.add_argument("--out", required=True, help="event file to write (.jsonl, .jsonl.gz or .jsonl.xz)")
+    imp.add_argument("--data-dir", help="folder of the real data sets (default ../shared/data)")
+    imp.add_argument("--limit", type=int, help="only the earliest N posts")
+    imp.add_argument("--report", help="also write the problem report as JSON here")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(func=cmd_import)
+
+    ins = sub.add_parser("inspect", help="summarise an event file: items, observations per item, span, ranges")
+    ins.add_argument("file")
+    ins.add_argument("--json", action="store_true")
+    ins.set_defaults(func=cmd_inspect)
+
+    rep = sub.add_parser("replay", help="produce an event file to Kafka in event-time order, keyed by post_id")
+    rep.add_argument("file")
+    rep.add_argument("--bootstrap", help="HOST:PORT of the broker (default: settings kafka.bootstrap_servers)")
+    pace = rep.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, help="event time runs this many times faster than real time")
+    pace.add_argument("--rate", type=float, help="at most this many events per second")
+    rep.add_argument("--batch", action="store_true", help="send snapshots as snapshot-batch.v1 per partition")
+    rep.add_argument("--batch-max", type=int, default=1000, help="snapshots per batch envelope at most")
+    rep.add_argument("--no-create-topics", action="store_true", help="fail instead of creating missing topics")
+    rep.add_argument("--quiet", action="store_true", help="no progress bar")
+    rep.set_defaults(func=cmd_replay)
+
+    sim = sub.add_parser("simulate", help="write a synthetic event file fitted to the real data (streaming)")
+    sim.add_argument("--posts", type=int, required=True)
+    sim.add_argument("--out", required=True)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--rate-per-hour", type=float, help="new posts per hour (default: fitted)")
+    sim.add_argument("--params", help="fitted parameter JSON (default: the one shipped in popscore/sample)")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.set_defaults(func=cmd_simulate)
+
+    fit = sub.add_parser("simulator-fit", help="fit the simulator to the real data; optionally plot the fit")
+    fit.add_argument("--data-dir", help="folder of the real data sets (default ../shared/data)")
+    fit.add_argument("--params-out", default=str(Path(__file__).parent / "sample" / "simulator_params.json"))
+    fit.add_argument("--docs", help="write the comparison PNG and quantile table into this folder (e.g. docs)")
+    fit.add_argument("--posts", type=int, default=20000, help="simulated posts to compare with")
+    fit.set_defaults(func=cmd_simulator_fit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m popscore.datacli``) for use before the main CLI wires these in."""
+    parser = argparse.ArgumentParser(prog="popscore-data")
+    add_data_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
