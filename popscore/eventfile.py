@@ -89,12 +89,18 @@ def read(path: Path | str, *, check_order: bool = True) -> Iterator[Post | Snaps
 def read_lines(path: Path | str) -> Iterator[tuple[bytes, Post | Snapshot]]:
     """Yield (raw line bytes, validated event): replay sends the bytes, keyed by the event's post_id."""
     path = Path(path)
+    last: datetime | None = None
     with open_text(path, "r") as lines:
         for line_no, line in enumerate(lines, start=1):
             raw = line.rstrip("\n").encode("utf-8")
             if not raw.strip():
                 continue
-            yield raw, _decode(path, line_no, raw)
+            event = _decode(path, line_no, raw)
+            when = event_time(event)
+            if last is not None and when < last:
+                raise EventFileError(path, line_no, "out_of_order", f"{when.isoformat()} after {last.isoformat()}")
+            last = when
+            yield raw, event
 
 
 def _decoded(path: Path) -> Iterator[Post | Snapshot | EventFileError]:
