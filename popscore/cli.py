@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     from popscore.datacli import add_data_commands
 
     add_data_commands(sub)
+    from popscore.trainer.cli import add_train_commands
+
+    add_train_commands(sub)
     return parser
 
 

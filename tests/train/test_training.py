@@ -1,0 +1,138 @@
+"""Training on small slices of the real HN data, ONNX export parity and the promotion gate.
+
+Skipped cleanly where ../shared/data is absent. Runs in about a minute on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from popscore import features as F  # noqa: E402
+from popscore.trainer import data as D  # noqa: E402
+
+pytestmark = pytest.mark.data
+
+if not (D.shared_data_dir() / D.HN_DIR).exists():
+    pytest.skip("../shared/data (Hacker News) is absent", allow_module_level=True)
+
+SPEC = F.FeatureSpec()
+
+
+@pytest.fixture(scope="module")
+def table():
+    return D.load_hackernews(limit=4000)
+
+
+@pytest.fixture(scope="module")
+def split(table):
+    return D.chronological_split(table, 0.2, 48 * 3600.0)
+
+
+@pytest.fixture(scope="module")
+def examples(table, split):
+    train_idx, test_idx, _ = split
+    tr = D.make_examples(SPEC, table.take(train_idx), SPEC.train_ages_h)
+    te = D.make_examples(SPEC, table.take(test_idx), SPEC.eval_ages_h)
+    return tr, te
+
+
+@pytest.fixture(scope="module")
+def temporal_model(examples):
+    from popscore.trainer.train import TrainConfig, train_mtaf
+
+    tr, te = examples
+    cfg = TrainConfig(epochs=2, progress=False, seed=0)
+    model, history = train_mtaf(cfg, tr, te.subset(te.age_h == 1.0), temporal=True)
+    return model, history
+
+
+def test_split_is_chronological_with_embargo(table, split):
+    train_idx, test_idx, info = split
+    assert len(train_idx) and len(test_idx)
+    assert table.created_at[train_idx].max() < table.created_at[test_idx].min() - 48 * 3600.0
+    assert info["n_test_posts"] == len(test_idx) == round(0.2 * len(table))
+    assert not set(train_idx) & set(test_idx)
+
+
+def test_examples_use_only_the_past(table, examples):
+    tr, _ = examples
+    # the observed score at age t never exceeds the final score, and at age 0 it is the first observation
+    assert np.all(tr.log_now <= tr.target + 1e-6)
+    first = tr.subset(tr.age_h == 0.0)
+    firsts = np.array([np.log1p(table.seqs[i][0, 2]) for i in first.post_index])
+    np.testing.assert_allclose(first.log_now, firsts, rtol=1e-5)
+
+
+def test_baselines_and_temporal_model_learn(examples, temporal_model):
+    from popscore.trainer.baselines import SzaboHuberman
+    from popscore.trainer.train import predict_mtaf
+
+    tr, te = examples
+    model, history = temporal_model
+    sh = SzaboHuberman().fit(tr.age_h, tr.log_now, tr.target)
+    pred_sh = sh.predict(te.age_h, te.log_now)
+    pred = predict_mtaf(model, te, temporal=True)
+    for age in (0.5, 1.0, 2.0):
+        m = te.age_h == age
+        persist = np.abs(te.log_now[m] - te.target[m]).mean()
+        mae_sh = np.abs(pred_sh[m] - te.target[m]).mean()
+        mae_nn = np.abs(pred["log_score"][m] - te.target[m]).mean()
+        assert mae_sh < persist, (age, mae_sh, persist)
+        assert mae_nn < persist, (age, mae_nn, persist)
+    # explanations are distributions over modalities / time steps
+    np.testing.assert_allclose(pred["modality_weights"].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(pred["time_attention"].sum(1), 1.0, atol=1e-5)
+    assert np.all(pred["log_interval"][:, 0] <= pred["log_score"] + 1e-6)
+    assert history[-1]["val_mae"] < 1.5
+
+
+def test_export_parity_config_and_promotion_gate(tmp_path, monkeypatch, examples, temporal_model):
+    from popscore.trainer import export as X
+
+    monkeypatch.setattr(X, "CANDIDATES", tmp_path / "candidates")
+    _, te = examples
+    model, _ = temporal_model
+    repo = tmp_path / "model_repo"
+    kw = dict(spec=SPEC, metrics=[], window={"test_from": 0}, dataset="hackernews", seed=0)
+    info = X.export_and_promote(model, "temporal", te, repo, **kw)
+    assert info["promoted"] and info["version"] == 1
+    assert info["parity_max_abs_diff"] <= 1e-4
+    mdir = repo / "popscore_temporal"
+    meta = json.loads((mdir / "1" / "metadata.json").read_text())
+    assert meta["feature_spec_hash"] == SPEC.hash() and meta["version"] == 1
+    assert meta["inputs"] == [t.name for t in F.TEMPORAL_INPUTS]
+
+    # parity on real inputs, at a batch size other than the export example's (dynamic batch dim)
+    inputs = te.inputs_at(slice(0, 777), True)
+    got = X.onnx_predict(mdir / "1" / "model.onnx", inputs)
+    with torch.no_grad():
+        ref = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    for name in model.output_names():
+        assert got[name].shape[0] == 777
+        assert np.abs(got[name] - ref[name].numpy()).max() <= 1e-4, name
+
+    cfg = (mdir / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in cfg and "dynamic_batching" in cfg
+    assert re.findall(r'name: "([a-z_]+)"', cfg) == ["popscore_temporal"] + [
+        t.name for t in F.TEMPORAL_INPUTS + F.TEMPORAL_OUTPUTS
+    ]
+    assert "TYPE_FP32" in cfg and "TYPE_FP64" not in cfg
+
+    # a worse candidate is rejected, an equally good one is promoted as version 2
+    import copy
+
+    worse = copy.deepcopy(model)
+    with torch.no_grad():
+        worse.head[-1].bias[0] += 1.0
+    info = X.export_and_promote(worse, "temporal", te, repo, **kw)
+    assert not info["promoted"] and info["candidate_mae"] > info["serving_mae"]
+    assert X.versions(mdir) == [1]
+    info = X.export_and_promote(model, "temporal", te, repo, **kw)
+    assert info["promoted"] and X.versions(mdir) == [1, 2]

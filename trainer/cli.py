@@ -1,0 +1,95 @@
+"""``popscore train`` and ``popscore evaluate``: argparse wiring called by popscore/cli.py through
+:func:`add_train_commands`. Also runnable alone: ``python -m popscore.trainer.cli train ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    from popscore.datasets import DATASETS
+
+    p.add_argument("--dataset", default="hackernews", choices=sorted(DATASETS), help="data set (popscore.datasets)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N posts by first appearance")
+    p.add_argument("--report-dir", type=Path, default=Path("reports"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_train_commands(subparsers) -> None:
+    """Register ``train`` and ``evaluate`` on an argparse subparsers object."""
+    p = subparsers.add_parser("train", help="train baselines + MTAF static/temporal, evaluate, export to model_repo")
+    _add_common(p)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--no-text", action="store_true", help="do not use MiniLM title embeddings")
+    p.add_argument("--no-gbt", action="store_true", help="skip the gradient-boosted tree baselines")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model-repo", dest="train_model_repo", type=Path, default=None,
+                   help="Triton model repository to export into (default: the global --model-repo or model_repo/)")
+    p.add_argument("--no-export", action="store_true", help="do not export/promote into the model repository")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("evaluate", help="per-age metrics of the last training run (report + plots)")
+    _add_common(p)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON (model, age_h, n, mae, ...)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _model_repo(args: argparse.Namespace) -> Path:
+    return Path(args.train_model_repo or getattr(args, "model_repo", None) or "model_repo")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from popscore.trainer.report import write_report
+    from popscore.trainer.train import TrainConfig, run
+
+    cfg = TrainConfig(
+        dataset=args.dataset, limit=args.limit, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+        text=not args.no_text, gbt=not args.no_gbt, threads=args.threads, report_dir=args.report_dir,
+        model_repo=None if args.no_export else _model_repo(args), progress=not args.no_progress,
+    )  # fmt: skip
+    from popscore.trainer.data import shared_data_dir
+
+    if not shared_data_dir().is_dir():
+        print(f"dataset not found under {shared_data_dir()}", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    results = run(cfg)
+    command = "popscore train " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "popscore train"
+    path = write_report(results, Path(args.report_dir) / args.dataset, command=command, wall_s=time.time() - t0)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from popscore.trainer.report import load_results, write_report
+
+    out_dir = Path(args.report_dir) / args.dataset
+    try:
+        results = load_results(out_dir)
+    except FileNotFoundError:
+        print(f"no training results under {out_dir}: run `popscore train` first", file=sys.stderr)
+        return 2
+    if args.json:
+        keys = ("model", "age_h", "n", "mae", "mse", "r2", "srcc", "ndcg_at_10")
+        print(json.dumps([{k: r[k] for k in keys} for r in results["metrics"]], indent=1))
+        return 0
+    path = write_report(results, out_dir, command=results.get("command", "popscore train"), wall_s=results.get("train_seconds"))
+    print(path.read_text())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="popscore")
+    add_train_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""MTAF models (Ou et al.) as plain torch modules.
+
+MTAF-static: one vector per modality (content-agnostic features, text, visual, audio), each projected to
+``d_model``; additive attention over the modalities that are present (``modality_mask``) fuses them; an MLP
+head predicts log1p(score at horizon) and a [q10, q90] interval.
+
+MTAF-temporal: the same fusion plus a bi-directional GRU over the resampled early-popularity sequence
+(right-aligned window, masked bins before creation, valid at any observation age), additive attention over
+time steps, and the observation-time scalars. The head predicts the *growth* over the current score
+(``log1p(score now)`` is a dynamic feature), so a prediction is never below what has been observed unless
+the data says so.
+
+Both return a dict with the ONNX output names of popscore.features (log_score, log_interval,
+modality_weights[, time_attention]): the explanations are first-class outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from popscore import features as F
+
+NEG = -1e4  # masked attention logit (finite: exports cleanly, softmax weight ~0)
+
+
+@dataclass
+class MTAFConfig:
+    static_dim: int
+    dynamic_dim: int = 0
+    n_bins: int = 0
+    n_channels: int = 0
+    temporal: bool = False
+    text_dim: int = F.TEXT_DIM
+    visual_dim: int = F.VISUAL_DIM
+    audio_dim: int = F.AUDIO_DIM
+    d_model: int = 64
+    gru_hidden: int = 48
+    dropout: float = 0.1
+    modality_dropout: float = 0.2  # training only: randomly hide text/visual/audio so masking is learnt
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Standardize(nn.Module):
+    """Fixed (train-set) affine normalisation stored as buffers, so it travels inside the ONNX file."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        if mask is not None:
+            x = x[mask.reshape(-1) > 0]
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0).clamp_min(1e-3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class AdditiveAttention(nn.Module):
+    """score_i = v^T tanh(W h_i); masked softmax over i."""
+
+    def __init__(self, dim: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+        self.v = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.v(torch.tanh(self.proj(h))).squeeze(-1)  # [B, N]
+        logits = torch.where(mask > 0, logits, torch.full_like(logits, NEG))
+        w = torch.softmax(logits, dim=-1)
+        return (w.unsqueeze(-1) * h).sum(1), w
+
+
+def _mlp(i: int, o: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, o), nn.GELU(), nn.Dropout(dropout), nn.Linear(o, o))
+
+
+class MTAF(nn.Module):
+    def __init__(self, cfg: MTAFConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.norm_static = Standardize(cfg.static_dim)
+        self.content = _mlp(cfg.static_dim, d, cfg.dropout)
+        self.text = _mlp(cfg.text_dim, d, cfg.dropout)
+        self.visual = _mlp(cfg.visual_dim, d, cfg.dropout)
+        self.audio = _mlp(cfg.audio_dim, d, cfg.dropout)
+        self.fusion = AdditiveAttention(d)
+        head_in = d
+        if cfg.temporal:
+            self.norm_seq = Standardize(cfg.n_channels)
+            self.norm_dyn = Standardize(cfg.dynamic_dim)
+            self.gru = nn.GRU(cfg.n_channels + 1, cfg.gru_hidden, batch_first=True, bidirectional=True)
+            self.time_attn = AdditiveAttention(2 * cfg.gru_hidden)
+            self.dyn = _mlp(cfg.dynamic_dim, d, cfg.dropout)
+            head_in = d + 2 * cfg.gru_hidden + 2 * cfg.gru_hidden + d
+        self.head = nn.Sequential(
+            nn.Linear(head_in, 2 * d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 3)
+        )
+        self.log_now_index = F.DYNAMIC_FEATURE_NAMES.index("log1p_score_now")
+
+    def forward(
+        self,
+        static_features: torch.Tensor,
+        text_embedding: torch.Tensor,
+        visual_embedding: torch.Tensor,
+        audio_embedding: torch.Tensor,
+        modality_mask: torch.Tensor,
+        sequence: torch.Tensor | None = None,
+        sequence_mask: torch.Tensor | None = None,
+        dynamic_features: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        mask = modality_mask
+        if self.training and cfg.modality_dropout > 0:
+            keep = (torch.rand_like(mask) > cfg.modality_dropout).float()
+            keep[:, 0] = 1.0
+            mask = mask * keep
+        h = torch.stack(
+            [
+                self.content(self.norm_static(static_features)),
+                self.text(text_embedding),
+                self.visual(visual_embedding),
+                self.audio(audio_embedding),
+            ],
+            dim=1,
+        )  # [B, 4, d]
+        fused, modality_weights = self.fusion(h, mask)
+        out: dict[str, torch.Tensor] = {}
+        base = torch.zeros_like(fused[:, :1])
+        if cfg.temporal:
+            assert sequence is not None and sequence_mask is not None and dynamic_features is not None
+            m = sequence_mask.unsqueeze(-1)
+            x = torch.cat([self.norm_seq(sequence) * m, m], dim=-1)
+            states, last = self.gru(x)  # [B, T, 2H], [2, B, H]
+            ctx, time_w = self.time_attn(states, sequence_mask)
+            last = torch.cat([last[0], last[1]], dim=-1)
+            dyn = self.dyn(self.norm_dyn(dynamic_features))
+            fused = torch.cat([fused, ctx, last, dyn], dim=-1)
+            base = dynamic_features[:, self.log_now_index : self.log_now_index + 1]
+            out["time_attention"] = time_w
+        raw = self.head(fused)
+        mean = base + raw[:, :1]
+        lo = mean - nn.functional.softplus(raw[:, 1:2])
+        hi = mean + nn.functional.softplus(raw[:, 2:3])
+        out = {"log_score": mean, "log_interval": torch.cat([lo, hi], dim=-1), "modality_weights": modality_weights, **out}
+        return out
+
+    def input_names(self) -> list[str]:
+        spec_inputs = F.TEMPORAL_INPUTS if self.cfg.temporal else F.STATIC_INPUTS
+        return [t.name for t in spec_inputs]
+
+    def output_names(self) -> list[str]:
+        spec_outputs = F.TEMPORAL_OUTPUTS if self.cfg.temporal else F.STATIC_OUTPUTS
+        return [t.name for t in spec_outputs]
+
+    def init_output_bias(self, value: float) -> None:
+        """Start the head at the mean target (growth for the temporal model): short runs converge."""
+        with torch.no_grad():
+            self.head[-1].bias[0] = value
+
+    def fit_normalisers(self, inputs: dict[str, torch.Tensor]) -> None:
+        self.norm_static.fit(inputs["static_features"])
+        if self.cfg.temporal:
+            self.norm_seq.fit(inputs["sequence"], inputs["sequence_mask"])
+            self.norm_dyn.fit(inputs["dynamic_features"])
+
+
+def config_for(spec: F.FeatureSpec, temporal: bool, **kw) -> MTAFConfig:
+    return MTAFConfig(
+        static_dim=spec.static_dim,
+        dynamic_dim=spec.dynamic_dim if temporal else 0,
+        n_bins=spec.n_bins if temporal else 0,
+        n_channels=spec.n_channels if temporal else 0,
+        temporal=temporal,
+        **kw,
+    )
+
+
+class OnnxWrapper(nn.Module):
+    """Positional inputs in contract order, tuple outputs in contract order (what torch.onnx.export wants)."""
+
+    def __init__(self, model: MTAF) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: torch.Tensor):
+        names = self.model.input_names()
+        out = self.model(**dict(zip(names, args)))
+        return tuple(out[n] for n in self.model.output_names())

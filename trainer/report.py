@@ -1,0 +1,157 @@
+"""Markdown report + PNG plots (predicted vs realised, MAE by age, calibration) of a training run."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from popscore.trainer.metrics import __doc__ as METRICS_DOC
+
+
+def load_results(out_dir: Path) -> dict:
+    return json.loads((Path(out_dir) / "results.json").read_text())
+
+
+def _ts(x) -> str:
+    return "-" if x is None else datetime.fromtimestamp(x, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def _plots(out_dir: Path, results: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    rows = results["metrics"]
+    models = sorted({r["model"] for r in rows})
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for m in models:
+        rs = sorted((r for r in rows if r["model"] == m and r["age_h"] > 0), key=lambda r: r["age_h"])
+        if rs:
+            ax[0].plot([r["age_h"] for r in rs], [r["mae"] for r in rs], marker="o", label=m)
+            ax[1].plot([r["age_h"] for r in rs], [r["srcc"] for r in rs], marker="o", label=m)
+    for a, t in zip(ax, ("MAE of log1p(final score)", "Spearman rank correlation")):
+        a.set_xscale("log", base=2)
+        a.set_xlabel("observation age (h)")
+        a.set_title(t)
+        a.grid(alpha=0.3)
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "error_by_age.png", dpi=90)
+    plt.close(fig)
+    made.append("error_by_age.png")
+
+    pred_file = out_dir / "predictions.npz"
+    if pred_file.exists():
+        z = np.load(pred_file)
+        y, age = z["target"], z["age_h"]
+        ages = [a for a in np.unique(age) if a > 0]
+        for key, label in (("pred_mtaf_temporal", "MTAF-temporal"), ("pred_szabo_huberman", "Szabo-Huberman")):
+            if key not in z:
+                continue
+            p = z[key]
+            fig, axes = plt.subplots(1, len(ages), figsize=(3.2 * len(ages), 3.2), squeeze=False)
+            for a, ax_ in zip(ages, axes[0]):
+                m = age == a
+                ax_.hexbin(y[m], p[m], gridsize=40, bins="log", mincnt=1)
+                lo, hi = float(y[m].min()), float(y[m].max())
+                ax_.plot([lo, hi], [lo, hi], "r--", lw=1)
+                ax_.set_title(f"{label} at {a:g} h", fontsize=9)
+                ax_.set_xlabel("realised log1p(final)")
+                ax_.set_ylabel("predicted")
+            fig.tight_layout()
+            name = f"pred_vs_real_{key[5:]}.png"
+            fig.savefig(out_dir / name, dpi=80)
+            plt.close(fig)
+            made.append(name)
+        # calibration: mean realised per decile of prediction
+        fig, ax_ = plt.subplots(figsize=(5, 4))
+        for key in ("pred_mtaf_temporal", "pred_szabo_huberman", "pred_gbt_temporal"):
+            if key not in z:
+                continue
+            m = age > 0
+            p, yy = z[key][m], y[m]
+            edges = np.quantile(p, np.linspace(0, 1, 11))
+            idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, 9)
+            ax_.plot([p[idx == i].mean() for i in range(10)], [yy[idx == i].mean() for i in range(10)], marker="o", label=key[5:])
+        lims = ax_.get_xlim()
+        ax_.plot(lims, lims, "k--", lw=1)
+        ax_.set_xlabel("mean predicted (decile)")
+        ax_.set_ylabel("mean realised")
+        ax_.set_title("calibration, all ages")
+        ax_.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "calibration.png", dpi=90)
+        plt.close(fig)
+        made.append("calibration.png")
+    return made
+
+
+def markdown(results: dict, command: str, wall_s: float | None, plots: list[str]) -> str:
+    rows = results["metrics"]
+    w = results["window"]
+    lines = [
+        f"# popscore training report: {results['dataset']}",
+        "",
+        f"- command: `{command}`",
+        f"- run time: {wall_s:.0f} s (wall, 2 CPU threads)" if wall_s else "- run time: -",
+        f"- data: `{results.get('source', '')}`, {results['n_posts']} posts",
+        f"- split: chronological by first appearance; train {_ts(w['train_from'])} .. {_ts(w['train_to'])} "
+        f"({w['n_train_posts']} posts, last 10% of them for early stopping), embargo {w['embargo_s'] / 3600:g} h, "
+        f"test {_ts(w['test_from'])} .. {_ts(w['test_to'])} ({w['n_test_posts']} posts)",
+        f"- target: log1p(score at horizon {results['feature_spec']['horizon_s'] / 86400:g} d) = log1p(last observed "
+        "upvotes) on HN; observation age measured from first front-page appearance",
+        f"- feature spec hash: `{results['feature_spec_hash']}`; text embeddings: {'MiniLM titles' if results['text'] else 'none'}",
+        "",
+        "## Metrics per model and observation age (test window)",
+        "",
+        "| model | age h | n | MAE | MSE | R² | SRCC | NDCG@10 | median acc | pairwise acc | 80% coverage |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["age_h"], r["model"])):
+        cov = f"{r['coverage_80']:.3f}" if "coverage_80" in r else "-"
+        lines.append(
+            f"| {r['model']} | {r['age_h']:g} | {r['n']} | {r['mae']:.3f} | {r['mse']:.3f} | {r['r2']:.3f} | {r['srcc']:.3f} "
+            f"| {r['ndcg_at_10']:.3f} | {r['median_acc']:.3f} | {r['pairwise_acc']:.3f} | {cov} |"
+        )
+    by = {(r["model"], r["age_h"]): r for r in rows}
+    lines += ["", "## MTAF-temporal vs Szabo–Huberman (MAE)", "", "| age h | SH MAE | temporal MAE | change | SH SRCC | temporal SRCC |", "|---|---|---|---|---|---|"]
+    for a in results["feature_spec"]["eval_ages_h"]:
+        s, t = by.get(("szabo_huberman", a)), by.get(("mtaf_temporal", a))
+        if s and t:
+            lines.append(f"| {a:g} | {s['mae']:.3f} | {t['mae']:.3f} | {100 * (t['mae'] / s['mae'] - 1):+.1f}% | {s['srcc']:.3f} | {t['srcc']:.3f} |")
+    st, gs = by.get(("mtaf_static", 0.0)), by.get(("gbt_static", 0.0))
+    if st and gs:
+        better = "better" if st["mae"] < gs["mae"] else "worse"
+        lines += ["", f"Static model at upload time: MTAF-static MAE {st['mae']:.3f} / SRCC {st['srcc']:.3f} vs gradient-boosted "
+                  f"trees on the same features MAE {gs['mae']:.3f} / SRCC {gs['srcc']:.3f}: MTAF-static is {better}."]
+    ex = results.get("explain") or {}
+    if ex:
+        mw = ", ".join(f"{n} {v:.2f}" for n, v in zip(("content", "text", "visual", "audio"), ex.get("modality_weights_mean", [])))
+        ta = ex.get("time_attention_mean", [])
+        lines += ["", "## Explanations (test-window means, MTAF-temporal)", "", f"- modality weights: {mw}",
+                  f"- time-step attention, oldest → newest bin: {', '.join(f'{v:.2f}' for v in ta)}"]
+    if results.get("export"):
+        lines += ["", "## Export", ""]
+        for kind, info in results["export"].items():
+            lines.append(f"- {kind}: {json.dumps(info)}")
+    lines += ["", "## Definitions", "", METRICS_DOC.strip(), ""]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict, out_dir: Path, command: str, wall_s: float | None) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["command"] = command
+    if wall_s is not None:
+        results["wall_seconds"] = wall_s
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    plots = _plots(out_dir, results)
+    path = out_dir / "REPORT.md"
+    path.write_text(markdown(results, command, wall_s, plots))
+    return path

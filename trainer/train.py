@@ -1,0 +1,261 @@
+"""The training pipeline: data -> the shared feature code -> baselines + MTAF static/temporal -> per-age
+evaluation on a chronological split -> report -> ONNX export into model_repo (with the promotion gate)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from popscore import features as F
+from popscore.trainer import baselines as B
+from popscore.trainer import data as D
+from popscore.trainer.metrics import regression_metrics
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "hackernews"
+    limit: int | None = None  # first N posts by first appearance (tests, quick runs)
+    seed: int = 0
+    epochs: int = 6
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    d_model: int = 64
+    gru_hidden: int = 48
+    loss: str = "huber"  # huber | mse | l1
+    text: bool = True
+    gbt: bool = True
+    gbt_max_rows: int = 200_000
+    threads: int = 2
+    test_frac: float = 0.2
+    val_frac: float = 0.1  # last part of the training window, for early stopping
+    embargo_h: float = 48.0
+    report_dir: Path = Path("reports")
+    model_repo: Path | None = Path("model_repo")  # None: no export
+    progress: bool = True
+    spec: F.FeatureSpec = field(default_factory=F.FeatureSpec)
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_table(cfg: TrainConfig) -> D.PostTable:
+    return D.load_dataset(cfg.dataset, limit=cfg.limit)
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def _loss_fn(name: str):
+    import torch.nn.functional as Fn
+
+    if name == "mse":
+        return Fn.mse_loss
+    if name == "l1":
+        return Fn.l1_loss
+    return lambda a, b: Fn.huber_loss(a, b, delta=0.5)
+
+
+def _pinball(pred, y, q: float):
+    d = y - pred
+    return (q * d).clamp_min(0).mean() + ((q - 1) * d).clamp_min(0).mean()
+
+
+def train_mtaf(
+    cfg: TrainConfig, train: D.Examples, val: D.Examples, temporal: bool
+):
+    """Train one MTAF model; returns (model, history)."""
+    import torch
+
+    from popscore.trainer.models import MTAF, config_for
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = MTAF(config_for(cfg.spec, temporal, d_model=cfg.d_model, gru_hidden=cfg.gru_hidden))
+    names = model.input_names()
+
+    def tensors(ex: D.Examples, rows) -> dict:
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ex.inputs_at(rows, temporal).items() if k in names}
+
+    fit_rows = rng.choice(len(train), size=min(len(train), 50_000), replace=False)
+    model.fit_normalisers(tensors(train, fit_rows))
+    model.init_output_bias(float(np.mean(train.target - (train.log_now if temporal else 0.0))))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * int(np.ceil(len(train) / cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
+    loss_fn = _loss_fn(cfg.loss)
+    y_all = torch.from_numpy(train.target.astype(np.float32))
+    best, best_state, history = np.inf, None, []
+    from tqdm import tqdm
+
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = rng.permutation(len(train))
+        total, seen = 0.0, 0
+        bar = tqdm(range(0, len(perm), cfg.batch_size), disable=not cfg.progress, leave=False,
+                   desc=f"{'temporal' if temporal else 'static'} epoch {epoch + 1}/{cfg.epochs}")  # fmt: skip
+        for lo in bar:
+            rows = np.sort(perm[lo : lo + cfg.batch_size])
+            out = model(**tensors(train, rows))
+            y = y_all[rows].unsqueeze(1)
+            loss = loss_fn(out["log_score"], y)
+            loss = loss + 0.5 * (_pinball(out["log_interval"][:, :1], y, 0.1) + _pinball(out["log_interval"][:, 1:], y, 0.9))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(rows)
+            seen += len(rows)
+        pred = predict_mtaf(model, val, temporal)["log_score"]
+        val_mae = float(np.abs(pred - val.target).mean()) if len(val) else float("nan")
+        history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_mae": val_mae})
+        _log(f"{'temporal' if temporal else 'static'} epoch {epoch + 1}: loss {total / max(seen, 1):.4f} val MAE {val_mae:.4f}")
+        if not len(val) or val_mae < best:
+            best = val_mae
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, history
+
+
+def predict_mtaf(model, ex: D.Examples, temporal: bool, batch: int = 8192) -> dict[str, np.ndarray]:
+    import torch
+
+    model.eval()
+    names = model.input_names()
+    outs: dict[str, list] = {}
+    with torch.no_grad():
+        for lo in range(0, len(ex), batch):
+            rows = slice(lo, lo + batch)
+            inp = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ex.inputs_at(rows, temporal).items() if k in names}
+            for k, v in model(**inp).items():
+                outs.setdefault(k, []).append(v.numpy())
+    res = {k: np.concatenate(v) for k, v in outs.items()}
+    if "log_score" in res:
+        res["log_score"] = res["log_score"][:, 0].astype(np.float64)
+    else:
+        res["log_score"] = np.zeros(0)
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ pipeline
+
+
+def run(cfg: TrainConfig) -> dict:
+    """The whole pipeline; returns the results dict (also written as JSON under the report dir)."""
+    import torch
+
+    t0 = time.time()
+    torch.set_num_threads(cfg.threads)
+    spec = cfg.spec
+    _log(f"loading {cfg.dataset}")
+    table = load_table(cfg)
+    train_idx, test_idx, window = D.chronological_split(table, cfg.test_frac, cfg.embargo_h * 3600.0)
+    n_val = int(round(cfg.val_frac * len(train_idx)))
+    fit_idx, val_idx = train_idx[: len(train_idx) - n_val], train_idx[len(train_idx) - n_val :]
+    _log(f"{len(table)} posts: train {len(fit_idx)} / val {len(val_idx)} / test {len(test_idx)} (embargo {cfg.embargo_h} h)")
+
+    text_table = None
+    if cfg.text:
+        from popscore.trainer.encoders import cached_text_embeddings, text_encoder_available
+
+        if text_encoder_available():
+            _log("text embeddings (all-MiniLM-L6-v2, cached)")
+            text_table = cached_text_embeddings(table.title, progress=cfg.progress)
+        else:
+            _log("text encoder not installed: training without text (masked)")
+
+    _log("features")
+    sub = lambda idx: table.take(idx)  # noqa: E731
+    emb = lambda idx: None if text_table is None else text_table[idx]  # noqa: E731
+    tr = D.make_examples(spec, sub(fit_idx), spec.train_ages_h, emb(fit_idx))
+    va = D.make_examples(spec, sub(val_idx), spec.eval_ages_h, emb(val_idx))
+    te = D.make_examples(spec, sub(test_idx), (0.0,) + tuple(spec.eval_ages_h), emb(test_idx))
+    tr0 = tr.subset(tr.age_h == 0.0)
+    va_static = D.make_examples(spec, sub(val_idx), (0.0,), emb(val_idx))
+    _log(f"examples: train {len(tr)} val {len(va)} test {len(te)}")
+
+    preds: dict[str, np.ndarray] = {}
+    preds["persistence"] = B.persistence(te.log_now)
+    sh = B.SzaboHuberman().fit(tr.age_h, tr.log_now, tr.target)
+    preds["szabo_huberman"] = sh.predict(te.age_h, te.log_now)
+    intervals: dict[str, np.ndarray] = {}
+    if cfg.gbt:
+        rng = np.random.default_rng(cfg.seed)
+        _log("gradient-boosted trees (static)")
+        g_static = B.GBT(temporal=False, text=text_table is not None, seed=cfg.seed, num_threads=cfg.threads)
+        g_static.fit(tr0.inputs_at(None, False), tr0.target)
+        preds["gbt_static"] = g_static.predict(te.inputs_at(None, False))
+        _log("gradient-boosted trees (temporal)")
+        rows = np.sort(rng.choice(len(tr), size=min(len(tr), cfg.gbt_max_rows), replace=False))
+        g_temp = B.GBT(temporal=True, text=False, seed=cfg.seed, num_threads=cfg.threads)
+        g_temp.fit(tr.subset(rows).inputs_at(None, True), tr.target[rows])
+        preds["gbt_temporal"] = g_temp.predict(te.inputs_at(None, True))
+
+    _log("MTAF-static")
+    m_static, hist_static = train_mtaf(cfg, tr0, va_static, temporal=False)
+    out = predict_mtaf(m_static, te, temporal=False)
+    preds["mtaf_static"], intervals["mtaf_static"] = out["log_score"], out["log_interval"]
+    _log("MTAF-temporal")
+    m_temp, hist_temp = train_mtaf(cfg, tr, va, temporal=True)
+    out = predict_mtaf(m_temp, te, temporal=True)
+    preds["mtaf_temporal"], intervals["mtaf_temporal"] = out["log_score"], out["log_interval"]
+    explain = {
+        "modality_weights_mean": out["modality_weights"].mean(0).tolist(),
+        "time_attention_mean": out["time_attention"].mean(0).tolist(),
+    }
+
+    rows_out = []
+    static_models = {"mtaf_static", "gbt_static"}
+    for name, p in preds.items():
+        for age in sorted(np.unique(te.age_h)):
+            if name in static_models and age != 0.0:
+                continue
+            if name not in static_models and age == 0.0 and name not in ("mtaf_temporal",):
+                continue
+            m = te.age_h == age
+            iv = intervals[name][m] if name in intervals else None
+            r = regression_metrics(te.target[m], p[m], iv)
+            rows_out.append({"model": name, "age_h": float(age), **r})
+    elapsed = time.time() - t0
+    results = {
+        "dataset": cfg.dataset,
+        "source": table.source,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "spec"},
+        "feature_spec": spec.to_dict(),
+        "feature_spec_hash": spec.hash(),
+        "window": window,
+        "n_posts": len(table),
+        "text": text_table is not None,
+        "metrics": rows_out,
+        "history": {"mtaf_static": hist_static, "mtaf_temporal": hist_temp},
+        "explain": explain,
+        "train_seconds": elapsed,
+    }
+    out_dir = Path(cfg.report_dir) / cfg.dataset
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    np.savez_compressed(out_dir / "predictions.npz", target=te.target, age_h=te.age_h, **{f"pred_{k}": v for k, v in preds.items()})
+    _log(f"trained in {elapsed:.0f} s; results in {out_dir}")
+
+    if cfg.model_repo is not None:
+        from popscore.trainer.export import export_and_promote
+
+        for kind, model, ex in (("static", m_static, te.subset(te.age_h == 0.0)), ("temporal", m_temp, te.subset(te.age_h > 0))):
+            metrics = [r for r in rows_out if r["model"] == f"mtaf_{kind}"]
+            info = export_and_promote(
+                model, kind, ex, Path(cfg.model_repo), spec=spec, metrics=metrics, window=window,
+                dataset=cfg.dataset, seed=cfg.seed,
+            )  # fmt: skip
+            results.setdefault("export", {})[kind] = info
+            _log(f"export {kind}: {info}")
+        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    return results
