@@ -51,6 +51,7 @@ SHAPE_POINTS = [0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.85, 1.0]
 """Where in a post's observed lifetime (0 = first, 1 = last observation) the growth shape is fitted."""
 TOP_CATEGORIES = 40
 AUTHOR_BLOCK = 100_000
+DEFAULT_MAX_RATE_PER_HOUR = 1_000.0
 TOP_WORDS = 400
 
 
@@ -236,8 +237,9 @@ class _PlatformSampler:
         self.name, self.p, self.rng = name, profile, rng
         words = sorted(profile.words.items(), key=lambda kv: -kv[1]) or [("post", 1)]
         self.words = [w for w, _ in words]
-        self.word_p = np.array([c for _, c in words], dtype=float)
-        self.word_p /= self.word_p.sum()
+        word_p = np.array([c for _, c in words], dtype=float)
+        self.word_cdf = np.cumsum(word_p / word_p.sum())
+        self.mean_word = float(np.dot([len(w) + 1 for w in self.words], word_p / word_p.sum()))
         cats = sorted(profile.categories.items(), key=lambda kv: -kv[1])
         self.categories = [c for c, _ in cats]
         self.category_p = np.array([n for _, n in cats], dtype=float)
@@ -284,7 +286,7 @@ class _PlatformSampler:
             text["description"] = self._text(sample_quantile(p.description_chars, rng.random()), 5000)
         if p.tag_count is not None:
             n_tags = min(MAX_TAGS, int(round(float(sample_quantile(p.tag_count, rng.random())))))
-            text["tags"] = list(dict.fromkeys(rng.choice(self.words, size=n_tags, p=self.word_p).tolist()))
+            text["tags"] = list(dict.fromkeys(self._words(n_tags)))
         attributes: dict[str, object] = {"simulated": True}
         if self.categories:
             attributes["category"] = self.categories[int(rng.choice(len(self.categories), p=self.category_p))]
@@ -314,18 +316,19 @@ class _PlatformSampler:
             self.tickets = ids.tolist()[::-1]
         return self.tickets.pop()
 
+    def _words(self, n: int) -> list[str]:
+        """``n`` words drawn by frequency (inverse CDF: one vectorised draw, no per-call setup)."""
+        picks = np.minimum(np.searchsorted(self.word_cdf, self.rng.random(n)), len(self.words) - 1)
+        return [self.words[i] for i in picks]
+
     def _text(self, chars: float, cap: int) -> str:
+        """Frequent words of the platform up to a sampled length in characters."""
         target = min(cap, int(round(float(chars))))
-        words: list[str] = []
-        length = 0
-        while length < target:
-            batch = self.rng.choice(self.words, size=8, p=self.word_p)
-            for word in batch:
-                if length >= target:
-                    break
-                words.append(word)
-                length += len(word) + (1 if len(words) > 1 else 0)
-        return " ".join(words)[:target]
+        text = ""
+        while len(text) < target:
+            more = " ".join(self._words(int(target / self.mean_word) + 2))
+            text = f"{text} {more}" if text else more
+        return text[:target].rstrip()
 
 
 def simulate(
@@ -338,8 +341,9 @@ def simulate(
 ) -> Iterator[Post | Snapshot]:
     """Yield ``posts`` simulated posts and their snapshots in event-time order (posts first at ties).
 
-    Without ``rate_per_hour`` the posts spread over about a week (at least the platforms' fitted rate),
-    so a million posts make a dense load test and a few hundred a readable demo.
+    Without ``rate_per_hour`` the posts spread over about a week, at most ``DEFAULT_MAX_RATE_PER_HOUR``
+    (and at least the platforms' fitted rate). Memory is set by the rate (posts still being observed),
+    not by ``posts``: a million posts at the default rate run in well under 200 MB.
     """
     rng = np.random.default_rng(seed)
     mix = mix or params.mix
@@ -348,11 +352,13 @@ def simulate(
     shares /= shares.sum()
     samplers = {n: _PlatformSampler(n, params.platforms[n], rng, int(posts * s) + 1) for n, s in zip(names, shares)}
     fitted_rate = sum(params.platforms[n].posts_per_hour * s for n, s in zip(names, shares))
-    rate = rate_per_hour or max(fitted_rate, posts / (7 * 24))
+    rate = rate_per_hour or max(fitted_rate, min(posts / (7 * 24), DEFAULT_MAX_RATE_PER_HOUR))
     hour_profile = np.mean([params.platforms[n].hour_of_day for n in names], axis=0)
     hour_weight = hour_profile * 24 / hour_profile.sum() if hour_profile.sum() > 0 else np.ones(24)
 
-    pending: list[tuple[datetime, int, int, Post | Snapshot]] = []
+    # pending snapshots of posts still being observed, kept as plain tuples (a few hundred bytes each):
+    # memory is rate × observation lifetime, independent of the number of posts
+    pending: list[tuple[datetime, int, str, dict[str, int]]] = []
     sequence = 0
     now = start
     for index in range(posts):
@@ -362,16 +368,20 @@ def simulate(
             if rng.random() < hour_weight[now.hour] / hour_weight.max():
                 break
         while pending and pending[0][0] < now:
-            yield heapq.heappop(pending)[3]
+            yield _snapshot(heapq.heappop(pending))
         platform = names[int(rng.choice(len(names), p=shares))]
         post, snapshots = samplers[platform].post(index, now)
         yield post
         for observed_at, counts in snapshots:
             sequence += 1
-            snapshot = Snapshot.model_validate({"post_id": post.post_id, "observed_at": observed_at, "counts": counts})
-            heapq.heappush(pending, (observed_at, 1, sequence, snapshot))
+            heapq.heappush(pending, (observed_at, sequence, post.post_id, counts))
     while pending:
-        yield heapq.heappop(pending)[3]
+        yield _snapshot(heapq.heappop(pending))
+
+
+def _snapshot(entry: tuple[datetime, int, str, dict[str, int]]) -> Snapshot:
+    observed_at, _, post_id, counts = entry
+    return Snapshot.model_validate({"post_id": post_id, "observed_at": observed_at, "counts": counts})
 
 
 # --- comparing with the real data ---------------------------------------------------------------------
