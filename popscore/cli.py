@@ -122,7 +122,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from popscore.demo import run_demo
 
-    return run_demo(_settings(args), log=_print)
+    return run_demo(_settings(args), data=Path(args.data) if args.data else None, seconds=args.seconds, log=_print)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,8 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--describe", action="store_true", help="add each setting's description")
     config.set_defaults(func=cmd_config)
 
-    sub.add_parser("demo", help="the main job: start the embedded stack, feed it the built-in sample, "
-                                "show what it stored, stop").set_defaults(func=cmd_demo)
+    demo = sub.add_parser("demo", help="the main job: start the embedded stack, replay the built-in sample "
+                                       "(or --data), show live predictions and the leaderboard, stop")
+    demo.add_argument("--data", help="an event file (JSON Lines of v1 events) instead of the built-in sample")
+    demo.add_argument("--seconds", type=float, default=10.0, help="replay the sample's time span in this long")
+    demo.set_defaults(func=cmd_demo)
     from popscore.datacli import add_data_commands
 
     add_data_commands(sub)

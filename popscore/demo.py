@@ -1,8 +1,8 @@
 """The main job of the quick start: the embedded stack fed with a built-in sample, end to end.
 
-It starts the stack, replays the sample (posts and snapshots in event-time order, plus a few broken
-records to show the dead-letter path), waits until the worker has stored everything, prints what it
-stored, and stops the stack.
+It starts the stack, replays the sample (or ``--data FILE``) in event-time order compressed into a few
+seconds, sends a few broken records to show the dead-letter path, prints the predictions live as they
+are published and the leaderboard, checks that every snapshot was stored, and stops the stack.
 """
 
 from __future__ import annotations
@@ -10,18 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from collections import Counter
 from importlib import resources
+from pathlib import Path
 from typing import Callable
 
 import redis
 
 from popscore.contract import DeadLetter
+from popscore.replay import ReplayOptions, replay
 from popscore.settings import Settings
 from popscore.stack.stack import EmbeddedStack
 from popscore.stream.sequence_store import decode_sequence
-
-SAMPLE = "demo.jsonl"
 
 BROKEN_RECORDS: list[tuple[bytes, bytes]] = [
     (b"demo-broken-1", b"{this is not json"),
@@ -32,100 +33,114 @@ BROKEN_RECORDS: list[tuple[bytes, bytes]] = [
 ]
 
 
-def sample_lines() -> list[str]:
-    text = resources.files("popscore").joinpath("sample", SAMPLE).read_text()
-    return [line for line in text.splitlines() if line.strip()]
+def sample_path() -> Path:
+    return Path(str(resources.files("popscore.sample").joinpath("demo.jsonl")))
 
 
-async def _produce(bootstrap: str, settings: Settings, lines: list[str]) -> Counter:
+def read_events(path: Path):
+    from popscore.eventfile import read_lines
+
+    return list(read_lines(path))
+
+
+def event_time(event) -> float:
+    return (event.created_at if hasattr(event, "created_at") else event.observed_at).timestamp()
+
+
+async def _produce_broken(bootstrap: str, topic: str) -> None:
     from aiokafka import AIOKafkaProducer
 
-    topics = settings.kafka.topics
-    topic_of = {"post.v1": topics.posts, "snapshot.v1": topics.snapshots}
-    sent: Counter = Counter()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
-        futures = []
-        for line in lines:
-            event = json.loads(line)
-            topic = topic_of[event["schema"]]
-            futures.append(await producer.send(topic, key=event["post_id"].encode(), value=line.encode()))
-            sent[topic] += 1
         for key, value in BROKEN_RECORDS:
-            futures.append(await producer.send(topics.snapshots, key=key, value=value))
-            sent["broken"] += 1
-        await asyncio.gather(*futures)
+            await producer.send_and_wait(topic, key=key, value=value)
     finally:
         await producer.stop()
-    return sent
 
 
-async def _dead_letters(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list[DeadLetter]:
+async def _follow(bootstrap: str, topics: list[str], stop: asyncio.Event, on_message) -> None:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
-    letters: list[DeadLetter] = []
     try:
-        deadline = time.monotonic() + timeout_s
-        while len(letters) < expected and time.monotonic() < deadline:
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                letters.extend(DeadLetter.model_validate_json(m.value) for m in messages)
+        while not stop.is_set():
+            for messages in (await consumer.getmany(timeout_ms=200)).values():
+                for message in messages:
+                    on_message(message)
     finally:
         await consumer.stop()
-    return letters
 
 
-def run_demo(settings: Settings, log: Callable[[str], None] = print, timeout_s: float = 60.0) -> int:
-    lines = sample_lines()
-    post_ids = sorted({json.loads(line)["post_id"] for line in lines})
+def _leaderboard(web: str, board: str = "top", k: int = 5) -> list[dict]:
+    with urllib.request.urlopen(f"{web}/leaderboard?board={board}&k={k}", timeout=5) as response:
+        return json.loads(response.read())["entries"]
+
+
+async def _run(settings: Settings, endpoints, events, seconds: float, log: Callable[[str], None]) -> dict:
+    topics = settings.kafka.topics
+    seen: Counter = Counter()
+    letters: list[DeadLetter] = []
+    stop = asyncio.Event()
+
+    def on_message(message) -> None:
+        if message.topic == topics.deadletter:
+            letters.append(DeadLetter.model_validate_json(message.value))
+            return
+        record = json.loads(message.value)
+        seen[record["model"]] += 1
+        if sum(seen.values()) % 25 == 1:
+            interval = record.get("interval") or [0, 0]
+            log(f"prediction {record['model']:8} v{record['model_version']:3} {record['post_id']:24} "
+                f"as of {record['as_of']}: {record['score']:10,.1f}  [{interval[0]:,.0f} .. {interval[1]:,.0f}]")
+
+    follower = asyncio.create_task(_follow(endpoints.broker_bootstrap, [topics.predictions, topics.deadletter],
+                                           stop, on_message))
+    span = max(1.0, event_time(events[-1][1]) - event_time(events[0][1]))
+    result = await replay(events, endpoints.broker_bootstrap, topics,
+                          ReplayOptions(speed=span / seconds, create_topics=False, progress=False))
+    log(result.render())
+    await _produce_broken(endpoints.broker_bootstrap, topics.snapshots)
+    await asyncio.sleep(3.0)
+    deadline = time.monotonic() + 30
+    while len(letters) < len(BROKEN_RECORDS) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    stop.set()
+    await follower
+    return {"predictions": seen, "letters": letters, "replay": result}
+
+
+def run_demo(settings: Settings, data: Path | None = None, seconds: float = 10.0,
+             log: Callable[[str], None] = print) -> int:
+    events = read_events(data or sample_path())
+    post_ids = sorted({event.post_id for _, event in events})
+    n_snapshots = sum(1 for _, event in events if not hasattr(event, "created_at"))
     stack = EmbeddedStack(settings, log=log)
     state = stack.start(with_worker=True)
     try:
         endpoints = state.endpoints_obj()
-        sent = asyncio.run(_produce(endpoints.broker_bootstrap, settings, lines))
-        log(f"sent {sent[settings.kafka.topics.posts]} posts, {sent[settings.kafka.topics.snapshots]} snapshots "
-            f"and {sent['broken']} broken records")
+        outcome = asyncio.run(_run(settings, endpoints, events, seconds, log))
         client = redis.Redis.from_url(endpoints.redis_url)
         prefix = settings.redis.key_prefix
-        expected_obs = sum(1 for line in lines if '"snapshot.v1"' in line)
-        deadline = time.monotonic() + timeout_s
-        stored = 0
-        while time.monotonic() < deadline:
-            stored = sum(len(decode_sequence(client.get(f"{prefix}seq:{p}") or b"")) for p in post_ids)
-            if stored >= expected_obs:
-                break
-            time.sleep(0.3)
-        letters = asyncio.run(_dead_letters(endpoints.broker_bootstrap, settings.kafka.topics.deadletter,
-                                            len(BROKEN_RECORDS), timeout_s))
-        _print_stored(client, prefix, post_ids, log)
-        log(f"stored {stored} of {expected_obs} snapshots in {len(post_ids)} sequences")
-        for letter in letters:
+        stored = sum(len(decode_sequence(client.get(f"{prefix}seq:{p}") or b"")) for p in post_ids)
+        web = endpoints.as_dict()["worker_web"]
+        log("leaderboard (predicted score at the horizon):")
+        for rank, row in enumerate(_leaderboard(web), 1):
+            log(f"  {rank}. {row['post_id']:24} {row['value']:12,.1f}")
+        log("rising fastest (log score growth over the last hour):")
+        for rank, row in enumerate(_leaderboard(web, "rising"), 1):
+            log(f"  {rank}. {row['post_id']:24} {row['value']:12.3f}")
+        for letter in outcome["letters"]:
             log(f"dead letter: {letter.reason.value:10} {letter.detail[:90]}")
-        ok = stored == expected_obs and len(letters) == len(BROKEN_RECORDS)
+        predictions = outcome["predictions"]
+        log(f"stored {stored} of {n_snapshots} snapshots in {len(post_ids)} sequences; predictions: "
+            f"{predictions['static']} static, {predictions['temporal']} temporal; "
+            f"{len(outcome['letters'])} dead letters")
+        ok = (stored == n_snapshots and len(outcome["letters"]) == len(BROKEN_RECORDS)
+              and predictions["temporal"] > 0 and outcome["replay"].complete)
         log("demo OK" if ok else "demo FAILED: not everything arrived where it should")
         return 0 if ok else 1
     finally:
         stack.stop()
         log("stack stopped")
-
-
-def _print_stored(client: redis.Redis, prefix: str, post_ids: list[str], log: Callable[[str], None],
-                  rows: int = 8) -> None:
-    log(f"{'post_id':28} {'platform':10} {'obs':>4} {'first seen':>20} {'latest likes':>12} {'latest views':>12}")
-    for post_id in post_ids[:rows]:
-        seq = decode_sequence(client.get(f"{prefix}seq:{post_id}") or b"")
-        meta = {k.decode(): v.decode() for k, v in client.hgetall(f"{prefix}post:{post_id}").items()}
-        if len(seq) == 0:
-            log(f"{post_id:28} {meta.get('platform', '?'):10} {0:>4}")
-            continue
-        first = time.strftime("%Y-%m-%d %H:%M", time.gmtime(seq[0, 0]))
-        log(f"{post_id:28} {meta.get('platform', '?'):10} {len(seq):>4} {first:>20} "
-            f"{_fmt(seq[-1, 2]):>12} {_fmt(seq[-1, 1]):>12}")
-    if len(post_ids) > rows:
-        log(f"... and {len(post_ids) - rows} more")
-
-
-def _fmt(value: float) -> str:
-    return "-" if value != value else f"{value:,.0f}"

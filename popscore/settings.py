@@ -39,12 +39,31 @@ class TritonSettings(BaseModel):
     grpc_url: str = "127.0.0.1:8001"
 
 
+class ServingSettings(BaseModel):
+    """How the worker calls Triton, and when it gives up and runs the same ONNX file itself."""
+
+    timeout_s: float = Field(2.0, gt=0, description="deadline of one Triton request")
+    retries: int = Field(1, ge=0, description="retries of a failed Triton request")
+    backoff_s: float = Field(0.05, ge=0, description="first retry delay; doubles per retry")
+    breaker_failures: int = Field(3, ge=1, description="failed requests in a row that open the circuit")
+    breaker_reset_s: float = Field(5.0, gt=0, description="how long the circuit stays open before a trial call")
+    local_fallback: bool = Field(True, description="run ONNX Runtime locally when Triton cannot answer")
+    load_timeout_s: float = Field(60.0, gt=0, description="time allowed for Triton to load a new version")
+    refresh_interval_s: float = Field(10.0, gt=0, description="how often the model repository is checked")
+    python_backend_mirror: Path | None = Field(
+        None, description="embedded stack only: the Python-backend mirror to refresh before a model load")
+
+
 class WorkerSettings(BaseModel):
     app_id: str = "popscore"
     web_port: int = 6066
     metrics_port: int = 9464
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_within_s: float = Field(0.05, gt=0, le=10)
+    leaderboard_size: int = Field(100, ge=1, le=10_000)
+    stream_buffer_records: int = Field(4096, ge=1, description="records buffered per partition before "
+                                       "consumption pauses (backpressure)")
+    gauge_interval_s: float = Field(5.0, gt=0, description="refresh interval of lag and tracked-post gauges")
     # Tansu holds a group join for half the rebalance timeout; short timeouts make (re)joins quick.
     rebalance_timeout_s: float = Field(6.0, gt=0)
     session_timeout_s: float = Field(10.0, gt=0)
@@ -90,6 +109,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     triton: TritonSettings = TritonSettings()
+    serving: ServingSettings = ServingSettings()
     worker: WorkerSettings = WorkerSettings()
     limits: LimitSettings = LimitSettings()
     score: ScoreSettings = ScoreSettings()
@@ -104,7 +124,7 @@ def settings_reference(model: BaseModel, prefix: str = "POPSCORE_") -> list[tupl
         env = f"{prefix}{name.upper()}"
         if isinstance(value, BaseModel):
             rows += settings_reference(value, f"{env}__")
-        else:
+        elif value is not None:
             shown = value if isinstance(value, (str, int, float, Path)) else json.dumps(value)
             rows.append((env, str(shown), info.description or ""))
     return rows

@@ -8,6 +8,7 @@ copy of ``triton_python_wrapper.py``. Inputs, outputs, batching and version poli
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -42,6 +43,12 @@ def list_models(repository: Path) -> list[RepositoryModel]:
     return models
 
 
+def version_metadata(model: RepositoryModel, version: int) -> dict:
+    """The trainer's ``metadata.json`` of a version (metrics, data window, feature spec); {} if absent."""
+    path = model.path / str(version) / "metadata.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def python_backend_config(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
     wrapped = model_config_pb2.ModelConfig()
     wrapped.CopyFrom(config)
@@ -54,11 +61,12 @@ def python_backend_config(config: model_config_pb2.ModelConfig) -> model_config_
     return wrapped
 
 
-def build_python_backend_repository(source: Path, target: Path) -> list[RepositoryModel]:
-    """Mirror ``source`` into ``target`` as Python-backend models; returns the models mirrored."""
+def build_python_backend_repository(source: Path, target: Path, only: list[str] | None = None
+                                    ) -> list[RepositoryModel]:
+    """Mirror ``source`` (or just the models named in ``only``) into ``target`` as Python-backend models."""
     wrapper = resources.files("popscore.serving").joinpath(WRAPPER).read_text()
     target.mkdir(parents=True, exist_ok=True)
-    models = list_models(source)
+    models = [m for m in list_models(source) if only is None or m.name in only]
     for model in models:
         out = target / model.name
         if out.exists():

@@ -1,30 +1,71 @@
-"""The worker's Prometheus metrics, on a registry of its own (no module-level global state)."""
+"""The worker's Prometheus metrics, on a registry of its own (no module-level global state).
+
+Names follow Prometheus conventions: ``popscore_`` prefix, base units (seconds, bytes), ``_total`` for
+counters (added by the client library). The Grafana dashboard and the alert rules under ``deploy/``
+query exactly these names; a test checks that.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+LOG_SCORE_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20)
 
 
 class WorkerMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        r = self.registry = CollectorRegistry()
         self.records_in = Counter("popscore_records_consumed", "Kafka records consumed, by topic",
-                                  ["topic"], registry=self.registry)
-        self.snapshots_in = Counter("popscore_snapshots_accepted", "Valid snapshots accepted (single or in batches)",
-                                    registry=self.registry)
-        self.posts_in = Counter("popscore_posts_accepted", "Valid posts accepted", registry=self.registry)
-        self.sequence_merges = Counter("popscore_sequence_merges", "Snapshot merges into Redis sequences, by outcome",
-                                       ["outcome"], registry=self.registry)
-        self.counter_decreases = Counter("popscore_counter_decreases",
-                                         "Counter decreases seen in merged sequences (kept, not hidden)",
-                                         registry=self.registry)
+                                  ["topic"], registry=r)
+        self.records_out = Counter("popscore_records_produced", "Kafka records produced, by topic",
+                                   ["topic"], registry=r)
+        self.snapshots_in = Counter("popscore_snapshots_accepted", "Valid snapshots accepted (single or batched)",
+                                    registry=r)
+        self.posts_in = Counter("popscore_posts_accepted", "Valid posts accepted", registry=r)
         self.dead_letters = Counter("popscore_dead_letters", "Records sent to the dead-letter topic, by reason",
-                                    ["topic", "reason"], registry=self.registry)
-        self.batch_size = Histogram("popscore_micro_batch_records", "Records per micro-batch",
-                                    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
-                                    registry=self.registry)
-        self.redis_seconds = Histogram("popscore_redis_merge_seconds", "Time of one pipelined sequence merge",
-                                       registry=self.registry)
+                                    ["topic", "reason"], registry=r)
+        self.sequence_merges = Counter("popscore_sequence_merges", "Snapshot merges into Redis sequences, by outcome",
+                                       ["outcome"], registry=r)
+        self.counter_decreases = Counter("popscore_counter_decreases",
+                                         "Counter decreases seen in merged sequences (kept, not hidden)", registry=r)
+        self.batch_size = Histogram("popscore_micro_batch_records", "Records per micro-batch", ["topic"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.redis_seconds = Histogram("popscore_redis_seconds", "Time of one pipelined Redis round trip",
+                                       ["operation"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_seconds = Histogram("popscore_inference_seconds", "Time of one batched model inference",
+                                           ["model", "model_version", "served_by"], buckets=LATENCY_BUCKETS,
+                                           registry=r)
+        self.inference_batch = Histogram("popscore_inference_batch_rows", "Rows per inference call", ["model"],
+                                         buckets=BATCH_BUCKETS, registry=r)
+        self.end_to_end_seconds = Histogram("popscore_end_to_end_seconds",
+                                            "From the input record's Kafka timestamp to its prediction being produced",
+                                            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.predictions = Counter("popscore_predictions", "Predictions produced, by model, version and server",
+                                   ["model", "model_version", "served_by"], registry=r)
+        self.predicted_log_score = Histogram("popscore_predicted_log_score",
+                                             "Distribution of predicted log1p(score at horizon)", ["model"],
+                                             buckets=LOG_SCORE_BUCKETS, registry=r)
+        self.model_info = Gauge("popscore_model_info", "The model version being served (value 1)",
+                                ["model", "model_version"], registry=r)
+        self.triton_up = Gauge("popscore_triton_up", "1 while the circuit to Triton is closed for this model",
+                               ["model"], registry=r)
+        self.model_reloads = Counter("popscore_model_reloads", "Model version loads, by outcome",
+                                     ["model", "outcome"], registry=r)
+        self.consumer_lag = Gauge("popscore_consumer_lag_records", "High watermark minus position, by partition",
+                                  ["topic", "partition"], registry=r)
+        self.tracked_posts = Gauge("popscore_tracked_posts", "Posts with a live sequence in Redis", registry=r)
+        self.in_flight = Gauge("popscore_in_flight_batches", "Micro-batches being processed", registry=r)
+        self.online_mae = Gauge("popscore_online_mae", "Live MAE of log1p predictions whose horizon has passed",
+                                ["model", "model_version", "age_h"], registry=r)
+        self.online_srcc = Gauge("popscore_online_srcc", "Live Spearman correlation of predictions whose horizon "
+                                 "has passed", ["model", "model_version", "age_h"], registry=r)
+        self.online_evaluated = Counter("popscore_online_evaluated_predictions",
+                                        "Predictions compared with the realised score at the horizon",
+                                        ["model", "model_version", "age_h"], registry=r)
+        self.offline_mae = Gauge("popscore_offline_mae", "The trainer's validation MAE for this version and age",
+                                 ["model", "model_version", "age_h"], registry=r)
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

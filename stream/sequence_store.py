@@ -89,11 +89,31 @@ def count_decreases(sequence: np.ndarray) -> int:
     return int(np.sum(np.nan_to_num(diffs, nan=0.0) < 0))
 
 
+@dataclass(frozen=True)
+class PostMeta:
+    """What the worker kept of the post event; empty when the snapshot came before (or without) its post."""
+
+    created_at: float | None = None
+    platform: str | None = None
+    category: str | None = None
+    static_features: bytes | None = None
+
+    @classmethod
+    def from_hash(cls, fields: dict[bytes, bytes]) -> "PostMeta":
+        def text(name: bytes) -> str | None:
+            value = fields.get(name)
+            return None if value is None else value.decode()
+
+        created = text(b"created_at")
+        return cls(created_at=None if created is None else float(created), platform=text(b"platform"),
+                   category=text(b"category"), static_features=fields.get(b"static"))
+
+
 @dataclass
 class SequenceUpdate:
     post_id: str
     sequence: np.ndarray
-    post: dict[str, str]
+    post: PostMeta
     statuses: list[int] = field(default_factory=list)
 
     @property
@@ -128,16 +148,18 @@ class SnapshotSequenceStore:
             results = await pipe.execute()
         updates = []
         for post_id, (statuses, blob, meta) in zip(by_post, results):
-            post = {_text(meta[i]): _text(meta[i + 1]) for i in range(0, len(meta), 2)}
+            post = PostMeta.from_hash(dict(zip(meta[::2], meta[1::2])))
             updates.append(SequenceUpdate(post_id, decode_sequence(blob), post, [int(s) for s in statuses]))
         return updates
 
-    async def put_posts(self, posts: list[Post]) -> None:
-        """Keep what the temporal features need from the post event (its age, platform, category)."""
+    async def put_posts(self, posts: list[Post], static_features: np.ndarray) -> None:
+        """Keep what the temporal features need from the post event: its age, platform, category and the
+        static features computed from its content (so they are computed once, at upload)."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for post in posts:
+            for post, features in zip(posts, static_features):
                 key = self.post_key(post.post_id)
-                fields = {"created_at": str(int(post.created_at.timestamp())), "platform": post.platform}
+                fields = {"created_at": str(int(post.created_at.timestamp())), "platform": post.platform,
+                          "static": np.asarray(features, dtype=np.float32).tobytes()}
                 category = post.attributes.get("category")
                 if category is not None:
                     fields["category"] = str(category)
@@ -145,9 +167,31 @@ class SnapshotSequenceStore:
                 pipe.expire(key, self.ttl_s)
             await pipe.execute()
 
+    async def put_latest_predictions(self, model: str, predictions: list[tuple[str, bytes]]) -> None:
+        """The latest prediction of each model per post, for ``/posts/{post_id}``."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for post_id, record in predictions:
+                pipe.hset(self.post_key(post_id), f"prediction:{model}", record)
+                pipe.expire(self.post_key(post_id), self.ttl_s)
+            await pipe.execute()
+
+    async def get_post(self, post_id: str) -> dict[bytes, bytes]:
+        return await self.client.hgetall(self.post_key(post_id))
+
+    async def estimate_tracked_posts(self, exact_below: int = 100_000, sample: int = 200) -> int:
+        """Live sequences: counted exactly in small databases, else estimated from random keys (a full
+        SCAN of millions of keys would stall Redis for the sake of a gauge)."""
+        size = await self.client.dbsize()
+        prefix = f"{self.key_prefix}seq:".encode()
+        if size <= exact_below:
+            return sum([1 async for _ in self.client.scan_iter(match=prefix + b"*", count=10_000)])
+        async with self.client.pipeline(transaction=False) as pipe:
+            for _ in range(sample):
+                pipe.randomkey()
+            keys = await pipe.execute()
+        hits = sum(1 for key in keys if key and key.startswith(prefix))
+        return round(size * hits / sample)
+
     async def get(self, post_id: str) -> np.ndarray:
         return decode_sequence(await self.client.get(self.sequence_key(post_id)) or b"")
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

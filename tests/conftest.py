@@ -9,6 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("POPSCORE_SHARED_DATA", REPO.parent / "shared" / "data"))
+MODEL_REPO = Path(os.environ.get("POPSCORE_TEST_MODEL_REPO", REPO / "model_repo"))
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +26,7 @@ def stack_settings(tmp_path_factory):
 
     settings = Settings()
     settings.stack.run_dir = tmp_path_factory.mktemp("stack")
-    settings.stack.model_repo = REPO / "model_repo"
+    settings.stack.model_repo = MODEL_REPO
     return settings
 
 
@@ -53,3 +54,24 @@ def kafka_bootstrap(endpoints) -> str:
 @pytest.fixture(scope="session")
 def redis_url(endpoints) -> str:
     return endpoints.redis_url
+
+
+@pytest.fixture(scope="module")
+def private_stack(tmp_path_factory):
+    """A stack of the module's own, for tests that restart or break components or read global boards."""
+    import shutil
+
+    from popscore.settings import Settings
+    from popscore.stack.stack import EmbeddedStack
+
+    root = tmp_path_factory.mktemp("private")
+    settings = Settings()
+    settings.stack.run_dir = root / "run"
+    settings.stack.model_repo = root / "model_repo"
+    shutil.copytree(MODEL_REPO, settings.stack.model_repo)  # tests may add versions to it
+    settings.serving.refresh_interval_s = 1.0
+    settings.serving.breaker_reset_s = 30.0
+    stack = EmbeddedStack(settings)
+    stack.start(with_worker=True)
+    yield stack
+    stack.stop()

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from popscore.settings import Settings
+from popscore.settings import Settings, settings_reference
 from popscore.stack import components as c
 from popscore.stack.process import ManagedProcess, StackError, ensure_port_free, free_port, stop_group
 
@@ -72,8 +72,9 @@ def allocate_endpoints(host: str, fixed: dict[str, int] | None = None) -> c.Endp
 
 
 def worker_settings_env(settings: Settings, endpoints: c.Endpoints, run_dir: Path) -> dict[str, str]:
-    """The worker reads the same Settings; the stack only points it at the embedded services."""
+    """The worker gets the stack's Settings whole, pointed at the embedded services."""
     env = dict(os.environ)
+    env.update({name: value for name, value, _ in settings_reference(settings)})
     env.update({
         "POPSCORE_KAFKA__BOOTSTRAP_SERVERS": endpoints.broker_bootstrap,
         "POPSCORE_REDIS__URL": endpoints.redis_url,
@@ -83,6 +84,7 @@ def worker_settings_env(settings: Settings, endpoints: c.Endpoints, run_dir: Pat
         "POPSCORE_WORKER__METRICS_PORT": str(endpoints.worker_metrics_port),
         "POPSCORE_STACK__RUN_DIR": str(run_dir),
         "POPSCORE_STACK__MODEL_REPO": str(settings.stack.model_repo.resolve()),
+        "POPSCORE_SERVING__PYTHON_BACKEND_MIRROR": str(run_dir / "triton_repository"),
         "PYTHONUNBUFFERED": "1",
     })
     return env
@@ -136,8 +138,9 @@ class EmbeddedStack:
         self.log(f"topics ready: {topics.posts}, {topics.snapshots}, {topics.predictions}, "
                  f"{topics.deadletter} ({topics.partitions} partitions)")
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        process = ManagedProcess.spawn(name, argv, self.run_dir / "logs" / f"{name}.log", env=env,
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+               log_name: str | None = None) -> None:
+        process = ManagedProcess.spawn(name, argv, self.run_dir / "logs" / f"{log_name or name}.log", env=env,
                                        cwd=self.run_dir)
         self.state.processes[name] = {"pid": process.pid, "log": str(process.log_path)}
         self.state.save()
@@ -156,6 +159,25 @@ class EmbeddedStack:
             time.sleep(0.25)
         raise StackError(f"{name} not healthy after {self.settings.stack.start_timeout_s:.0f}s; "
                          f"last lines of {process.log_path}:\n{process.log_tail()}")
+
+    def restart_worker(self, kill: bool = False) -> None:
+        """Stop the worker gracefully (SIGTERM) or with SIGKILL, start a new one, wait until it is ready."""
+        import signal
+
+        from popscore.stack.process import group_alive
+
+        info = self.state.processes["worker"]
+        pgid = int(info["pid"])
+        if kill:
+            os.killpg(pgid, signal.SIGKILL)
+            while group_alive(pgid):
+                time.sleep(0.05)
+        else:
+            stop_group(pgid, self.settings.stack.stop_timeout_s)
+        endpoints = self.state.endpoints_obj()
+        self._spawn("worker", c.worker_argv(), env=worker_settings_env(self.settings, endpoints, self.run_dir),
+                    log_name=f"worker-{int(time.time() * 1000)}")
+        self._wait_healthy("worker", endpoints)
 
     def stop(self) -> None:
         state = self.state or StackState.load(self.run_dir)

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from datetime import datetime, timezone
 
+import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
@@ -60,11 +61,13 @@ def test_several_snapshots_of_one_post_in_one_batch_make_one_update_with_post_me
     async def scenario(store, client):
         await store.put_posts([Post(post_id=post, platform="reddit",
                                     created_at=datetime.fromtimestamp(T0, timezone.utc),
-                                    attributes={"category": "news"})])
+                                    attributes={"category": "news"})], np.array([[1.5, 2.5]], dtype=np.float32))
         return await store.merge([snap(post, t, t) for t in (30, 10, 20)])
 
     updates = run(redis_url, scenario)
     assert len(updates) == 1
     assert updates[0].statuses == [APPENDED, OUT_OF_ORDER, OUT_OF_ORDER]
     assert updates[0].sequence[:, 2].tolist() == [10, 20, 30]
-    assert updates[0].post["platform"] == "reddit" and updates[0].post["category"] == "news"
+    meta = updates[0].post
+    assert (meta.platform, meta.category, meta.created_at) == ("reddit", "news", T0)
+    assert np.frombuffer(meta.static_features, dtype=np.float32).tolist() == [1.5, 2.5]

@@ -9,7 +9,7 @@ import pytest
 from popscore.settings import Settings
 from popscore.stack.process import StackError, group_alive
 from popscore.stack.stack import COMPONENTS, EmbeddedStack
-from tests.conftest import REPO
+from tests.conftest import MODEL_REPO
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def settings_in(tmp_path) -> Settings:
     settings = Settings()
     settings.stack.run_dir = tmp_path / "run"
-    settings.stack.model_repo = REPO / "model_repo"
+    settings.stack.model_repo = MODEL_REPO
     return settings
 
 

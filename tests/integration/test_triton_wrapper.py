@@ -9,11 +9,11 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2
 
 from popscore.serving.model_repository import list_models
-from tests.conftest import REPO
+from tests.conftest import MODEL_REPO
 
 pytestmark = pytest.mark.integration
 
-MODELS = [m for m in list_models(REPO / "model_repo") if m.versions]
+MODELS = [m for m in list_models(MODEL_REPO) if m.versions]
 DTYPES = {model_config_pb2.TYPE_FP32: ("FP32", np.float32), model_config_pb2.TYPE_INT64: ("INT64", np.int64)}
 
 

@@ -1,0 +1,152 @@
+"""One served model: Triton first, ONNX Runtime on the same file when Triton cannot answer.
+
+Triton calls carry a deadline, are retried with exponential backoff, and go through a circuit breaker
+so that a dead Triton costs one fast local inference instead of a timeout per batch. Every result names
+the model version that produced it. ``refresh`` picks up a version promoted into the model repository
+through Triton's explicit model-control API: load, check readiness, then switch; if the load fails the
+old version keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import model_config_pb2
+
+from popscore.serving.circuit_breaker import CircuitBreaker
+from popscore.serving.local_runtime import LocalOnnxRuntime
+from popscore.serving.model_repository import RepositoryModel, build_python_backend_repository, list_models
+from popscore.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+TRITON_DTYPES = {model_config_pb2.TYPE_FP32: "FP32", model_config_pb2.TYPE_INT64: "INT64"}
+
+
+@dataclass(frozen=True)
+class Inference:
+    outputs: dict[str, np.ndarray]
+    model_version: str
+    served_by: str  # "triton" or "local"
+
+
+class ModelUnavailable(RuntimeError):
+    pass
+
+
+class ModelPredictor:
+    def __init__(self, name: str, settings: ServingSettings, grpc_url: str, repository: Path,
+                 python_backend_mirror: Path | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.grpc_url = grpc_url
+        self.repository = repository
+        self.python_backend_mirror = python_backend_mirror
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
+        self.client: grpcaio.InferenceServerClient | None = None
+        self.model: RepositoryModel | None = None
+        self.version: int | None = None
+        self.local: LocalOnnxRuntime | None = None
+        self.stats = {"triton": 0, "local": 0, "triton_errors": 0, "reloads": 0, "reload_failures": 0}
+
+    async def start(self) -> None:
+        """Create the asyncio client inside the running loop (they must not be shared across loops)."""
+        self.client = grpcaio.InferenceServerClient(self.grpc_url)
+        self.model = self._repository_model()
+        self.version = self.model.versions[-1]
+        self.local = LocalOnnxRuntime(self.model, self.version)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+    def _repository_model(self) -> RepositoryModel:
+        for model in list_models(self.repository):
+            if model.name == self.name and model.versions:
+                return model
+        raise ModelUnavailable(f"model {self.name!r} has no version in {self.repository}")
+
+    @property
+    def max_batch_size(self) -> int:
+        return max(1, self.model.config.max_batch_size)
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> list[Inference]:
+        """Run a batch of any size; split into chunks of the model's ``max_batch_size``."""
+        n = len(next(iter(inputs.values())))
+        step = self.max_batch_size
+        chunks = [{k: v[i:i + step] for k, v in inputs.items()} for i in range(0, n, step)]
+        return list(await asyncio.gather(*(self._infer_chunk(chunk) for chunk in chunks)))
+
+    async def _infer_chunk(self, inputs: dict[str, np.ndarray]) -> Inference:
+        if self.breaker.allow():
+            for attempt in range(self.settings.retries + 1):
+                try:
+                    outputs = await self._triton(inputs)
+                    self.breaker.record_success()
+                    self.stats["triton"] += 1
+                    return Inference(outputs, str(self.version), "triton")
+                except Exception as exc:  # any transport or server error: retry, then fall back
+                    self.stats["triton_errors"] += 1
+                    log.warning("triton %s attempt %d failed: %s", self.name, attempt + 1, exc)
+                    if attempt < self.settings.retries:
+                        await asyncio.sleep(self.settings.backoff_s * 2 ** attempt)
+            self.breaker.record_failure()
+        if not self.settings.local_fallback:
+            raise ModelUnavailable(f"Triton cannot serve {self.name} and the local fallback is off")
+        self.stats["local"] += 1
+        local = self.local
+        outputs = await asyncio.to_thread(local.infer, inputs)
+        return Inference(outputs, str(local.version), "local")
+
+    async def _triton(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = []
+        for spec in self.model.config.input:
+            array = inputs[spec.name]
+            tensor = InferInput(spec.name, list(array.shape), TRITON_DTYPES[spec.data_type])
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        outputs = [InferRequestedOutput(o.name) for o in self.model.config.output]
+        result = await self.client.infer(self.name, tensors, model_version=str(self.version), outputs=outputs,
+                                         client_timeout=self.settings.timeout_s)
+        answer = {o.name: result.as_numpy(o.name) for o in self.model.config.output}
+        n = len(next(iter(inputs.values())))
+        for name, array in answer.items():
+            if array is None or len(array) != n:  # the empty-output failure mode of a mismatched numpy
+                raise ModelUnavailable(f"Triton returned no or a short {name!r} for {self.name}")
+        return answer
+
+    async def refresh(self) -> bool:
+        """Serve a newer version from the repository if Triton loads it; returns True if switched."""
+        try:
+            model = self._repository_model()
+        except ModelUnavailable:
+            return False
+        newest = model.versions[-1]
+        if newest == self.version:
+            return False
+        try:
+            if self.python_backend_mirror is not None:
+                build_python_backend_repository(self.repository, self.python_backend_mirror, only=[self.name])
+            await self.client.load_model(self.name, client_timeout=self.settings.load_timeout_s)
+            deadline = time.monotonic() + self.settings.load_timeout_s
+            while not await self.client.is_model_ready(self.name, str(newest)):
+                if time.monotonic() > deadline:
+                    raise ModelUnavailable(f"version {newest} of {self.name} not ready after loading")
+                await asyncio.sleep(0.2)
+            local = LocalOnnxRuntime(model, newest)
+        except Exception as exc:
+            self.stats["reload_failures"] += 1
+            log.error("could not load %s version %s, still serving version %s: %s",
+                      self.name, newest, self.version, exc)
+            return False
+        self.model, self.version, self.local = model, newest, local
+        self.stats["reloads"] += 1
+        log.info("now serving %s version %s", self.name, newest)
+        return True

@@ -1,0 +1,232 @@
+"""What the worker does with a micro-batch, apart from Faust: validate, store, predict, publish.
+
+Posts: validate -> static features (stored with the post) -> static prediction.
+Snapshots: validate -> merge into the Redis sequences -> one temporal inference per changed post
+(several snapshots of a post in one batch give one prediction) -> predictions topic + leaderboards.
+Every rejected record goes to the dead-letter topic. The batch's outputs are awaited before the batch
+returns, so Faust commits its offsets only after the outputs are produced (at-least-once; redelivery
+is harmless because a repeated snapshot changes nothing and gives no new prediction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+
+import numpy as np
+import redis.asyncio as redis
+
+from popscore import features as F
+from popscore.contract import DeadLetter, Post, RejectedRecord, RejectReason, Snapshot, SnapshotBatch, \
+    decode_record, encode_record
+from popscore.serving.model_repository import version_metadata
+from popscore.serving.predictor import ModelPredictor
+from popscore.settings import Settings
+from popscore.stream.leaderboard import BoardEntry, Leaderboards
+from popscore.stream.metrics import WorkerMetrics
+from popscore.stream.predictions import encode, prediction_records
+from popscore.stream.sequence_store import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, SequenceUpdate, \
+    SnapshotSequenceStore, count_decreases
+
+log = logging.getLogger(__name__)
+
+MERGE_OUTCOMES = {APPENDED: "appended", DUPLICATE: "duplicate", CORRECTED: "corrected", OUT_OF_ORDER: "out_of_order"}
+RISING_INDEX = F.DYNAMIC_FEATURE_NAMES.index("dlog_score_last_h")
+
+
+class StreamWorker:
+    """The worker's state, created inside the running event loop (asyncio clients are loop-bound)."""
+
+    def __init__(self, settings: Settings, send) -> None:
+        self.settings = settings
+        self.send = send  # async (topic, key, value) -> delivery future
+        self.metrics = WorkerMetrics()
+        self.redis: redis.Redis | None = None
+        self.store: SnapshotSequenceStore | None = None
+        self.boards: Leaderboards | None = None
+        self.predictors: dict[str, ModelPredictor] = {}
+        self._reload_failures: dict[str, int] = {}
+        self.ready = False
+        self.assigned = False
+        self._start_lock = asyncio.Lock()
+
+    async def ensure_started(self) -> None:
+        async with self._start_lock:
+            if self.store is None:
+                await self._start()
+
+    async def _start(self) -> None:
+        settings = self.settings
+        self.redis = redis.Redis.from_url(settings.redis.url)
+        await self.redis.ping()
+        self.store = SnapshotSequenceStore(self.redis, settings.redis.key_prefix, settings.score.horizon_s)
+        self.boards = Leaderboards(self.redis, settings.redis.key_prefix, settings.worker.leaderboard_size)
+        for kind, name in F.MODEL_NAMES.items():
+            predictor = ModelPredictor(name, settings.serving, settings.triton.grpc_url, settings.stack.model_repo,
+                                       settings.serving.python_backend_mirror)
+            await predictor.start()
+            self.predictors[kind] = predictor
+        self.metrics.serve(settings.stack.host, settings.worker.metrics_port)
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        for predictor in self.predictors.values():
+            await predictor.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    def feature_spec(self, kind: str) -> F.FeatureSpec:
+        """The spec stored with the served version, so serving computes what that model was trained on."""
+        predictor = self.predictors[kind]
+        meta = version_metadata(predictor.model, predictor.version)
+        return F.FeatureSpec.from_dict(meta["feature_spec"]) if "feature_spec" in meta else F.DEFAULT_SPEC
+
+    # --- input boundary -------------------------------------------------------------------------------
+
+    def decode(self, message, accept: tuple[str, ...]):
+        self.metrics.records_in.labels(message.topic).inc()
+        record = decode_record(
+            message.value or b"", accept=accept, max_bytes=self.settings.limits.max_record_bytes,
+            max_future_skew=timedelta(seconds=self.settings.limits.max_future_skew_s),
+        )
+        key = message.key
+        if isinstance(record, (Post, Snapshot)) and key is not None and key != record.post_id.encode():
+            raise RejectedRecord(RejectReason.KEY_MISMATCH,
+                                 f"record key {key[:200]!r} differs from post_id {record.post_id!r}")
+        return record
+
+    async def dead_letter(self, message, error: RejectedRecord):
+        letter = DeadLetter.of(topic=message.topic, partition=message.partition, offset=message.offset,
+                               key=message.key, value=message.value or b"", error=error)
+        self.metrics.dead_letters.labels(message.topic, error.reason.value).inc()
+        self.metrics.records_out.labels(self.settings.kafka.topics.deadletter).inc()
+        return await self.send(self.settings.kafka.topics.deadletter, message.key, encode_record(letter))
+
+    # --- posts ----------------------------------------------------------------------------------------
+
+    async def handle_posts(self, messages: list) -> None:
+        posts: list[Post] = []
+        deliveries = []
+        for message in messages:
+            try:
+                posts.append(self.decode(message, accept=("post.v1",)))
+            except RejectedRecord as error:
+                deliveries.append(await self.dead_letter(message, error))
+        if posts:
+            spec = self.feature_spec("static")
+            created = np.array([p.created_at.timestamp() for p in posts])
+            platforms = [p.platform for p in posts]
+            inputs = F.build_static_inputs(spec, created, platforms, posts)
+            await self.store.put_posts(posts, inputs["static_features"])
+            deliveries += await self._predict("static", [p.post_id for p in posts], created, inputs, spec)
+            self.metrics.posts_in.inc(len(posts))
+        await asyncio.gather(*deliveries)
+        self._observe_end_to_end("static", messages)
+
+    # --- snapshots ------------------------------------------------------------------------------------
+
+    async def handle_snapshots(self, messages: list) -> None:
+        snapshots: list[Snapshot] = []
+        deliveries = []
+        for message in messages:
+            try:
+                record = self.decode(message, accept=("snapshot.v1", "snapshot-batch.v1"))
+            except RejectedRecord as error:
+                deliveries.append(await self.dead_letter(message, error))
+                continue
+            snapshots.extend(record.snapshots if isinstance(record, SnapshotBatch) else [record])
+        self.metrics.batch_size.labels("snapshots").observe(len(messages))
+        if snapshots:
+            started = time.perf_counter()
+            updates = await self.store.merge(snapshots)
+            self.metrics.redis_seconds.labels("merge").observe(time.perf_counter() - started)
+            self.metrics.snapshots_in.inc(len(snapshots))
+            for update in updates:
+                for status in update.statuses:
+                    self.metrics.sequence_merges.labels(MERGE_OUTCOMES[status]).inc()
+            changed = [u for u in updates if u.changed]
+            if changed:
+                self.metrics.counter_decreases.inc(sum(count_decreases(u.sequence) for u in changed))
+                deliveries += await self._predict_temporal(changed)
+        await asyncio.gather(*deliveries)
+        self._observe_end_to_end("temporal", messages)
+
+    def _observe_end_to_end(self, model: str, messages: list) -> None:
+        now = time.time()
+        histogram = self.metrics.end_to_end_seconds.labels(model)
+        for message in messages:
+            if message.timestamp:
+                histogram.observe(max(0.0, now - message.timestamp))
+
+    async def _predict_temporal(self, updates: list[SequenceUpdate]) -> list:
+        spec = self.feature_spec("temporal")
+        seqs = [u.sequence for u in updates]
+        # A snapshot may come before its post: then the first observation stands in for the upload time.
+        created = np.array([u.post.created_at if u.post.created_at is not None else u.sequence[0, 0]
+                            for u in updates])
+        platforms = [u.post.platform or "unknown" for u in updates]
+        as_of = np.array([u.sequence[-1, 0] for u in updates])
+        inputs = F.build_temporal_inputs(spec, seqs, created, platforms, self.settings.score.weights_for, as_of)
+        for i, update in enumerate(updates):
+            blob = update.post.static_features
+            if blob is not None and len(blob) == 4 * spec.static_dim:  # computed from the post at upload
+                inputs["static_features"][i] = np.frombuffer(blob, dtype=np.float32)
+        return await self._predict("temporal", [u.post_id for u in updates], as_of, inputs, spec,
+                                   platforms=platforms, categories=[u.post.category for u in updates])
+
+    async def _predict(self, kind: str, post_ids: list[str], as_of: np.ndarray, inputs: dict, spec: F.FeatureSpec,
+                       platforms: list[str] | None = None, categories: list[str | None] | None = None) -> list:
+        predictor = self.predictors[kind]
+        model_inputs = {t.name: inputs[t.name] for t in (F.temporal_inputs(spec) if kind == "temporal"
+                                                          else F.static_inputs(spec))}
+        started = time.perf_counter()
+        results = await predictor.infer(model_inputs)
+        elapsed = time.perf_counter() - started
+        records, offset = [], 0
+        now = time.time()
+        for result in results:
+            n = len(result.outputs["log_score"])
+            records += prediction_records(post_ids[offset:offset + n], kind, result.model_version,
+                                          as_of[offset:offset + n], int(spec.horizon_s), result.outputs, now)
+            self.metrics.predictions.labels(kind, result.model_version, result.served_by).inc(n)
+            self.metrics.inference_seconds.labels(kind, result.model_version, result.served_by).observe(elapsed)
+            self.metrics.inference_batch.labels(kind).observe(n)
+            for value in result.outputs["log_score"].reshape(-1):
+                self.metrics.predicted_log_score.labels(kind).observe(float(value))
+            offset += n
+        if kind == "temporal":
+            rising = inputs["dynamic_features"][:, RISING_INDEX]
+            await self.boards.update([
+                BoardEntry(r["post_id"], r["score"], float(rising[i]), platforms[i], categories[i])
+                for i, r in enumerate(records)
+            ])
+        await self.store.put_latest_predictions(kind, [(r["post_id"], encode(r)) for r in records])
+        topic = self.settings.kafka.topics.predictions
+        self.metrics.records_out.labels(topic).inc(len(records))
+        return [await self.send(topic, r["post_id"].encode(), encode(r)) for r in records]
+
+    async def refresh_models(self) -> None:
+        for kind, predictor in self.predictors.items():
+            old = predictor.version
+            switched = await predictor.refresh()
+            if switched:
+                self.metrics.model_info.remove(predictor.name, str(old))
+                self.metrics.model_reloads.labels(predictor.name, "loaded").inc()
+            elif predictor.stats["reload_failures"] > self._reload_failures.get(kind, 0):
+                self.metrics.model_reloads.labels(predictor.name, "failed").inc()
+            self._reload_failures[kind] = predictor.stats["reload_failures"]
+
+    async def update_gauges(self, consumer) -> None:
+        """Gauges read from the outside world: models served, Triton circuit, lag, tracked posts."""
+        for predictor in self.predictors.values():
+            self.metrics.model_info.labels(predictor.name, str(predictor.version)).set(1)
+            self.metrics.triton_up.labels(predictor.name).set(predictor.breaker.state.value == "closed")
+        for tp in consumer.assignment():
+            position = await consumer.position(tp)
+            if position is not None:
+                lag = max(0, consumer.highwater(tp) - position)
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        self.metrics.tracked_posts.set(await self.store.estimate_tracked_posts())

@@ -1,0 +1,189 @@
+"""End to end on a stack of its own: a replayed real-data slice gives predictions, the leaderboard agrees,
+restarts (graceful and kill -9) lose nothing and count nothing twice, a new model version is picked up,
+and predictions continue from the local ONNX Runtime when Triton dies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+import urllib.request
+from collections import defaultdict
+
+import pytest
+import redis
+
+from popscore.contract import Post, Snapshot, encode_record
+from popscore.replay import ReplayOptions, replay
+from popscore.stream.sequence_store import decode_sequence
+from tests.conftest import SHARED_DATA
+from tests.integration.kafka_io import consume_until, produce
+
+pytestmark = pytest.mark.integration
+
+
+def real_slice(prefix: str, n_posts: int) -> list[tuple[bytes, Post | Snapshot]]:
+    """The earliest ``n_posts`` Hacker News stories (or the built-in sample where the data is absent),
+    renamed with ``prefix`` so the test owns its keys."""
+    if SHARED_DATA.is_dir():
+        from popscore import datasets
+
+        events = list(datasets.load("hackernews", SHARED_DATA, limit=n_posts).events())
+    else:
+        from popscore.demo import read_events, sample_path
+
+        events = [event for _, event in read_events(sample_path())]
+    renamed = [event.model_copy(update={"post_id": prefix + event.post_id}) for event in events]
+    return [(encode_record(event), event) for event in renamed]
+
+
+def web_json(stack, path: str) -> dict:
+    url = stack.state.endpoints_obj().as_dict()["worker_web"] + path
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def predictions_by_post(bootstrap: str, topic: str, prefix: str, done) -> dict[str, list[dict]]:
+    messages = asyncio.run(consume_until(bootstrap, topic, lambda ms: done(_group(ms, prefix)), timeout_s=90))
+    return _group(messages, prefix)
+
+
+def _group(messages, prefix: str) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for message in messages:
+        record = json.loads(message.value)
+        if record["post_id"].startswith(prefix):
+            grouped[record["post_id"]].append(record)
+    return grouped
+
+
+def covered(grouped: dict[str, list[dict]], last_seen: dict[str, str]) -> bool:
+    """Every post has a temporal prediction as of its last snapshot."""
+    return all(any(r["model"] == "temporal" and r["as_of"] >= last_seen[p] for r in grouped.get(p, []))
+               for p in last_seen)
+
+
+def expected_last_seen(events) -> dict[str, str]:
+    last: dict[str, str] = {}
+    for _, event in events:
+        if isinstance(event, Snapshot):
+            last[event.post_id] = event.observed_at.isoformat().replace("+00:00", "Z")
+    return last
+
+
+def test_replayed_slice_gives_predictions_and_the_leaderboard_agrees(private_stack):
+    settings = private_stack.settings
+    endpoints = private_stack.state.endpoints_obj()
+    events = real_slice("e2e-", n_posts=60)
+    result = asyncio.run(replay(events, endpoints.broker_bootstrap, settings.kafka.topics,
+                                ReplayOptions(create_topics=False, progress=False)))
+    assert result.complete
+    last_seen = expected_last_seen(events)
+    grouped = predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "e2e-",
+                                  lambda g: covered(g, last_seen))
+    assert covered(grouped, last_seen)
+    posts = {event.post_id for _, event in events if isinstance(event, Post)}
+    assert {p for p, rs in grouped.items() if any(r["model"] == "static" for r in rs)} == posts
+    n_snapshots = defaultdict(int)
+    for _, event in events:
+        if isinstance(event, Snapshot):
+            n_snapshots[event.post_id] += 1
+    for post_id, records in grouped.items():
+        temporal = [r for r in records if r["model"] == "temporal"]
+        assert len(temporal) <= n_snapshots[post_id]  # batching may merge snapshots, never invent predictions
+        assert all(r["model_version"] and r["score"] >= 0 and r["interval"][0] <= r["interval"][1] for r in temporal)
+
+    latest = {post_id: [r for r in records if r["model"] == "temporal"][-1]["score"]
+              for post_id, records in grouped.items() if any(r["model"] == "temporal" for r in records)}
+    board = web_json(private_stack, "/leaderboard?board=top&k=10")["entries"]
+    expected = sorted(latest.items(), key=lambda kv: -kv[1])[:10]
+    assert [e["post_id"] for e in board] == [p for p, _ in expected]
+    assert all(abs(e["value"] - latest[e["post_id"]]) < 1e-6 * max(1, e["value"]) for e in board)
+
+    some_post = expected[0][0]
+    detail = web_json(private_stack, f"/posts/{some_post}")
+    assert len(detail["sequence"]["rows"]) == n_snapshots[some_post]
+    assert detail["predictions"]["temporal"]["score"] == pytest.approx(latest[some_post])
+
+
+def test_restarts_lose_no_snapshot_and_count_none_twice(private_stack):
+    settings = private_stack.settings
+    endpoints = private_stack.state.endpoints_obj()
+    events = [(raw, e) for raw, e in real_slice("rst-", n_posts=80) if isinstance(e, Snapshot)]
+    third = len(events) // 3
+
+    async def send(part):
+        await produce(endpoints.broker_bootstrap, settings.kafka.topics.snapshots,
+                      [(e.post_id.encode(), raw) for raw, e in part])
+
+    asyncio.run(send(events[:third]))
+    private_stack.restart_worker(kill=False)          # graceful stop mid-stream
+    asyncio.run(send(events[third:2 * third]))
+    time.sleep(0.5)
+    private_stack.restart_worker(kill=True)           # kill -9 mid-stream: uncommitted work is redelivered
+    asyncio.run(send(events[2 * third:]))
+
+    expected = defaultdict(set)
+    for _, event in events:
+        expected[event.post_id].add(int(event.observed_at.timestamp()))
+    client = redis.Redis.from_url(endpoints.redis_url)
+    prefix = settings.redis.key_prefix
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        stored = {p: decode_sequence(client.get(f"{prefix}seq:{p}") or b"") for p in expected}
+        if all(len(s) == len(expected[p]) for p, s in stored.items()):
+            break
+        time.sleep(0.5)
+    for post_id, times in expected.items():
+        assert sorted(stored[post_id][:, 0].astype(int).tolist()) == sorted(times), post_id
+
+
+def test_a_promoted_version_is_loaded_without_restart_and_a_broken_one_is_refused(private_stack):
+    settings = private_stack.settings
+    endpoints = private_stack.state.endpoints_obj()
+    model_dir = settings.stack.model_repo / "popscore_temporal"
+    current = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+    shutil.copytree(model_dir / str(current), model_dir / str(current + 1))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if web_json(private_stack, "/readyz")["models"]["temporal"]["version"] == current + 1:
+            break
+        time.sleep(0.5)
+    assert web_json(private_stack, "/readyz")["models"]["temporal"]["version"] == current + 1
+
+    broken = model_dir / str(current + 2)
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"not an onnx file")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and web_json(private_stack, "/readyz")["models"]["temporal"]["reload_failures"] == 0:
+        time.sleep(0.5)
+    models = web_json(private_stack, "/readyz")["models"]["temporal"]
+    assert models["reload_failures"] >= 1 and models["version"] == current + 1
+    shutil.rmtree(broken)
+
+    events = real_slice("ver-", n_posts=5)
+    asyncio.run(replay(events, endpoints.broker_bootstrap, settings.kafka.topics,
+                       ReplayOptions(create_topics=False, progress=False)))
+    last_seen = expected_last_seen(events)
+    grouped = predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "ver-",
+                                  lambda g: covered(g, last_seen))
+    versions = {r["model_version"] for rs in grouped.values() for r in rs if r["model"] == "temporal"}
+    assert versions == {str(current + 1)}
+
+
+def test_predictions_continue_from_local_onnx_runtime_when_triton_dies(private_stack):
+    from popscore.stack.process import stop_group
+
+    settings = private_stack.settings
+    endpoints = private_stack.state.endpoints_obj()
+    stop_group(int(private_stack.state.processes["triton"]["pid"]), 5)
+    events = real_slice("fb-", n_posts=5)
+    asyncio.run(replay(events, endpoints.broker_bootstrap, settings.kafka.topics,
+                       ReplayOptions(create_topics=False, progress=False)))
+    last_seen = expected_last_seen(events)
+    grouped = predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "fb-",
+                                  lambda g: covered(g, last_seen))
+    assert covered(grouped, last_seen)
+    models = web_json(private_stack, "/readyz")["models"]
+    assert models["temporal"]["local"] > 0 and models["temporal"]["triton_errors"] > 0

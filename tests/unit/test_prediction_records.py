@@ -1,0 +1,32 @@
+"""Model outputs become valid prediction.v1 records."""
+
+import math
+
+import numpy as np
+
+from popscore.contract import Prediction, decode_record
+from popscore.stream.leaderboard import BoardEntry, Leaderboards
+from popscore.stream.predictions import encode, prediction_records
+
+
+def test_records_validate_against_the_contract_and_carry_explanations():
+    outputs = {
+        "log_score": np.array([[math.log1p(99.0)], [0.0]], dtype=np.float32),
+        "log_interval": np.array([[4.0, 5.0], [0.5, -0.1]], dtype=np.float32),
+        "modality_weights": np.array([[0.7, 0.3, 0, 0], [1, 0, 0, 0]], dtype=np.float32),
+        "time_attention": np.full((2, 4), 0.25, dtype=np.float32),
+    }
+    records = prediction_records(["a", "b"], "temporal", "3", np.array([1.7e9, 1.7e9 + 60]), 3600, outputs, 1.7e9 + 61)
+    parsed = [decode_record(encode(r), accept=("prediction.v1",)) for r in records]
+    assert all(isinstance(p, Prediction) for p in parsed)
+    assert abs(parsed[0].score - 99.0) < 1e-3 and parsed[0].model_version == "3"
+    assert parsed[0].interval == (math.expm1(4.0), math.expm1(5.0))
+    assert parsed[1].interval[0] <= parsed[1].interval[1]  # a crossed quantile pair is reordered, not rejected
+    assert parsed[0].explanation["modality_weights"]["content"] == 0.7
+    assert parsed[0].explanation["time_attention"] == [0.25] * 4
+
+
+def test_a_post_goes_to_the_overall_platform_and_category_boards():
+    entry = BoardEntry("p", 10.0, 0.5, "youtube", "Music")
+    assert Leaderboards.boards_of(entry) == ["top", "top:platform:youtube", "top:category:Music"]
+    assert Leaderboards.boards_of(BoardEntry("p", 1.0, 0.0, "hackernews", None)) == ["top", "top:platform:hackernews"]
