@@ -46,7 +46,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = Settings()
     options = ReplayOptions(
         speed=args.speed, rate=args.rate, batch=args.batch, batch_max=args.batch_max,
-        create_topics=not args.no_create_topics, progress=not args.quiet,
+        create_topics=not args.no_create_topics, progress=not args.quiet, max_idle_s=args.max_idle,
     )
     result = replay_file(Path(args.file), args.bootstrap or settings.kafka.bootstrap_servers,
                          settings.kafka.topics, options)
@@ -107,6 +107,7 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     pace = rep.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, help="event time runs this many times faster than real time")
     pace.add_argument("--rate", type=float, help="at most this many events per second")
+    rep.add_argument("--max-idle", type=float, help="with --speed: cut quiet stretches to at most this many seconds")
     rep.add_argument("--batch", action="store_true", help="send snapshots as snapshot-batch.v1 per partition")
     rep.add_argument("--batch-max", type=int, default=1000, help="snapshots per batch envelope at most")
     rep.add_argument("--no-create-topics", action="store_true", help="fail instead of creating missing topics")

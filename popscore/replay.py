@@ -47,6 +47,7 @@ class ReplayOptions:
     batch_max: int = 1_000
     create_topics: bool = True
     progress: bool = True
+    max_idle_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.speed is not None and self.rate is not None:
@@ -82,17 +83,29 @@ class ReplayResult:
 
 
 class Pacer:
-    """When each event is due, in seconds after the replay started (a pure function of its inputs)."""
+    """When each event is due, in seconds after the replay started.
 
-    def __init__(self, speed: float | None, rate: float | None) -> None:
-        self.speed, self.rate = speed, rate
+    With ``max_idle_s``, a quiet stretch of event time longer than that (after scaling) is cut to it:
+    a YouTube file whose oldest video was published nine years before it trended would otherwise make
+    a speed-paced replay wait for days before the second event.
+    """
+
+    def __init__(self, speed: float | None, rate: float | None, max_idle_s: float | None = None) -> None:
+        self.speed, self.rate, self.max_idle_s = speed, rate, max_idle_s
         self.first: datetime | None = None
+        self.skipped = 0.0
+        self.last_due = 0.0
 
     def due(self, index: int, when: datetime) -> float:
         if self.first is None:
             self.first = when
         if self.speed is not None:
-            return max(0.0, (when - self.first).total_seconds() / self.speed)
+            due = (when - self.first).total_seconds() / self.speed - self.skipped
+            if self.max_idle_s is not None and due - self.last_due > self.max_idle_s:
+                self.skipped += due - self.last_due - self.max_idle_s
+                due = self.last_due + self.max_idle_s
+            self.last_due = max(self.last_due, due)
+            return max(0.0, due)
         if self.rate is not None:
             return index / self.rate
         return 0.0
@@ -198,7 +211,7 @@ async def replay(
     try:
         partitions = sorted(await producer.partitions_for(topics.snapshots))
         sender = _Sender(producer, topics, result, options, partitions)
-        pacer = Pacer(options.speed, options.rate)
+        pacer = Pacer(options.speed, options.rate, options.max_idle_s)
         for index, (raw, event) in enumerate(events):
             wait = pacer.due(index, event.created_at if isinstance(event, Post) else event.observed_at) - (
                 time.monotonic() - started)

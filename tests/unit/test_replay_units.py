@@ -55,3 +55,9 @@ def test_batch_envelope_is_a_valid_snapshot_batch():
     batch = decode_record(batch_envelope(lines), accept=("snapshot-batch.v1",))
     assert isinstance(batch, SnapshotBatch)
     assert [s.post_id for s in batch.snapshots] == ["a", "b"]
+
+
+def test_max_idle_cuts_quiet_stretches_only():
+    pacer = Pacer(speed=1.0, rate=None, max_idle_s=5.0)
+    times = [T0, T0 + timedelta(seconds=2), T0 + timedelta(days=300), T0 + timedelta(days=300, seconds=3)]
+    assert [pacer.due(i, t) for i, t in enumerate(times)] == pytest.approx([0, 2, 7, 10])
