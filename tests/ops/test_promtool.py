@@ -192,9 +192,21 @@ def test_promtool_check_metrics_rejects_a_bad_exposition():
 
 
 @pytest.mark.integration
-def test_live_worker_scrape_passes_promtool_check_metrics(endpoints):
+def test_live_worker_scrape_passes_promtool_check_metrics(endpoints, stack_settings):
     """Scrape the running embedded stack's worker and lint it exactly as Prometheus would receive it."""
+    import asyncio
+    import json
+    import uuid
+
+    from tests.integration.kafka_io import produce
+
     promtool()
+    # one valid snapshot and one broken record, so labelled series (merges, dead letters) are exposed too
+    post_id = f"ops-{uuid.uuid4().hex[:8]}"
+    valid = json.dumps({"schema": "snapshot.v1", "post_id": post_id, "observed_at": "2024-05-01T10:00:00Z",
+                        "counts": {"likes": 3}}).encode()
+    asyncio.run(produce(endpoints.broker_bootstrap, stack_settings.kafka.topics.snapshots,
+                        [(post_id.encode(), valid), (f"{post_id}-bad".encode(), b"{broken json")]))
     url = endpoints.as_dict()["worker_metrics"]
     deadline = time.monotonic() + 90
     text, error = b"", None
@@ -202,14 +214,15 @@ def test_live_worker_scrape_passes_promtool_check_metrics(endpoints):
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 text = response.read()
-            if b"popscore_" in text:
+            if b'reason="not_json"' in text:
                 break
         except OSError as exc:
             error = exc
         time.sleep(1)
     assert b"popscore_" in text, f"no popscore metrics at {url} after 90 s ({error})"
+    assert b'reason="not_json"' in text, "the broken record did not show up as a dead letter in /metrics"
     result = check_metrics(text)
     assert result.returncode == 0, lint_report(result)
     assert output(result).strip() == "", f"promtool lint findings on the live scrape:\n{lint_report(result)}"
     families = {line.split()[2] for line in text.decode().splitlines() if line.startswith("# TYPE ")}
-    assert "popscore_records_consumed" in families
+    assert {"popscore_records_consumed_total", "popscore_dead_letters_total"} <= families
