@@ -25,7 +25,8 @@ COPY serving/ serving/
 COPY trainer/ trainer/
 
 FROM base AS trainer
-RUN pip install ".[stream,serving,train]"
+RUN pip install ".[stream,serving,train]" \
+    && popscore train --help > /dev/null
 USER popscore
 WORKDIR /var/lib/popscore
 ENTRYPOINT ["popscore"]
@@ -33,7 +34,10 @@ CMD ["train", "--help"]
 
 # The last stage is what `docker build .` produces.
 FROM base AS worker
-RUN pip install ".[stream,serving]"
+# Smoke check: the CLI must start with only the worker's extras installed (no pandas, no torch).
+RUN pip install ".[stream,serving]" \
+    && popscore --help > /dev/null \
+    && python -c "import popscore.stream.app, popscore.serving.predictor"
 USER popscore
 WORKDIR /var/lib/popscore
 ENV POPSCORE_STACK__HOST=0.0.0.0 \
