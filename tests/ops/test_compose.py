@@ -4,6 +4,7 @@ popscore.settings and the Prometheus config. No Docker engine is needed (the fil
 from __future__ import annotations
 
 import copy
+import json
 import re
 from urllib.parse import urlparse
 
@@ -285,3 +286,41 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context():
                if line.strip() and not line.startswith("#")}
     assert {".git", ".venv", ".popscore", "model_repo"} <= ignored
     assert "README.md" not in ignored and "pyproject.toml" not in ignored  # the build needs them
+
+
+# --- the Compose specification ----------------------------------------------------------------------------
+
+def interpolated(compose: dict):
+    """The document as Compose sees it with an empty environment (defaults used, required values dummied)."""
+    if isinstance(compose, dict):
+        return {k: interpolated(v) for k, v in compose.items()}
+    if isinstance(compose, list):
+        return [interpolated(v) for v in compose]
+    if isinstance(compose, str):
+        parts = compose.split("$$")
+        return "$".join(_VARIABLE.sub(lambda m: m.group(3) or ("required" if m.group(4) else ""), p) for p in parts)
+    return compose
+
+
+def parse_spec(compose: dict):
+    """Parse with `compose-spec` (Rust bindings of the Compose specification; strict about unknown keys,
+    enum values, units and durations). YAML anchors and merge keys are resolved by PyYAML first."""
+    compose_spec = pytest.importorskip("compose_spec", reason="compose-spec not installed (pip install compose-spec)")
+    return compose_spec.PyCompose.from_json(json.dumps(interpolated(compose)))
+
+
+def test_compose_file_follows_the_compose_specification():
+    parsed = parse_spec(load())
+    assert set(parsed.service_names()) == set(load()["services"])
+
+
+@pytest.mark.parametrize("service, key, value", [
+    ("redis", "healthchek", {"test": ["CMD", "redis-cli", "ping"]}),   # misspelt key
+    ("worker", "stop_grace_period", "thirty seconds"),                  # not a duration
+    ("triton", "shm_size", "lots"),                                      # not a size
+])
+def test_the_specification_check_rejects_a_broken_file(service, key, value):
+    compose = copy.deepcopy(load())
+    compose["services"][service][key] = value
+    with pytest.raises(ValueError):
+        parse_spec(compose)
