@@ -119,6 +119,22 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from popscore.bench import BenchConfig, render_table, run_bench
+
+    config = BenchConfig()
+    if args.quick:
+        config = BenchConfig(live_posts=10_000, batch_seconds=10, record_seconds=5, latency_seconds=5,
+                             naive_snapshots=500, memory_posts=50_000)
+    log = (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)) if args.json else _print
+    results = run_bench(_settings(args), config, log=log)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(render_table(results, "popscore bench" + (" --quick" if args.quick else "")))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from popscore.demo import run_demo
 
@@ -155,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print every setting as the environment variable that sets it")
     config.add_argument("--describe", action="store_true", help="add each setting's description")
     config.set_defaults(func=cmd_config)
+
+    bench = sub.add_parser("bench", help="measure throughput, latency and Redis memory on the embedded stack")
+    bench.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    bench.add_argument("--quick", action="store_true", help="a small run (minutes) instead of the full one")
+    bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="the main job: start the embedded stack, replay the built-in sample "
                                        "(or --data), show live predictions and the leaderboard, stop")

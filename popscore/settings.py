@@ -61,8 +61,14 @@ class WorkerSettings(BaseModel):
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_within_s: float = Field(0.05, gt=0, le=10)
     leaderboard_size: int = Field(100, ge=1, le=10_000)
+    max_batch_snapshots: int = Field(4096, ge=1, description="snapshots merged and scored per step "
+                                     "(a batch of envelopes is split into steps of this size)")
     stream_buffer_records: int = Field(4096, ge=1, description="records buffered per partition before "
                                        "consumption pauses (backpressure)")
+    online_window: int = Field(5_000, ge=10, description="predictions per (model, version, age) in the "
+                               "online-accuracy window")
+    online_age_tolerance_h: float = Field(0.5, gt=0, description="a prediction made at age a counts for "
+                                          "evaluation age t when t <= a < t + this")
     gauge_interval_s: float = Field(5.0, gt=0, description="refresh interval of lag and tracked-post gauges")
     # Tansu holds a group join for half the rebalance timeout; short timeouts make (re)joins quick.
     rebalance_timeout_s: float = Field(6.0, gt=0)

@@ -37,11 +37,12 @@ def create_app(settings: Settings) -> faust.App:
     )
     posts_topic = app.topic(topics.posts, key_type=bytes, value_type=bytes)
     snapshots_topic = app.topic(topics.snapshots, key_type=bytes, value_type=bytes)
-    outputs = {name: app.topic(name, key_type=bytes, value_type=bytes) for name in (topics.predictions,
-                                                                                    topics.deadletter)}
 
     async def send(topic: str, key: bytes | None, value: bytes):
-        return await outputs[topic].send(key=key, value=value)
+        """Straight to the producer: Faust's ``topic.send`` costs ~0.3 ms a record (DESIGN.md). The worker
+        awaits the returned delivery futures before it finishes a batch, so offsets are committed only
+        after the outputs are in Kafka."""
+        return await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
 
     worker = StreamWorker(settings, send)
     batch = settings.worker
@@ -71,6 +72,11 @@ def create_app(settings: Settings) -> faust.App:
     async def update_gauges() -> None:
         if worker.ready:
             await worker.update_gauges(app.consumer)
+
+    @app.timer(interval=settings.worker.gauge_interval_s)
+    async def evaluate_matured() -> None:
+        if worker.ready:
+            await worker.evaluate_matured()
 
     @app.on_rebalance_complete.connect
     async def assigned(app: faust.App, **kwargs) -> None:

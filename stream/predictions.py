@@ -45,3 +45,9 @@ def prediction_records(post_ids: list[str], model: str, model_version: str, as_o
 
 def encode(record: dict) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
+
+
+def latest_view(record: dict) -> dict:
+    """The part of a prediction kept per post in Redis for ``/posts/{post_id}`` (the full record, with its
+    explanation, is on the predictions topic)."""
+    return {k: record[k] for k in ("model_version", "as_of", "score", "log_score", "interval") if k in record}

@@ -178,6 +178,46 @@ class SnapshotSequenceStore:
     async def get_post(self, post_id: str) -> dict[bytes, bytes]:
         return await self.client.hgetall(self.post_key(post_id))
 
+    # --- online accuracy: predictions kept until the post matures --------------------------------------
+
+    @property
+    def maturity_key(self) -> str:
+        return f"{self.key_prefix}maturity"
+
+    async def keep_for_evaluation(self, kept: list[tuple[str, str, float]], due: list[tuple[str, float]]) -> None:
+        """``kept``: (post_id, field, predicted log score), first one per field wins; ``due``: (post_id,
+        maturity epoch seconds), first one per post wins."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for post_id, name, value in kept:
+                pipe.hsetnx(self.post_key(post_id), name, repr(value))
+            if due:
+                pipe.zadd(self.maturity_key, {post_id: when for post_id, when in due}, nx=True)
+            await pipe.execute()
+
+    async def matured(self, clock: float, limit: int) -> list[tuple[str, np.ndarray, PostMeta, dict[str, float]]]:
+        """Posts whose horizon has passed by ``clock``: (post_id, sequence, metadata, kept predictions).
+        They are removed from the maturity set; their kept predictions are deleted."""
+        members = await self.client.zrangebyscore(self.maturity_key, "-inf", clock, start=0, num=limit)
+        if not members:
+            return []
+        post_ids = [m.decode() for m in members]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for post_id in post_ids:
+                pipe.get(self.sequence_key(post_id))
+                pipe.hgetall(self.post_key(post_id))
+            rows = await pipe.execute()
+        out = []
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.maturity_key, *members)
+            for i, post_id in enumerate(post_ids):
+                blob, fields = rows[2 * i], rows[2 * i + 1]
+                kept = {k.decode(): float(v) for k, v in fields.items() if k.startswith(b"eval:")}
+                if kept:
+                    pipe.hdel(self.post_key(post_id), *kept)
+                out.append((post_id, decode_sequence(blob or b""), PostMeta.from_hash(fields), kept))
+            await pipe.execute()
+        return out
+
     async def estimate_tracked_posts(self, exact_below: int = 100_000, sample: int = 200) -> int:
         """Live sequences: counted exactly in small databases, else estimated from random keys (a full
         SCAN of millions of keys would stall Redis for the sake of a gauge)."""

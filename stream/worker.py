@@ -26,7 +26,9 @@ from popscore.serving.predictor import ModelPredictor
 from popscore.settings import Settings
 from popscore.stream.leaderboard import BoardEntry, Leaderboards
 from popscore.stream.metrics import WorkerMetrics
-from popscore.stream.predictions import encode, prediction_records
+from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, eval_ages_reached, eval_field, \
+    parse_eval_field
+from popscore.stream.predictions import encode, latest_view, prediction_records
 from popscore.stream.sequence_store import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, SequenceUpdate, \
     SnapshotSequenceStore, count_decreases
 
@@ -48,6 +50,9 @@ class StreamWorker:
         self.boards: Leaderboards | None = None
         self.predictors: dict[str, ModelPredictor] = {}
         self._reload_failures: dict[str, int] = {}
+        self.online = OnlineAccuracy(settings.worker.online_window)
+        self._evaluated_exported: dict[AccuracyKey, int] = {}
+        self.stream_clock = 0.0  # the latest observed_at seen: event time, so replays mature posts too
         self.ready = False
         self.assigned = False
         self._start_lock = asyncio.Lock()
@@ -121,7 +126,8 @@ class StreamWorker:
             platforms = [p.platform for p in posts]
             inputs = F.build_static_inputs(spec, created, platforms, posts)
             await self.store.put_posts(posts, inputs["static_features"])
-            deliveries += await self._predict("static", [p.post_id for p in posts], created, inputs, spec)
+            deliveries += await self._predict("static", [p.post_id for p in posts], created, inputs, spec,
+                                              created=created)
             self.metrics.posts_in.inc(len(posts))
         await asyncio.gather(*deliveries)
         self._observe_end_to_end("static", messages)
@@ -139,20 +145,25 @@ class StreamWorker:
                 continue
             snapshots.extend(record.snapshots if isinstance(record, SnapshotBatch) else [record])
         self.metrics.batch_size.labels("snapshots").observe(len(messages))
-        if snapshots:
-            started = time.perf_counter()
-            updates = await self.store.merge(snapshots)
-            self.metrics.redis_seconds.labels("merge").observe(time.perf_counter() - started)
-            self.metrics.snapshots_in.inc(len(snapshots))
-            for update in updates:
-                for status in update.statuses:
-                    self.metrics.sequence_merges.labels(MERGE_OUTCOMES[status]).inc()
-            changed = [u for u in updates if u.changed]
-            if changed:
-                self.metrics.counter_decreases.inc(sum(count_decreases(u.sequence) for u in changed))
-                deliveries += await self._predict_temporal(changed)
+        step = self.settings.worker.max_batch_snapshots  # envelopes can make a batch huge: bound the work
+        for start in range(0, len(snapshots), step):
+            deliveries += await self._merge_and_predict(snapshots[start:start + step])
         await asyncio.gather(*deliveries)
         self._observe_end_to_end("temporal", messages)
+
+    async def _merge_and_predict(self, snapshots: list[Snapshot]) -> list:
+        started = time.perf_counter()
+        updates = await self.store.merge(snapshots)
+        self.metrics.redis_seconds.labels("merge").observe(time.perf_counter() - started)
+        self.metrics.snapshots_in.inc(len(snapshots))
+        for update in updates:
+            for status in update.statuses:
+                self.metrics.sequence_merges.labels(MERGE_OUTCOMES[status]).inc()
+        changed = [u for u in updates if u.changed]
+        if not changed:
+            return []
+        self.metrics.counter_decreases.inc(sum(count_decreases(u.sequence) for u in changed))
+        return await self._predict_temporal(changed)
 
     def _observe_end_to_end(self, model: str, messages: list) -> None:
         now = time.time()
@@ -174,11 +185,13 @@ class StreamWorker:
             blob = update.post.static_features
             if blob is not None and len(blob) == 4 * spec.static_dim:  # computed from the post at upload
                 inputs["static_features"][i] = np.frombuffer(blob, dtype=np.float32)
-        return await self._predict("temporal", [u.post_id for u in updates], as_of, inputs, spec,
+        self.stream_clock = max(self.stream_clock, float(as_of.max()))
+        return await self._predict("temporal", [u.post_id for u in updates], as_of, inputs, spec, created=created,
                                    platforms=platforms, categories=[u.post.category for u in updates])
 
     async def _predict(self, kind: str, post_ids: list[str], as_of: np.ndarray, inputs: dict, spec: F.FeatureSpec,
-                       platforms: list[str] | None = None, categories: list[str | None] | None = None) -> list:
+                       created: np.ndarray, platforms: list[str] | None = None,
+                       categories: list[str | None] | None = None) -> list:
         predictor = self.predictors[kind]
         model_inputs = {t.name: inputs[t.name] for t in (F.temporal_inputs(spec) if kind == "temporal"
                                                           else F.static_inputs(spec))}
@@ -203,10 +216,49 @@ class StreamWorker:
                 BoardEntry(r["post_id"], r["score"], float(rising[i]), platforms[i], categories[i])
                 for i, r in enumerate(records)
             ])
-        await self.store.put_latest_predictions(kind, [(r["post_id"], encode(r)) for r in records])
+        await self.store.put_latest_predictions(kind, [(r["post_id"], encode(latest_view(r))) for r in records])
+        await self._keep_for_evaluation(kind, records, as_of, created, spec)
         topic = self.settings.kafka.topics.predictions
         self.metrics.records_out.labels(topic).inc(len(records))
         return [await self.send(topic, r["post_id"].encode(), encode(r)) for r in records]
+
+    async def _keep_for_evaluation(self, kind: str, records: list[dict], as_of: np.ndarray, created: np.ndarray,
+                                   spec: F.FeatureSpec) -> None:
+        ages = (0.0,) if kind == "static" else spec.eval_ages_h
+        tolerance = self.settings.worker.online_age_tolerance_h
+        kept, due = [], []
+        for i, record in enumerate(records):
+            age_h = 0.0 if kind == "static" else (as_of[i] - created[i]) / 3600.0
+            for age in eval_ages_reached(age_h, ages, tolerance if kind == "temporal" else 1.0):
+                kept.append((record["post_id"], eval_field(kind, record["model_version"], age), record["log_score"]))
+            due.append((record["post_id"], float(created[i]) + spec.horizon_s))
+        await self.store.keep_for_evaluation(kept, due)
+
+    async def evaluate_matured(self, limit: int = 2_000) -> int:
+        """Compare the kept predictions of posts past their horizon with what they really reached."""
+        matured = await self.store.matured(self.stream_clock, limit)
+        if not matured:
+            return 0
+        spec = self.feature_spec("temporal")
+        for post_id, sequence, meta, kept in matured:
+            if len(sequence) == 0 or not kept:
+                continue
+            created = meta.created_at if meta.created_at is not None else sequence[0, 0]
+            weights = F.weight_matrix([meta.platform or "unknown"], self.settings.score.weights_for, spec.counters)
+            realised = float(F.target_log_score(spec, [sequence], np.array([created]), weights)[0])
+            if realised != realised:  # no observation before the horizon
+                continue
+            for name, predicted in kept.items():
+                self.online.add(AccuracyKey(*parse_eval_field(name)), predicted, realised)
+        for key, summary in self.online.summary().items():
+            labels = (key.model, key.version, key.age_h)
+            self.metrics.online_mae.labels(*labels).set(summary["mae"])
+            self.metrics.online_srcc.labels(*labels).set(summary["srcc"])
+        for key, n in self.online.evaluated.items():
+            counter = self.metrics.online_evaluated.labels(key.model, key.version, key.age_h)
+            counter.inc(n - self._evaluated_exported.get(key, 0))
+            self._evaluated_exported[key] = n
+        return len(matured)
 
     async def refresh_models(self) -> None:
         for kind, predictor in self.predictors.items():

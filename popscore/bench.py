@@ -1,0 +1,314 @@
+"""``popscore bench``: throughput, latency and memory of the real pipeline on the embedded stack.
+
+Everything runs on this machine at once (broker, Redis, Triton, worker and the load generator), so
+absolute numbers are modest and noisy; each figure is printed beside the baseline measured in the same
+run (the naive per-record pipeline, the naive Redis encoding), and ratios are what to compare.
+
+Phases: warm-up (``live_posts`` posts, one snapshot each) -> snapshot-batch envelopes at full speed ->
+one snapshot per record at full speed -> latency at half the record rate -> the naive pipeline ->
+Redis bytes per post for ``memory_posts`` posts with ``memory_obs`` observations each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+import redis
+
+from popscore.replay import batch_envelope, partition_for
+from popscore.settings import Settings
+from popscore.stack.stack import EmbeddedStack
+from popscore.stream.sequence_store import FORMAT_VERSION, RECORD
+
+NAIVE_IN, NAIVE_OUT = "bench-naive-snapshots", "bench-naive-predictions"
+
+
+@dataclass
+class BenchConfig:
+    live_posts: int = 100_000
+    batch_seconds: float = 60.0
+    batch_target_per_s: float = 20_000
+    record_seconds: float = 30.0
+    record_target_per_s: float = 5_000
+    latency_seconds: float = 20.0
+    naive_snapshots: int = 2_000
+    memory_posts: int = 1_000_000
+    memory_obs: int = 24
+    envelope_snapshots: int = 1_000
+
+
+def iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class Workload:
+    """Synthetic live posts; round ``k`` gives every post its ``k``-th snapshot, one minute apart."""
+
+    def __init__(self, n_posts: int) -> None:
+        self.n_posts = n_posts
+        self.t0 = int(time.time()) - 6 * 3600  # whole seconds: sequences store observed_at in seconds
+        self.ids = [f"bench-{i:07d}" for i in range(n_posts)]
+
+    def post(self, i: int) -> bytes:
+        return json.dumps({"schema": "post.v1", "post_id": self.ids[i], "platform": "reddit",
+                           "created_at": iso(self.t0), "author": {"id": f"author{i % 977}"},
+                           "text": {"title": f"bench post {i}"}}).encode()
+
+    def round_time(self, k: int) -> str:
+        return iso(self.t0 + 60 * (k + 1))
+
+    def snapshot(self, i: int, k: int) -> bytes:
+        likes = (k + 1) * (1 + i % 50)
+        return (f'{{"schema":"snapshot.v1","post_id":"{self.ids[i]}","observed_at":"{self.round_time(k)}",'
+                f'"counts":{{"likes":{likes},"comments":{likes // 4}}}}}').encode()
+
+
+async def _producer(bootstrap: str):
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=512 * 1024,
+                                max_request_size=2 * 1024 * 1024)
+    await producer.start()
+    return producer
+
+
+async def _produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, int | None]],
+                       rate: float | None = None, sent_at: dict | None = None) -> None:
+    producer = await _producer(bootstrap)
+    try:
+        started = time.monotonic()
+        futures = []
+        for n, (key, value, partition) in enumerate(records):
+            if rate:
+                wait = n / rate - (time.monotonic() - started)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            if sent_at is not None:
+                sent_at[key] = time.monotonic()
+            futures.append(await producer.send(topic, key=key, value=value, partition=partition))
+            if len(futures) >= 10_000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _count_until(bootstrap: str, topic: str, marker: bytes, expected: int, timeout_s: float,
+                       on_message: Callable | None = None) -> tuple[int, float]:
+    """Consume ``topic`` from its end until ``expected`` records containing ``marker`` arrived;
+    returns (records seen, monotonic time of the last marker)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None,
+                                fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    await consumer.seek_to_end()
+    seen, hits, last = 0, 0, time.monotonic()
+    deadline = time.monotonic() + timeout_s
+    ready = asyncio.get_running_loop().create_future()
+    ready.set_result(None)
+    try:
+        while hits < expected and time.monotonic() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=200, max_records=20_000)).values():
+                now = time.monotonic()
+                for message in messages:
+                    seen += 1
+                    if on_message is not None:
+                        on_message(message, now)
+                    if marker in message.value:
+                        hits += 1
+                        last = now
+    finally:
+        await consumer.stop()
+    return hits, last
+
+
+async def _through(bootstrap: str, settings: Settings, records, marker: bytes, expected: int, timeout_s: float,
+                   topic: str | None = None, rate: float | None = None, on_message=None, sent_at=None):
+    counter = asyncio.create_task(_count_until(bootstrap, settings.kafka.topics.predictions, marker, expected,
+                                               timeout_s, on_message))
+    await asyncio.sleep(1.0)  # the counting consumer is at the end of the topic before anything is sent
+    started = time.monotonic()
+    await _produce_all(bootstrap, topic or settings.kafka.topics.snapshots, records, rate, sent_at)
+    hits, last = await counter
+    return hits, last - started
+
+
+def _envelopes(workload: Workload, rounds: range, partitions: list[int], size: int):
+    by_partition = {p: [] for p in partitions}
+    part_of = [partition_for(post_id, partitions) for post_id in workload.ids]
+    records = []
+    for k in rounds:
+        for i in range(workload.n_posts):
+            lines = by_partition[part_of[i]]
+            lines.append(workload.snapshot(i, k))
+            if len(lines) >= size:
+                records.append((f"batch-{len(records)}".encode(), batch_envelope(lines), part_of[i]))
+                by_partition[part_of[i]] = []
+        for p, lines in by_partition.items():
+            if lines:
+                records.append((f"batch-{len(records)}".encode(), batch_envelope(lines), p))
+                by_partition[p] = []
+    return records
+
+
+def measure_redis_memory(redis_url: str, posts: int, obs: int, log: Callable[[str], None]) -> dict:
+    """Bytes per post of the worker's encoding vs a list of JSON strings, on a scratch database."""
+    client = redis.Redis.from_url(redis_url, db=15)
+    client.flushdb()
+    base = client.info("memory")["used_memory"]
+    rng = np.random.default_rng(0)
+    t0 = int(time.time()) - 86_400
+    counts = np.cumsum(rng.integers(0, 50, size=(obs, 5)), axis=0).astype(float)
+    counts[:, [0, 3, 4]] = np.nan  # a platform with likes and comments only
+    blob = FORMAT_VERSION + b"".join(RECORD.pack(t0 + 1800 * j, *counts[j]) for j in range(obs))
+    naive_items = [json.dumps({"post_id": "x" * 14, "observed_at": iso(t0 + 1800 * j),
+                               "counts": {"likes": int(counts[j, 1]), "comments": int(counts[j, 2])}})
+                   for j in range(obs)]
+    step = 10_000
+    for start in range(0, posts, step):
+        pipe = client.pipeline(transaction=False)
+        for i in range(start, min(posts, start + step)):
+            pipe.set(f"ps:seq:bench-{i:07d}", blob, ex=86_400)  # what the merge script stores
+        pipe.execute()
+    ours = client.info("memory")["used_memory"] - base
+    sample_ours = np.mean([client.memory_usage(f"ps:seq:bench-{i:07d}") for i in range(0, posts,
+                                                                                       max(1, posts // 500))])
+    client.flushdb()
+    base = client.info("memory")["used_memory"]
+    for start in range(0, posts, step):
+        pipe = client.pipeline(transaction=False)
+        for i in range(start, min(posts, start + step)):
+            key = f"naive:bench-{i:07d}"
+            pipe.rpush(key, *naive_items)
+            pipe.expire(key, 86_400)
+        pipe.execute()
+    naive = client.info("memory")["used_memory"] - base
+    sample_naive = np.mean([client.memory_usage(f"naive:bench-{i:07d}") for i in range(0, posts,
+                                                                                       max(1, posts // 500))])
+    client.flushdb()
+    log(f"redis: {posts:,} posts x {obs} observations: ours {ours / posts:,.0f} B/post, "
+        f"naive JSON list {naive / posts:,.0f} B/post")
+    return {"redis_bytes_per_post": round(ours / posts, 1), "naive_redis_bytes_per_post": round(naive / posts, 1),
+            "redis_memory_usage_sample": round(float(sample_ours), 1),
+            "naive_memory_usage_sample": round(float(sample_naive), 1)}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+    from popscore.naive_pipeline import run_naive
+    from popscore.stack.components import create_topics
+
+    stack = EmbeddedStack(settings, log=log)
+    state = stack.start(with_worker=True)
+    results: dict = {"config": asdict(cfg)}
+    try:
+        endpoints = state.endpoints_obj()
+        bootstrap = endpoints.broker_bootstrap
+        topics = settings.kafka.topics
+        create_topics(endpoints, [NAIVE_IN, NAIVE_OUT], 1)
+        workload = Workload(cfg.live_posts)
+        partitions = list(range(topics.partitions))
+
+        log(f"warm-up: {cfg.live_posts:,} posts and one snapshot each")
+        posts = [(pid.encode(), workload.post(i), None) for i, pid in enumerate(workload.ids)]
+        asyncio.run(_produce_all(bootstrap, topics.posts, posts))
+        first = _envelopes(workload, range(0, 1), partitions, cfg.envelope_snapshots)
+        hits, _ = asyncio.run(_through(bootstrap, settings, first, f'"as_of":"{workload.round_time(0)}"'.encode(),
+                                       cfg.live_posts, timeout_s=600))
+        log(f"warm-up done: {hits:,} temporal predictions")
+        next_round = 1
+
+        rounds = max(1, round(cfg.batch_target_per_s * cfg.batch_seconds / cfg.live_posts))
+        records = _envelopes(workload, range(next_round, next_round + rounds), partitions, cfg.envelope_snapshots)
+        last_round = next_round + rounds - 1
+        next_round += rounds
+        n = rounds * cfg.live_posts
+        log(f"snapshot batches: {n:,} snapshots in {len(records):,} envelopes, as fast as possible")
+        hits, seconds = asyncio.run(_through(bootstrap, settings, records,
+                                             f'"as_of":"{workload.round_time(last_round)}"'.encode(),
+                                             cfg.live_posts, timeout_s=max(600, 10 * cfg.batch_seconds)))
+        results["batch_snapshots_per_s"] = round(n / seconds) if hits == cfg.live_posts else 0
+        results["batch_seconds"] = round(seconds, 1)
+        log(f"  {results['batch_snapshots_per_s']:,} snapshots/s ({seconds:.1f} s)")
+
+        rounds = max(1, round(cfg.record_target_per_s * cfg.record_seconds / cfg.live_posts))
+        records = [(workload.ids[i].encode(), workload.snapshot(i, k), None)
+                   for k in range(next_round, next_round + rounds) for i in range(cfg.live_posts)]
+        last_round = next_round + rounds - 1
+        next_round += rounds
+        n = len(records)
+        log(f"single records: {n:,} snapshots, one per record, as fast as possible")
+        hits, seconds = asyncio.run(_through(bootstrap, settings, records,
+                                             f'"as_of":"{workload.round_time(last_round)}"'.encode(),
+                                             cfg.live_posts, timeout_s=max(600, 10 * cfg.record_seconds)))
+        results["record_snapshots_per_s"] = round(n / seconds) if hits == cfg.live_posts else 0
+        results["record_seconds"] = round(seconds, 1)
+        log(f"  {results['record_snapshots_per_s']:,} snapshots/s ({seconds:.1f} s)")
+
+        rate = max(1.0, results["record_snapshots_per_s"] / 2)
+        n = min(cfg.live_posts, int(rate * cfg.latency_seconds))
+        records = [(workload.ids[i].encode(), workload.snapshot(i, next_round), None) for i in range(n)]
+        sent_at: dict[bytes, float] = {}
+        latencies: list[float] = []
+
+        def on_prediction(message, now):
+            if message.key in sent_at and b'"temporal"' in message.value:
+                latencies.append(now - sent_at.pop(message.key))
+
+        log(f"latency: {n:,} single records at {rate:,.0f}/s (half the record rate)")
+        asyncio.run(_through(bootstrap, settings, records, f'"as_of":"{workload.round_time(next_round)}"'.encode(),
+                             n, timeout_s=120 + cfg.latency_seconds, rate=rate, on_message=on_prediction,
+                             sent_at=sent_at))
+        next_round += 1
+        results["latency_p50_ms"] = round(1000 * _percentile(latencies, 50), 1)
+        results["latency_p99_ms"] = round(1000 * _percentile(latencies, 99), 1)
+        results["latency_samples"] = len(latencies)
+        log(f"  p50 {results['latency_p50_ms']} ms, p99 {results['latency_p99_ms']} ms ({len(latencies):,} samples)")
+
+        n = cfg.naive_snapshots
+        records = [(workload.ids[i % cfg.live_posts].encode(), workload.snapshot(i % cfg.live_posts, i // cfg.live_posts),
+                    None) for i in range(n)]
+        log(f"naive pipeline: {n:,} snapshots, one at a time")
+        asyncio.run(_produce_all(bootstrap, NAIVE_IN, records))
+        processed, seconds = asyncio.run(run_naive(settings, bootstrap, endpoints.redis_url,
+                                                   f"{endpoints.host}:{endpoints.triton_grpc_port}", NAIVE_IN,
+                                                   NAIVE_OUT, n, timeout_s=600))
+        results["naive_snapshots_per_s"] = round(processed / seconds) if seconds else 0
+        log(f"  {results['naive_snapshots_per_s']:,} snapshots/s")
+        naive = max(1, results["naive_snapshots_per_s"])
+        results["speedup_batch_vs_naive"] = round(results["batch_snapshots_per_s"] / naive, 1)
+        results["speedup_record_vs_naive"] = round(results["record_snapshots_per_s"] / naive, 1)
+
+        results.update(measure_redis_memory(endpoints.redis_url, cfg.memory_posts, cfg.memory_obs, log))
+        results["redis_memory_ratio"] = round(results["naive_redis_bytes_per_post"] /
+                                              results["redis_bytes_per_post"], 2)
+    finally:
+        stack.stop()
+    return results
+
+
+def render_table(results: dict, command: str) -> str:
+    rows = [
+        ("snapshot-batch input, produced -> prediction published", f"{results['batch_snapshots_per_s']:,} snapshots/s",
+         f"naive {results['naive_snapshots_per_s']:,}/s (x{results['speedup_batch_vs_naive']})"),
+        ("one snapshot per record", f"{results['record_snapshots_per_s']:,} snapshots/s",
+         f"naive x{results['speedup_record_vs_naive']}"),
+        ("latency at half the record rate", f"p50 {results['latency_p50_ms']} ms, p99 {results['latency_p99_ms']} ms",
+         f"{results['latency_samples']:,} samples"),
+        ("Redis bytes per post", f"{results['redis_bytes_per_post']:,}",
+         f"naive JSON list {results['naive_redis_bytes_per_post']:,} (x{results['redis_memory_ratio']})"),
+    ]
+    lines = [f"`{command}`", "", "| measure | popscore | baseline in the same run |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)

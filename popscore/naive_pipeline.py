@@ -1,0 +1,82 @@
+"""The naive pipeline the benchmark compares against: what a first version of popscore would do.
+
+Per record: validate, one Redis round trip per operation (read the post, append a JSON string to a list,
+read the list back), one Triton request per snapshot, one awaited produce per prediction. Same
+contract, same features, same model; only the batching is missing. It is a baseline, not a product
+path, and lives outside ``stream/`` for that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import redis.asyncio as aioredis
+import tritonclient.grpc.aio as grpcaio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from tritonclient.grpc import InferInput
+
+from popscore import features as F
+from popscore.contract import decode_record
+from popscore.settings import COUNTER_NAMES, Settings
+from popscore.stream.predictions import encode, prediction_records
+
+
+def naive_sequence(items: list[bytes]) -> np.ndarray:
+    rows = []
+    for item in items:
+        entry = json.loads(item)
+        rows.append([entry["t"], *[np.nan if entry.get(c) is None else entry[c] for c in COUNTER_NAMES]])
+    rows.sort(key=lambda row: row[0])
+    return np.array(rows, dtype=np.float64).reshape(-1, 1 + len(COUNTER_NAMES))
+
+
+async def run_naive(settings: Settings, bootstrap: str, redis_url: str, grpc_url: str, in_topic: str,
+                    out_topic: str, expected: int, timeout_s: float) -> tuple[int, float]:
+    """Consume ``expected`` snapshots one at a time; returns (processed, seconds)."""
+    spec = F.DEFAULT_SPEC
+    inputs_spec = F.temporal_inputs(spec)
+    client = aioredis.Redis.from_url(redis_url)
+    triton = grpcaio.InferenceServerClient(grpc_url)
+    consumer = AIOKafkaConsumer(in_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                group_id="popscore-naive", enable_auto_commit=True)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await producer.start()
+    processed, started = 0, None
+    deadline = time.monotonic() + timeout_s
+    try:
+        while processed < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200, max_records=1)
+            for messages in batch.values():
+                for message in messages:
+                    started = started or time.monotonic()
+                    snapshot = decode_record(message.value, accept=("snapshot.v1",))
+                    key = f"naive:{snapshot.post_id}"
+                    meta = await client.hgetall(f"naive-post:{snapshot.post_id}")
+                    entry = {"t": snapshot.observed_at.timestamp(), **snapshot.counts.as_dict()}
+                    await client.rpush(key, json.dumps(entry))
+                    seq = naive_sequence(await client.lrange(key, 0, -1))
+                    created = float(meta.get(b"created_at", seq[0, 0]))
+                    platform = meta.get(b"platform", b"unknown").decode()
+                    features = F.build_temporal_inputs(spec, [seq], np.array([created]), [platform],
+                                                       settings.score.weights_for, np.array([seq[-1, 0]]))
+                    tensors = []
+                    for tensor_spec in inputs_spec:
+                        array = features[tensor_spec.name]
+                        tensor = InferInput(tensor_spec.name, list(array.shape), "FP32")
+                        tensor.set_data_from_numpy(array)
+                        tensors.append(tensor)
+                    result = await triton.infer(F.MODEL_NAMES["temporal"], tensors)
+                    outputs = {t.name: result.as_numpy(t.name) for t in F.temporal_outputs(spec)}
+                    record = prediction_records([snapshot.post_id], "temporal", "naive", np.array([seq[-1, 0]]),
+                                                int(spec.horizon_s), outputs, time.time())[0]
+                    await producer.send_and_wait(out_topic, key=snapshot.post_id.encode(), value=encode(record))
+                    processed += 1
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await triton.close()
+        await client.aclose()
+    return processed, (time.monotonic() - started) if started else 0.0
