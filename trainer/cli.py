@@ -11,9 +11,9 @@ from pathlib import Path
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from popscore.datasets import DATASETS
+    from popscore.datacli import DATASET_NAMES  # not popscore.datasets: building the parser must not need pandas
 
-    p.add_argument("--dataset", default="hackernews", choices=sorted(DATASETS), help="data set (popscore.datasets)")
+    p.add_argument("--dataset", default="hackernews", choices=DATASET_NAMES, help="data set (popscore.datasets)")
     p.add_argument("--limit", type=int, default=None, help="only the first N posts by first appearance")
     p.add_argument("--report-dir", type=Path, default=Path("reports"))
     p.add_argument("--seed", type=int, default=0)
