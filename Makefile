@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: demo test up down clean
+.PHONY: demo test up down clean ops-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-run
 demo: $(VENV)/.installed-run
 	$(BIN)/popscore demo
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev ops-tools
 	$(BIN)/python -m pytest
+
+# promtool and prometheus (Debian's prometheus package) for tests/ops; those tests skip, saying why, without them.
+ops-tools:
+	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   prometheus >/dev/null) || echo "promtool not installed: tests/ops will skip the promtool checks"; }
 
 up: $(VENV)/.installed-run
 	$(BIN)/popscore up

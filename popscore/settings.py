@@ -56,6 +56,7 @@ class ServingSettings(BaseModel):
 
 class WorkerSettings(BaseModel):
     app_id: str = "popscore"
+    bind_host: str = Field("127.0.0.1", description="address of the web views and /metrics (0.0.0.0 in a container)")
     web_port: int = 6066
     metrics_port: int = 9464
     batch_size: int = Field(1000, ge=1, le=100_000)

@@ -21,7 +21,7 @@ def create_app(settings: Settings) -> faust.App:
         settings.worker.app_id,
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
         datadir=str(settings.stack.run_dir / "worker"),
-        web_host=settings.stack.host,
+        web_host=settings.worker.bind_host,
         web_port=settings.worker.web_port,
         topic_partitions=topics.partitions,
         key_serializer="raw",

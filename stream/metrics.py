@@ -1,5 +1,8 @@
 """The worker's Prometheus metrics, on a registry of its own (no module-level global state).
 
+The ``model`` label is the model kind (``static`` or ``temporal``) on every metric, so panels and
+alerts can join them.
+
 Names follow Prometheus conventions: ``popscore_`` prefix, base units (seconds, bytes), ``_total`` for
 counters (added by the client library). The Grafana dashboard and the alert rules under ``deploy/``
 query exactly these names; a test checks that.
@@ -28,7 +31,7 @@ class WorkerMetrics:
                                     ["topic", "reason"], registry=r)
         self.sequence_merges = Counter("popscore_sequence_merges", "Snapshot merges into Redis sequences, by outcome",
                                        ["outcome"], registry=r)
-        self.counter_decreases = Counter("popscore_counter_decreases",
+        self.counter_decreases = Counter("popscore_engagement_decreases",
                                          "Counter decreases seen in merged sequences (kept, not hidden)", registry=r)
         self.batch_size = Histogram("popscore_micro_batch_records", "Records per micro-batch", ["topic"],
                                     buckets=BATCH_BUCKETS, registry=r)

@@ -73,7 +73,7 @@ class StreamWorker:
                                        settings.serving.python_backend_mirror)
             await predictor.start()
             self.predictors[kind] = predictor
-        self.metrics.serve(settings.stack.host, settings.worker.metrics_port)
+        self.metrics.serve(settings.worker.bind_host, settings.worker.metrics_port)
         self.ready = True
 
     async def stop(self) -> None:
@@ -265,17 +265,17 @@ class StreamWorker:
             old = predictor.version
             switched = await predictor.refresh()
             if switched:
-                self.metrics.model_info.remove(predictor.name, str(old))
-                self.metrics.model_reloads.labels(predictor.name, "loaded").inc()
+                self.metrics.model_info.remove(kind, str(old))
+                self.metrics.model_reloads.labels(kind, "loaded").inc()
             elif predictor.stats["reload_failures"] > self._reload_failures.get(kind, 0):
-                self.metrics.model_reloads.labels(predictor.name, "failed").inc()
+                self.metrics.model_reloads.labels(kind, "failed").inc()
             self._reload_failures[kind] = predictor.stats["reload_failures"]
 
     async def update_gauges(self, consumer) -> None:
         """Gauges read from the outside world: models served, Triton circuit, lag, tracked posts."""
-        for predictor in self.predictors.values():
-            self.metrics.model_info.labels(predictor.name, str(predictor.version)).set(1)
-            self.metrics.triton_up.labels(predictor.name).set(predictor.breaker.state.value == "closed")
+        for kind, predictor in self.predictors.items():
+            self.metrics.model_info.labels(kind, str(predictor.version)).set(1)
+            self.metrics.triton_up.labels(kind).set(predictor.breaker.state.value == "closed")
         for tp in consumer.assignment():
             position = await consumer.position(tp)
             if position is not None:
