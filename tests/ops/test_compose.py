@@ -164,7 +164,7 @@ def test_worker_environment_loads_into_settings_and_points_at_the_services(monke
     assert host_port(settings.triton.grpc_url) == ("triton", 8001)
     assert host_port(settings.triton.http_url) == ("triton", 8000)
     assert str(settings.stack.model_repo) == "/models"
-    assert settings.stack.host == "0.0.0.0", "the worker must listen beyond loopback to be scraped"
+    assert settings.worker.bind_host == "0.0.0.0", "the worker must listen beyond loopback to be scraped"
 
 
 def test_kafka_is_kraft_and_advertises_the_bootstrap_port():
