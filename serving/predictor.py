@@ -22,7 +22,8 @@ from tritonclient.grpc import model_config_pb2
 
 from popscore.serving.circuit_breaker import CircuitBreaker
 from popscore.serving.local_runtime import LocalOnnxRuntime
-from popscore.serving.model_repository import RepositoryModel, build_python_backend_repository, list_models
+from popscore.serving.model_repository import RepositoryModel, build_python_backend_repository, list_models, \
+    version_metadata
 from popscore.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class ModelPredictor:
         self.model: RepositoryModel | None = None
         self.version: int | None = None
         self.local: LocalOnnxRuntime | None = None
+        self.metadata: dict = {}  # the trainer's metadata.json of the served version (feature spec, metrics)
         self.stats = {"triton": 0, "local": 0, "triton_errors": 0, "reloads": 0, "reload_failures": 0}
 
     async def start(self) -> None:
@@ -61,6 +63,7 @@ class ModelPredictor:
         self.client = grpcaio.InferenceServerClient(self.grpc_url)
         self.model = self._repository_model()
         self.version = self.model.versions[-1]
+        self.metadata = version_metadata(self.model, self.version)
         self.local = LocalOnnxRuntime(self.model, self.version)
 
     async def close(self) -> None:
@@ -147,6 +150,7 @@ class ModelPredictor:
                       self.name, newest, self.version, exc)
             return False
         self.model, self.version, self.local = model, newest, local
+        self.metadata = version_metadata(model, newest)
         self.stats["reloads"] += 1
         log.info("now serving %s version %s", self.name, newest)
         return True

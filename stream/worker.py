@@ -21,7 +21,6 @@ import redis.asyncio as redis
 from popscore import features as F
 from popscore.contract import DeadLetter, Post, RejectedRecord, RejectReason, Snapshot, SnapshotBatch, \
     decode_record, encode_record
-from popscore.serving.model_repository import version_metadata
 from popscore.serving.predictor import ModelPredictor
 from popscore.settings import Settings
 from popscore.stream.leaderboard import BoardEntry, Leaderboards
@@ -85,8 +84,7 @@ class StreamWorker:
 
     def feature_spec(self, kind: str) -> F.FeatureSpec:
         """The spec stored with the served version, so serving computes what that model was trained on."""
-        predictor = self.predictors[kind]
-        meta = version_metadata(predictor.model, predictor.version)
+        meta = self.predictors[kind].metadata
         return F.FeatureSpec.from_dict(meta["feature_spec"]) if "feature_spec" in meta else F.DEFAULT_SPEC
 
     # --- input boundary -------------------------------------------------------------------------------
@@ -276,6 +274,9 @@ class StreamWorker:
         for kind, predictor in self.predictors.items():
             self.metrics.model_info.labels(kind, str(predictor.version)).set(1)
             self.metrics.triton_up.labels(kind).set(predictor.breaker.state.value == "closed")
+            for row in predictor.metadata.get("metrics", []):
+                # The trainer's validation MAE per age: what the online MAE is compared with.
+                self.metrics.offline_mae.labels(kind, str(predictor.version), f"{row['age_h']:g}").set(row["mae"])
         for tp in consumer.assignment():
             position = await consumer.position(tp)
             if position is not None:
