@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime, timezone
 
 import numpy as np
@@ -19,26 +18,32 @@ def prediction_records(post_ids: list[str], model: str, model_version: str, as_o
                        outputs: dict[str, np.ndarray], produced_at: float) -> list[dict]:
     """One record per row. Scores are in counter units (``expm1`` of the model's log1p output)."""
     log_score = outputs["log_score"].reshape(-1).astype(np.float64)
-    interval = outputs.get("log_interval")
+    score = np.maximum(0.0, np.expm1(log_score)).tolist()
+    intervals = None
+    if outputs.get("log_interval") is not None:
+        bounds = np.sort(outputs["log_interval"].astype(np.float64), axis=1)  # a crossed pair is reordered
+        intervals = np.maximum(0.0, np.expm1(bounds)).tolist()
     weights = outputs.get("modality_weights")
+    weights = None if weights is None else np.round(weights.astype(np.float64), 4).tolist()
     attention = outputs.get("time_attention")
+    attention = None if attention is None else np.round(attention.astype(np.float64), 4).tolist()
+    as_of_iso = [_iso(float(t)) for t in as_of]
     produced = _iso(produced_at)
+    log_score = log_score.tolist()
     records = []
     for i, post_id in enumerate(post_ids):
         explanation: dict = {}
         if weights is not None:
-            explanation["modality_weights"] = {m: round(float(w), 4) for m, w in zip(MODALITIES, weights[i])}
+            explanation["modality_weights"] = dict(zip(MODALITIES, weights[i]))
         if attention is not None:
-            explanation["time_attention"] = [round(float(a), 4) for a in attention[i]]
+            explanation["time_attention"] = attention[i]
         record = {
             "schema": "prediction.v1", "post_id": post_id, "model": model, "model_version": model_version,
-            "as_of": _iso(float(as_of[i])), "horizon_s": int(horizon_s),
-            "score": max(0.0, math.expm1(float(log_score[i]))), "log_score": float(log_score[i]),
+            "as_of": as_of_iso[i], "horizon_s": int(horizon_s), "score": score[i], "log_score": log_score[i],
             "explanation": explanation, "produced_at": produced,
         }
-        if interval is not None:
-            lo, hi = sorted(float(v) for v in interval[i])
-            record["interval"] = [max(0.0, math.expm1(lo)), max(0.0, math.expm1(hi))]
+        if intervals is not None:
+            record["interval"] = intervals[i]
         records.append(record)
     return records
 

@@ -28,39 +28,50 @@ RECORD_DTYPE = np.dtype([("t", ">u4")] + [(name, ">f8") for name in COUNTER_NAME
 
 APPENDED, DUPLICATE, CORRECTED, OUT_OF_ORDER = 1, 0, 2, 3
 
-# KEYS[1] sequence, KEYS[2] post metadata; ARGV: header, record width, ttl seconds, records...
+# Many posts per call. KEYS: sequence and metadata key of each post, in pairs. ARGV: header, record width,
+# ttl seconds, then per post the number of its records followed by the records. Returns per post
+# {statuses, merged sequence, metadata fields named in META_FIELDS}.
 MERGE_SCRIPT = """
-local key, meta_key = KEYS[1], KEYS[2]
 local header, width, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local hlen = #header
-local seq = redis.call('GET', key) or header
-local statuses = {}
-for i = 4, #ARGV do
-  local rec = ARGV[i]
-  local t = string.sub(rec, 1, 4)
-  local n = (#seq - hlen) / width
-  local lo, hi = 0, n
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    local off = hlen + mid * width
-    if string.sub(seq, off + 1, off + 4) < t then lo = mid + 1 else hi = mid end
-  end
-  local off = hlen + lo * width
-  if lo < n and string.sub(seq, off + 1, off + 4) == t then
-    if string.sub(seq, off + 1, off + width) == rec then
-      statuses[#statuses + 1] = 0
-    else
-      seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + width + 1)
-      statuses[#statuses + 1] = 2
+local out = {}
+local a = 4
+for p = 1, #KEYS, 2 do
+  local key, meta_key = KEYS[p], KEYS[p + 1]
+  local seq = redis.call('GET', key) or header
+  local statuses = {}
+  local count = tonumber(ARGV[a])
+  for i = a + 1, a + count do
+    local rec = ARGV[i]
+    local t = string.sub(rec, 1, 4)
+    local n = (#seq - hlen) / width
+    local lo, hi = 0, n
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      local off = hlen + mid * width
+      if string.sub(seq, off + 1, off + 4) < t then lo = mid + 1 else hi = mid end
     end
-  else
-    seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + 1)
-    statuses[#statuses + 1] = (lo < n) and 3 or 1
+    local off = hlen + lo * width
+    if lo < n and string.sub(seq, off + 1, off + 4) == t then
+      if string.sub(seq, off + 1, off + width) == rec then
+        statuses[#statuses + 1] = 0
+      else
+        seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + width + 1)
+        statuses[#statuses + 1] = 2
+      end
+    else
+      seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + 1)
+      statuses[#statuses + 1] = (lo < n) and 3 or 1
+    end
   end
+  a = a + count + 1
+  redis.call('SET', key, seq, 'EX', ttl)
+  redis.call('EXPIRE', meta_key, ttl)
+  out[#out + 1] = statuses
+  out[#out + 1] = seq
+  out[#out + 1] = redis.call('HMGET', meta_key, 'created_at', 'platform', 'category', 'static')
 end
-redis.call('SET', key, seq, 'EX', ttl)
-redis.call('EXPIRE', meta_key, ttl)
-return {statuses, seq, redis.call('HGETALL', meta_key)}
+return out
 """
 
 
@@ -99,6 +110,13 @@ class PostMeta:
     static_features: bytes | None = None
 
     @classmethod
+    def from_values(cls, created_at: bytes | None, platform: bytes | None, category: bytes | None,
+                    static: bytes | None) -> "PostMeta":
+        return cls(created_at=None if created_at is None else float(created_at),
+                   platform=None if platform is None else platform.decode(),
+                   category=None if category is None else category.decode(), static_features=static)
+
+    @classmethod
     def from_hash(cls, fields: dict[bytes, bytes]) -> "PostMeta":
         def text(name: bytes) -> str | None:
             value = fields.get(name)
@@ -134,23 +152,27 @@ class SnapshotSequenceStore:
     def post_key(self, post_id: str) -> str:
         return f"{self.key_prefix}post:{post_id}"
 
-    async def merge(self, snapshots: list[Snapshot]) -> list[SequenceUpdate]:
-        """Merge a micro-batch: one script call per post, all in one pipelined round trip."""
+    async def merge(self, snapshots: list[Snapshot], posts_per_call: int = 256) -> list[SequenceUpdate]:
+        """Merge a micro-batch: one script call per ``posts_per_call`` posts, all in one pipelined round trip
+        (a call per post costs more in client-side command encoding than the merge itself)."""
         by_post: dict[str, list[bytes]] = defaultdict(list)
         for snapshot in snapshots:
             by_post[snapshot.post_id].append(encode_snapshot(snapshot))
         if not by_post:
             return []
+        post_ids = list(by_post)
         async with self.client.pipeline(transaction=False) as pipe:
-            for post_id, records in by_post.items():
-                await self._merge(keys=[self.sequence_key(post_id), self.post_key(post_id)],
-                                  args=[FORMAT_VERSION, RECORD.size, self.ttl_s, *records], client=pipe)
+            for start in range(0, len(post_ids), posts_per_call):
+                keys, args = [], [FORMAT_VERSION, RECORD.size, self.ttl_s]
+                for post_id in post_ids[start:start + posts_per_call]:
+                    keys += [self.sequence_key(post_id), self.post_key(post_id)]
+                    args += [len(by_post[post_id]), *by_post[post_id]]
+                await self._merge(keys=keys, args=args, client=pipe)
             results = await pipe.execute()
-        updates = []
-        for post_id, (statuses, blob, meta) in zip(by_post, results):
-            post = PostMeta.from_hash(dict(zip(meta[::2], meta[1::2])))
-            updates.append(SequenceUpdate(post_id, decode_sequence(blob), post, [int(s) for s in statuses]))
-        return updates
+        flat = [item for result in results for item in result]
+        return [SequenceUpdate(post_id, decode_sequence(flat[3 * i + 1]), PostMeta.from_values(*flat[3 * i + 2]),
+                               [int(s) for s in flat[3 * i]])
+                for i, post_id in enumerate(post_ids)]
 
     async def put_posts(self, posts: list[Post], static_features: np.ndarray) -> None:
         """Keep what the temporal features need from the post event: its age, platform, category and the
