@@ -32,6 +32,9 @@ def add_train_commands(subparsers) -> None:
     p.add_argument("--model-repo", dest="train_model_repo", type=Path, default=None,
                    help="Triton model repository to export into (default: the global --model-repo or model_repo/)")
     p.add_argument("--no-export", action="store_true", help="do not export/promote into the model repository")
+    p.add_argument("--export", action="store_true", help="export even when the data set is not hackernews "
+                   "(the default model set is trained on HN; other data sets are evaluated only)")
+    p.add_argument("--force", action="store_true", help="promote even if the gate says no")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("evaluate", help="per-age metrics of the last training run (report + plots)")
@@ -51,7 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         dataset=args.dataset, limit=args.limit, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
         text=not args.no_text, gbt=not args.no_gbt, threads=args.threads, report_dir=args.report_dir,
-        model_repo=None if args.no_export else _model_repo(args), progress=not args.no_progress,
+        model_repo=None if args.no_export or (args.dataset != "hackernews" and not args.export) else _model_repo(args),
+        progress=not args.no_progress, force=args.force,
     )  # fmt: skip
     from popscore.trainer.data import shared_data_dir
 

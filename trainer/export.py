@@ -151,14 +151,20 @@ def export_and_promote(
     promote = True
     if have and not force:
         serving = model_dir / str(have[-1]) / "model.onnx"
-        try:
-            serving_mae = mae_of(serving, inputs, ex.target)
-            gate["serving_version"] = have[-1]
-            gate["serving_mae"] = serving_mae
-            promote = cand_mae <= serving_mae + 1e-9
-        except Exception as exc:  # the serving model takes other inputs (feature spec changed)
-            gate["serving_error"] = f"{type(exc).__name__}: {exc}"[:500]
-            promote = True
+        serving_meta = model_dir / str(have[-1]) / "metadata.json"
+        serving_hash = json.loads(serving_meta.read_text()).get("feature_spec_hash") if serving_meta.exists() else None
+        gate["serving_version"] = have[-1]
+        if serving_hash != spec.hash():
+            gate["reason"] = f"feature spec {spec.hash()} differs from the serving version's {serving_hash}: not comparable, use force"
+            promote = False
+        else:
+            try:
+                serving_mae = mae_of(serving, inputs, ex.target)
+                gate["serving_mae"] = serving_mae
+                promote = cand_mae <= serving_mae + 1e-9
+            except Exception as exc:  # the serving model does not run on these inputs
+                gate["reason"] = f"serving version failed on the validation inputs: {type(exc).__name__}: {exc}"[:500]
+                promote = False
     gate["promoted"] = promote
     meta = {
         "model": name,

@@ -37,8 +37,24 @@ class TrainConfig:
     embargo_h: float = 48.0
     report_dir: Path = Path("reports")
     model_repo: Path | None = Path("model_repo")  # None: no export
+    force: bool = False  # promote even if the gate says no
     progress: bool = True
-    spec: F.FeatureSpec = field(default_factory=F.FeatureSpec)
+    spec: F.FeatureSpec | None = None  # None: spec_for(dataset)
+
+
+# Observation ages and bins per platform family: HN/Reddit snapshots are ~30-60 min apart, YouTube's
+# trending lists are daily (observed_at = end of the trending day).
+SPEC_PRESETS: dict[str, F.FeatureSpec] = {
+    "default": F.FeatureSpec(),
+    "youtube": F.FeatureSpec(
+        bin_s=6 * 3600.0, n_bins=16, train_ages_h=(0.0, 12.0, 24.0, 36.0, 48.0, 72.0, 96.0, 144.0),
+        eval_ages_h=(24.0, 48.0, 96.0),
+    ),
+}
+
+
+def spec_for(dataset: str) -> F.FeatureSpec:
+    return SPEC_PRESETS["youtube" if dataset.startswith("youtube") else "default"]
 
 
 def _log(msg: str) -> None:
@@ -77,7 +93,7 @@ def train_mtaf(
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = MTAF(config_for(cfg.spec, temporal, d_model=cfg.d_model, gru_hidden=cfg.gru_hidden))
+    model = MTAF(config_for(cfg.spec or spec_for(cfg.dataset), temporal, d_model=cfg.d_model, gru_hidden=cfg.gru_hidden))
     names = model.input_names()
 
     def tensors(ex: D.Examples, rows) -> dict:
@@ -155,7 +171,7 @@ def run(cfg: TrainConfig) -> dict:
 
     t0 = time.time()
     torch.set_num_threads(cfg.threads)
-    spec = cfg.spec
+    spec = cfg.spec = cfg.spec or spec_for(cfg.dataset)
     _log(f"loading {cfg.dataset}")
     table = load_table(cfg)
     train_idx, test_idx, window = D.chronological_split(table, cfg.test_frac, cfg.embargo_h * 3600.0)
@@ -230,6 +246,7 @@ def run(cfg: TrainConfig) -> dict:
         "dataset": cfg.dataset,
         "source": table.source,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "spec"},
+        "gate_window": "test window (the latest 20% of posts) is the validation window of the promotion gate",
         "feature_spec": spec.to_dict(),
         "feature_spec_hash": spec.hash(),
         "window": window,
@@ -253,7 +270,7 @@ def run(cfg: TrainConfig) -> dict:
             metrics = [r for r in rows_out if r["model"] == f"mtaf_{kind}"]
             info = export_and_promote(
                 model, kind, ex, Path(cfg.model_repo), spec=spec, metrics=metrics, window=window,
-                dataset=cfg.dataset, seed=cfg.seed,
+                dataset=cfg.dataset, seed=cfg.seed, force=cfg.force,
             )  # fmt: skip
             results.setdefault("export", {})[kind] = info
             _log(f"export {kind}: {info}")

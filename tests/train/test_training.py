@@ -136,3 +136,13 @@ def test_export_parity_config_and_promotion_gate(tmp_path, monkeypatch, examples
     assert X.versions(mdir) == [1]
     info = X.export_and_promote(model, "temporal", te, repo, **kw)
     assert info["promoted"] and X.versions(mdir) == [1, 2]
+
+    # a serving version built on another feature spec is not comparable: no silent promotion
+    meta_path = mdir / "2" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["feature_spec_hash"] = "0000000000000000"
+    meta_path.write_text(json.dumps(meta))
+    info = X.export_and_promote(model, "temporal", te, repo, **kw)
+    assert not info["promoted"] and "feature spec" in info["reason"]
+    info = X.export_and_promote(model, "temporal", te, repo, force=True, **kw)
+    assert info["promoted"] and X.versions(mdir) == [1, 2, 3]
