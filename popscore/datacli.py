@@ -59,7 +59,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from popscore.simulate import SimulatorParams, simulate
 
     params = SimulatorParams.load(args.params)
-    events = simulate(params, posts=args.posts, seed=args.seed, rate_per_hour=args.rate_per_hour)
+    mix = {platform: 1.0 for platform in args.platforms.split(",")} if args.platforms else None
+    events = simulate(params, posts=args.posts, seed=args.seed, rate_per_hour=args.rate_per_hour, mix=mix)
     written = eventfile.write(args.out, _progress(events, None, "simulate", args.quiet))
     print(f"wrote {written} events for {args.posts} posts to {args.out}")
     return 0
@@ -119,6 +120,8 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--out", required=True)
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--rate-per-hour", type=float, help="new posts per hour (default: fitted)")
+    sim.add_argument("--platforms", help="comma-separated platforms to simulate, in equal shares "
+                                         "(default: the fitted mix of hackernews, reddit and youtube)")
     sim.add_argument("--params", help="fitted parameter JSON (default: the one shipped in popscore/sample)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=cmd_simulate)

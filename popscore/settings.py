@@ -70,6 +70,8 @@ class WorkerSettings(BaseModel):
                                "online-accuracy window")
     online_age_tolerance_h: float = Field(0.5, gt=0, description="a prediction made at age a counts for "
                                           "evaluation age t when t <= a < t + this")
+    post_grace_s: float = Field(10.0, ge=0, description="how long snapshots of a post not seen yet wait for "
+                                "it before they are scored without it")
     gauge_interval_s: float = Field(5.0, gt=0, description="refresh interval of lag and tracked-post gauges")
     # Tansu holds a group join for half the rebalance timeout; short timeouts make (re)joins quick.
     rebalance_timeout_s: float = Field(6.0, gt=0)

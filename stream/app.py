@@ -7,6 +7,7 @@ micro-batches (``take_events`` with a ``within`` bound, so an idle topic never s
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import faust
@@ -77,6 +78,7 @@ def create_app(settings: Settings) -> faust.App:
     async def evaluate_matured() -> None:
         if worker.ready:
             await worker.evaluate_matured()
+            await asyncio.gather(*await worker.score_overdue())
 
     @app.on_rebalance_complete.connect
     async def assigned(app: faust.App, **kwargs) -> None:

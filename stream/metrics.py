@@ -29,6 +29,9 @@ class WorkerMetrics:
         self.posts_in = Counter("popscore_posts_accepted", "Valid posts accepted", registry=r)
         self.dead_letters = Counter("popscore_dead_letters", "Records sent to the dead-letter topic, by reason",
                                     ["topic", "reason"], registry=r)
+        self.awaiting_post = Counter("popscore_snapshots_awaiting_post",
+                                     "Sequence updates not scored yet because their post had not arrived",
+                                     registry=r)
         self.sequence_merges = Counter("popscore_sequence_merges", "Snapshot merges into Redis sequences, by outcome",
                                        ["outcome"], registry=r)
         self.counter_decreases = Counter("popscore_engagement_decreases",

@@ -174,6 +174,16 @@ class SnapshotSequenceStore:
                                [int(s) for s in flat[3 * i]])
                 for i, post_id in enumerate(post_ids)]
 
+    async def current(self, post_ids: list[str]) -> list[SequenceUpdate]:
+        """The stored sequence and metadata of posts that have a sequence (nothing merged)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for post_id in post_ids:
+                pipe.get(self.sequence_key(post_id))
+                pipe.hmget(self.post_key(post_id), "created_at", "platform", "category", "static")
+            rows = await pipe.execute()
+        return [SequenceUpdate(post_id, decode_sequence(rows[2 * i]), PostMeta.from_values(*rows[2 * i + 1]))
+                for i, post_id in enumerate(post_ids) if rows[2 * i]]
+
     async def put_posts(self, posts: list[Post], static_features: np.ndarray) -> None:
         """Keep what the temporal features need from the post event: its age, platform, category and the
         static features computed from its content (so they are computed once, at upload)."""

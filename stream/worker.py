@@ -51,6 +51,7 @@ class StreamWorker:
         self._reload_failures: dict[str, int] = {}
         self.online = OnlineAccuracy(settings.worker.online_window)
         self._evaluated_exported: dict[AccuracyKey, int] = {}
+        self.awaiting_post: dict[str, float] = {}  # post_id -> when its snapshots started waiting for it
         self.stream_clock = 0.0  # the latest observed_at seen: event time, so replays mature posts too
         self.ready = False
         self.assigned = False
@@ -127,6 +128,10 @@ class StreamWorker:
             deliveries += await self._predict("static", [p.post_id for p in posts], created, inputs, spec,
                                               created=created)
             self.metrics.posts_in.inc(len(posts))
+            # Snapshots that arrived before their post were stored but not scored: score them now.
+            waiting = [p.post_id for p in posts if self.awaiting_post.pop(p.post_id, None) is not None]
+            if waiting:
+                deliveries += await self._predict_temporal(await self.store.current(waiting))
         await asyncio.gather(*deliveries)
         self._observe_end_to_end("static", messages)
 
@@ -161,7 +166,33 @@ class StreamWorker:
         if not changed:
             return []
         self.metrics.counter_decreases.inc(sum(count_decreases(u.sequence) for u in changed))
-        return await self._predict_temporal(changed)
+        return await self._predict_temporal(self._with_post(changed))
+
+    def _with_post(self, updates: list[SequenceUpdate]) -> list[SequenceUpdate]:
+        """The posts and snapshots topics are consumed independently, so a snapshot can overtake its post.
+        Scoring it without the post (no age, platform or content) gives nonsense, so such updates wait
+        for the post (scored by ``handle_posts``) or, after ``post_grace_s``, are scored without it."""
+        now = time.monotonic()
+        ready = []
+        for update in updates:
+            if update.post.created_at is not None:
+                ready.append(update)
+                continue
+            first_seen = self.awaiting_post.setdefault(update.post_id, now)
+            if now - first_seen >= self.settings.worker.post_grace_s:
+                self.awaiting_post.pop(update.post_id)
+                ready.append(update)
+            else:
+                self.metrics.awaiting_post.inc()
+        return ready
+
+    async def score_overdue(self) -> list:
+        """Score the posts whose snapshots waited longer than the grace period for a post that never came."""
+        now = time.monotonic()
+        overdue = [p for p, seen in self.awaiting_post.items() if now - seen >= self.settings.worker.post_grace_s]
+        for post_id in overdue:
+            self.awaiting_post.pop(post_id)
+        return await self._predict_temporal(await self.store.current(overdue)) if overdue else []
 
     def _observe_end_to_end(self, model: str, messages: list) -> None:
         now = time.time()
@@ -171,6 +202,8 @@ class StreamWorker:
                 histogram.observe(max(0.0, now - message.timestamp))
 
     async def _predict_temporal(self, updates: list[SequenceUpdate]) -> list:
+        if not updates:
+            return []
         spec = self.feature_spec("temporal")
         seqs = [u.sequence for u in updates]
         # A snapshot may come before its post: then the first observation stands in for the upload time.

@@ -187,3 +187,23 @@ def test_predictions_continue_from_local_onnx_runtime_when_triton_dies(private_s
     assert covered(grouped, last_seen)
     models = web_json(private_stack, "/readyz")["models"]
     assert models["temporal"]["local"] > 0 and models["temporal"]["triton_errors"] > 0
+
+
+def test_snapshots_that_overtake_their_post_are_scored_when_the_post_arrives(private_stack):
+    settings = private_stack.settings
+    endpoints = private_stack.state.endpoints_obj()
+    events = real_slice("late-", n_posts=3)
+    snapshots = [(raw, e) for raw, e in events if isinstance(e, Snapshot)]
+    posts = [(raw, e) for raw, e in events if isinstance(e, Post)]
+    asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.snapshots,
+                        [(e.post_id.encode(), raw) for raw, e in snapshots]))
+    time.sleep(3)  # well inside the grace period: nothing may be scored without the post
+    early = _group(asyncio.run(consume_until(endpoints.broker_bootstrap, settings.kafka.topics.predictions,
+                                             lambda ms: False, timeout_s=3)), "late-")
+    assert early == {}
+    asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.posts,
+                        [(e.post_id.encode(), raw) for raw, e in posts]))
+    last_seen = expected_last_seen(snapshots)
+    grouped = predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "late-",
+                                  lambda g: covered(g, last_seen))
+    assert covered(grouped, last_seen)
