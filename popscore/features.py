@@ -260,7 +260,7 @@ def build_sequence(
     b = len(seqs)
     created_at = np.asarray(created_at, dtype=np.float64).reshape(b)
     as_of = np.asarray(as_of, dtype=np.float64).reshape(b)
-    weights = np.asarray(weights, dtype=np.float64).reshape(b, -1)
+    weights = np.asarray(weights, dtype=np.float64).reshape(b, len(spec.counters))
     outs: dict[str, list[np.ndarray]] = {"sequence": [], "sequence_mask": [], "dynamic_features": [], "score_now": []}
     for lo in range(0, max(b, 1), chunk):
         hi = min(lo + chunk, b)

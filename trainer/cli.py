@@ -29,6 +29,8 @@ def add_train_commands(subparsers) -> None:
     p.add_argument("--no-text", action="store_true", help="do not use MiniLM title embeddings")
     p.add_argument("--no-gbt", action="store_true", help="skip the gradient-boosted tree baselines")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--embargo-h", type=float, default=None,
+                   help="gap between the training and test windows (default 48 h; 12 h for reddit, which spans 41 h)")
     p.add_argument("--model-repo", dest="train_model_repo", type=Path, default=None,
                    help="Triton model repository to export into (default: the global --model-repo or model_repo/)")
     p.add_argument("--no-export", action="store_true", help="do not export/promote into the model repository")
@@ -56,6 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         text=not args.no_text, gbt=not args.no_gbt, threads=args.threads, report_dir=args.report_dir,
         model_repo=None if args.no_export or (args.dataset != "hackernews" and not args.export) else _model_repo(args),
         progress=not args.no_progress, force=args.force,
+        embargo_h=args.embargo_h if args.embargo_h is not None else (12.0 if args.dataset == "reddit" else 48.0),
     )  # fmt: skip
     from popscore.trainer.data import shared_data_dir
 
@@ -81,7 +84,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         keys = ("model", "age_h", "n", "mae", "mse", "r2", "srcc", "ndcg_at_10")
-        print(json.dumps([{k: r[k] for k in keys} for r in results["metrics"]], indent=1))
+        clean = lambda v: None if isinstance(v, float) and v != v else v  # noqa: E731  NaN -> null (valid JSON)
+        print(json.dumps([{k: clean(r[k]) for k in keys} for r in results["metrics"]], indent=1, allow_nan=False))
         return 0
     path = write_report(results, out_dir, command=results.get("command", "popscore train"), wall_s=results.get("train_seconds"))
     print(path.read_text())

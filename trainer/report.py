@@ -77,7 +77,8 @@ def _plots(out_dir: Path, results: dict) -> list[str]:
             p, yy = z[key][m], y[m]
             edges = np.quantile(p, np.linspace(0, 1, 11))
             idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, 9)
-            ax_.plot([p[idx == i].mean() for i in range(10)], [yy[idx == i].mean() for i in range(10)], marker="o", label=key[5:])
+            used = [i for i in range(10) if np.any(idx == i)]
+            ax_.plot([p[idx == i].mean() for i in used], [yy[idx == i].mean() for i in used], marker="o", label=key[5:])
         lims = ax_.get_xlim()
         ax_.plot(lims, lims, "k--", lw=1)
         ax_.set_xlabel("mean predicted (decile)")
@@ -103,8 +104,9 @@ def markdown(results: dict, command: str, wall_s: float | None, plots: list[str]
         f"- split: chronological by first appearance; train {_ts(w['train_from'])} .. {_ts(w['train_to'])} "
         f"({w['n_train_posts']} posts, last 10% of them for early stopping), embargo {w['embargo_s'] / 3600:g} h, "
         f"test {_ts(w['test_from'])} .. {_ts(w['test_to'])} ({w['n_test_posts']} posts)",
-        f"- target: log1p(score at horizon {results['feature_spec']['horizon_s'] / 86400:g} d) = log1p(last observed "
-        "upvotes) on HN; observation age measured from first front-page appearance",
+        f"- target: log1p(score at horizon {results['feature_spec']['horizon_s'] / 86400:g} d), the last observation "
+        "within the horizon (score weights from ScoreSettings); observation age measured from the post's created_at "
+        "(HN: its first front-page appearance)",
         f"- feature spec hash: `{results['feature_spec_hash']}`; text embeddings: {'MiniLM titles' if results['text'] else 'none'}",
         "",
         "## Metrics per model and observation age (test window)",

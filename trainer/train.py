@@ -22,6 +22,7 @@ class TrainConfig:
     limit: int | None = None  # first N posts by first appearance (tests, quick runs)
     seed: int = 0
     epochs: int = 6
+    min_steps: int = 1500  # small data sets: at least this many optimiser steps (more epochs)
     batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -103,19 +104,21 @@ def train_mtaf(
     model.fit_normalisers(tensors(train, fit_rows))
     model.init_output_bias(float(np.mean(train.target - (train.log_now if temporal else 0.0))))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * int(np.ceil(len(train) / cfg.batch_size))
+    per_epoch = int(np.ceil(len(train) / cfg.batch_size))
+    epochs = max(cfg.epochs, int(np.ceil(cfg.min_steps / max(per_epoch, 1))))
+    steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
     loss_fn = _loss_fn(cfg.loss)
     y_all = torch.from_numpy(train.target.astype(np.float32))
     best, best_state, history = np.inf, None, []
     from tqdm import tqdm
 
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         model.train()
         perm = rng.permutation(len(train))
         total, seen = 0.0, 0
         bar = tqdm(range(0, len(perm), cfg.batch_size), disable=not cfg.progress, leave=False,
-                   desc=f"{'temporal' if temporal else 'static'} epoch {epoch + 1}/{cfg.epochs}")  # fmt: skip
+                   desc=f"{'temporal' if temporal else 'static'} epoch {epoch + 1}/{epochs}")  # fmt: skip
         for lo in bar:
             rows = np.sort(perm[lo : lo + cfg.batch_size])
             out = model(**tensors(train, rows))
@@ -132,7 +135,8 @@ def train_mtaf(
         pred = predict_mtaf(model, val, temporal)["log_score"]
         val_mae = float(np.abs(pred - val.target).mean()) if len(val) else float("nan")
         history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_mae": val_mae})
-        _log(f"{'temporal' if temporal else 'static'} epoch {epoch + 1}: loss {total / max(seen, 1):.4f} val MAE {val_mae:.4f}")
+        if epochs <= 20 or (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
+            _log(f"{'temporal' if temporal else 'static'} epoch {epoch + 1}/{epochs}: loss {total / max(seen, 1):.4f} val MAE {val_mae:.4f}")
         if not len(val) or val_mae < best:
             best = val_mae
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -48,7 +48,7 @@ def temporal_model(examples):
     from popscore.trainer.train import TrainConfig, train_mtaf
 
     tr, te = examples
-    cfg = TrainConfig(epochs=2, progress=False, seed=0)
+    cfg = TrainConfig(epochs=2, min_steps=0, progress=False, seed=0)
     model, history = train_mtaf(cfg, tr, te.subset(te.age_h == 1.0), temporal=True)
     return model, history
 
