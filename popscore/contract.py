@@ -137,7 +137,8 @@ class Counts(_OpenMap):
 
     @model_validator(mode="after")
     def _at_least_one(self) -> "Counts":
-        if not self.as_dict():
+        known = (self.views, self.likes, self.comments, self.shares, self.favorites)
+        if all(v is None for v in known) and not self.__pydantic_extra__:
             raise ValueError("counts must hold at least one counter")
         return self
 

@@ -1,8 +1,14 @@
-"""Live leaderboards in Redis sorted sets: top-K by predicted score (overall, per platform, per category)
-and "rising fastest" (realised score growth over the last hour, in log units per hour).
+"""What a batch of predictions leaves in Redis, in one script call: leaderboards, the latest prediction
+per post, and the predictions kept for online accuracy.
 
-Each board is trimmed to ``size`` members after every micro-batch so it stays small (listpack-encoded
-up to 128 members) however many posts are live; a post leaving the top returns when it rises again.
+Leaderboards are sorted sets: top-K by predicted score (overall, per platform, per category) and
+"rising fastest" (realised score growth over the last hour, in log units per hour). Each board is
+trimmed to ``size`` members after every batch so it stays small however many posts are live; a post
+leaving the top returns when it rises again.
+
+The script builds its key names from the prefix (it does not declare them), which is fine on one Redis
+and needs a hash tag per post on Redis Cluster; one call per batch instead of five commands per
+prediction is what keeps Redis off the worker's profile.
 """
 
 from __future__ import annotations
@@ -11,44 +17,76 @@ from dataclasses import dataclass
 
 import redis.asyncio as redis
 
+# ARGV: prefix, ttl, board size, model kind, then per prediction: post_id, score, rising, platform,
+# category ('' for none), latest view (JSON), maturity time, number of kept fields, then (field, value)...
+RECORD_SCRIPT = """
+local prefix, ttl, size, kind = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local touched = {}
+local i = 5
+while i <= #ARGV do
+  local post, score, rising, platform, category = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local latest, due, kept = ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7])
+  local post_key = prefix .. 'post:' .. post
+  if kind == 'temporal' then
+    local boards = {'top', 'top:platform:' .. platform}
+    if category ~= '' then boards[3] = 'top:category:' .. category end
+    for _, board in ipairs(boards) do
+      redis.call('ZADD', prefix .. 'lb:' .. board, score, post)
+      touched[board] = true
+    end
+    redis.call('ZADD', prefix .. 'lb:rising', rising, post)
+    touched['rising'] = true
+  end
+  redis.call('HSET', post_key, 'prediction:' .. kind, latest)
+  for j = 0, kept - 1 do
+    redis.call('HSETNX', post_key, ARGV[i + 8 + 2 * j], ARGV[i + 9 + 2 * j])
+  end
+  redis.call('EXPIRE', post_key, ttl)
+  redis.call('ZADD', prefix .. 'maturity', 'NX', due, post)
+  i = i + 8 + 2 * kept
+end
+for board, _ in pairs(touched) do
+  redis.call('ZREMRANGEBYRANK', prefix .. 'lb:' .. board, 0, -(size + 1))
+end
+return 0
+"""
+
 
 @dataclass(frozen=True)
-class BoardEntry:
+class RecordedPrediction:
     post_id: str
-    predicted_score: float
+    score: float
     rising: float
     platform: str
     category: str | None
+    latest_view: bytes
+    matures_at: float
+    kept_for_evaluation: tuple[tuple[str, float], ...] = ()
 
 
 class Leaderboards:
-    def __init__(self, client: redis.Redis, key_prefix: str, size: int) -> None:
+    def __init__(self, client: redis.Redis, key_prefix: str, size: int, ttl_s: int) -> None:
         self.client = client
-        self.prefix = f"{key_prefix}lb:"
+        self.key_prefix = key_prefix
         self.size = size
+        self.ttl_s = ttl_s
+        self._record = client.register_script(RECORD_SCRIPT)
 
     def key(self, board: str) -> str:
-        return f"{self.prefix}{board}"
+        return f"{self.key_prefix}lb:{board}"
 
-    @staticmethod
-    def boards_of(entry: BoardEntry) -> list[str]:
-        boards = ["top", f"top:platform:{entry.platform}"]
-        if entry.category:
-            boards.append(f"top:category:{entry.category}")
-        return boards
-
-    async def update(self, entries: list[BoardEntry]) -> None:
-        if not entries:
+    async def record(self, kind: str, predictions: list[RecordedPrediction], per_call: int = 512) -> None:
+        if not predictions:
             return
-        touched: set[str] = {"rising"}
         async with self.client.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                for board in self.boards_of(entry):
-                    pipe.zadd(self.key(board), {entry.post_id: entry.predicted_score})
-                    touched.add(board)
-                pipe.zadd(self.key("rising"), {entry.post_id: entry.rising})
-            for board in touched:
-                pipe.zremrangebyrank(self.key(board), 0, -(self.size + 1))
+            for start in range(0, len(predictions), per_call):
+                args: list = [self.key_prefix, self.ttl_s, self.size, kind]
+                for p in predictions[start:start + per_call]:
+                    args += [p.post_id, p.score, p.rising, p.platform, p.category or "", p.latest_view,
+                             p.matures_at, len(p.kept_for_evaluation)]
+                    for name, value in p.kept_for_evaluation:
+                        args += [name, repr(value)]
+                await self._record(keys=[], args=args, client=pipe)
             await pipe.execute()
 
     async def top(self, board: str = "top", k: int = 10) -> list[tuple[str, float]]:

@@ -199,14 +199,6 @@ class SnapshotSequenceStore:
                 pipe.expire(key, self.ttl_s)
             await pipe.execute()
 
-    async def put_latest_predictions(self, model: str, predictions: list[tuple[str, bytes]]) -> None:
-        """The latest prediction of each model per post, for ``/posts/{post_id}``."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for post_id, record in predictions:
-                pipe.hset(self.post_key(post_id), f"prediction:{model}", record)
-                pipe.expire(self.post_key(post_id), self.ttl_s)
-            await pipe.execute()
-
     async def get_post(self, post_id: str) -> dict[bytes, bytes]:
         return await self.client.hgetall(self.post_key(post_id))
 
@@ -214,17 +206,7 @@ class SnapshotSequenceStore:
 
     @property
     def maturity_key(self) -> str:
-        return f"{self.key_prefix}maturity"
-
-    async def keep_for_evaluation(self, kept: list[tuple[str, str, float]], due: list[tuple[str, float]]) -> None:
-        """``kept``: (post_id, field, predicted log score), first one per field wins; ``due``: (post_id,
-        maturity epoch seconds), first one per post wins."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for post_id, name, value in kept:
-                pipe.hsetnx(self.post_key(post_id), name, repr(value))
-            if due:
-                pipe.zadd(self.maturity_key, {post_id: when for post_id, when in due}, nx=True)
-            await pipe.execute()
+        return f"{self.key_prefix}maturity"  # written by leaderboard.RECORD_SCRIPT
 
     async def matured(self, clock: float, limit: int) -> list[tuple[str, np.ndarray, PostMeta, dict[str, float]]]:
         """Posts whose horizon has passed by ``clock``: (post_id, sequence, metadata, kept predictions).

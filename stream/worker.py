@@ -23,7 +23,7 @@ from popscore.contract import DeadLetter, Post, RejectedRecord, RejectReason, Sn
     decode_record, encode_record
 from popscore.serving.predictor import ModelPredictor
 from popscore.settings import Settings
-from popscore.stream.leaderboard import BoardEntry, Leaderboards
+from popscore.stream.leaderboard import Leaderboards, RecordedPrediction
 from popscore.stream.metrics import WorkerMetrics
 from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, eval_ages_reached, eval_field, \
     parse_eval_field
@@ -67,7 +67,8 @@ class StreamWorker:
         self.redis = redis.Redis.from_url(settings.redis.url)
         await self.redis.ping()
         self.store = SnapshotSequenceStore(self.redis, settings.redis.key_prefix, settings.score.horizon_s)
-        self.boards = Leaderboards(self.redis, settings.redis.key_prefix, settings.worker.leaderboard_size)
+        self.boards = Leaderboards(self.redis, settings.redis.key_prefix, settings.worker.leaderboard_size,
+                                   settings.score.horizon_s)
         for kind, name in F.MODEL_NAMES.items():
             predictor = ModelPredictor(name, settings.serving, settings.triton.grpc_url, settings.stack.model_repo,
                                        settings.serving.python_backend_mirror)
@@ -241,29 +242,22 @@ class StreamWorker:
             for value in result.outputs["log_score"].reshape(-1):
                 self.metrics.predicted_log_score.labels(kind).observe(float(value))
             offset += n
-        if kind == "temporal":
-            rising = inputs["dynamic_features"][:, RISING_INDEX]
-            await self.boards.update([
-                BoardEntry(r["post_id"], r["score"], float(rising[i]), platforms[i], categories[i])
-                for i, r in enumerate(records)
-            ])
-        await self.store.put_latest_predictions(kind, [(r["post_id"], encode(latest_view(r))) for r in records])
-        await self._keep_for_evaluation(kind, records, as_of, created, spec)
+        rising = inputs["dynamic_features"][:, RISING_INDEX] if kind == "temporal" else np.zeros(len(records))
+        ages, tolerance = ((0.0,), 1.0) if kind == "static" else (spec.eval_ages_h,
+                                                                   self.settings.worker.online_age_tolerance_h)
+        recorded = []
+        for i, r in enumerate(records):
+            age_h = (as_of[i] - created[i]) / 3600.0 if kind == "temporal" else 0.0
+            kept = tuple((eval_field(kind, r["model_version"], age), r["log_score"])
+                         for age in eval_ages_reached(age_h, ages, tolerance))
+            recorded.append(RecordedPrediction(
+                r["post_id"], r["score"], float(rising[i]), platforms[i] if platforms else "",
+                categories[i] if categories else None, encode(latest_view(r)), float(created[i]) + spec.horizon_s,
+                kept))
+        await self.boards.record(kind, recorded)
         topic = self.settings.kafka.topics.predictions
         self.metrics.records_out.labels(topic).inc(len(records))
         return [await self.send(topic, r["post_id"].encode(), encode(r)) for r in records]
-
-    async def _keep_for_evaluation(self, kind: str, records: list[dict], as_of: np.ndarray, created: np.ndarray,
-                                   spec: F.FeatureSpec) -> None:
-        ages = (0.0,) if kind == "static" else spec.eval_ages_h
-        tolerance = self.settings.worker.online_age_tolerance_h
-        kept, due = [], []
-        for i, record in enumerate(records):
-            age_h = 0.0 if kind == "static" else (as_of[i] - created[i]) / 3600.0
-            for age in eval_ages_reached(age_h, ages, tolerance if kind == "temporal" else 1.0):
-                kept.append((record["post_id"], eval_field(kind, record["model_version"], age), record["log_score"]))
-            due.append((record["post_id"], float(created[i]) + spec.horizon_s))
-        await self.store.keep_for_evaluation(kept, due)
 
     async def evaluate_matured(self, limit: int = 2_000) -> int:
         """Compare the kept predictions of posts past their horizon with what they really reached."""

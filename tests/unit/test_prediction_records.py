@@ -5,7 +5,6 @@ import math
 import numpy as np
 
 from popscore.contract import Prediction, decode_record
-from popscore.stream.leaderboard import BoardEntry, Leaderboards
 from popscore.stream.predictions import encode, prediction_records
 
 
@@ -25,8 +24,3 @@ def test_records_validate_against_the_contract_and_carry_explanations():
     assert parsed[0].explanation["modality_weights"]["content"] == 0.7
     assert parsed[0].explanation["time_attention"] == [0.25] * 4
 
-
-def test_a_post_goes_to_the_overall_platform_and_category_boards():
-    entry = BoardEntry("p", 10.0, 0.5, "youtube", "Music")
-    assert Leaderboards.boards_of(entry) == ["top", "top:platform:youtube", "top:category:Music"]
-    assert Leaderboards.boards_of(BoardEntry("p", 1.0, 0.0, "hackernews", None)) == ["top", "top:platform:hackernews"]
