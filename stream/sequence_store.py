@@ -69,7 +69,7 @@ for p = 1, #KEYS, 2 do
   redis.call('EXPIRE', meta_key, ttl)
   out[#out + 1] = statuses
   out[#out + 1] = seq
-  out[#out + 1] = redis.call('HMGET', meta_key, 'created_at', 'platform', 'category', 'static')
+  out[#out + 1] = redis.call('HMGET', meta_key, 'created_at', 'platform', 'category', 'static', 'text')
 end
 return out
 """
@@ -107,14 +107,16 @@ class PostMeta:
     created_at: float | None = None
     platform: str | None = None
     category: str | None = None
-    static_features: bytes | None = None
+    static_features: bytes | None = None  # float32, computed from the post at upload
+    text_embedding: bytes | None = None  # float16 title embedding, when a text encoder is served
 
     @classmethod
     def from_values(cls, created_at: bytes | None, platform: bytes | None, category: bytes | None,
-                    static: bytes | None) -> "PostMeta":
+                    static: bytes | None, text: bytes | None) -> "PostMeta":
         return cls(created_at=None if created_at is None else float(created_at),
                    platform=None if platform is None else platform.decode(),
-                   category=None if category is None else category.decode(), static_features=static)
+                   category=None if category is None else category.decode(), static_features=static,
+                   text_embedding=text)
 
     @classmethod
     def from_hash(cls, fields: dict[bytes, bytes]) -> "PostMeta":
@@ -124,7 +126,8 @@ class PostMeta:
 
         created = text(b"created_at")
         return cls(created_at=None if created is None else float(created), platform=text(b"platform"),
-                   category=text(b"category"), static_features=fields.get(b"static"))
+                   category=text(b"category"), static_features=fields.get(b"static"),
+                   text_embedding=fields.get(b"text"))
 
 
 @dataclass
@@ -179,19 +182,22 @@ class SnapshotSequenceStore:
         async with self.client.pipeline(transaction=False) as pipe:
             for post_id in post_ids:
                 pipe.get(self.sequence_key(post_id))
-                pipe.hmget(self.post_key(post_id), "created_at", "platform", "category", "static")
+                pipe.hmget(self.post_key(post_id), "created_at", "platform", "category", "static", "text")
             rows = await pipe.execute()
         return [SequenceUpdate(post_id, decode_sequence(rows[2 * i]), PostMeta.from_values(*rows[2 * i + 1]))
                 for i, post_id in enumerate(post_ids) if rows[2 * i]]
 
-    async def put_posts(self, posts: list[Post], static_features: np.ndarray) -> None:
+    async def put_posts(self, posts: list[Post], static_features: np.ndarray,
+                        text_embeddings: np.ndarray | None = None) -> None:
         """Keep what the temporal features need from the post event: its age, platform, category and the
         static features computed from its content (so they are computed once, at upload)."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for post, features in zip(posts, static_features):
+            for i, (post, features) in enumerate(zip(posts, static_features)):
                 key = self.post_key(post.post_id)
                 fields = {"created_at": str(int(post.created_at.timestamp())), "platform": post.platform,
                           "static": np.asarray(features, dtype=np.float32).tobytes()}
+                if text_embeddings is not None:
+                    fields["text"] = np.asarray(text_embeddings[i], dtype=np.float16).tobytes()
                 category = post.attributes.get("category")
                 if category is not None:
                     fields["category"] = str(category)

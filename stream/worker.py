@@ -21,6 +21,7 @@ import redis.asyncio as redis
 from popscore import features as F
 from popscore.contract import DeadLetter, Post, RejectedRecord, RejectReason, Snapshot, SnapshotBatch, \
     decode_record, encode_record
+from popscore.serving.model_repository import list_models
 from popscore.serving.predictor import ModelPredictor
 from popscore.settings import Settings
 from popscore.stream.leaderboard import Leaderboards, RecordedPrediction
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MERGE_OUTCOMES = {APPENDED: "appended", DUPLICATE: "duplicate", CORRECTED: "corrected", OUT_OF_ORDER: "out_of_order"}
 RISING_INDEX = F.DYNAMIC_FEATURE_NAMES.index("dlog_score_last_h")
+TEXT_ENCODER = "popscore_text_encoder"
 
 
 class StreamWorker:
@@ -48,6 +50,8 @@ class StreamWorker:
         self.store: SnapshotSequenceStore | None = None
         self.boards: Leaderboards | None = None
         self.predictors: dict[str, ModelPredictor] = {}
+        self.text_encoder: ModelPredictor | None = None
+        self._tokenizer = None  # (encoder version, TitleTokenizer) of the served text encoder
         self._reload_failures: dict[str, int] = {}
         self.online = OnlineAccuracy(settings.worker.online_window)
         self._evaluated_exported: dict[AccuracyKey, int] = {}
@@ -74,12 +78,19 @@ class StreamWorker:
                                        settings.serving.python_backend_mirror)
             await predictor.start()
             self.predictors[kind] = predictor
+        if any(m.name == TEXT_ENCODER and m.versions for m in list_models(settings.stack.model_repo)):
+            self.text_encoder = ModelPredictor(TEXT_ENCODER, settings.serving, settings.triton.grpc_url,
+                                               settings.stack.model_repo, settings.serving.python_backend_mirror)
+            await self.text_encoder.start()
+        else:
+            log.warning("no %s in %s: titles are not embedded, the text modality is masked", TEXT_ENCODER,
+                        settings.stack.model_repo)
         self.metrics.serve(settings.worker.bind_host, settings.worker.metrics_port)
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
-        for predictor in self.predictors.values():
+        for predictor in [*self.predictors.values(), *([self.text_encoder] if self.text_encoder else [])]:
             await predictor.close()
         if self.redis is not None:
             await self.redis.aclose()
@@ -124,8 +135,9 @@ class StreamWorker:
             spec = self.feature_spec("static")
             created = np.array([p.created_at.timestamp() for p in posts])
             platforms = [p.platform for p in posts]
-            inputs = F.build_static_inputs(spec, created, platforms, posts)
-            await self.store.put_posts(posts, inputs["static_features"])
+            text = await self.embed_titles(posts)
+            inputs = F.build_static_inputs(spec, created, platforms, posts, text_embedding=text)
+            await self.store.put_posts(posts, inputs["static_features"], text)
             deliveries += await self._predict("static", [p.post_id for p in posts], created, inputs, spec,
                                               created=created)
             self.metrics.posts_in.inc(len(posts))
@@ -135,6 +147,21 @@ class StreamWorker:
                 deliveries += await self._predict_temporal(await self.store.current(waiting))
         await asyncio.gather(*deliveries)
         self._observe_end_to_end("static", messages)
+
+    async def embed_titles(self, posts: list[Post]) -> np.ndarray | None:
+        """Title embeddings from the served text encoder, the same ONNX file the trainer embeds with."""
+        if self.text_encoder is None:
+            return None
+        from popscore.text_encoding import TitleTokenizer
+
+        version = self.text_encoder.version
+        if self._tokenizer is None or self._tokenizer[0] != version:
+            meta = self.text_encoder.metadata
+            path = self.text_encoder.model.path / str(version) / "tokenizer.json"
+            self._tokenizer = (version, TitleTokenizer.from_file(path, max_length=meta["max_length"]))
+        tokens = self._tokenizer[1].encode([post.text.title for post in posts])
+        results = await self.text_encoder.infer(tokens)
+        return np.concatenate([r.outputs["text_embedding"] for r in results]).astype(np.float32)
 
     # --- snapshots ------------------------------------------------------------------------------------
 
@@ -212,7 +239,14 @@ class StreamWorker:
                             for u in updates])
         platforms = [u.post.platform or "unknown" for u in updates]
         as_of = np.array([u.sequence[-1, 0] for u in updates])
-        inputs = F.build_temporal_inputs(spec, seqs, created, platforms, self.settings.score.weights_for, as_of)
+        text = None
+        if self.text_encoder is not None:  # rows of posts without a stored embedding are NaN, i.e. masked
+            text = np.full((len(updates), F.TEXT_DIM), np.nan, dtype=np.float32)
+            for i, update in enumerate(updates):
+                if update.post.text_embedding is not None:
+                    text[i] = np.frombuffer(update.post.text_embedding, dtype=np.float16)
+        inputs = F.build_temporal_inputs(spec, seqs, created, platforms, self.settings.score.weights_for, as_of,
+                                         text_embedding=text)
         for i, update in enumerate(updates):
             blob = update.post.static_features
             if blob is not None and len(blob) == 4 * spec.static_dim:  # computed from the post at upload
@@ -286,6 +320,8 @@ class StreamWorker:
         return len(matured)
 
     async def refresh_models(self) -> None:
+        if self.text_encoder is not None:
+            await self.text_encoder.refresh()
         for kind, predictor in self.predictors.items():
             old = predictor.version
             switched = await predictor.refresh()
