@@ -496,3 +496,23 @@ def target_log_score(
     has = res["dynamic_features"][:, 3] > 0
     out = np.log1p(np.clip(res["score_now"], 0, None))
     return np.where(has, out, np.nan) if b else out
+
+
+def spec_from_metadata(path: Any) -> FeatureSpec:
+    """The FeatureSpec a served model was trained with: ``path`` is a version's metadata.json, a version
+    directory, or a model directory (its highest numbered version). The worker must build inputs with it."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir() and not (p / "metadata.json").exists():
+        versions = sorted((int(d.name) for d in p.iterdir() if d.is_dir() and d.name.isdigit()), reverse=True)
+        if not versions:
+            raise FileNotFoundError(f"no numbered version under {p}")
+        p = p / str(versions[0])
+    if p.is_dir():
+        p = p / "metadata.json"
+    meta = json.loads(p.read_text())
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    if meta.get("feature_spec_hash") not in (None, spec.hash()):
+        raise ValueError(f"{p}: feature_spec_hash {meta['feature_spec_hash']} does not match its spec ({spec.hash()})")
+    return spec

@@ -151,3 +151,37 @@ def test_spec_hash_and_roundtrip():
     assert F.FeatureSpec.from_dict(spec.to_dict()).hash() == spec.hash()
     assert F.FeatureSpec(n_bins=8).hash() != spec.hash()
     assert spec.n_channels == len(F.seq_channel_names(spec))
+
+
+def test_spec_from_metadata(tmp_path):
+    import json
+
+    spec = F.FeatureSpec(n_bins=8)
+    for v in (1, 3):
+        (tmp_path / "m" / str(v)).mkdir(parents=True)
+    (tmp_path / "m" / "1" / "metadata.json").write_text(json.dumps({"feature_spec": F.FeatureSpec().to_dict()}))
+    (tmp_path / "m" / "3" / "metadata.json").write_text(
+        json.dumps({"feature_spec": spec.to_dict(), "feature_spec_hash": spec.hash()})
+    )
+    assert F.spec_from_metadata(tmp_path / "m") == spec  # the highest version
+    assert F.spec_from_metadata(tmp_path / "m" / "1") == F.FeatureSpec()
+    (tmp_path / "m" / "3" / "metadata.json").write_text(
+        json.dumps({"feature_spec": spec.to_dict(), "feature_spec_hash": "bogus"})
+    )
+    with pytest.raises(ValueError):
+        F.spec_from_metadata(tmp_path / "m")
+
+
+def test_committed_default_models_match_the_serving_contract():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2] / "model_repo"
+    for kind, name in F.MODEL_NAMES.items():
+        if not (repo / name).exists():
+            pytest.skip("no default model set")
+        spec = F.spec_from_metadata(repo / name)
+        assert spec == F.DEFAULT_SPEC, "the default models must use the default FeatureSpec the worker builds"
+        cfg = (repo / name / "config.pbtxt").read_text()
+        tensors = (F.temporal_inputs if kind == "temporal" else F.static_inputs)(spec)
+        for t in tensors:
+            assert f'name: "{t.name}"' in cfg
