@@ -21,7 +21,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_commands(subparsers) -> None:
-    """Register ``train`` and ``evaluate`` on an argparse subparsers object."""
+    """Register ``train``, ``evaluate`` and ``export-text-encoder`` on an argparse subparsers object."""
     p = subparsers.add_parser("train", help="train baselines + MTAF static/temporal, evaluate, export to model_repo")
     _add_common(p)
     p.add_argument("--epochs", type=int, default=6)
@@ -43,6 +43,28 @@ def add_train_commands(subparsers) -> None:
     _add_common(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON (model, age_h, n, mae, ...)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("export-text-encoder", help="export the MiniLM title encoder (int8 ONNX + tokenizer) "
+                              "into model_repo/popscore_text_encoder as a new version, after a parity check")
+    p.add_argument("--model-repo", dest="train_model_repo", type=Path, default=None,
+                   help="Triton model repository to export into (default: the global --model-repo or model_repo/)")
+    p.add_argument("--max-length", type=int, default=None, help="fixed token length of every request (default 64)")
+    p.add_argument("--no-quantize", action="store_true", help="keep fp32 (~90 MB) instead of int8 (~23 MB)")
+    p.add_argument("--parity-limit", type=int, default=2000, help="HN titles compared with sentence-transformers")
+    p.set_defaults(func=cmd_export_text_encoder)
+
+
+def cmd_export_text_encoder(args: argparse.Namespace) -> int:
+    from popscore.trainer.text_export import DEFAULT_MAX_LENGTH, export_text_encoder
+
+    try:
+        meta = export_text_encoder(_model_repo(args), max_length=args.max_length or DEFAULT_MAX_LENGTH,
+                                   quantize=not args.no_quantize, parity_limit=args.parity_limit)
+    except RuntimeError as exc:
+        print(f"not exported: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: meta[k] for k in ("model", "version", "max_length", "onnx_bytes", "parity")}, indent=1))
+    return 0
 
 
 def _model_repo(args: argparse.Namespace) -> Path:
