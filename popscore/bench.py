@@ -312,3 +312,17 @@ def render_table(results: dict, command: str) -> str:
     lines = [f"`{command}`", "", "| measure | popscore | baseline in the same run |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)
+
+
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def write_into_readme(readme_path, table: str, machine_note: str) -> None:
+    """Replace the README's benchmark section (between the bench markers) with ``table``."""
+    from pathlib import Path
+
+    path = Path(readme_path)
+    text = path.read_text()
+    start, end = text.index(README_START), text.index(README_END)
+    section = f"{README_START}\n{machine_note}\n\n{table}\n{README_END}"
+    path.write_text(text[:start] + section + text[end + len(README_END):])

@@ -128,10 +128,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
                              naive_snapshots=500, memory_posts=50_000)
     log = (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)) if args.json else _print
     results = run_bench(_settings(args), config, log=log)
+    command = "popscore bench" + (" --quick" if args.quick else "")
+    table = render_table(results, command)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(render_table(results, "popscore bench" + (" --quick" if args.quick else "")))
+        print(table)
+    if args.readme:
+        from popscore.bench import write_into_readme
+
+        note = (f"Measured {time.strftime('%Y-%m-%d')} on this 2-core machine, everything (broker, Redis, Triton, "
+                f"worker, load generator) on it at once.")
+        write_into_readme(args.readme, table, note)
     return 0
 
 
@@ -175,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure throughput, latency and Redis memory on the embedded stack")
     bench.add_argument("--json", action="store_true", help="print the results as one JSON object")
     bench.add_argument("--quick", action="store_true", help="a small run (minutes) instead of the full one")
+    bench.add_argument("--readme", help="write the results table into this README's benchmark section")
     bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="the main job: start the embedded stack, replay the built-in sample "
