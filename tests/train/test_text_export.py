@@ -85,10 +85,22 @@ def test_served_encoder_matches_sentence_transformers():
     got = _session(vdir / "model.onnx").run([OUTPUT_NAME], tokens)[0]
     if meta.get("quantization"):
         cos = _cosine(ref, got)
-        # the empty title is the int8 graph's worst case (~0.97); real titles average >= 0.99
-        assert cos[:-1].mean() >= 0.99 and cos.min() >= 0.95, cos
+        assert cos.mean() >= 0.99 and cos.min() >= 0.99, cos
     else:
         assert np.abs(ref - got).max() <= 1e-4
+
+
+def test_embedding_does_not_depend_on_the_batch():
+    """Triton's dynamic batcher puts a title in any batch; its embedding must be the same in all of them (the
+    trainer embeds in batches of 256). Dynamic int8 quantisation fails this; the weight-only graph passes."""
+    vdir = _latest()
+    meta = json.loads((vdir / "metadata.json").read_text())
+    tokens = TitleTokenizer.from_file(vdir / "tokenizer.json", meta["max_length"]).encode(TITLES)
+    sess = _session(vdir / "model.onnx")
+    together = sess.run([OUTPUT_NAME], tokens)[0]
+    alone = np.concatenate([sess.run([OUTPUT_NAME], {k: v[i:i + 1] for k, v in tokens.items()})[0]
+                            for i in range(len(TITLES))])
+    assert np.abs(together - alone).max() <= 1e-5
 
 
 def test_fresh_fp32_export_parity(tmp_path):
@@ -116,9 +128,7 @@ def test_trainer_embeds_with_the_served_file(tmp_path):
     assert cache.name.startswith(f"text-onnx-{served.sha256[:16]}-")
     tokens = TitleTokenizer.from_file(vdir / "tokenizer.json", served.max_length).encode(titles)
     direct = _session(vdir / "model.onnx").run([OUTPUT_NAME], tokens)[0]
-    # int8 dynamic quantisation scales activations per run, so batch composition moves the last digits only
-    assert np.abs(emb - direct).max() <= 1e-2
-    assert _cosine(emb, direct).min() >= 0.999
+    assert np.abs(emb - direct).max() <= 1e-5
     np.testing.assert_array_equal(emb[len(TITLES):], emb[:2])
     again = cached_text_embeddings(list(reversed(titles)), cache_dir=tmp_path, model_repo=REPO / "model_repo")
     np.testing.assert_array_equal(again, emb[::-1])
