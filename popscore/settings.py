@@ -43,6 +43,9 @@ class ServingSettings(BaseModel):
     """How the worker calls Triton, and when it gives up and runs the same ONNX file itself."""
 
     timeout_s: float = Field(2.0, gt=0, description="deadline of one Triton request")
+    text_encoder: bool = Field(True, description="embed titles with model_repo's popscore_text_encoder when present")
+    text_timeout_s: float = Field(60.0, gt=0, description="deadline of one text-encoder request (a transformer "
+                                  "on the CPU: about 60 titles/s on 2 cores)")
     retries: int = Field(1, ge=0, description="retries of a failed Triton request")
     backoff_s: float = Field(0.05, ge=0, description="first retry delay; doubles per retry")
     breaker_failures: int = Field(3, ge=1, description="failed requests in a row that open the circuit")

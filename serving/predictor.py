@@ -44,9 +44,10 @@ class ModelUnavailable(RuntimeError):
 
 class ModelPredictor:
     def __init__(self, name: str, settings: ServingSettings, grpc_url: str, repository: Path,
-                 python_backend_mirror: Path | None = None) -> None:
+                 python_backend_mirror: Path | None = None, timeout_s: float | None = None) -> None:
         self.name = name
         self.settings = settings
+        self.timeout_s = timeout_s or settings.timeout_s
         self.grpc_url = grpc_url
         self.repository = repository
         self.python_backend_mirror = python_backend_mirror
@@ -117,7 +118,7 @@ class ModelPredictor:
             tensors.append(tensor)
         outputs = [InferRequestedOutput(o.name) for o in self.model.config.output]
         result = await self.client.infer(self.name, tensors, model_version=str(self.version), outputs=outputs,
-                                         client_timeout=self.settings.timeout_s)
+                                         client_timeout=self.timeout_s)
         answer = {o.name: result.as_numpy(o.name) for o in self.model.config.output}
         n = len(next(iter(inputs.values())))
         for name, array in answer.items():

@@ -78,12 +78,14 @@ class StreamWorker:
                                        settings.serving.python_backend_mirror)
             await predictor.start()
             self.predictors[kind] = predictor
-        if any(m.name == TEXT_ENCODER and m.versions for m in list_models(settings.stack.model_repo)):
+        served = any(m.name == TEXT_ENCODER and m.versions for m in list_models(settings.stack.model_repo))
+        if served and settings.serving.text_encoder:
             self.text_encoder = ModelPredictor(TEXT_ENCODER, settings.serving, settings.triton.grpc_url,
-                                               settings.stack.model_repo, settings.serving.python_backend_mirror)
+                                               settings.stack.model_repo, settings.serving.python_backend_mirror,
+                                               timeout_s=settings.serving.text_timeout_s)
             await self.text_encoder.start()
         else:
-            log.warning("no %s in %s: titles are not embedded, the text modality is masked", TEXT_ENCODER,
+            log.warning("text encoder off or not in %s: titles are not embedded, the text modality is masked",
                         settings.stack.model_repo)
         self.metrics.serve(settings.worker.bind_host, settings.worker.metrics_port)
         self.ready = True
