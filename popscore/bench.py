@@ -232,32 +232,29 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         log(f"warm-up done: {hits:,} temporal predictions")
         next_round = 1
 
+        def full_speed(name: str, records, n: int, last_round: int, seconds_hint: float) -> None:
+            """Produce ``records`` (``n`` snapshots) at full speed; done when every live post has a
+            prediction as of ``last_round``."""
+            hits, seconds = asyncio.run(_through(bootstrap, settings, records,
+                                                 f'"as_of":"{workload.round_time(last_round)}"'.encode(),
+                                                 cfg.live_posts, timeout_s=max(600, 10 * seconds_hint)))
+            results[f"{name}_snapshots_per_s"] = round(n / seconds) if hits == cfg.live_posts else 0
+            results[f"{name}_seconds"] = round(seconds, 1)
+            log(f"  {results[f'{name}_snapshots_per_s']:,} snapshots/s ({seconds:.1f} s)")
+
         rounds = max(1, round(cfg.batch_target_per_s * cfg.batch_seconds / cfg.live_posts))
         records = _envelopes(workload, range(next_round, next_round + rounds), partitions, cfg.envelope_snapshots)
-        last_round = next_round + rounds - 1
+        log(f"snapshot batches: {rounds * cfg.live_posts:,} snapshots in {len(records):,} envelopes, "
+            f"as fast as possible")
+        full_speed("batch", records, rounds * cfg.live_posts, next_round + rounds - 1, cfg.batch_seconds)
         next_round += rounds
-        n = rounds * cfg.live_posts
-        log(f"snapshot batches: {n:,} snapshots in {len(records):,} envelopes, as fast as possible")
-        hits, seconds = asyncio.run(_through(bootstrap, settings, records,
-                                             f'"as_of":"{workload.round_time(last_round)}"'.encode(),
-                                             cfg.live_posts, timeout_s=max(600, 10 * cfg.batch_seconds)))
-        results["batch_snapshots_per_s"] = round(n / seconds) if hits == cfg.live_posts else 0
-        results["batch_seconds"] = round(seconds, 1)
-        log(f"  {results['batch_snapshots_per_s']:,} snapshots/s ({seconds:.1f} s)")
 
         rounds = max(1, round(cfg.record_target_per_s * cfg.record_seconds / cfg.live_posts))
         records = [(workload.ids[i].encode(), workload.snapshot(i, k), None)
                    for k in range(next_round, next_round + rounds) for i in range(cfg.live_posts)]
-        last_round = next_round + rounds - 1
+        log(f"single records: {len(records):,} snapshots, one per record, as fast as possible")
+        full_speed("record", records, len(records), next_round + rounds - 1, cfg.record_seconds)
         next_round += rounds
-        n = len(records)
-        log(f"single records: {n:,} snapshots, one per record, as fast as possible")
-        hits, seconds = asyncio.run(_through(bootstrap, settings, records,
-                                             f'"as_of":"{workload.round_time(last_round)}"'.encode(),
-                                             cfg.live_posts, timeout_s=max(600, 10 * cfg.record_seconds)))
-        results["record_snapshots_per_s"] = round(n / seconds) if hits == cfg.live_posts else 0
-        results["record_seconds"] = round(seconds, 1)
-        log(f"  {results['record_snapshots_per_s']:,} snapshots/s ({seconds:.1f} s)")
 
         rate = max(1.0, results["record_snapshots_per_s"] / 2)
         n = min(cfg.live_posts, int(rate * cfg.latency_seconds))

@@ -38,6 +38,20 @@ def real_slice(prefix: str, n_posts: int) -> list[tuple[bytes, Post | Snapshot]]
     return [(encode_record(event), event) for event in renamed]
 
 
+def replay_and_collect(stack, prefix: str, events) -> dict[str, list[dict]]:
+    """Replay ``events`` at full speed; the predictions of posts named ``prefix...`` once every post has a
+    temporal prediction as of its last snapshot (asserted)."""
+    settings, endpoints = stack.settings, stack.state.endpoints_obj()
+    result = asyncio.run(replay(events, endpoints.broker_bootstrap, settings.kafka.topics,
+                                ReplayOptions(create_topics=False, progress=False)))
+    assert result.complete
+    last_seen = expected_last_seen(events)
+    grouped = predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, prefix,
+                                  lambda g: covered(g, last_seen))
+    assert covered(grouped, last_seen)
+    return grouped
+
+
 def web_json(stack, path: str) -> dict:
     url = stack.state.endpoints_obj().as_dict()["worker_web"] + path
     with urllib.request.urlopen(url, timeout=5) as response:
@@ -73,16 +87,8 @@ def expected_last_seen(events) -> dict[str, str]:
 
 
 def test_replayed_slice_gives_predictions_and_the_leaderboard_agrees(private_stack):
-    settings = private_stack.settings
-    endpoints = private_stack.state.endpoints_obj()
     events = real_slice("e2e-", n_posts=60)
-    result = asyncio.run(replay(events, endpoints.broker_bootstrap, settings.kafka.topics,
-                                ReplayOptions(create_topics=False, progress=False)))
-    assert result.complete
-    last_seen = expected_last_seen(events)
-    grouped = predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "e2e-",
-                                  lambda g: covered(g, last_seen))
-    assert covered(grouped, last_seen)
+    grouped = replay_and_collect(private_stack, "e2e-", events)
     posts = {event.post_id for _, event in events if isinstance(event, Post)}
     assert {p for p, rs in grouped.items() if any(r["model"] == "static" for r in rs)} == posts
     n_snapshots = defaultdict(int)
@@ -141,7 +147,6 @@ def test_restarts_lose_no_snapshot_and_count_none_twice(private_stack):
 
 def test_a_promoted_version_is_loaded_without_restart_and_a_broken_one_is_refused(private_stack):
     settings = private_stack.settings
-    endpoints = private_stack.state.endpoints_obj()
     model_dir = settings.stack.model_repo / "popscore_temporal"
     current = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
     shutil.copytree(model_dir / str(current), model_dir / str(current + 1))
@@ -163,11 +168,7 @@ def test_a_promoted_version_is_loaded_without_restart_and_a_broken_one_is_refuse
     shutil.rmtree(broken)
 
     events = real_slice("ver-", n_posts=5)
-    asyncio.run(replay(events, endpoints.broker_bootstrap, settings.kafka.topics,
-                       ReplayOptions(create_topics=False, progress=False)))
-    last_seen = expected_last_seen(events)
-    grouped = predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "ver-",
-                                  lambda g: covered(g, last_seen))
+    grouped = replay_and_collect(private_stack, "ver-", events)
     versions = {r["model_version"] for rs in grouped.values() for r in rs if r["model"] == "temporal"}
     assert versions == {str(current + 1)}
 
@@ -175,16 +176,9 @@ def test_a_promoted_version_is_loaded_without_restart_and_a_broken_one_is_refuse
 def test_predictions_continue_from_local_onnx_runtime_when_triton_dies(private_stack):
     from popscore.stack.process import stop_group
 
-    settings = private_stack.settings
-    endpoints = private_stack.state.endpoints_obj()
     stop_group(int(private_stack.state.processes["triton"]["pid"]), 5)
     events = real_slice("fb-", n_posts=5)
-    asyncio.run(replay(events, endpoints.broker_bootstrap, settings.kafka.topics,
-                       ReplayOptions(create_topics=False, progress=False)))
-    last_seen = expected_last_seen(events)
-    grouped = predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "fb-",
-                                  lambda g: covered(g, last_seen))
-    assert covered(grouped, last_seen)
+    replay_and_collect(private_stack, "fb-", events)
     models = web_json(private_stack, "/readyz")["models"]
     assert models["temporal"]["local"] > 0 and models["temporal"]["triton_errors"] > 0
 
