@@ -22,7 +22,7 @@ class TrainConfig:
     limit: int | None = None  # first N posts by first appearance (tests, quick runs)
     seed: int = 0
     epochs: int = 6
-    min_steps: int = 1500  # small data sets: at least this many optimiser steps (more epochs)
+    min_steps: int = 1500  # small data sets: at least this many optimiser steps (more epochs, at most 200)
     batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -105,7 +105,7 @@ def train_mtaf(
     model.init_output_bias(float(np.mean(train.target - (train.log_now if temporal else 0.0))))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = int(np.ceil(len(train) / cfg.batch_size))
-    epochs = max(cfg.epochs, int(np.ceil(cfg.min_steps / max(per_epoch, 1))))
+    epochs = max(cfg.epochs, min(200, int(np.ceil(cfg.min_steps / max(per_epoch, 1)))))
     steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
     loss_fn = _loss_fn(cfg.loss)
