@@ -32,10 +32,14 @@ def git_version() -> dict[str, Any]:
         except Exception:
             return ""
 
-    import popscore
+    try:
+        from importlib.metadata import version
 
+        package_version = version("popscore")
+    except Exception:
+        package_version = None
     return {
-        "package_version": getattr(popscore, "__version__", "0"),
+        "package_version": package_version,
         "git_sha": run("rev-parse", "HEAD") or None,
         "git_dirty": bool(run("status", "--porcelain", "--untracked-files=no", "--", "popscore/features.py", "trainer")),
     }
@@ -129,6 +133,7 @@ def export_and_promote(
     seed: int,
     force: bool = False,
     max_batch_size: int = 1024,
+    train_config: dict | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` as a candidate, check parity, and promote it into ``repo`` if the gate passes.
     ``ex`` are the validation-window examples (trainer.data.Examples)."""
@@ -177,6 +182,7 @@ def export_and_promote(
         "feature_spec": spec.to_dict(),
         "feature_spec_hash": spec.hash(),
         "model_config": model.cfg.to_dict(),
+        "train_config": train_config,
         "inputs": [t.name for t in (F.temporal_inputs(spec) if temporal else F.static_inputs(spec))],
         "outputs": [t.name for t in (F.temporal_outputs(spec) if temporal else F.static_outputs(spec))],
         "parity_max_abs_diff": diff,

@@ -287,7 +287,7 @@ def run(cfg: TrainConfig) -> dict:
             metrics = [r for r in rows_out if r["model"] == f"mtaf_{kind}"]
             info = export_and_promote(
                 model, kind, ex, Path(cfg.model_repo), spec=spec, metrics=metrics, window=window,
-                dataset=cfg.dataset, seed=cfg.seed, force=cfg.force,
+                dataset=cfg.dataset, seed=cfg.seed, force=cfg.force, train_config=results["config"],
             )  # fmt: skip
             results.setdefault("export", {})[kind] = info
             _log(f"export {kind}: {info}")
