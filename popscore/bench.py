@@ -107,7 +107,8 @@ async def _count_until(bootstrap: str, topic: str, marker: bytes, expected: int,
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None,
-                                fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024)
+                                fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
+                                fetch_max_wait_ms=20)  # Tansu holds a fetch for the whole wait
     await consumer.start()
     await consumer.seek_to_end()
     seen, hits, last = 0, 0, time.monotonic()

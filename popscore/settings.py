@@ -64,6 +64,8 @@ class WorkerSettings(BaseModel):
     metrics_port: int = 9464
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_within_s: float = Field(0.05, gt=0, le=10)
+    fetch_max_wait_ms: int = Field(20, ge=1, le=10_000, description="consumer fetch wait; Tansu holds every "
+                                   "fetch this long (Faust's own value is 1500)")
     leaderboard_size: int = Field(100, ge=1, le=10_000)
     max_batch_snapshots: int = Field(4096, ge=1, description="snapshots merged and scored per step "
                                      "(a batch of envelopes is split into steps of this size)")

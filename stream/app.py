@@ -20,7 +20,7 @@ def create_app(settings: Settings) -> faust.App:
     topics = settings.kafka.topics
     app = faust.App(
         settings.worker.app_id,
-        broker=f"kafka://{settings.kafka.bootstrap_servers}",
+        broker=f"popscore-kafka://{settings.kafka.bootstrap_servers}",
         datadir=str(settings.stack.run_dir / "worker"),
         web_host=settings.worker.bind_host,
         web_port=settings.worker.web_port,
@@ -36,6 +36,7 @@ def create_app(settings: Settings) -> faust.App:
         # pauses fetching; memory stays bounded by it instead of growing.
         stream_buffer_maxsize=settings.worker.stream_buffer_records,
     )
+    app.fetch_max_wait_ms = settings.worker.fetch_max_wait_ms  # read by stream/kafka_transport.py
     posts_topic = app.topic(topics.posts, key_type=bytes, value_type=bytes)
     snapshots_topic = app.topic(topics.snapshots, key_type=bytes, value_type=bytes)
 

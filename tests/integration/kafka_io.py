@@ -21,7 +21,7 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, 
 async def consume_until(bootstrap: str, topic: str, done, timeout_s: float = 60.0) -> list:
     """All messages of ``topic`` from the beginning, until ``done(messages)`` holds or the time is up."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+                                enable_auto_commit=False, group_id=None, fetch_max_wait_ms=50)
     await consumer.start()
     messages: list = []
     try:
