@@ -107,7 +107,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         keys = ("model", "age_h", "n", "mae", "mse", "r2", "srcc", "ndcg_at_10")
         clean = lambda v: None if isinstance(v, float) and v != v else v  # noqa: E731  NaN -> null (valid JSON)
-        print(json.dumps([{k: clean(r[k]) for k in keys} for r in results["metrics"]], indent=1, allow_nan=False))
+        rows = [{k: clean(r[k]) for k in keys} for r in results["metrics"]]
+        summary = {"dataset": results.get("dataset", args.dataset), "window": results.get("window"), "results": rows}
+        print(json.dumps(summary, indent=1, allow_nan=False))
         return 0
     path = write_report(results, out_dir, command=results.get("command", "popscore train"), wall_s=results.get("train_seconds"))
     print(path.read_text())
