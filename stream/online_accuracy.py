@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from popscore.trainer.metrics import spearman
+from popscore.metrics import spearman
 
 EVAL_FIELD = "eval:"
 

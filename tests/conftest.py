@@ -20,6 +20,33 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def stack_class():
+    """testcontainers where a Docker engine is reachable, the embedded stack otherwise (or as
+    POPSCORE_TEST_STACK=embedded|containers says)."""
+    from popscore.stack.stack import EmbeddedStack
+
+    choice = os.environ.get("POPSCORE_TEST_STACK", "auto")
+    if choice == "containers" or (choice == "auto" and _docker_available()):
+        from popscore.stack.containers import ContainerStack
+
+        return ContainerStack
+    return EmbeddedStack
+
+
+def _docker_available() -> bool:
+    from popscore.stack.containers import docker_available
+
+    try:
+        import testcontainers  # noqa: F401
+    except ImportError:
+        return False
+    return docker_available()
+
+
+def pytest_report_header(config):
+    return f"popscore integration stack: {stack_class().kind}"
+
+
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory):
     from popscore.settings import Settings
@@ -33,9 +60,7 @@ def stack_settings(tmp_path_factory):
 @pytest.fixture(scope="session")
 def embedded_stack(stack_settings):
     """Broker, Redis, Triton and the worker, running for the whole test session."""
-    from popscore.stack.stack import EmbeddedStack
-
-    stack = EmbeddedStack(stack_settings)
+    stack = stack_class()(stack_settings)
     state = stack.start(with_worker=True)
     yield state
     stack.stop()
@@ -62,7 +87,6 @@ def private_stack(tmp_path_factory):
     import shutil
 
     from popscore.settings import Settings
-    from popscore.stack.stack import EmbeddedStack
 
     root = tmp_path_factory.mktemp("private")
     settings = Settings()
@@ -71,7 +95,7 @@ def private_stack(tmp_path_factory):
     shutil.copytree(MODEL_REPO, settings.stack.model_repo)  # tests may add versions to it
     settings.serving.refresh_interval_s = 1.0
     settings.serving.breaker_reset_s = 30.0
-    stack = EmbeddedStack(settings)
+    stack = stack_class()(settings)
     stack.start(with_worker=True)
     yield stack
     stack.stop()

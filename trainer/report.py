@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from popscore.trainer.metrics import __doc__ as METRICS_DOC
+from popscore.metrics import __doc__ as METRICS_DOC
 
 
 def load_results(out_dir: Path) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 from popscore import features as F
 from popscore.trainer import baselines as B
 from popscore.trainer import data as D
-from popscore.trainer.metrics import regression_metrics
+from popscore.metrics import regression_metrics
 
 
 @dataclass

@@ -91,6 +91,8 @@ def worker_settings_env(settings: Settings, endpoints: c.Endpoints, run_dir: Pat
 
 
 class EmbeddedStack:
+    kind = "embedded"
+
     def __init__(self, settings: Settings, fixed_ports: dict[str, int] | None = None,
                  log: Callable[[str], None] = lambda _: None) -> None:
         self.settings = settings
@@ -178,6 +180,12 @@ class EmbeddedStack:
         self._spawn("worker", c.worker_argv(), env=worker_settings_env(self.settings, endpoints, self.run_dir),
                     log_name=f"worker-{int(time.time() * 1000)}")
         self._wait_healthy("worker", endpoints)
+
+    def stop_component(self, name: str) -> None:
+        """Stop one component (tests use it to take Triton away under a running worker)."""
+        info = self.state.processes.get(name)
+        if info:
+            stop_group(int(info["pid"]), self.settings.stack.stop_timeout_s)
 
     def stop(self) -> None:
         state = self.state or StackState.load(self.run_dir)

@@ -174,9 +174,7 @@ def test_a_promoted_version_is_loaded_without_restart_and_a_broken_one_is_refuse
 
 
 def test_predictions_continue_from_local_onnx_runtime_when_triton_dies(private_stack):
-    from popscore.stack.process import stop_group
-
-    stop_group(int(private_stack.state.processes["triton"]["pid"]), 5)
+    private_stack.stop_component("triton")
     events = real_slice("fb-", n_posts=5)
     replay_and_collect(private_stack, "fb-", events)
     models = web_json(private_stack, "/readyz")["models"]

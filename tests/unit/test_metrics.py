@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from popscore.trainer.baselines import SzaboHuberman
-from popscore.trainer.metrics import ndcg_at_k, pairwise_accuracy, regression_metrics, spearman
+from popscore.metrics import ndcg_at_k, pairwise_accuracy, regression_metrics, spearman
 
 
 def test_perfect_and_reversed_rankings():

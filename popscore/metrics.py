@@ -1,4 +1,5 @@
-"""Evaluation metrics on log1p(score) targets.
+"""Evaluation metrics on log1p(score) targets, shared by the trainer (offline evaluation) and the stream
+worker (online accuracy).
 
 NDCG@10: rank the evaluated posts (all test posts at one observation age) by predicted log1p score; the
 gain of a post is its realised log1p(final score); DCG@10 = sum_{i=1..10} gain_i / log2(i + 1);
