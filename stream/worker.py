@@ -63,7 +63,7 @@ class StreamWorker:
 
     async def ensure_started(self) -> None:
         async with self._start_lock:
-            if self.store is None:
+            if not self.ready:  # set last: a start that failed half-way is retried from the beginning
                 await self._start()
 
     async def _start(self) -> None:
