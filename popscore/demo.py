@@ -18,7 +18,8 @@ from typing import Callable
 
 import redis
 
-from popscore.contract import DeadLetter
+from popscore.contract import DeadLetter, Snapshot
+from popscore.eventfile import event_time
 from popscore.replay import ReplayOptions, replay
 from popscore.settings import Settings
 from popscore.stack.stack import EmbeddedStack
@@ -41,10 +42,6 @@ def read_events(path: Path):
     from popscore.eventfile import read_lines
 
     return list(read_lines(path))
-
-
-def event_time(event) -> float:
-    return (event.created_at if hasattr(event, "created_at") else event.observed_at).timestamp()
 
 
 async def _produce_broken(bootstrap: str, topic: str) -> None:
@@ -97,7 +94,7 @@ async def _run(settings: Settings, endpoints, events, seconds: float, log: Calla
 
     follower = asyncio.create_task(_follow(endpoints.broker_bootstrap, [topics.predictions, topics.deadletter],
                                            stop, on_message))
-    span = max(1.0, event_time(events[-1][1]) - event_time(events[0][1]))
+    span = max(1.0, (event_time(events[-1][1]) - event_time(events[0][1])).total_seconds())
     result = await replay(events, endpoints.broker_bootstrap, topics,
                           ReplayOptions(speed=span / seconds, create_topics=False, progress=False))
     log(result.render())
@@ -115,7 +112,7 @@ def run_demo(settings: Settings, data: Path | None = None, seconds: float = 10.0
              log: Callable[[str], None] = print) -> int:
     events = read_events(data or sample_path())
     post_ids = sorted({event.post_id for _, event in events})
-    n_snapshots = sum(1 for _, event in events if not hasattr(event, "created_at"))
+    n_snapshots = sum(1 for _, event in events if isinstance(event, Snapshot))
     stack = EmbeddedStack(settings, log=log)
     state = stack.start(with_worker=True)
     try:

@@ -12,6 +12,7 @@ platform, ...) lives in a small hash beside it. Both expire ``ttl_s`` after thei
 
 from __future__ import annotations
 
+import json
 import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -29,13 +30,14 @@ RECORD_DTYPE = np.dtype([("t", ">u4")] + [(name, ">f8") for name in COUNTER_NAME
 APPENDED, DUPLICATE, CORRECTED, OUT_OF_ORDER = 1, 0, 2, 3
 
 # Many posts per call. KEYS: sequence and metadata key of each post, in pairs. ARGV: header, record width,
-# ttl seconds, then per post the number of its records followed by the records. Returns per post
-# {statuses, merged sequence, metadata fields named in META_FIELDS}.
+# ttl seconds, META_FIELDS as a JSON list, then per post the number of its records followed by the
+# records. Returns per post {statuses, merged sequence, values of META_FIELDS}.
 MERGE_SCRIPT = """
 local header, width, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local meta_fields = cjson.decode(ARGV[4])
 local hlen = #header
 local out = {}
-local a = 4
+local a = 5
 for p = 1, #KEYS, 2 do
   local key, meta_key = KEYS[p], KEYS[p + 1]
   local seq = redis.call('GET', key) or header
@@ -69,7 +71,7 @@ for p = 1, #KEYS, 2 do
   redis.call('EXPIRE', meta_key, ttl)
   out[#out + 1] = statuses
   out[#out + 1] = seq
-  out[#out + 1] = redis.call('HMGET', meta_key, 'created_at', 'platform', 'category', 'static', 'text')
+  out[#out + 1] = redis.call('HMGET', meta_key, unpack(meta_fields))
 end
 return out
 """
@@ -100,6 +102,11 @@ def count_decreases(sequence: np.ndarray) -> int:
     return int(np.sum(np.nan_to_num(diffs, nan=0.0) < 0))
 
 
+META_FIELDS = ("created_at", "platform", "category", "static", "text")
+"""The post-hash fields read back with every sequence, in ``PostMeta.from_values`` order."""
+META_FIELDS_JSON = json.dumps(META_FIELDS)
+
+
 @dataclass(frozen=True)
 class PostMeta:
     """What the worker kept of the post event; empty when the snapshot came before (or without) its post."""
@@ -120,14 +127,7 @@ class PostMeta:
 
     @classmethod
     def from_hash(cls, fields: dict[bytes, bytes]) -> "PostMeta":
-        def text(name: bytes) -> str | None:
-            value = fields.get(name)
-            return None if value is None else value.decode()
-
-        created = text(b"created_at")
-        return cls(created_at=None if created is None else float(created), platform=text(b"platform"),
-                   category=text(b"category"), static_features=fields.get(b"static"),
-                   text_embedding=fields.get(b"text"))
+        return cls.from_values(*(fields.get(name.encode()) for name in META_FIELDS))
 
 
 @dataclass
@@ -166,7 +166,7 @@ class SnapshotSequenceStore:
         post_ids = list(by_post)
         async with self.client.pipeline(transaction=False) as pipe:
             for start in range(0, len(post_ids), posts_per_call):
-                keys, args = [], [FORMAT_VERSION, RECORD.size, self.ttl_s]
+                keys, args = [], [FORMAT_VERSION, RECORD.size, self.ttl_s, META_FIELDS_JSON]
                 for post_id in post_ids[start:start + posts_per_call]:
                     keys += [self.sequence_key(post_id), self.post_key(post_id)]
                     args += [len(by_post[post_id]), *by_post[post_id]]
@@ -182,7 +182,7 @@ class SnapshotSequenceStore:
         async with self.client.pipeline(transaction=False) as pipe:
             for post_id in post_ids:
                 pipe.get(self.sequence_key(post_id))
-                pipe.hmget(self.post_key(post_id), "created_at", "platform", "category", "static", "text")
+                pipe.hmget(self.post_key(post_id), *META_FIELDS)
             rows = await pipe.execute()
         return [SequenceUpdate(post_id, decode_sequence(rows[2 * i]), PostMeta.from_values(*rows[2 * i + 1]))
                 for i, post_id in enumerate(post_ids) if rows[2 * i]]
