@@ -68,9 +68,9 @@ def test_valid_records_round_trip(raw, model):
     assert again == event
 
 
-def test_snapshot_keeps_extra_counters_and_normalises_time_to_utc():
+def test_snapshot_keeps_extra_counters_and_the_instant_of_an_offset_time():
     event = decode(with_(SNAPSHOT, "observed_at", "2025-12-31T13:00:00+02:00"))
-    assert event.observed_at == datetime(2025, 12, 31, 11, tzinfo=timezone.utc)
+    assert event.observed_at.timestamp() == datetime(2025, 12, 31, 11, tzinfo=timezone.utc).timestamp()
     assert event.counts.as_dict() == {"views": 1000, "likes": 50, "dislikes": 2}
 
 
@@ -119,6 +119,12 @@ INVALID = [
      RejectReason.INVALID, "snapshots"),
     ("bad snapshot in batch", {"schema": "snapshot-batch.v1", "snapshots": [SNAPSHOT, with_(SNAPSHOT, "counts.views", -3)]},
      RejectReason.INVALID, "snapshots.1.counts.views"),
+    ("late check names the batch index", {"schema": "snapshot-batch.v1", "snapshots": [
+        SNAPSHOT, with_(SNAPSHOT, "observed_at", "2004-01-01T00:00:00Z"), with_(SNAPSHOT, "counts", {})]},
+     RejectReason.INVALID, "snapshots.1.observed_at: timestamp 2004-01-01T00:00:00+00:00 is before 2005-01-01; "
+                           "snapshots.2.counts: counts must hold at least one counter"),
+    ("post in the future", with_(POST, "created_at", "2026-01-03T00:00:00Z"), RejectReason.INVALID,
+     "created_at: timestamp"),
     ("interval reversed", with_(PREDICTION, "interval", [8.0, 7.0]), RejectReason.INVALID, "lo <= hi"),
     ("unknown schema", with_(SNAPSHOT, "schema", "snapshot.v2"), RejectReason.UNKNOWN_SCHEMA, "snapshot.v2"),
     ("no schema", with_(SNAPSHOT, "schema", ...), RejectReason.UNKNOWN_SCHEMA, "None"),
