@@ -13,8 +13,10 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# aisfx (the audio encoder's weights) is installed with --no-deps: its wheel pins numpy==1.23 and librosa==0.9.2.
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-run
 	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
+	$(BIN)/python -m pip install --quiet --no-deps aisfx==0.1.2
 	touch $@
 
 demo: $(VENV)/.installed-run

@@ -21,7 +21,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_commands(subparsers) -> None:
-    """Register ``train``, ``evaluate`` and ``export-text-encoder`` on an argparse subparsers object."""
+    """Register ``train``, ``evaluate`` and ``export-{text,image,audio}-encoder`` on an argparse subparsers object."""
     p = subparsers.add_parser("train", help="train baselines + MTAF static/temporal, evaluate, export to model_repo")
     _add_common(p)
     p.add_argument("--epochs", type=int, default=6)
@@ -52,6 +52,36 @@ def add_train_commands(subparsers) -> None:
     p.add_argument("--no-quantize", action="store_true", help="keep fp32 (~90 MB) instead of int8 (~23 MB)")
     p.add_argument("--parity-limit", type=int, default=2000, help="HN titles compared with sentence-transformers")
     p.set_defaults(func=cmd_export_text_encoder)
+
+    for kind, what in (("image", "EfficientNet-Lite0 image/frame encoder (1280-d)"),
+                       ("audio", "aiSFX audio encoder (512-d per ~2.3 s block)")):
+        p = subparsers.add_parser(f"export-{kind}-encoder", help=f"export the {what} as fp32 ONNX into "
+                                  f"<model repo>/popscore_{kind}_encoder as a new version, after a parity check")
+        p.add_argument("--model-repo", dest="train_model_repo", type=Path, default=None,
+                       help="Triton model repository to export into (default: the global --model-repo or model_repo/)")
+        p.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size in config.pbtxt")
+        p.add_argument("--threads", type=int, default=2)
+        p.set_defaults(func=cmd_export_media_encoder, encoder_kind=kind)
+
+
+def cmd_export_media_encoder(args: argparse.Namespace) -> int:
+    """``export-image-encoder`` / ``export-audio-encoder`` (popscore.trainer.image_encoder / audio_encoder)."""
+    try:
+        if args.encoder_kind == "image":
+            from popscore.trainer.image_encoder import export_image_encoder as export
+        else:
+            from popscore.trainer.audio_encoder import export_audio_encoder as export
+    except ImportError as exc:
+        print(f"not exported: {exc} (install the train extra; aisfx with `pip install --no-deps aisfx`)",
+              file=sys.stderr)
+        return 2
+    try:
+        meta = export(_model_repo(args), max_batch_size=args.max_batch_size, threads=args.threads)
+    except (RuntimeError, ImportError) as exc:
+        print(f"not exported: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: meta[k] for k in ("model", "version", "embedding_dim", "onnx_bytes", "parity")}, indent=1))
+    return 0
 
 
 def cmd_export_text_encoder(args: argparse.Namespace) -> int:
