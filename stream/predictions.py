@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 
 import numpy as np
+import orjson
 
 from popscore.features import MODALITIES
 
@@ -49,7 +49,7 @@ def prediction_records(post_ids: list[str], model: str, model_version: str, as_o
 
 
 def encode(record: dict) -> bytes:
-    return json.dumps(record, separators=(",", ":")).encode()
+    return orjson.dumps(record)
 
 
 def latest_view(record: dict) -> dict:

@@ -86,20 +86,40 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
 
 def decode_sequence(blob: bytes) -> np.ndarray:
     """Stored bytes -> float64 array [n, 1 + len(COUNTER_NAMES)]: observed_at epoch seconds, counters."""
-    if not blob:
-        return np.zeros((0, 1 + len(COUNTER_NAMES)))
-    if blob[:1] != FORMAT_VERSION:
-        raise ValueError(f"unknown sequence format version {blob[:1]!r}")
-    records = np.frombuffer(blob, dtype=RECORD_DTYPE, offset=1)
-    return np.stack([records[name].astype(np.float64) for name in RECORD_DTYPE.names], axis=1)
+    return decode_sequences([blob])[0]
 
 
-def count_decreases(sequence: np.ndarray) -> int:
-    """Steps where a counter went down: kept as observed (never hidden), but counted."""
-    if len(sequence) < 2:
+def decode_sequences(blobs: list[bytes | None]) -> list[np.ndarray]:
+    """Many stored sequences at once: one ``frombuffer`` and one float64 conversion for the whole micro-batch
+    (per-post numpy calls were ~10 % of the worker's time). The arrays returned are views of one table."""
+    bodies, lengths = [], []
+    for blob in blobs:
+        if not blob:
+            lengths.append(0)
+            continue
+        if blob[:1] != FORMAT_VERSION:
+            raise ValueError(f"unknown sequence format version {blob[:1]!r}")
+        body = memoryview(blob)[1:]
+        bodies.append(body)
+        lengths.append(len(body) // RECORD.size)
+    records = np.frombuffer(b"".join(bodies), dtype=RECORD_DTYPE)
+    table = np.empty((len(records), len(RECORD_DTYPE.names)))
+    for column, name in enumerate(RECORD_DTYPE.names):
+        table[:, column] = records[name]
+    return np.split(table, np.cumsum(lengths)[:-1])
+
+
+def count_decreases(*sequences: np.ndarray) -> int:
+    """Steps where a counter went down, summed over the sequences: kept as observed (never hidden), but
+    counted."""
+    sequences = [s for s in sequences if len(s)]
+    if not sequences:
         return 0
-    diffs = np.diff(sequence[:, 1:], axis=0)
-    return int(np.sum(np.nan_to_num(diffs, nan=0.0) < 0))
+    table = np.concatenate(sequences) if len(sequences) > 1 else sequences[0]
+    down = (np.nan_to_num(np.diff(table[:, 1:], axis=0), nan=0.0) < 0).sum(axis=1)
+    starts = np.cumsum([len(s) for s in sequences])[:-1]
+    down[starts - 1] = 0  # the step from one post's last record to the next post's first is not a step
+    return int(down.sum())
 
 
 META_FIELDS = ("created_at", "platform", "category", "static", "text")
@@ -173,8 +193,8 @@ class SnapshotSequenceStore:
                 await self._merge(keys=keys, args=args, client=pipe)
             results = await pipe.execute()
         flat = [item for result in results for item in result]
-        return [SequenceUpdate(post_id, decode_sequence(flat[3 * i + 1]), PostMeta.from_values(*flat[3 * i + 2]),
-                               [int(s) for s in flat[3 * i]])
+        sequences = decode_sequences(flat[1::3])
+        return [SequenceUpdate(post_id, sequences[i], PostMeta.from_values(*flat[3 * i + 2]), flat[3 * i])
                 for i, post_id in enumerate(post_ids)]
 
     async def current(self, post_ids: list[str]) -> list[SequenceUpdate]:
@@ -184,7 +204,8 @@ class SnapshotSequenceStore:
                 pipe.get(self.sequence_key(post_id))
                 pipe.hmget(self.post_key(post_id), *META_FIELDS)
             rows = await pipe.execute()
-        return [SequenceUpdate(post_id, decode_sequence(rows[2 * i]), PostMeta.from_values(*rows[2 * i + 1]))
+        sequences = decode_sequences(rows[0::2])
+        return [SequenceUpdate(post_id, sequences[i], PostMeta.from_values(*rows[2 * i + 1]))
                 for i, post_id in enumerate(post_ids) if rows[2 * i]]
 
     async def put_posts(self, posts: list[Post], static_features: np.ndarray,

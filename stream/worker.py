@@ -195,7 +195,7 @@ class StreamWorker:
         changed = [u for u in updates if u.changed]
         if not changed:
             return []
-        self.metrics.counter_decreases.inc(sum(count_decreases(u.sequence) for u in changed))
+        self.metrics.counter_decreases.inc(count_decreases(*(u.sequence for u in changed)))
         return await self._predict_temporal(self._with_post(changed))
 
     def _with_post(self, updates: list[SequenceUpdate]) -> list[SequenceUpdate]:

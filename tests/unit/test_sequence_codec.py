@@ -8,7 +8,7 @@ import pytest
 
 from popscore.contract import Counts, Snapshot
 from popscore.settings import COUNTER_NAMES
-from popscore.stream.sequence_store import FORMAT_VERSION, RECORD, count_decreases, decode_sequence, \
+from popscore.stream.sequence_store import FORMAT_VERSION, RECORD, count_decreases, decode_sequence, decode_sequences, \
     encode_snapshot
 
 
@@ -43,3 +43,19 @@ def test_count_decreases_ignores_missing_counters():
                     [2, 10, 6, 1, np.nan, np.nan]])
     assert count_decreases(seq) == 2
     assert count_decreases(seq[:1]) == 0
+
+
+def test_decode_sequences_splits_one_table_back_into_posts():
+    blobs = [FORMAT_VERSION + encode_snapshot(snap(1_600_000_000, likes=1)) + encode_snapshot(snap(1_600_000_060, likes=3)),
+             None, FORMAT_VERSION + encode_snapshot(snap(1_600_000_030, likes=7))]
+    first, empty, last = decode_sequences(blobs)
+    assert first[:, 0].tolist() == [1_600_000_000, 1_600_000_060] and len(empty) == 0 and last[0, 0] == 1_600_000_030
+    assert np.array_equal(first, decode_sequence(blobs[0]), equal_nan=True)
+
+
+def test_count_decreases_does_not_count_the_step_between_two_posts():
+    rising = decode_sequence(FORMAT_VERSION + encode_snapshot(snap(1, likes=5)) + encode_snapshot(snap(2, likes=9)))
+    falling = decode_sequence(FORMAT_VERSION + encode_snapshot(snap(1, likes=4)) + encode_snapshot(snap(2, likes=1)))
+    assert count_decreases(rising, falling) == 1  # 9 -> 4 across posts is not a decrease
+    assert count_decreases(falling, rising) == 1
+    assert count_decreases() == 0
