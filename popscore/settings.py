@@ -63,6 +63,8 @@ class WorkerSettings(BaseModel):
     web_port: int = 6066
     metrics_port: int = 9464
     batch_size: int = Field(1000, ge=1, le=100_000)
+    gc_threshold: int = Field(100_000, ge=700, description="allocations between young-generation garbage "
+                              "collections; Python's 700 made decoding a batch 3x slower in the worker")
     batch_within_s: float = Field(0.05, gt=0, le=10)
     fetch_max_wait_ms: int = Field(20, ge=1, le=10_000, description="consumer fetch wait; Tansu holds every "
                                    "fetch this long (Faust's own value is 1500)")

@@ -11,6 +11,7 @@ is harmless because a repeated snapshot changes nothing and gives no new predict
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from datetime import timedelta
@@ -88,6 +89,11 @@ class StreamWorker:
             log.warning("text encoder off or not in %s: titles are not embedded, the text modality is masked",
                         settings.stack.model_repo)
         self.metrics.serve(settings.worker.bind_host, settings.worker.metrics_port)
+        # Every envelope allocates thousands of short-lived objects; with the default thresholds the
+        # collector kept walking Faust's long-lived heap (decode measured 11 us/snapshot, 3 us after this).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(settings.worker.gc_threshold, 50, 1000)
         self.ready = True
 
     async def stop(self) -> None:
