@@ -4,8 +4,8 @@ encoder. When the model repository has a served text encoder (``model_repo/popsc
 by ``popscore export-text-encoder``), titles are embedded with THAT ONNX file through onnxruntime and
 ``popscore.text_encoding`` (what the stream worker sends to Triton), so training and serving embeddings are the
 same; otherwise through sentence-transformers (loaded with HF_HUB_OFFLINE=1), which the worker cannot reproduce.
-Image (EfficientNet-Lite0) and audio (aisfx) encoders are not wired: their stack needs torchvision/timm or
-librosa, which do not install beside torch 2.13 here, and the HN/Reddit data have titles only."""
+The image (EfficientNet-Lite0) and audio (aisfx) encoders are in ``image_encoder.py`` and ``audio_encoder.py``;
+the data sets here have titles only, so the shipped models see the visual and audio modalities masked."""
 
 from __future__ import annotations
 
