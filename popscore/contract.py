@@ -16,7 +16,7 @@ import base64
 import json
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, NoReturn, Union
 
 from pydantic import (
     AwareDatetime,
@@ -279,7 +279,6 @@ def decode_record(
         event = _ANY_EVENT.validate_json(value)
     except ValidationError:
         _raise_reason(value, accept)
-        raise  # unreachable: _raise_reason always raises
     if event.schema_ not in accept:
         raise RejectedRecord(RejectReason.WRONG_TOPIC,
                              f"schema {event.schema_!r} is not accepted here (expected {accept})")
@@ -289,7 +288,7 @@ def decode_record(
     return event
 
 
-def _raise_reason(value: bytes, accept: tuple[str, ...]) -> None:
+def _raise_reason(value: bytes, accept: tuple[str, ...]) -> NoReturn:
     """Why a record failed validation, as the first failing step: UTF-8, JSON, object, schema, fields."""
     try:
         text = value.decode("utf-8")
