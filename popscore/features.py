@@ -4,9 +4,10 @@
 Everything here is pure and vectorised numpy. The stream worker holds, per post, a float64 array of shape
 ``[n_obs, 1 + len(COUNTER_NAMES)]`` = (observed_at epoch seconds, views, likes, comments, shares, favorites)
 with NaN for counters the platform lacks, plus ``created_at`` (epoch seconds) and ``platform`` from the post
-event. :func:`build_temporal_inputs` turns a micro-batch of those into the exact ONNX inputs of
-``popscore_temporal``; :func:`build_static_inputs` does the same for ``popscore_static`` (upload time, no
-observations). The trainer calls the same two functions on the historical data.
+event. :func:`build_static_inputs` turns a batch of posts into the exact ONNX inputs of ``popscore_static``
+and ``popscore_temporal_content`` (upload time, no observations); :func:`build_temporal_inputs` turns a
+micro-batch of sequences (plus each post's cached content vector) into those of ``popscore_temporal``. The
+trainer cuts its examples with the same functions (:func:`build_static_features`, :func:`build_sequence`).
 
 Sequence resampling (right-aligned window, valid at any observation age ``t``):
     bin ``k`` of ``n_bins`` ends at age ``t - (n_bins - 1 - k) * bin_s``; its value is the last observation
@@ -16,8 +17,8 @@ Sequence resampling (right-aligned window, valid at any observation age ``t``):
     the bin). Bins that end before ``created_at`` are masked (``sequence_mask = 0``) and zero.
     Observations after ``as_of`` are ignored (no look-ahead).
 
-The serving contract (ONNX input/output names, dtypes, shapes) is :data:`TEMPORAL_INPUTS`,
-:data:`STATIC_INPUTS`, :data:`TEMPORAL_OUTPUTS`, :data:`STATIC_OUTPUTS`; the exporter writes them into
+The serving contract (ONNX input/output names, dtypes, shapes) is :func:`static_inputs`,
+:func:`content_outputs`, :func:`temporal_inputs` and their siblings; the exporter writes them into
 ``config.pbtxt`` and the worker reads them from here.
 """
 
@@ -37,6 +38,7 @@ N_COUNTERS = len(COUNTER_NAMES)
 TEXT_DIM = 384  # all-MiniLM-L6-v2 pooled embedding
 VISUAL_DIM = 1280  # EfficientNet-Lite0 pooled features
 AUDIO_DIM = 512  # aisfx block embedding
+CONTENT_DIM = 64  # the fused post vector of MTAF-temporal (its d_model)
 MODALITIES: tuple[str, ...] = ("content", "text", "visual", "audio")
 """Fusion order of the MTAF models; ``modality_mask`` and ``modality_weights`` follow it."""
 
@@ -142,8 +144,22 @@ def static_inputs(spec: FeatureSpec) -> list[TensorSpec]:
     ]
 
 
-def temporal_inputs(spec: FeatureSpec) -> list[TensorSpec]:
-    return static_inputs(spec) + [
+def content_inputs(spec: FeatureSpec) -> list[TensorSpec]:
+    """``popscore_temporal_content`` reads what ``popscore_static`` reads: everything known at upload."""
+    return static_inputs(spec)
+
+
+def content_outputs(content_dim: int = CONTENT_DIM) -> list[TensorSpec]:
+    return [
+        TensorSpec("content_vector", "TYPE_FP32", (content_dim,)),  # the fused post vector the head reads
+        TensorSpec("modality_weights", "TYPE_FP32", (len(MODALITIES),)),  # fusion attention, sums to 1
+    ]
+
+
+def temporal_inputs(spec: FeatureSpec, content_dim: int = CONTENT_DIM) -> list[TensorSpec]:
+    """``popscore_temporal`` (the per-snapshot head): the post's cached content vector plus the sequence."""
+    return [
+        TensorSpec("content_vector", "TYPE_FP32", (content_dim,)),
         TensorSpec("sequence", "TYPE_FP32", (spec.n_bins, spec.n_channels)),
         TensorSpec("sequence_mask", "TYPE_FP32", (spec.n_bins,)),
         TensorSpec("dynamic_features", "TYPE_FP32", (spec.dynamic_dim,)),
@@ -159,7 +175,9 @@ def static_outputs(spec: FeatureSpec) -> list[TensorSpec]:
 
 
 def temporal_outputs(spec: FeatureSpec) -> list[TensorSpec]:
-    return static_outputs(spec) + [
+    return [
+        TensorSpec("log_score", "TYPE_FP32", (1,)),
+        TensorSpec("log_interval", "TYPE_FP32", (2,)),
         TensorSpec("time_attention", "TYPE_FP32", (spec.n_bins,)),  # attention over bins, sums to 1
     ]
 
@@ -169,7 +187,21 @@ STATIC_INPUTS = static_inputs(DEFAULT_SPEC)
 TEMPORAL_INPUTS = temporal_inputs(DEFAULT_SPEC)
 STATIC_OUTPUTS = static_outputs(DEFAULT_SPEC)
 TEMPORAL_OUTPUTS = temporal_outputs(DEFAULT_SPEC)
-MODEL_NAMES = {"static": "popscore_static", "temporal": "popscore_temporal"}
+MODEL_NAMES = {"static": "popscore_static", "content": "popscore_temporal_content", "temporal": "popscore_temporal"}
+"""The served models. ``content`` and ``temporal`` are the two halves of MTAF-temporal, exported together
+with the same version number: the content half runs once per post and its vector is cached with the
+post; the temporal half runs on every changed sequence."""
+
+
+def model_tensors(kind: str, spec: FeatureSpec, content_dim: int = CONTENT_DIM) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs) of the served model ``MODEL_NAMES[kind]``."""
+    if kind == "static":
+        return static_inputs(spec), static_outputs(spec)
+    if kind == "content":
+        return content_inputs(spec), content_outputs(content_dim)
+    if kind == "temporal":
+        return temporal_inputs(spec, content_dim), temporal_outputs(spec)
+    raise ValueError(f"unknown model kind {kind!r}")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -461,23 +493,17 @@ def build_temporal_inputs(
     platforms: Sequence[str],
     weights_for: Any,
     as_of: np.ndarray,
-    posts: Sequence[Any] | None = None,
-    *,
-    text_embedding: np.ndarray | None = None,
-    visual_embedding: np.ndarray | None = None,
-    audio_embedding: np.ndarray | None = None,
+    content_vector: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """The ONNX inputs of ``popscore_temporal`` for a micro-batch (the worker's entry point).
 
     ``seqs``: per post the stored ``[n_obs, 1+5]`` float64 array; ``created_at``/``as_of``: [B] epoch seconds
     (``as_of`` = the prediction time, usually the latest observed_at); ``weights_for``: callable platform ->
-    weights (``ScoreSettings().weights_for``) or a mapping."""
-    out = build_static_inputs(
-        spec, created_at, platforms, posts,
-        text_embedding=text_embedding, visual_embedding=visual_embedding, audio_embedding=audio_embedding,
-    )  # fmt: skip
+    weights (``ScoreSettings().weights_for``) or a mapping; ``content_vector``: [B, d] from
+    ``popscore_temporal_content``, computed once per post."""
     w = weight_matrix(platforms, weights_for, spec.counters)
     seq = build_sequence(spec, seqs, created_at, as_of, w)
+    out = {"content_vector": np.ascontiguousarray(content_vector, dtype=np.float32)}
     out.update({k: seq[k] for k in ("sequence", "sequence_mask", "dynamic_features")})
     return out
 

@@ -1,8 +1,9 @@
 """The naive pipeline the benchmark compares against: what a first version of popscore would do.
 
 Per record: validate, one Redis round trip per operation (read the post, append a JSON string to a list,
-read the list back), one Triton request per snapshot, one awaited produce per prediction. Same
-contract, same features, same model; only the batching is missing. It is a baseline, not a product
+read the list back), one Triton request per snapshot (plus one per post for its content vector, kept in
+the post hash), one awaited produce per prediction. Same contract, same features, same models; only the
+batching is missing. It is a baseline, not a product
 path, and lives outside ``stream/`` for that reason.
 """
 
@@ -32,11 +33,22 @@ def naive_sequence(items: list[bytes]) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(-1, 1 + len(COUNTER_NAMES))
 
 
+async def _infer(triton, kind: str, spec: F.FeatureSpec, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    inputs, outputs = F.model_tensors(kind, spec)
+    tensors = []
+    for tensor_spec in inputs:
+        array = np.ascontiguousarray(features[tensor_spec.name], dtype=np.float32)
+        tensor = InferInput(tensor_spec.name, list(array.shape), "FP32")
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    result = await triton.infer(F.MODEL_NAMES[kind], tensors)
+    return {t.name: result.as_numpy(t.name) for t in outputs}
+
+
 async def run_naive(settings: Settings, bootstrap: str, redis_url: str, grpc_url: str, in_topic: str,
                     out_topic: str, expected: int, timeout_s: float) -> tuple[int, float]:
     """Consume ``expected`` snapshots one at a time; returns (processed, seconds)."""
     spec = F.DEFAULT_SPEC
-    inputs_spec = F.temporal_inputs(spec)
     client = aioredis.Redis.from_url(redis_url)
     triton = grpcaio.InferenceServerClient(grpc_url)
     consumer = AIOKafkaConsumer(in_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
@@ -60,16 +72,17 @@ async def run_naive(settings: Settings, bootstrap: str, redis_url: str, grpc_url
                     seq = naive_sequence(await client.lrange(key, 0, -1))
                     created = float(meta.get(b"created_at", seq[0, 0]))
                     platform = meta.get(b"platform", b"unknown").decode()
+                    if b"content" not in meta:
+                        static = F.build_static_inputs(spec, np.array([created]), [platform])
+                        content = await _infer(triton, "content", spec, static)
+                        meta[b"content"] = np.concatenate(
+                            [content["content_vector"], content["modality_weights"]], axis=1).tobytes()
+                        await client.hset(f"naive-post:{snapshot.post_id}", "content", meta[b"content"])
+                    cached = np.frombuffer(meta[b"content"], dtype=np.float32)[None, :]
+                    vector, weights = cached[:, :-len(F.MODALITIES)], cached[:, -len(F.MODALITIES):]
                     features = F.build_temporal_inputs(spec, [seq], np.array([created]), [platform],
-                                                       settings.score.weights_for, np.array([seq[-1, 0]]))
-                    tensors = []
-                    for tensor_spec in inputs_spec:
-                        array = features[tensor_spec.name]
-                        tensor = InferInput(tensor_spec.name, list(array.shape), "FP32")
-                        tensor.set_data_from_numpy(array)
-                        tensors.append(tensor)
-                    result = await triton.infer(F.MODEL_NAMES["temporal"], tensors)
-                    outputs = {t.name: result.as_numpy(t.name) for t in F.temporal_outputs(spec)}
+                                                       settings.score.weights_for, np.array([seq[-1, 0]]), vector)
+                    outputs = {**await _infer(triton, "temporal", spec, features), "modality_weights": weights}
                     record = prediction_records([snapshot.post_id], "temporal", "naive", np.array([seq[-1, 0]]),
                                                 int(spec.horizon_s), outputs, time.time())[0]
                     await producer.send_and_wait(out_topic, key=snapshot.post_id.encode(), value=encode(record))

@@ -126,14 +126,15 @@ class ModelPredictor:
                 raise ModelUnavailable(f"Triton returned no or a short {name!r} for {self.name}")
         return answer
 
-    async def refresh(self) -> bool:
-        """Serve a newer version from the repository if Triton loads it; returns True if switched."""
+    async def refresh(self, target: int | None = None) -> bool:
+        """Serve a newer version from the repository (the newest, or ``target`` if it is there) if Triton
+        loads it; returns True if switched."""
         try:
             model = self._repository_model()
         except ModelUnavailable:
             return False
-        newest = model.versions[-1]
-        if newest == self.version:
+        newest = model.versions[-1] if target is None else target
+        if newest == self.version or newest not in model.versions:
             return False
         try:
             if self.python_backend_mirror is not None:

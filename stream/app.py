@@ -46,7 +46,11 @@ def create_app(settings: Settings) -> faust.App:
         after the outputs are in Kafka."""
         return await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
 
-    worker = StreamWorker(settings, send)
+    async def send_many(topic: str, records: list[tuple[bytes, bytes]]) -> list:
+        """A micro-batch's predictions: one record batch per partition (stream/kafka_transport.py)."""
+        return await app.producer.send_many(topic, records)
+
+    worker = StreamWorker(settings, send, send_many)
     batch = settings.worker
 
     @app.agent(snapshots_topic)

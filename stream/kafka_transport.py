@@ -1,14 +1,23 @@
-"""Faust's aiokafka transport with a configurable consumer fetch wait (URL scheme ``popscore-kafka://``).
+"""Faust's aiokafka transport (URL scheme ``popscore-kafka://``) with a configurable consumer fetch wait
+and a producer that sends a micro-batch's outputs as record batches.
 
 Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Apache Kafka answers a fetch as
 soon as data arrives, so the value only matters when a topic is idle; Tansu holds every fetch for the
 whole wait. Measured on the embedded stack: median latency 590 ms at 10 snapshots/s with Faust's value,
 49 ms with 20 ms. The wait is read from ``app.fetch_max_wait_ms`` (set by ``create_app`` from the
 settings); registered for Faust through the ``faust.transports`` entry point in pyproject.toml.
+
+``Producer.send_many`` fills one aiokafka ``BatchBuilder`` per partition instead of calling ``send`` per
+record (a ``send`` each was ~7 % of the worker's time under load). Records are partitioned by key with
+aiokafka's default partitioner, exactly where ``send`` would have put them.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import defaultdict
+
+from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 
@@ -25,5 +34,29 @@ class Consumer(faust_aiokafka.Consumer):
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+class Producer(faust_aiokafka.Producer):
+    partitioner = DefaultPartitioner()
+
+    async def send_many(self, topic: str, records: list[tuple[bytes, bytes]]) -> list[asyncio.Future]:
+        """Queue keyed records; returns one delivery future per record batch."""
+        producer = self._ensure_producer()
+        partitions = sorted(await producer.partitions_for(topic))
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
+        for key, value in records:
+            by_partition[self.partitioner(key, partitions, partitions)].append((key, value))
+        futures = []
+        for partition, items in by_partition.items():
+            batch = producer.create_batch()
+            for key, value in items:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise ValueError(f"a record of {len(value)} bytes does not fit an empty batch for {topic}")
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        return futures
+
+
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
+    Producer = Producer

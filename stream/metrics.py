@@ -50,6 +50,10 @@ class WorkerMetrics:
                                             ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.predictions = Counter("popscore_predictions", "Predictions produced, by model, version and server",
                                    ["model", "model_version", "served_by"], registry=r)
+        self.content_vectors = Counter("popscore_content_vectors",
+                                       "Content vectors computed: at upload ('post') or for a post whose cached "
+                                       "vector was missing or of another model version ('recomputed')",
+                                       ["source"], registry=r)
         self.predicted_log_score = Histogram("popscore_predicted_log_score",
                                              "Distribution of predicted log1p(score at horizon)", ["model"],
                                              buckets=LOG_SCORE_BUCKETS, registry=r)

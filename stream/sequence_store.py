@@ -122,9 +122,33 @@ def count_decreases(*sequences: np.ndarray) -> int:
     return int(down.sum())
 
 
-META_FIELDS = ("created_at", "platform", "category", "static", "text")
-"""The post-hash fields read back with every sequence, in ``PostMeta.from_values`` order."""
+META_FIELDS = ("created_at", "platform", "category", "content")
+"""The post-hash fields read back with every sequence, in ``PostMeta.from_values`` order. The inputs the
+content vector was computed from (``static``, ``text``) stay in the hash but are read only to recompute it."""
 META_FIELDS_JSON = json.dumps(META_FIELDS)
+CONTENT_INPUT_FIELDS = ("static", "text")
+CONTENT_HEADER = struct.Struct("<I")  # the content model version the vector came from
+
+
+def encode_content(version: int, vectors: np.ndarray, modality_weights: np.ndarray) -> list[bytes]:
+    """Per post: the content model's version, then its float32 content vector and modality weights."""
+    rows = np.concatenate([vectors, modality_weights], axis=1).astype("<f4")
+    header = CONTENT_HEADER.pack(version)
+    return [header + row.tobytes() for row in rows]
+
+
+def decode_content(blobs: list[bytes | None], version: int, dim: int, n_weights: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors [B, dim], modality weights [B, n_weights], ok [B]): rows whose blob is absent, of another
+    version or of another size are zero and not ok (they must be recomputed)."""
+    width = CONTENT_HEADER.size + 4 * (dim + n_weights)
+    header = CONTENT_HEADER.pack(version)
+    ok = np.array([b is not None and len(b) == width and b[:CONTENT_HEADER.size] == header for b in blobs], bool)
+    table = np.zeros((len(blobs), dim + n_weights), np.float32)
+    if ok.any():
+        body = b"".join(memoryview(b)[CONTENT_HEADER.size:] for b, good in zip(blobs, ok) if good)
+        table[ok] = np.frombuffer(body, dtype="<f4").reshape(-1, dim + n_weights)
+    return table[:, :dim], table[:, dim:], ok
 
 
 @dataclass(frozen=True)
@@ -134,16 +158,14 @@ class PostMeta:
     created_at: float | None = None
     platform: str | None = None
     category: str | None = None
-    static_features: bytes | None = None  # float32, computed from the post at upload
-    text_embedding: bytes | None = None  # float16 title embedding, when a text encoder is served
+    content: bytes | None = None  # encode_content: the post's content vector for the temporal head
 
     @classmethod
     def from_values(cls, created_at: bytes | None, platform: bytes | None, category: bytes | None,
-                    static: bytes | None, text: bytes | None) -> "PostMeta":
+                    content: bytes | None) -> "PostMeta":
         return cls(created_at=None if created_at is None else float(created_at),
                    platform=None if platform is None else platform.decode(),
-                   category=None if category is None else category.decode(), static_features=static,
-                   text_embedding=text)
+                   category=None if category is None else category.decode(), content=content)
 
     @classmethod
     def from_hash(cls, fields: dict[bytes, bytes]) -> "PostMeta":
@@ -208,21 +230,36 @@ class SnapshotSequenceStore:
         return [SequenceUpdate(post_id, sequences[i], PostMeta.from_values(*rows[2 * i + 1]))
                 for i, post_id in enumerate(post_ids) if rows[2 * i]]
 
-    async def put_posts(self, posts: list[Post], static_features: np.ndarray,
+    async def put_posts(self, posts: list[Post], static_features: np.ndarray, content: list[bytes],
                         text_embeddings: np.ndarray | None = None) -> None:
-        """Keep what the temporal features need from the post event: its age, platform, category and the
-        static features computed from its content (so they are computed once, at upload)."""
+        """Keep what the temporal model needs from the post event: its age, platform, category, its content
+        vector (``encode_content``), and the inputs that vector came from, to recompute it for a new model."""
         async with self.client.pipeline(transaction=False) as pipe:
             for i, (post, features) in enumerate(zip(posts, static_features)):
                 key = self.post_key(post.post_id)
                 fields = {"created_at": str(int(post.created_at.timestamp())), "platform": post.platform,
-                          "static": np.asarray(features, dtype=np.float32).tobytes()}
+                          "static": np.asarray(features, dtype=np.float32).tobytes(), "content": content[i]}
                 if text_embeddings is not None:
                     fields["text"] = np.asarray(text_embeddings[i], dtype=np.float16).tobytes()
                 category = post.attributes.get("category")
                 if category is not None:
                     fields["category"] = str(category)
                 pipe.hset(key, mapping=fields)
+                pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
+    async def content_inputs(self, post_ids: list[str]) -> list[tuple[bytes | None, bytes | None]]:
+        """(static features, text embedding) blobs per post, for recomputing stale content vectors."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for post_id in post_ids:
+                pipe.hmget(self.post_key(post_id), *CONTENT_INPUT_FIELDS)
+            return [tuple(row) for row in await pipe.execute()]
+
+    async def put_content(self, post_ids: list[str], content: list[bytes]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for post_id, blob in zip(post_ids, content):
+                key = self.post_key(post_id)
+                pipe.hset(key, "content", blob)
                 pipe.expire(key, self.ttl_s)
             await pipe.execute()
 

@@ -1,8 +1,11 @@
 """What the worker does with a micro-batch, apart from Faust: validate, store, predict, publish.
 
-Posts: validate -> static features (stored with the post) -> static prediction.
-Snapshots: validate -> merge into the Redis sequences -> one temporal inference per changed post
-(several snapshots of a post in one batch give one prediction) -> predictions topic + leaderboards.
+Posts: validate -> static features -> static prediction, and the post's content vector (the per-post half
+of MTAF-temporal), stored with the post.
+Snapshots: validate -> merge into the Redis sequences (which returns each post's content vector) -> one
+temporal-head inference per changed post (several snapshots of a post in one batch give one prediction)
+-> predictions topic + leaderboards. A content vector of another model version, or of a post that never
+came, is recomputed from the stored inputs and written back.
 Every rejected record goes to the dead-letter topic. The batch's outputs are awaited before the batch
 returns, so Faust commits its offsets only after the outputs are produced (at-least-once; redelivery
 is harmless because a repeated snapshot changes nothing and gives no new prediction).
@@ -31,7 +34,7 @@ from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, eval_ag
     parse_eval_field
 from popscore.stream.predictions import encode, latest_view, prediction_records
 from popscore.stream.sequence_store import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, SequenceUpdate, \
-    SnapshotSequenceStore, count_decreases
+    SnapshotSequenceStore, count_decreases, decode_content, encode_content
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +46,10 @@ TEXT_ENCODER = "popscore_text_encoder"
 class StreamWorker:
     """The worker's state, created inside the running event loop (asyncio clients are loop-bound)."""
 
-    def __init__(self, settings: Settings, send) -> None:
+    def __init__(self, settings: Settings, send, send_many) -> None:
         self.settings = settings
         self.send = send  # async (topic, key, value) -> delivery future
+        self.send_many = send_many  # async (topic, [(key, value), ...]) -> delivery futures
         self.metrics = WorkerMetrics()
         self.redis: redis.Redis | None = None
         self.store: SnapshotSequenceStore | None = None
@@ -79,6 +83,11 @@ class StreamWorker:
                                        settings.serving.python_backend_mirror)
             await predictor.start()
             self.predictors[kind] = predictor
+        paired = self.predictors["temporal"].metadata.get("content_model")
+        if paired is None or paired["version"] != self.predictors["content"].version:
+            raise RuntimeError(f"{F.MODEL_NAMES['temporal']} version {self.predictors['temporal'].version} names "
+                               f"content model {paired}, but {F.MODEL_NAMES['content']} serves version "
+                               f"{self.predictors['content'].version}: re-export them together")
         served = any(m.name == TEXT_ENCODER and m.versions for m in list_models(settings.stack.model_repo))
         if served and settings.serving.text_encoder:
             self.text_encoder = ModelPredictor(TEXT_ENCODER, settings.serving, settings.triton.grpc_url,
@@ -145,7 +154,9 @@ class StreamWorker:
             platforms = [p.platform for p in posts]
             text = await self.embed_titles(posts)
             inputs = F.build_static_inputs(spec, created, platforms, posts, text_embedding=text)
-            await self.store.put_posts(posts, inputs["static_features"], text)
+            content = await self.content_vectors(inputs)
+            self.metrics.content_vectors.labels("post").inc(len(posts))
+            await self.store.put_posts(posts, inputs["static_features"], content, text)
             deliveries += await self._predict("static", [p.post_id for p in posts], created, inputs, spec,
                                               created=created)
             self.metrics.posts_in.inc(len(posts))
@@ -155,6 +166,14 @@ class StreamWorker:
                 deliveries += await self._predict_temporal(await self.store.current(waiting))
         await asyncio.gather(*deliveries)
         self._observe_end_to_end("static", messages)
+
+    async def content_vectors(self, inputs: dict[str, np.ndarray]) -> list[bytes]:
+        """The per-post half of MTAF-temporal, encoded for the post hash (``encode_content``)."""
+        predictor = self.predictors["content"]
+        results = await predictor.infer({t.name: inputs[t.name] for t in predictor.model.config.input})
+        vectors = np.concatenate([r.outputs["content_vector"] for r in results])
+        weights = np.concatenate([r.outputs["modality_weights"] for r in results])
+        return encode_content(predictor.version, vectors, weights)
 
     async def embed_titles(self, posts: list[Post]) -> np.ndarray | None:
         """Title embeddings from the served text encoder, the same ONNX file the trainer embeds with."""
@@ -247,28 +266,50 @@ class StreamWorker:
                             for u in updates])
         platforms = [u.post.platform or "unknown" for u in updates]
         as_of = np.array([u.sequence[-1, 0] for u in updates])
-        text = None
-        if self.text_encoder is not None:  # rows of posts without a stored embedding are NaN, i.e. masked
-            text = np.full((len(updates), F.TEXT_DIM), np.nan, dtype=np.float32)
-            for i, update in enumerate(updates):
-                if update.post.text_embedding is not None:
-                    text[i] = np.frombuffer(update.post.text_embedding, dtype=np.float16)
+        vectors, weights = await self._cached_content(updates, spec, created, platforms)
         inputs = F.build_temporal_inputs(spec, seqs, created, platforms, self.settings.score.weights_for, as_of,
-                                         text_embedding=text)
-        for i, update in enumerate(updates):
-            blob = update.post.static_features
-            if blob is not None and len(blob) == 4 * spec.static_dim:  # computed from the post at upload
-                inputs["static_features"][i] = np.frombuffer(blob, dtype=np.float32)
+                                         vectors)
         self.stream_clock = max(self.stream_clock, float(as_of.max()))
         return await self._predict("temporal", [u.post_id for u in updates], as_of, inputs, spec, created=created,
-                                   platforms=platforms, categories=[u.post.category for u in updates])
+                                   platforms=platforms, categories=[u.post.category for u in updates],
+                                   explanations={"modality_weights": weights})
+
+    async def _cached_content(self, updates: list[SequenceUpdate], spec: F.FeatureSpec, created: np.ndarray,
+                              platforms: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The content vectors the merge returned; stale or missing ones are recomputed and stored."""
+        content = self.predictors["content"]
+        dim = next(o.dims[0] for o in content.model.config.output if o.name == "content_vector")
+        vectors, weights, ok = decode_content([u.post.content for u in updates], content.version, dim,
+                                              len(F.MODALITIES))
+        stale = np.flatnonzero(~ok)
+        if len(stale):
+            self.metrics.content_vectors.labels("recomputed").inc(len(stale))
+            post_ids = [updates[i].post_id for i in stale]
+            stored = await self.store.content_inputs(post_ids)
+            text = None
+            if any(t is not None for _, t in stored):  # rows without a stored embedding are NaN, i.e. masked
+                text = np.full((len(stale), F.TEXT_DIM), np.nan, dtype=np.float32)
+                for row, (_, blob) in enumerate(stored):
+                    if blob is not None:
+                        text[row] = np.frombuffer(blob, dtype=np.float16)
+            # A post that never came has no stored features: its first observation stands in for the upload.
+            inputs = F.build_static_inputs(spec, created[stale], [platforms[i] for i in stale], text_embedding=text)
+            for row, (static, _) in enumerate(stored):
+                if static is not None and len(static) == 4 * spec.static_dim:
+                    inputs["static_features"][row] = np.frombuffer(static, dtype=np.float32)
+            blobs = await self.content_vectors(inputs)
+            await self.store.put_content(post_ids, blobs)
+            fresh_vectors, fresh_weights, _ = decode_content(blobs, content.version, dim, len(F.MODALITIES))
+            vectors[stale], weights[stale] = fresh_vectors, fresh_weights
+        return vectors, weights
 
     async def _predict(self, kind: str, post_ids: list[str], as_of: np.ndarray, inputs: dict, spec: F.FeatureSpec,
                        created: np.ndarray, platforms: list[str] | None = None,
-                       categories: list[str | None] | None = None) -> list:
+                       categories: list[str | None] | None = None,
+                       explanations: dict[str, np.ndarray] | None = None) -> list:
+        """``explanations``: outputs computed earlier (the cached content's modality weights), per row."""
         predictor = self.predictors[kind]
-        model_inputs = {t.name: inputs[t.name] for t in (F.temporal_inputs(spec) if kind == "temporal"
-                                                          else F.static_inputs(spec))}
+        model_inputs = {t.name: inputs[t.name] for t in predictor.model.config.input}
         started = time.perf_counter()
         results = await predictor.infer(model_inputs)
         elapsed = time.perf_counter() - started
@@ -276,8 +317,9 @@ class StreamWorker:
         now = time.time()
         for result in results:
             n = len(result.outputs["log_score"])
+            outputs = {**result.outputs, **{k: v[offset:offset + n] for k, v in (explanations or {}).items()}}
             records += prediction_records(post_ids[offset:offset + n], kind, result.model_version,
-                                          as_of[offset:offset + n], int(spec.horizon_s), result.outputs, now)
+                                          as_of[offset:offset + n], int(spec.horizon_s), outputs, now)
             self.metrics.predictions.labels(kind, result.model_version, result.served_by).inc(n)
             self.metrics.inference_seconds.labels(kind, result.model_version, result.served_by).observe(elapsed)
             self.metrics.inference_batch.labels(kind).observe(n)
@@ -299,7 +341,7 @@ class StreamWorker:
         await self.boards.record(kind, recorded)
         topic = self.settings.kafka.topics.predictions
         self.metrics.records_out.labels(topic).inc(len(records))
-        return [await self.send(topic, r["post_id"].encode(), encode(r)) for r in records]
+        return await self.send_many(topic, [(r["post_id"].encode(), encode(r)) for r in records])
 
     async def evaluate_matured(self, limit: int = 2_000) -> int:
         """Compare the kept predictions of posts past their horizon with what they really reached."""
@@ -330,9 +372,11 @@ class StreamWorker:
     async def refresh_models(self) -> None:
         if self.text_encoder is not None:
             await self.text_encoder.refresh()
-        for kind, predictor in self.predictors.items():
+        for kind, predictor in self.predictors.items():  # the content model before the temporal head
             old = predictor.version
-            switched = await predictor.refresh()
+            # The head only ever switches to the version of the content vectors the content model now makes.
+            target = self.predictors["content"].version if kind == "temporal" else None
+            switched = await predictor.refresh(target)
             if switched:
                 self.metrics.model_info.remove(kind, str(old))
                 self.metrics.model_reloads.labels(kind, "loaded").inc()
@@ -345,7 +389,7 @@ class StreamWorker:
         for kind, predictor in self.predictors.items():
             self.metrics.model_info.labels(kind, str(predictor.version)).set(1)
             self.metrics.triton_up.labels(kind).set(predictor.breaker.state.value == "closed")
-            for row in predictor.metadata.get("metrics", []):
+            for row in predictor.metadata.get("metrics", []) if kind != "content" else []:
                 # The trainer's validation MAE per age: what the online MAE is compared with.
                 self.metrics.offline_mae.labels(kind, str(predictor.version), f"{row['age_h']:g}").set(row["mae"])
         for tp in consumer.assignment():

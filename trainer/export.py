@@ -4,8 +4,10 @@ Layout (Triton, onnxruntime backend; the embedded stack wraps the same files in 
     model_repo/<name>/config.pbtxt           names/dtypes/dims from popscore.features (the serving contract)
     model_repo/<name>/<n>/model.onnx         promoted versions only, n = 1, 2, ...
     model_repo/<name>/<n>/metadata.json      metrics, data window, feature spec + hash, code version, git sha
-Candidates are first written under .popscore/candidates/<name>/<stamp>/; one becomes version n+1 only if
-its MAE on the validation window is not worse than the serving (highest) version's MAE on the same inputs.
+MTAF-temporal is two graphs (popscore_temporal_content, then the popscore_temporal head) promoted together
+under one version number; the head's metadata names its content encoder. Candidates are first written
+under .popscore/candidates/<name>/<stamp>/; one becomes the next version only if its MAE on the
+validation window is not worse than the serving (highest) version's MAE on the same inputs.
 """
 
 from __future__ import annotations
@@ -45,24 +47,23 @@ def git_version() -> dict[str, Any]:
     }
 
 
-def export_onnx(model, path: Path, example: dict[str, np.ndarray], opset: int = 17) -> None:
-    """Export with a dynamic batch dimension on every input and output."""
+def export_onnx(graph, path: Path, example: dict[str, np.ndarray], opset: int = 17) -> None:
+    """Export one ``models.OnnxGraph`` with a dynamic batch dimension on every input and output."""
     import torch
 
-    from popscore.trainer.models import OnnxWrapper
-
-    model.eval()
-    names, outs = model.input_names(), model.output_names()
-    args = tuple(torch.from_numpy(np.ascontiguousarray(example[n][:2])) for n in names)
+    graph.module.eval()
+    args = tuple(torch.from_numpy(np.ascontiguousarray(example[n][:2])) for n in graph.input_names)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
-        OnnxWrapper(model).eval(), args, str(path), input_names=names, output_names=outs, opset_version=opset,
-        dynamic_axes={n: {0: "batch"} for n in names + outs}, dynamo=False,
+        graph.module, args, str(path), input_names=graph.input_names, output_names=graph.output_names,
+        opset_version=opset, dynamic_axes={n: {0: "batch"} for n in graph.input_names + graph.output_names},
+        dynamo=False,
     )  # fmt: skip
-    model.eval()  # the exporter restores the wrapper's mode, which propagates to the model
+    graph.module.eval()  # the exporter restores the wrapper's mode, which propagates to the model
 
 
 def onnx_predict(path: Path, inputs: dict[str, np.ndarray], batch: int = 4096) -> dict[str, np.ndarray]:
+    """Run one graph; it reads the entries of ``inputs`` named like its inputs."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -78,20 +79,30 @@ def onnx_predict(path: Path, inputs: dict[str, np.ndarray], batch: int = 4096) -
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def parity(model, path: Path, inputs: dict[str, np.ndarray]) -> float:
-    """Max abs difference between PyTorch and onnxruntime over all outputs."""
+def pipeline_predict(paths: list[Path], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run graphs in order, each reading the raw inputs and what the earlier ones produced (content
+    encoder, then head): what the worker does, minus the cache."""
+    values, outs = dict(inputs), {}
+    for path in paths:
+        res = onnx_predict(path, values)
+        values.update(res)
+        outs.update(res)
+    return outs
+
+
+def parity(model, paths: list[Path], inputs: dict[str, np.ndarray]) -> float:
+    """Max abs difference between PyTorch and the exported graphs run by onnxruntime, over all outputs."""
     import torch
 
-    names = model.input_names()
     with torch.no_grad():
-        ref = model(**{k: torch.from_numpy(np.ascontiguousarray(inputs[k])) for k in names})
-    got = onnx_predict(path, {k: inputs[k] for k in names})
+        ref = model(**{k: torch.from_numpy(np.ascontiguousarray(inputs[k])) for k in model.input_names()})
+    got = pipeline_predict(paths, inputs)
     return max(float(np.abs(ref[k].numpy() - got[k]).max()) for k in model.output_names())
 
 
-def config_pbtxt(name: str, kind: str, spec: F.FeatureSpec, max_batch_size: int = 1024) -> str:
-    ins = F.temporal_inputs(spec) if kind == "temporal" else F.static_inputs(spec)
-    outs = F.temporal_outputs(spec) if kind == "temporal" else F.static_outputs(spec)
+def config_pbtxt(name: str, kind: str, spec: F.FeatureSpec, max_batch_size: int = 1024,
+                 content_dim: int = F.CONTENT_DIM) -> str:
+    ins, outs = F.model_tensors(kind, spec, content_dim)
 
     def block(t: F.TensorSpec) -> str:
         dims = ", ".join(str(d) for d in t.dims)
@@ -115,9 +126,18 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and (p / "model.onnx").exists())
 
 
-def mae_of(path: Path, ex_inputs: dict[str, np.ndarray], target: np.ndarray) -> float:
-    pred = onnx_predict(path, ex_inputs)["log_score"][:, 0]
+def mae_of(paths: list[Path], ex_inputs: dict[str, np.ndarray], target: np.ndarray) -> float:
+    pred = pipeline_predict(paths, ex_inputs)["log_score"][:, 0]
     return float(np.abs(pred - target).mean())
+
+
+def served_graphs(repo: Path, kind: str, version: int) -> list[Path]:
+    """The graphs that make up a served version: the head alone, or its paired content encoder first."""
+    head = Path(repo) / F.MODEL_NAMES[kind] / str(version)
+    meta_path = head / "metadata.json"
+    paired = json.loads(meta_path.read_text()).get("content_model") if meta_path.exists() else None
+    first = [Path(repo) / paired["name"] / str(paired["version"]) / "model.onnx"] if paired else []
+    return first + [head / "model.onnx"]
 
 
 def export_and_promote(
@@ -134,29 +154,36 @@ def export_and_promote(
     force: bool = False,
     max_batch_size: int = 1024,
     train_config: dict | None = None,
+    extra_metadata: dict | None = None,
 ) -> dict[str, Any]:
-    """Export ``model`` as a candidate, check parity, and promote it into ``repo`` if the gate passes.
-    ``ex`` are the validation-window examples (trainer.data.Examples)."""
+    """Export ``model`` (``kind`` static or temporal) as a candidate, check parity, and promote it into
+    ``repo`` if the gate passes. ``ex`` are the validation-window examples (trainer.data.Examples): the
+    gate compares the candidate's MAE on them with the serving version's on the same inputs."""
+    from popscore.trainer.models import onnx_graphs
+
     name = F.MODEL_NAMES[kind]
-    temporal = kind == "temporal"
     stamp = time.strftime("%Y%m%dT%H%M%S")
     cand_dir = CANDIDATES / name / stamp
-    cand = cand_dir / "model.onnx"
-    inputs = ex.inputs_at(None, temporal)
-    export_onnx(model, cand, inputs)
+    graphs = onnx_graphs(model)
+    inputs = ex.inputs_at(None, kind == "temporal")
+    example = dict(inputs)
+    paths = []
+    for graph in graphs:
+        path = cand_dir / F.MODEL_NAMES[graph.kind] / "model.onnx"
+        export_onnx(graph, path, example)
+        example.update(onnx_predict(path, {k: v[:2] for k, v in example.items()}))  # the next graph's inputs
+        paths.append(path)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(ex), size=min(len(ex), 2048), replace=False))
-    diff = parity(model, cand, {k: v[rows] for k, v in inputs.items()})
+    diff = parity(model, paths, {k: v[rows] for k, v in inputs.items()})
     if not diff <= PARITY_TOL:
         raise RuntimeError(f"ONNX parity failed for {name}: max abs diff {diff:.3g} > {PARITY_TOL}")
-    cand_mae = mae_of(cand, inputs, ex.target)
-    model_dir = Path(repo) / name
-    have = versions(model_dir)
-    gate: dict[str, Any] = {"candidate_mae": cand_mae, "n": int(len(ex))}
+    cand_mae = mae_of(paths, inputs, ex.target)
+    have = versions(Path(repo) / name)
+    gate: dict[str, Any] = {"candidate_mae": cand_mae, "n": int(len(ex)), "window": "validation"}
     promote = True
-    if have and not force:
-        serving = model_dir / str(have[-1]) / "model.onnx"
-        serving_meta = model_dir / str(have[-1]) / "metadata.json"
+    if have:
+        serving_meta = Path(repo) / name / str(have[-1]) / "metadata.json"
         serving_hash = json.loads(serving_meta.read_text()).get("feature_spec_hash") if serving_meta.exists() else None
         gate["serving_version"] = have[-1]
         if serving_hash != spec.hash():
@@ -164,16 +191,19 @@ def export_and_promote(
             promote = False
         else:
             try:
-                serving_mae = mae_of(serving, inputs, ex.target)
+                serving_mae = mae_of(served_graphs(repo, kind, have[-1]), inputs, ex.target)
                 gate["serving_mae"] = serving_mae
                 promote = cand_mae <= serving_mae + 1e-9
             except Exception as exc:  # the serving model does not run on these inputs
                 gate["reason"] = f"serving version failed on the validation inputs: {type(exc).__name__}: {exc}"[:500]
                 promote = False
+    if force and not promote:
+        gate["forced"] = True  # recorded with what the gate would have said
+        promote = True
     gate["promoted"] = promote
-    meta = {
-        "model": name,
-        "kind": kind,
+    # One number for every graph of the model, so the head and its content encoder always pair by version.
+    version = 1 + max([0, *(v for g in graphs for v in versions(Path(repo) / F.MODEL_NAMES[g.kind]))])
+    base_meta = {
         "dataset": dataset,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seed": seed,
@@ -183,25 +213,31 @@ def export_and_promote(
         "feature_spec_hash": spec.hash(),
         "model_config": model.cfg.to_dict(),
         "train_config": train_config,
-        "inputs": [t.name for t in (F.temporal_inputs(spec) if temporal else F.static_inputs(spec))],
-        "outputs": [t.name for t in (F.temporal_outputs(spec) if temporal else F.static_outputs(spec))],
         "parity_max_abs_diff": diff,
         "gate": gate,
+        **(extra_metadata or {}),
         **git_version(),
     }
-    (cand_dir / "metadata.json").write_text(json.dumps(meta, indent=1))
+    metas = []
+    for graph, path in zip(graphs, paths):
+        meta = {"model": F.MODEL_NAMES[graph.kind], "kind": graph.kind, **base_meta,
+                "inputs": graph.input_names, "outputs": graph.output_names}
+        if graph.kind == "temporal" and len(graphs) > 1:
+            meta["content_model"] = {"name": F.MODEL_NAMES["content"], "version": version}
+        (path.parent / "metadata.json").write_text(json.dumps(meta, indent=1))
+        metas.append(meta)
     info = {"candidate": str(cand_dir), "parity_max_abs_diff": diff, **gate}
     if promote:
-        version = (have[-1] + 1) if have else 1
-        vdir = model_dir / str(version)
-        model_dir.mkdir(parents=True, exist_ok=True)
-        (model_dir / "config.pbtxt").write_text(config_pbtxt(name, kind, spec, max_batch_size))
-        tmp = model_dir / f".{version}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        shutil.copy2(cand, tmp / "model.onnx")
-        meta["version"] = version
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=1))
-        tmp.rename(vdir)  # a version directory appears complete or not at all
+        for graph, path, meta in zip(graphs, paths, metas):  # the head last: its version appears when complete
+            model_dir = Path(repo) / F.MODEL_NAMES[graph.kind]
+            model_dir.mkdir(parents=True, exist_ok=True)
+            (model_dir / "config.pbtxt").write_text(
+                config_pbtxt(F.MODEL_NAMES[graph.kind], graph.kind, spec, max_batch_size, model.cfg.d_model))
+            tmp = model_dir / f".{version}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            shutil.copy2(path, tmp / "model.onnx")
+            (tmp / "metadata.json").write_text(json.dumps({**meta, "version": version}, indent=1))
+            tmp.rename(model_dir / str(version))  # a version directory appears complete or not at all
         info["version"] = version
     return info

@@ -12,6 +12,10 @@ the data says so.
 
 Both return a dict with the ONNX output names of popscore.features (log_score, log_interval,
 modality_weights[, time_attention]): the explanations are first-class outputs.
+
+The fusion is its own module (:class:`ContentEncoder`) because it depends on the post only: MTAF-temporal
+is served as two graphs (:func:`onnx_graphs`), so a snapshot carries a 64-d content vector to Triton
+instead of ~2,200 embedding floats.
 """
 
 from __future__ import annotations
@@ -83,7 +87,10 @@ def _mlp(i: int, o: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(i, o), nn.GELU(), nn.Dropout(dropout), nn.Linear(o, o))
 
 
-class MTAF(nn.Module):
+class ContentEncoder(nn.Module):
+    """The per-post half of MTAF: one vector per modality, fused by attention over the present ones.
+    Everything it reads is known at upload, so the stream runs it once per post and caches the result."""
+
     def __init__(self, cfg: MTAFConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -94,6 +101,38 @@ class MTAF(nn.Module):
         self.visual = _mlp(cfg.visual_dim, d, cfg.dropout)
         self.audio = _mlp(cfg.audio_dim, d, cfg.dropout)
         self.fusion = AdditiveAttention(d)
+
+    def forward(
+        self,
+        static_features: torch.Tensor,
+        text_embedding: torch.Tensor,
+        visual_embedding: torch.Tensor,
+        audio_embedding: torch.Tensor,
+        modality_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = modality_mask
+        if self.training and self.cfg.modality_dropout > 0:
+            keep = (torch.rand_like(mask) > self.cfg.modality_dropout).float()
+            keep[:, 0] = 1.0
+            mask = mask * keep
+        h = torch.stack(
+            [
+                self.content(self.norm_static(static_features)),
+                self.text(text_embedding),
+                self.visual(visual_embedding),
+                self.audio(audio_embedding),
+            ],
+            dim=1,
+        )  # [B, 4, d]
+        return self.fusion(h, mask)  # content_vector [B, d], modality_weights [B, 4]
+
+
+class MTAF(nn.Module):
+    def __init__(self, cfg: MTAFConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.encoder = ContentEncoder(cfg)
         head_in = d
         if cfg.temporal:
             self.norm_seq = Standardize(cfg.n_channels)
@@ -105,7 +144,11 @@ class MTAF(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(head_in, 2 * d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 3)
         )
+        # Added to [q10, q90] after training (split-conformal, per observation age; see calibrate_interval).
+        self.register_buffer("interval_log1p_age_edges", torch.zeros(0))
+        self.register_buffer("interval_margin", torch.zeros(1))
         self.log_now_index = F.DYNAMIC_FEATURE_NAMES.index("log1p_score_now")
+        self.log_age_index = F.DYNAMIC_FEATURE_NAMES.index("log1p_age_h")
 
     def forward(
         self,
@@ -118,25 +161,23 @@ class MTAF(nn.Module):
         sequence_mask: torch.Tensor | None = None,
         dynamic_features: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        mask = modality_mask
-        if self.training and cfg.modality_dropout > 0:
-            keep = (torch.rand_like(mask) > cfg.modality_dropout).float()
-            keep[:, 0] = 1.0
-            mask = mask * keep
-        h = torch.stack(
-            [
-                self.content(self.norm_static(static_features)),
-                self.text(text_embedding),
-                self.visual(visual_embedding),
-                self.audio(audio_embedding),
-            ],
-            dim=1,
-        )  # [B, 4, d]
-        fused, modality_weights = self.fusion(h, mask)
+        content, modality_weights = self.encoder(
+            static_features, text_embedding, visual_embedding, audio_embedding, modality_mask
+        )
+        return {**self.predict(content, sequence, sequence_mask, dynamic_features), "modality_weights": modality_weights}
+
+    def predict(
+        self,
+        content_vector: torch.Tensor,
+        sequence: torch.Tensor | None = None,
+        sequence_mask: torch.Tensor | None = None,
+        dynamic_features: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The per-snapshot half (the whole head for MTAF-static): log_score, log_interval[, time_attention]."""
         out: dict[str, torch.Tensor] = {}
-        base = torch.zeros_like(fused[:, :1])
-        if cfg.temporal:
+        fused, base = content_vector, torch.zeros_like(content_vector[:, :1])
+        margin = self.interval_margin[:1].expand_as(base)  # static: one margin
+        if self.cfg.temporal:
             assert sequence is not None and sequence_mask is not None and dynamic_features is not None
             m = sequence_mask.unsqueeze(-1)
             x = torch.cat([self.norm_seq(sequence) * m, m], dim=-1)
@@ -146,21 +187,35 @@ class MTAF(nn.Module):
             dyn = self.dyn(self.norm_dyn(dynamic_features))
             fused = torch.cat([fused, ctx, last, dyn], dim=-1)
             base = dynamic_features[:, self.log_now_index : self.log_now_index + 1]
+            margin = self._interval_margin_at(dynamic_features[:, self.log_age_index : self.log_age_index + 1])
             out["time_attention"] = time_w
         raw = self.head(fused)
         mean = base + raw[:, :1]
-        lo = mean - nn.functional.softplus(raw[:, 1:2])
-        hi = mean + nn.functional.softplus(raw[:, 2:3])
-        out = {"log_score": mean, "log_interval": torch.cat([lo, hi], dim=-1), "modality_weights": modality_weights, **out}
-        return out
+        lo = mean - nn.functional.softplus(raw[:, 1:2]) - margin
+        hi = mean + nn.functional.softplus(raw[:, 2:3]) + margin
+        return {"log_score": mean, "log_interval": torch.cat([lo, hi], dim=-1), **out}
+
+    def _interval_margin_at(self, log1p_age_h: torch.Tensor) -> torch.Tensor:
+        """Piecewise-constant in age: margin[k] for ages in [edge[k-1], edge[k]); comparisons only (in log1p
+        space, as the feature is), so it exports to any ONNX opset."""
+        margin = self.interval_margin[0] + torch.zeros_like(log1p_age_h)
+        for k in range(self.interval_log1p_age_edges.shape[0]):
+            step = self.interval_margin[k + 1] - self.interval_margin[k]
+            margin = margin + (log1p_age_h >= self.interval_log1p_age_edges[k]).float() * step
+        return margin
+
+    def set_interval_margin(self, edges_h: list[float], margins: list[float]) -> None:
+        assert len(margins) == len(edges_h) + 1
+        self.interval_log1p_age_edges = torch.log1p(torch.tensor(edges_h, dtype=torch.float32))
+        self.interval_margin = torch.tensor(margins, dtype=torch.float32)
 
     def input_names(self) -> list[str]:
-        spec_inputs = F.TEMPORAL_INPUTS if self.cfg.temporal else F.STATIC_INPUTS
-        return [t.name for t in spec_inputs]
+        """Every raw input of the whole model (training and the static export)."""
+        names = [t.name for t in F.STATIC_INPUTS]
+        return names + ["sequence", "sequence_mask", "dynamic_features"] if self.cfg.temporal else names
 
     def output_names(self) -> list[str]:
-        spec_outputs = F.TEMPORAL_OUTPUTS if self.cfg.temporal else F.STATIC_OUTPUTS
-        return [t.name for t in spec_outputs]
+        return [t.name for t in F.STATIC_OUTPUTS] + (["time_attention"] if self.cfg.temporal else [])
 
     def init_output_bias(self, value: float) -> None:
         """Start the head at the mean target (growth for the temporal model): short runs converge."""
@@ -168,7 +223,7 @@ class MTAF(nn.Module):
             self.head[-1].bias[0] = value
 
     def fit_normalisers(self, inputs: dict[str, torch.Tensor]) -> None:
-        self.norm_static.fit(inputs["static_features"])
+        self.encoder.norm_static.fit(inputs["static_features"])
         if self.cfg.temporal:
             self.norm_seq.fit(inputs["sequence"], inputs["sequence_mask"])
             self.norm_dyn.fit(inputs["dynamic_features"])
@@ -185,14 +240,45 @@ def config_for(spec: F.FeatureSpec, temporal: bool, **kw) -> MTAFConfig:
     )
 
 
-class OnnxWrapper(nn.Module):
+@dataclass(frozen=True)
+class OnnxGraph:
+    """One exported graph: which served model it becomes, the module to trace, its I/O names."""
+
+    kind: str  # key of popscore.features.MODEL_NAMES
+    module: nn.Module
+    input_names: list[str]
+    output_names: list[str]
+
+
+class _PositionalOutputs(nn.Module):
     """Positional inputs in contract order, tuple outputs in contract order (what torch.onnx.export wants)."""
 
-    def __init__(self, model: MTAF) -> None:
+    def __init__(self, fn, input_names: list[str], output_names: list[str], owner: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.owner = owner
+        self.fn, self.input_names, self.output_names = fn, input_names, output_names
 
     def forward(self, *args: torch.Tensor):
-        names = self.model.input_names()
-        out = self.model(**dict(zip(names, args)))
-        return tuple(out[n] for n in self.model.output_names())
+        out = self.fn(**dict(zip(self.input_names, args)))
+        return tuple(out[n] for n in self.output_names)
+
+
+def onnx_graphs(model: MTAF) -> list[OnnxGraph]:
+    """MTAF-static is one graph. MTAF-temporal is two, served side by side with the same version: the
+    content encoder (once per post) and the head (per snapshot, from the cached content vector)."""
+    if not model.cfg.temporal:
+        names, outs = model.input_names(), model.output_names()
+        return [OnnxGraph("static", _PositionalOutputs(model, names, outs, model), names, outs)]
+
+    def encode(**inputs):
+        content_vector, modality_weights = model.encoder(**inputs)
+        return {"content_vector": content_vector, "modality_weights": modality_weights}
+
+    content_in = [t.name for t in F.STATIC_INPUTS]
+    content_out = [t.name for t in F.content_outputs(model.cfg.d_model)]
+    head_in = [t.name for t in F.temporal_inputs(F.DEFAULT_SPEC, model.cfg.d_model)]
+    head_out = [t.name for t in F.TEMPORAL_OUTPUTS]
+    return [
+        OnnxGraph("content", _PositionalOutputs(encode, content_in, content_out, model), content_in, content_out),
+        OnnxGraph("temporal", _PositionalOutputs(model.predict, head_in, head_out, model), head_in, head_out),
+    ]

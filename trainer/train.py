@@ -146,6 +146,18 @@ def train_mtaf(
     return model, history
 
 
+def calibrate_interval(model, val: D.Examples, temporal: bool, coverage: float = 0.8) -> dict:
+    """Fit the conformal interval margins on the validation window and store them in the model."""
+    from popscore.trainer.calibration import margins_by_age
+
+    out = predict_mtaf(model, val, temporal)
+    lo, hi = out["log_interval"][:, 0], out["log_interval"][:, 1]
+    age = val.age_h if temporal else np.zeros(len(val))
+    edges, margins = margins_by_age(lo, hi, val.target, age, coverage)
+    model.set_interval_margin(edges, margins)
+    return {"age_edges_h": edges, "margins": margins, "n": int(len(val))}
+
+
 def predict_mtaf(model, ex: D.Examples, temporal: bool, batch: int = 8192) -> dict[str, np.ndarray]:
     import torch
 
@@ -197,7 +209,7 @@ def run(cfg: TrainConfig) -> dict:
     sub = lambda idx: table.take(idx)  # noqa: E731
     emb = lambda idx: None if text_table is None else text_table[idx]  # noqa: E731
     tr = D.make_examples(spec, sub(fit_idx), spec.train_ages_h, emb(fit_idx))
-    va = D.make_examples(spec, sub(val_idx), spec.eval_ages_h, emb(val_idx))
+    va = D.make_examples(spec, sub(val_idx), (0.0,) + tuple(spec.eval_ages_h), emb(val_idx))
     te = D.make_examples(spec, sub(test_idx), (0.0,) + tuple(spec.eval_ages_h), emb(test_idx))
     tr0 = tr.subset(tr.age_h == 0.0)
     va_static = D.make_examples(spec, sub(val_idx), (0.0,), emb(val_idx))
@@ -222,6 +234,7 @@ def run(cfg: TrainConfig) -> dict:
 
     _log("MTAF-static")
     m_static, hist_static = train_mtaf(cfg, tr0, va_static, temporal=False)
+    calibration = {"static": calibrate_interval(m_static, va_static, temporal=False)}
     out = predict_mtaf(m_static, te, temporal=False)
     preds["mtaf_static"], intervals["mtaf_static"] = out["log_score"], out["log_interval"]
     _log("pairwise intrinsic-popularity ranker")
@@ -238,6 +251,8 @@ def run(cfg: TrainConfig) -> dict:
     _log(f"pairwise protocol: {pair_protocol}")
     _log("MTAF-temporal")
     m_temp, hist_temp = train_mtaf(cfg, tr, va, temporal=True)
+    calibration["temporal"] = calibrate_interval(m_temp, va, temporal=True)
+    _log(f"interval margins fitted on the validation window: {calibration}")
     out = predict_mtaf(m_temp, te, temporal=True)
     preds["mtaf_temporal"], intervals["mtaf_temporal"] = out["log_score"], out["log_interval"]
     explain = {
@@ -262,7 +277,9 @@ def run(cfg: TrainConfig) -> dict:
         "dataset": cfg.dataset,
         "source": table.source,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "spec"},
-        "gate_window": "test window (the latest 20% of posts) is the validation window of the promotion gate",
+        "gate_window": "validation window: the last 10% of the training posts (also early stopping and the "
+                       "interval calibration); the test window (the latest 20%, after the embargo) is only reported",
+        "interval_calibration": calibration,
         "feature_spec": spec.to_dict(),
         "feature_spec_hash": spec.hash(),
         "window": window,
@@ -283,7 +300,7 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.model_repo is not None:
         from popscore.trainer.export import export_and_promote
 
-        for kind, model, ex in (("static", m_static, te.subset(te.age_h == 0.0)), ("temporal", m_temp, te.subset(te.age_h > 0))):
+        for kind, model, ex in (("static", m_static, va_static), ("temporal", m_temp, va)):
             metrics = [r for r in rows_out if r["model"] == f"mtaf_{kind}"]
             info = export_and_promote(
                 model, kind, ex, Path(cfg.model_repo), spec=spec, metrics=metrics, window=window,

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from popscore.contract import Post, Snapshot, encode_record
+from popscore.stream.sequence_store import decode_content
 from popscore.replay import ReplayOptions, replay
 from popscore.stream.sequence_store import decode_sequence
 from tests.conftest import SHARED_DATA
@@ -111,6 +112,25 @@ def test_replayed_slice_gives_predictions_and_the_leaderboard_agrees(private_sta
     detail = web_json(private_stack, f"/posts/{some_post}")
     assert len(detail["sequence"]["rows"]) == n_snapshots[some_post]
     assert detail["predictions"]["temporal"]["score"] == pytest.approx(latest[some_post])
+    # the explanation of a temporal prediction: the cached content's modality weights and the time attention
+    explained = [r["explanation"] for rs in grouped.values() for r in rs if r["model"] == "temporal"]
+    assert all(sum(e["modality_weights"].values()) == pytest.approx(1, abs=1e-3) for e in explained)
+    assert all(sum(e["time_attention"]) == pytest.approx(1, abs=1e-3) for e in explained)
+
+
+def test_predictions_are_partitioned_by_post_as_a_keyed_send_would(private_stack):
+    """The worker produces record batches per partition; a reader of one partition still sees every
+    prediction of the posts that hash to it."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    settings, endpoints = private_stack.settings, private_stack.state.endpoints_obj()
+    replay_and_collect(private_stack, "part-", real_slice("part-", n_posts=20))
+    messages = asyncio.run(consume_until(endpoints.broker_bootstrap, settings.kafka.topics.predictions,
+                                         lambda ms: False, timeout_s=3))
+    partitions = list(range(settings.kafka.topics.partitions))
+    ours = [m for m in messages if m.key.startswith(b"part-")]
+    assert len(ours) > 20
+    assert all(m.partition == DefaultPartitioner()(m.key, partitions, partitions) for m in ours)
 
 
 def test_restarts_lose_no_snapshot_and_count_none_twice(private_stack):
@@ -145,32 +165,65 @@ def test_restarts_lose_no_snapshot_and_count_none_twice(private_stack):
         assert sorted(stored[post_id][:, 0].astype(int).tolist()) == sorted(times), post_id
 
 
+def _promote_copy(repo, version: int, new_version: int) -> None:
+    """What the exporter does: the content model, then the head naming it, under one new version."""
+    for name in ("popscore_temporal_content", "popscore_temporal"):
+        shutil.copytree(repo / name / str(version), repo / name / f".{new_version}.tmp")
+        meta_path = repo / name / f".{new_version}.tmp" / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        if "content_model" in meta:
+            meta["content_model"]["version"] = new_version
+        meta_path.write_text(json.dumps({**meta, "version": new_version}))
+        (repo / name / f".{new_version}.tmp").rename(repo / name / str(new_version))
+
+
 def test_a_promoted_version_is_loaded_without_restart_and_a_broken_one_is_refused(private_stack):
     settings = private_stack.settings
-    model_dir = settings.stack.model_repo / "popscore_temporal"
-    current = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-    shutil.copytree(model_dir / str(current), model_dir / str(current + 1))
+    endpoints = private_stack.state.endpoints_obj()
+    client = redis.Redis.from_url(endpoints.redis_url)
+    post_key = f"{settings.redis.key_prefix}post:{{}}".format
+    repo = settings.stack.model_repo
+    current = max(int(p.name) for p in (repo / "popscore_temporal").iterdir() if p.name.isdigit())
+    # posts uploaded before the promotion: their cached content vectors are of the old version
+    events = real_slice("ver-", n_posts=5)
+    posts = [(raw, e) for raw, e in events if isinstance(e, Post)]
+    asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.posts,
+                        [(e.post_id.encode(), raw) for raw, e in posts]))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(client.hexists(post_key(e.post_id), "content") for _, e in posts):
+        time.sleep(0.2)
+    dim = 64
+    old = decode_content([client.hget(post_key(e.post_id), "content") for _, e in posts], current, dim, 4)[2]
+    assert old.all()
+
+    _promote_copy(repo, current, current + 1)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if web_json(private_stack, "/readyz")["models"]["temporal"]["version"] == current + 1:
             break
         time.sleep(0.5)
-    assert web_json(private_stack, "/readyz")["models"]["temporal"]["version"] == current + 1
+    models = web_json(private_stack, "/readyz")["models"]
+    assert models["temporal"]["version"] == models["content"]["version"] == current + 1
 
-    broken = model_dir / str(current + 2)
-    broken.mkdir()
-    (broken / "model.onnx").write_bytes(b"not an onnx file")
+    for name in ("popscore_temporal_content", "popscore_temporal"):  # a broken pair: neither half switches
+        broken = repo / name / str(current + 2)
+        broken.mkdir()
+        (broken / "model.onnx").write_bytes(b"not an onnx file")
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and web_json(private_stack, "/readyz")["models"]["temporal"]["reload_failures"] == 0:
+    while time.monotonic() < deadline and web_json(private_stack, "/readyz")["models"]["content"]["reload_failures"] == 0:
         time.sleep(0.5)
-    models = web_json(private_stack, "/readyz")["models"]["temporal"]
-    assert models["reload_failures"] >= 1 and models["version"] == current + 1
-    shutil.rmtree(broken)
+    models = web_json(private_stack, "/readyz")["models"]
+    assert models["content"]["reload_failures"] >= 1
+    assert models["temporal"]["version"] == models["content"]["version"] == current + 1
+    for name in ("popscore_temporal_content", "popscore_temporal"):
+        shutil.rmtree(repo / name / str(current + 2))
 
-    events = real_slice("ver-", n_posts=5)
-    grouped = replay_and_collect(private_stack, "ver-", events)
+    # their snapshots come after it: the stale vectors are recomputed by the new content model and stored
+    grouped = replay_and_collect(private_stack, "ver-", [(raw, e) for raw, e in events if isinstance(e, Snapshot)])
     versions = {r["model_version"] for rs in grouped.values() for r in rs if r["model"] == "temporal"}
     assert versions == {str(current + 1)}
+    fresh = decode_content([client.hget(post_key(e.post_id), "content") for _, e in posts], current + 1, dim, 4)[2]
+    assert fresh.all()
 
 
 def test_predictions_continue_from_local_onnx_runtime_when_triton_dies(private_stack):

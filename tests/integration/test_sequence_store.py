@@ -11,7 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from popscore.contract import Counts, Post, Snapshot
-from popscore.stream.sequence_store import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, SnapshotSequenceStore
+from popscore.stream.sequence_store import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, SnapshotSequenceStore, \
+    decode_content, encode_content
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +62,8 @@ def test_several_snapshots_of_one_post_in_one_batch_make_one_update_with_post_me
     async def scenario(store, client):
         await store.put_posts([Post(post_id=post, platform="reddit",
                                     created_at=datetime.fromtimestamp(T0, timezone.utc),
-                                    attributes={"category": "news"})], np.array([[1.5, 2.5]], dtype=np.float32))
+                                    attributes={"category": "news"})], np.array([[1.5, 2.5]], dtype=np.float32),
+                              encode_content(7, np.array([[0.5, -1.0]]), np.array([[0.25, 0.75]])))
         return await store.merge([snap(post, t, t) for t in (30, 10, 20)])
 
     updates = run(redis_url, scenario)
@@ -70,4 +72,5 @@ def test_several_snapshots_of_one_post_in_one_batch_make_one_update_with_post_me
     assert updates[0].sequence[:, 2].tolist() == [10, 20, 30]
     meta = updates[0].post
     assert (meta.platform, meta.category, meta.created_at) == ("reddit", "news", T0)
-    assert np.frombuffer(meta.static_features, dtype=np.float32).tolist() == [1.5, 2.5]
+    vectors, weights, ok = decode_content([meta.content], version=7, dim=2, n_weights=2)
+    assert ok.tolist() == [True] and vectors.tolist() == [[0.5, -1.0]] and weights.tolist() == [[0.25, 0.75]]

@@ -144,6 +144,7 @@ def populated_exposition() -> bytes:
     m.end_to_end_seconds.labels("temporal").observe(0.03)
     m.predictions.labels("temporal", "1", "triton").inc(64)
     m.predicted_log_score.labels("temporal").observe(3.2)
+    m.content_vectors.labels("post").inc(10)
     m.model_info.labels("popscore_temporal", "1").set(1)
     m.triton_up.labels("popscore_temporal").set(1)
     m.model_reloads.labels("popscore_temporal", "loaded").inc()

@@ -105,13 +105,21 @@ def test_export_parity_config_and_promotion_gate(tmp_path, monkeypatch, examples
     assert info["promoted"] and info["version"] == 1
     assert info["parity_max_abs_diff"] <= 1e-4
     mdir = repo / "popscore_temporal"
+    cdir = repo / "popscore_temporal_content"
     meta = json.loads((mdir / "1" / "metadata.json").read_text())
     assert meta["feature_spec_hash"] == SPEC.hash() and meta["version"] == 1
     assert meta["inputs"] == [t.name for t in F.TEMPORAL_INPUTS]
+    assert meta["content_model"] == {"name": "popscore_temporal_content", "version": 1}
+    content_meta = json.loads((cdir / "1" / "metadata.json").read_text())
+    assert content_meta["inputs"] == [t.name for t in F.STATIC_INPUTS]
+    assert content_meta["outputs"] == ["content_vector", "modality_weights"]
 
-    # parity on real inputs, at a batch size other than the export example's (dynamic batch dim)
+    # parity on real inputs, at a batch size other than the export example's (dynamic batch dim): the
+    # content encoder alone, then the head fed with the encoder's ONNX output, as the worker runs them
     inputs = te.inputs_at(slice(0, 777), True)
-    got = X.onnx_predict(mdir / "1" / "model.onnx", inputs)
+    content = X.onnx_predict(cdir / "1" / "model.onnx", inputs)
+    assert content["content_vector"].shape == (777, model.cfg.d_model)
+    got = {**content, **X.onnx_predict(mdir / "1" / "model.onnx", {**inputs, **content})}
     with torch.no_grad():
         ref = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
     for name in model.output_names():
@@ -124,6 +132,7 @@ def test_export_parity_config_and_promotion_gate(tmp_path, monkeypatch, examples
         t.name for t in F.TEMPORAL_INPUTS + F.TEMPORAL_OUTPUTS
     ]
     assert "TYPE_FP32" in cfg and "TYPE_FP64" not in cfg
+    assert "dims: [ 64 ]" in cfg  # the content vector, not the 2,200 embedding floats
 
     # a worse candidate is rejected, an equally good one is promoted as version 2
     import copy
@@ -145,4 +154,25 @@ def test_export_parity_config_and_promotion_gate(tmp_path, monkeypatch, examples
     info = X.export_and_promote(model, "temporal", te, repo, **kw)
     assert not info["promoted"] and "feature spec" in info["reason"]
     info = X.export_and_promote(model, "temporal", te, repo, force=True, **kw)
-    assert info["promoted"] and X.versions(mdir) == [1, 2, 3]
+    assert info["forced"] and "feature spec" in info["reason"]
+    assert info["promoted"] and X.versions(mdir) == [1, 2, 3] == X.versions(cdir)
+
+
+def test_conformal_margins_reach_the_coverage_on_held_out_data(examples, temporal_model):
+    from popscore.metrics import regression_metrics
+    from popscore.trainer.train import calibrate_interval, predict_mtaf
+
+    import copy
+
+    _, te = examples
+    model = copy.deepcopy(temporal_model[0])
+    # calibrate on one half of the test posts, check on the other half
+    half = te.post_index % 2 == 0
+    cal, held = te.subset(half), te.subset(~half)
+    calib = calibrate_interval(model, cal, temporal=True, coverage=0.8)
+    assert len(calib["margins"]) == len(calib["age_edges_h"]) + 1 == len(SPEC.eval_ages_h)
+    out = predict_mtaf(model, held, temporal=True)
+    for age in SPEC.eval_ages_h:
+        m = held.age_h == age
+        cov = regression_metrics(held.target[m], out["log_score"][m], out["log_interval"][m])["coverage_80"]
+        assert 0.72 <= cov <= 0.88, (age, cov)

@@ -101,24 +101,30 @@ def test_score_weights_and_missing_counters():
         F.weight_vector({"retweets": 1.0})
 
 
-def test_temporal_inputs_match_the_serving_contract():
+def test_static_and_temporal_inputs_match_the_serving_contract():
     spec = F.FeatureSpec()
     score = ScoreSettings()
     seqs = [obs([(0, 3, 0), (1800, 10, 2)]), obs([(0, 1, 1)])]
     created = np.full(2, T0)
     posts = [{"text": {"title": "Show HN: a thing?"}, "author": {"id": "x", "followers": 10}}, None]
-    inp = F.build_temporal_inputs(spec, seqs, created, ["hackernews", "youtube"], score.weights_for, created + 3600, posts,
-                                  text_embedding=np.vstack([np.ones(F.TEXT_DIM), np.full(F.TEXT_DIM, np.nan)]))
-    assert [t.name for t in F.temporal_inputs(spec)] == list(inp)
-    for t in F.temporal_inputs(spec):
-        assert inp[t.name].shape == (2,) + t.dims, t.name
-        assert inp[t.name].dtype == np.float32
-        assert np.isfinite(inp[t.name]).all()
-    np.testing.assert_array_equal(inp["modality_mask"], [[1, 1, 0, 0], [1, 0, 0, 0]])
+    static = F.build_static_inputs(spec, created, ["hackernews", "youtube"], posts,
+                                   text_embedding=np.vstack([np.ones(F.TEXT_DIM), np.full(F.TEXT_DIM, np.nan)]))
+    content = np.arange(2 * F.CONTENT_DIM, dtype=np.float64).reshape(2, F.CONTENT_DIM)
+    temporal = F.build_temporal_inputs(spec, seqs, created, ["hackernews", "youtube"], score.weights_for,
+                                       created + 3600, content)
+    for kind, inp in (("content", static), ("temporal", temporal)):
+        tensors = F.model_tensors(kind, spec)[0]
+        assert [t.name for t in tensors] == list(inp)
+        for t in tensors:
+            assert inp[t.name].shape == (2,) + t.dims, t.name
+            assert inp[t.name].dtype == np.float32
+            assert np.isfinite(inp[t.name]).all()
+    np.testing.assert_array_equal(temporal["content_vector"], content)
+    np.testing.assert_array_equal(static["modality_mask"], [[1, 1, 0, 0], [1, 0, 0, 0]])
     # youtube scores views, which these sequences lack -> score 0
-    assert inp["dynamic_features"][1, F.DYNAMIC_FEATURE_NAMES.index("log1p_score_now")] == 0
+    assert temporal["dynamic_features"][1, F.DYNAMIC_FEATURE_NAMES.index("log1p_score_now")] == 0
     names = F.static_feature_names(spec)
-    sf = inp["static_features"]
+    sf = static["static_features"]
     assert sf[0, names.index("platform_hackernews")] == 1 and sf[1, names.index("platform_youtube")] == 1
     assert sf[0, names.index("title_has_question")] == 1
     assert sf[0, names.index("log1p_followers")] == pytest.approx(math.log1p(10))
@@ -182,6 +188,6 @@ def test_committed_default_models_match_the_serving_contract():
         spec = F.spec_from_metadata(repo / name)
         assert spec == F.DEFAULT_SPEC, "the default models must use the default FeatureSpec the worker builds"
         cfg = (repo / name / "config.pbtxt").read_text()
-        tensors = (F.temporal_inputs if kind == "temporal" else F.static_inputs)(spec)
-        for t in tensors:
+        inputs, outputs = F.model_tensors(kind, spec)
+        for t in inputs + outputs:
             assert f'name: "{t.name}"' in cfg

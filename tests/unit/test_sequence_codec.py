@@ -59,3 +59,18 @@ def test_count_decreases_does_not_count_the_step_between_two_posts():
     assert count_decreases(rising, falling) == 1  # 9 -> 4 across posts is not a decrease
     assert count_decreases(falling, rising) == 1
     assert count_decreases() == 0
+
+
+def test_content_vectors_round_trip_and_stale_ones_are_flagged():
+    from popscore.stream.sequence_store import decode_content, encode_content
+
+    vectors = np.array([[1.0, -2.0, 3.5], [0.0, 0.25, -0.5]])
+    weights = np.array([[0.75, 0.25], [1.0, 0.0]])  # exact in float32
+    blobs = encode_content(4, vectors, weights)
+    got_v, got_w, ok = decode_content([blobs[0], None, blobs[1]], version=4, dim=3, n_weights=2)
+    assert ok.tolist() == [True, False, True]
+    np.testing.assert_array_equal(got_v, [[1.0, -2.0, 3.5], [0, 0, 0], [0.0, 0.25, -0.5]])
+    np.testing.assert_array_equal(got_w, [[0.75, 0.25], [0, 0], [1.0, 0.0]])
+    # another model version, or another vector size, must be recomputed, never misread
+    assert decode_content(blobs, version=5, dim=3, n_weights=2)[2].tolist() == [False, False]
+    assert decode_content(blobs, version=4, dim=4, n_weights=2)[2].tolist() == [False, False]
