@@ -102,7 +102,8 @@ def markdown(results: dict, command: str, wall_s: float | None, plots: list[str]
         f"- run time: {wall_s:.0f} s (wall, 2 CPU threads)" if wall_s else "- run time: -",
         f"- data: `{results.get('source', '')}`, {results['n_posts']} posts",
         f"- split: chronological by first appearance; train {_ts(w['train_from'])} .. {_ts(w['train_to'])} "
-        f"({w['n_train_posts']} posts, last 10% of them for early stopping), embargo {w['embargo_s'] / 3600:g} h, "
+        f"({w['n_train_posts']} posts, the last 10% of them the validation window: early stopping, interval "
+        f"calibration, promotion gate), embargo {w['embargo_s'] / 3600:g} h, "
         f"test {_ts(w['test_from'])} .. {_ts(w['test_to'])} ({w['n_test_posts']} posts)",
         f"- target: log1p(score at horizon {results['feature_spec']['horizon_s'] / 86400:g} d), the last observation "
         "within the horizon (score weights from ScoreSettings); observation age measured from the post's created_at "
@@ -148,6 +149,12 @@ def markdown(results: dict, command: str, wall_s: float | None, plots: list[str]
         ta = ex.get("time_attention_mean", [])
         lines += ["", "## Explanations (test-window means, MTAF-temporal)", "", f"- modality weights: {mw}",
                   f"- time-step attention, oldest → newest bin: {', '.join(f'{v:.2f}' for v in ta)}"]
+    if results.get("interval_calibration"):
+        lines += ["", "## Interval calibration (split-conformal margins fitted on the validation window)", ""]
+        for kind, c in results["interval_calibration"].items():
+            edges = ", ".join(f"{e:g}" for e in c["age_edges_h"]) or "-"
+            margins = ", ".join(f"{m:+.4f}" for m in c["margins"])
+            lines.append(f"- {kind}: margins {margins} (log1p units) between age edges {edges} h; n {c['n']}")
     if results.get("export"):
         lines += ["", "## Export", ""]
         for kind, info in results["export"].items():
