@@ -66,7 +66,7 @@ class WorkerMetrics:
         self.consumer_lag = Gauge("popscore_consumer_lag_records", "High watermark minus position, by partition",
                                   ["topic", "partition"], registry=r)
         self.tracked_posts = Gauge("popscore_tracked_posts", "Posts with a live sequence in Redis", registry=r)
-        self.in_flight = Gauge("popscore_in_flight_batches", "Micro-batches being processed", registry=r)
+        self.in_flight = Gauge("popscore_in_flight_batches", "Snapshot micro-batches being processed", registry=r)
         self.online_mae = Gauge("popscore_online_mae", "Live MAE of log1p predictions whose horizon has passed",
                                 ["model", "model_version", "age_h"], registry=r)
         self.online_srcc = Gauge("popscore_online_srcc", "Live Spearman correlation of predictions whose horizon "

@@ -204,9 +204,10 @@ class StreamWorker:
             snapshots.extend(record.snapshots if isinstance(record, SnapshotBatch) else [record])
         self.metrics.batch_size.labels("snapshots").observe(len(messages))
         step = self.settings.worker.max_batch_snapshots  # envelopes can make a batch huge: bound the work
-        for start in range(0, len(snapshots), step):
-            deliveries += await self._merge_and_predict(snapshots[start:start + step])
-        await asyncio.gather(*deliveries)
+        with self.metrics.in_flight.track_inprogress():
+            for start in range(0, len(snapshots), step):
+                deliveries += await self._merge_and_predict(snapshots[start:start + step])
+            await asyncio.gather(*deliveries)
         self._observe_end_to_end("temporal", messages)
 
     async def _merge_and_predict(self, snapshots: list[Snapshot]) -> list:
