@@ -154,7 +154,7 @@ class StreamWorker:
             platforms = [p.platform for p in posts]
             text = await self.embed_titles(posts)
             inputs = F.build_static_inputs(spec, created, platforms, posts, text_embedding=text)
-            content = await self.content_vectors(inputs)
+            content = encode_content(self.predictors["content"].version, *await self.content_vectors(inputs))
             self.metrics.content_vectors.labels("post").inc(len(posts))
             await self.store.put_posts(posts, inputs["static_features"], content, text)
             deliveries += await self._predict("static", [p.post_id for p in posts], created, inputs, spec,
@@ -167,13 +167,12 @@ class StreamWorker:
         await asyncio.gather(*deliveries)
         self._observe_end_to_end("static", messages)
 
-    async def content_vectors(self, inputs: dict[str, np.ndarray]) -> list[bytes]:
-        """The per-post half of MTAF-temporal, encoded for the post hash (``encode_content``)."""
+    async def content_vectors(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The per-post half of MTAF-temporal: (content vectors, modality weights)."""
         predictor = self.predictors["content"]
         results = await predictor.infer({t.name: inputs[t.name] for t in predictor.model.config.input})
-        vectors = np.concatenate([r.outputs["content_vector"] for r in results])
-        weights = np.concatenate([r.outputs["modality_weights"] for r in results])
-        return encode_content(predictor.version, vectors, weights)
+        return (np.concatenate([r.outputs["content_vector"] for r in results]),
+                np.concatenate([r.outputs["modality_weights"] for r in results]))
 
     async def embed_titles(self, posts: list[Post]) -> np.ndarray | None:
         """Title embeddings from the served text encoder, the same ONNX file the trainer embeds with."""
@@ -298,10 +297,8 @@ class StreamWorker:
             for row, (static, _) in enumerate(stored):
                 if static is not None and len(static) == 4 * spec.static_dim:
                     inputs["static_features"][row] = np.frombuffer(static, dtype=np.float32)
-            blobs = await self.content_vectors(inputs)
-            await self.store.put_content(post_ids, blobs)
-            fresh_vectors, fresh_weights, _ = decode_content(blobs, content.version, dim, len(F.MODALITIES))
-            vectors[stale], weights[stale] = fresh_vectors, fresh_weights
+            vectors[stale], weights[stale] = await self.content_vectors(inputs)
+            await self.store.put_content(post_ids, encode_content(content.version, vectors[stale], weights[stale]))
         return vectors, weights
 
     async def _predict(self, kind: str, post_ids: list[str], as_of: np.ndarray, inputs: dict, spec: F.FeatureSpec,
