@@ -35,7 +35,7 @@ import numpy as np
 from popscore.settings import COUNTER_NAMES
 
 N_COUNTERS = len(COUNTER_NAMES)
-TEXT_DIM = 384  # all-MiniLM-L6-v2 pooled embedding
+TEXT_DIM = 384  # all-MiniLM-L6-v2 token states (and its pooled embedding)
 VISUAL_DIM = 1280  # EfficientNet-Lite0 pooled features
 AUDIO_DIM = 512  # aisfx block embedding
 CONTENT_DIM = 64  # the fused post vector of MTAF-temporal (its d_model)
@@ -137,7 +137,10 @@ class TensorSpec:
 def static_inputs(spec: FeatureSpec) -> list[TensorSpec]:
     return [
         TensorSpec("static_features", "TYPE_FP32", (spec.static_dim,)),
-        TensorSpec("text_embedding", "TYPE_FP32", (TEXT_DIM,)),
+        # The title's MiniLM token states (any number of tokens; padded ones masked): MTAF reads them
+        # through word attention, whose weights are an output.
+        TensorSpec("text_tokens", "TYPE_FP32", (-1, TEXT_DIM)),
+        TensorSpec("text_token_mask", "TYPE_FP32", (-1,)),
         TensorSpec("visual_embedding", "TYPE_FP32", (VISUAL_DIM,)),
         TensorSpec("audio_embedding", "TYPE_FP32", (AUDIO_DIM,)),
         TensorSpec("modality_mask", "TYPE_FP32", (len(MODALITIES),)),
@@ -153,6 +156,7 @@ def content_outputs(content_dim: int = CONTENT_DIM) -> list[TensorSpec]:
     return [
         TensorSpec("content_vector", "TYPE_FP32", (content_dim,)),  # the fused post vector the head reads
         TensorSpec("modality_weights", "TYPE_FP32", (len(MODALITIES),)),  # fusion attention, sums to 1
+        TensorSpec("word_attention", "TYPE_FP32", (-1,)),  # attention over the title's tokens, sums to 1
     ]
 
 
@@ -171,6 +175,7 @@ def static_outputs(spec: FeatureSpec) -> list[TensorSpec]:
         TensorSpec("log_score", "TYPE_FP32", (1,)),  # predicted log1p(score at horizon)
         TensorSpec("log_interval", "TYPE_FP32", (2,)),  # [q10, q90] of log1p(score at horizon)
         TensorSpec("modality_weights", "TYPE_FP32", (len(MODALITIES),)),  # fusion attention, sums to 1
+        TensorSpec("word_attention", "TYPE_FP32", (-1,)),  # attention over the title's tokens, sums to 1
     ]
 
 
@@ -443,19 +448,33 @@ def default_modality_mask(b: int, *, text: np.ndarray | bool = False, visual: np
 
 def embedding_inputs(
     b: int,
-    text_embedding: np.ndarray | None = None,
+    text_tokens: np.ndarray | None = None,
+    text_token_mask: np.ndarray | None = None,
     visual_embedding: np.ndarray | None = None,
     audio_embedding: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """The embedding inputs and ``modality_mask`` for a batch of ``b`` posts. Missing embeddings (None, or
-    rows containing NaN) are zero-filled and masked out."""
+    """The content inputs and ``modality_mask`` for a batch of ``b`` posts. Missing ones are zero-filled and
+    masked out: embeddings that are None or have a NaN row; a title that is None, has a NaN token state or
+    no unmasked token. ``text_tokens`` [B, L, TEXT_DIM] is cut to the longest title in the batch (at least
+    one token), so a batch of short titles sends short tensors."""
     out: dict[str, np.ndarray] = {}
-    present = []
-    for name, emb, dim in (
-        ("text_embedding", text_embedding, TEXT_DIM),
-        ("visual_embedding", visual_embedding, VISUAL_DIM),
-        ("audio_embedding", audio_embedding, AUDIO_DIM),
-    ):
+    if text_tokens is None:
+        out["text_tokens"] = np.zeros((b, 1, TEXT_DIM), np.float32)
+        out["text_token_mask"] = np.zeros((b, 1), np.float32)
+        text_ok = np.zeros(b, bool)
+    else:
+        tokens = np.asarray(text_tokens, dtype=np.float32).reshape(b, -1, TEXT_DIM)
+        mask = np.asarray(text_token_mask, dtype=np.float32).reshape(b, tokens.shape[1]) > 0
+        text_ok = mask.any(axis=1) & np.isfinite(tokens).all(axis=(1, 2))
+        mask &= text_ok[:, None]
+        used = np.flatnonzero(mask.any(axis=0))
+        length = int(used[-1]) + 1 if len(used) else 1
+        mask = mask[:, :length]
+        out["text_tokens"] = np.where(mask[:, :, None], tokens[:, :length], 0.0).astype(np.float32)
+        out["text_token_mask"] = mask.astype(np.float32)
+    present = [text_ok]
+    for name, emb, dim in (("visual_embedding", visual_embedding, VISUAL_DIM),
+                           ("audio_embedding", audio_embedding, AUDIO_DIM)):
         if emb is None:
             out[name] = np.zeros((b, dim), np.float32)
             present.append(np.zeros(b, bool))
@@ -474,15 +493,16 @@ def build_static_inputs(
     platforms: Sequence[str],
     posts: Sequence[Any] | None = None,
     *,
-    text_embedding: np.ndarray | None = None,
+    text_tokens: np.ndarray | None = None,
+    text_token_mask: np.ndarray | None = None,
     visual_embedding: np.ndarray | None = None,
     audio_embedding: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """The ONNX inputs of ``popscore_static`` for a batch (the worker calls this on new posts)."""
+    """The ONNX inputs of ``popscore_static`` (and of ``popscore_temporal_content``) for a batch of posts."""
     created_at = np.asarray(created_at, dtype=np.float64)
     b = len(created_at)
     out = {"static_features": build_static_features(spec, created_at, platforms, posts)}
-    out.update(embedding_inputs(b, text_embedding, visual_embedding, audio_embedding))
+    out.update(embedding_inputs(b, text_tokens, text_token_mask, visual_embedding, audio_embedding))
     return out
 
 

@@ -6,7 +6,8 @@ with all-MiniLM-L6-v2 (BERT WordPiece, lowercasing, ``[CLS] ... [SEP]``); it is 
 exported ``model.onnx``. Outputs are padded to a FIXED ``max_length`` (Triton's dynamic batcher only
 concatenates requests whose shapes agree) and truncated beyond it, like sentence-transformers does at
 its ``max_seq_length``. Padding does not change the embedding: the encoder masks padded positions in
-attention and in the mean pooling.
+attention and in the mean pooling. From version 2 the encoder also outputs ``token_states``
+[batch, max_length, 384], MiniLM's per-token hidden states with padded positions zeroed, for word attention.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "text_embedding"
+TOKEN_STATES_NAME = "token_states"
+OUTPUT_NAMES = (OUTPUT_NAME, TOKEN_STATES_NAME)
 EMBEDDING_DIM = 384
 
 

@@ -1,8 +1,10 @@
 """Triton Python-backend model that serves an ONNX file through ONNX Runtime.
 
 The embedded tritonserver has only the Python backend, so ``popscore up`` copies this file next to
-each ONNX version as ``model.py``. All requests of one ``execute`` call are concatenated into one
-ONNX Runtime run (the point of dynamic batching) and the outputs split back per request.
+each ONNX version as ``model.py``. The requests of one ``execute`` call whose inputs agree in shape apart
+from the batch dimension are concatenated into one ONNX Runtime run (the point of dynamic batching) and the
+outputs split back per request; requests with another shape (a variable dimension such as a title's token
+count) run as their own group.
 """
 
 import json
@@ -30,15 +32,20 @@ class TritonPythonModel:
             {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.input_names}
             for r in requests
         ]
-        sizes = [len(inputs[self.input_names[0]]) for inputs in per_request]
-        batch = {name: np.concatenate([inputs[name] for inputs in per_request]) for name in self.input_names}
-        outputs = self.session.run(self.output_names, batch)
-        responses, start = [], 0
-        for size in sizes:
-            tensors = [
-                pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + size]))
-                for name, out in zip(self.output_names, outputs)
-            ]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            start += size
+        groups = {}
+        for index, inputs in enumerate(per_request):
+            groups.setdefault(tuple(inputs[name].shape[1:] for name in self.input_names), []).append(index)
+        responses = [None] * len(requests)
+        for members in groups.values():
+            sizes = [len(per_request[i][self.input_names[0]]) for i in members]
+            batch = {name: np.concatenate([per_request[i][name] for i in members]) for name in self.input_names}
+            outputs = self.session.run(self.output_names, batch)
+            start = 0
+            for index, size in zip(members, sizes):
+                tensors = [
+                    pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + size]))
+                    for name, out in zip(self.output_names, outputs)
+                ]
+                responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+                start += size
         return responses

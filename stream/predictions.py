@@ -16,7 +16,9 @@ def _iso(epoch_s: float) -> str:
 
 def prediction_records(post_ids: list[str], model: str, model_version: str, as_of: np.ndarray, horizon_s: int,
                        outputs: dict[str, np.ndarray], produced_at: float) -> list[dict]:
-    """One record per row. Scores are in counter units (``expm1`` of the model's log1p output)."""
+    """One record per row. Scores are in counter units (``expm1`` of the model's log1p output). The
+    explanation holds the modality weights, time-step attention and word attention (as [wordpiece, weight]
+    pairs, when ``outputs["words"]`` names the tokens) that the outputs carry."""
     log_score = outputs["log_score"].reshape(-1).astype(np.float64)
     score = np.maximum(0.0, np.expm1(log_score)).tolist()
     intervals = None
@@ -27,6 +29,9 @@ def prediction_records(post_ids: list[str], model: str, model_version: str, as_o
     weights = None if weights is None else np.round(weights.astype(np.float64), 4).tolist()
     attention = outputs.get("time_attention")
     attention = None if attention is None else np.round(attention.astype(np.float64), 4).tolist()
+    words = outputs.get("words")  # the title's wordpieces, where the model read the title
+    word_weights = outputs.get("word_attention") if words is not None else None
+    word_weights = None if word_weights is None else np.round(word_weights.astype(np.float64), 4).tolist()
     as_of_iso = [_iso(float(t)) for t in as_of]
     produced = _iso(produced_at)
     log_score = log_score.tolist()
@@ -37,6 +42,8 @@ def prediction_records(post_ids: list[str], model: str, model_version: str, as_o
             explanation["modality_weights"] = dict(zip(MODALITIES, weights[i]))
         if attention is not None:
             explanation["time_attention"] = attention[i]
+        if word_weights is not None:
+            explanation["word_attention"] = [[w, a] for w, a in zip(words[i], word_weights[i])]
         record = {
             "schema": "prediction.v1", "post_id": post_id, "model": model, "model_version": model_version,
             "as_of": as_of_iso[i], "horizon_s": int(horizon_s), "score": score[i], "log_score": log_score[i],

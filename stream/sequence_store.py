@@ -124,9 +124,10 @@ def count_decreases(*sequences: np.ndarray) -> int:
 
 META_FIELDS = ("created_at", "platform", "category", "content")
 """The post-hash fields read back with every sequence, in ``PostMeta.from_values`` order. The inputs the
-content vector was computed from (``static``, ``text``) stay in the hash but are read only to recompute it."""
+content vector was computed from (``static`` features and the ``title`` the text encoder read) stay in the hash
+but are read only to recompute it."""
 META_FIELDS_JSON = json.dumps(META_FIELDS)
-CONTENT_INPUT_FIELDS = ("static", "text")
+CONTENT_INPUT_FIELDS = ("static", "title")
 CONTENT_HEADER = struct.Struct("<I")  # the content model version the vector came from
 
 
@@ -231,16 +232,18 @@ class SnapshotSequenceStore:
                 for i, post_id in enumerate(post_ids) if rows[2 * i]]
 
     async def put_posts(self, posts: list[Post], static_features: np.ndarray, content: list[bytes],
-                        text_embeddings: np.ndarray | None = None) -> None:
+                        embedded_titles: bool = False) -> None:
         """Keep what the temporal model needs from the post event: its age, platform, category, its content
-        vector (``encode_content``), and the inputs that vector came from, to recompute it for a new model."""
+        vector (``encode_content``), and the inputs that vector came from, to recompute it for a new model:
+        the static features and, if the title was embedded (``embedded_titles``), the title itself (tens of
+        bytes; its token states would be ~20 KB)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for i, (post, features) in enumerate(zip(posts, static_features)):
                 key = self.post_key(post.post_id)
                 fields = {"created_at": str(int(post.created_at.timestamp())), "platform": post.platform,
                           "static": np.asarray(features, dtype=np.float32).tobytes(), "content": content[i]}
-                if text_embeddings is not None:
-                    fields["text"] = np.asarray(text_embeddings[i], dtype=np.float16).tobytes()
+                if embedded_titles:
+                    fields["title"] = post.text.title or ""
                 category = post.attributes.get("category")
                 if category is not None:
                     fields["category"] = str(category)
@@ -248,12 +251,13 @@ class SnapshotSequenceStore:
                 pipe.expire(key, self.ttl_s)
             await pipe.execute()
 
-    async def content_inputs(self, post_ids: list[str]) -> list[tuple[bytes | None, bytes | None]]:
-        """(static features, text embedding) blobs per post, for recomputing stale content vectors."""
+    async def content_inputs(self, post_ids: list[str]) -> list[tuple[bytes | None, str | None]]:
+        """(static features blob, embedded title) per post, for recomputing stale content vectors."""
         async with self.client.pipeline(transaction=False) as pipe:
             for post_id in post_ids:
                 pipe.hmget(self.post_key(post_id), *CONTENT_INPUT_FIELDS)
-            return [tuple(row) for row in await pipe.execute()]
+            rows = await pipe.execute()
+        return [(static, None if title is None else title.decode("utf-8", "replace")) for static, title in rows]
 
     async def put_content(self, post_ids: list[str], content: list[bytes]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:

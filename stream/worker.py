@@ -1,7 +1,8 @@
 """What the worker does with a micro-batch, apart from Faust: validate, store, predict, publish.
 
-Posts: validate -> static features -> static prediction, and the post's content vector (the per-post half
-of MTAF-temporal), stored with the post.
+Posts: validate -> title token states (served text encoder) and static features -> static prediction (with
+its word attention over the title), and the post's content vector (the per-post half of MTAF-temporal),
+stored with the post.
 Snapshots: validate -> merge into the Redis sequences (which returns each post's content vector) -> one
 temporal-head inference per changed post (several snapshots of a post in one batch give one prediction)
 -> predictions topic + leaderboards. A content vector of another model version, or of a post that never
@@ -152,13 +153,14 @@ class StreamWorker:
             spec = self.feature_spec("static")
             created = np.array([p.created_at.timestamp() for p in posts])
             platforms = [p.platform for p in posts]
-            text = await self.embed_titles(posts)
-            inputs = F.build_static_inputs(spec, created, platforms, posts, text_embedding=text)
+            titles = await self.embed_titles([p.text.title for p in posts])
+            text, words = titles if titles is not None else ({}, None)
+            inputs = F.build_static_inputs(spec, created, platforms, posts, **text)
             content = encode_content(self.predictors["content"].version, *await self.content_vectors(inputs))
             self.metrics.content_vectors.labels("post").inc(len(posts))
-            await self.store.put_posts(posts, inputs["static_features"], content, text)
+            await self.store.put_posts(posts, inputs["static_features"], content, embedded_titles=titles is not None)
             deliveries += await self._predict("static", [p.post_id for p in posts], created, inputs, spec,
-                                              created=created)
+                                              created=created, explanations={"words": words} if words else None)
             self.metrics.posts_in.inc(len(posts))
             # Snapshots that arrived before their post were stored but not scored: score them now.
             waiting = [p.post_id for p in posts if self.awaiting_post.pop(p.post_id, None) is not None]
@@ -174,20 +176,25 @@ class StreamWorker:
         return (np.concatenate([r.outputs["content_vector"] for r in results]),
                 np.concatenate([r.outputs["modality_weights"] for r in results]))
 
-    async def embed_titles(self, posts: list[Post]) -> np.ndarray | None:
-        """Title embeddings from the served text encoder, the same ONNX file the trainer embeds with."""
+    async def embed_titles(self, titles: list[str]) -> tuple[dict[str, np.ndarray], list[list[str]]] | None:
+        """The titles' token states and mask from the served text encoder (the ONNX file the trainer encodes
+        with), and their wordpieces, which name the word-attention weights. None if the encoder is off."""
         if self.text_encoder is None:
             return None
-        from popscore.text_encoding import TitleTokenizer
+        from popscore.text_encoding import TOKEN_STATES_NAME, TitleTokenizer
 
         version = self.text_encoder.version
         if self._tokenizer is None or self._tokenizer[0] != version:
             meta = self.text_encoder.metadata
             path = self.text_encoder.model.path / str(version) / "tokenizer.json"
             self._tokenizer = (version, TitleTokenizer.from_file(path, max_length=meta["max_length"]))
-        tokens = self._tokenizer[1].encode([post.text.title for post in posts])
+        tokenizer = self._tokenizer[1]
+        tokens = tokenizer.encode(titles)
         results = await self.text_encoder.infer(tokens)
-        return np.concatenate([r.outputs["text_embedding"] for r in results]).astype(np.float32)
+        states = np.concatenate([r.outputs[TOKEN_STATES_NAME] for r in results])
+        mask = tokens["attention_mask"] > 0
+        words = [[tokenizer.tokenizer.id_to_token(int(i)) for i in ids[m]] for ids, m in zip(tokens["input_ids"], mask)]
+        return {"text_tokens": states, "text_token_mask": mask.astype(np.float32)}, words
 
     # --- snapshots ------------------------------------------------------------------------------------
 
@@ -286,14 +293,16 @@ class StreamWorker:
             self.metrics.content_vectors.labels("recomputed").inc(len(stale))
             post_ids = [updates[i].post_id for i in stale]
             stored = await self.store.content_inputs(post_ids)
-            text = None
-            if any(t is not None for _, t in stored):  # rows without a stored embedding are NaN, i.e. masked
-                text = np.full((len(stale), F.TEXT_DIM), np.nan, dtype=np.float32)
-                for row, (_, blob) in enumerate(stored):
-                    if blob is not None:
-                        text[row] = np.frombuffer(blob, dtype=np.float16)
+            titled = [row for row, (_, title) in enumerate(stored) if title is not None]
+            text = {}
+            embedded = await self.embed_titles([stored[row][1] for row in titled]) if titled else None
+            if embedded is not None:  # rows without a stored title keep an all-zero mask, i.e. text masked
+                tokens, mask = embedded[0]["text_tokens"], embedded[0]["text_token_mask"]
+                text = {"text_tokens": np.zeros((len(stale), *tokens.shape[1:]), np.float32),
+                        "text_token_mask": np.zeros((len(stale), mask.shape[1]), np.float32)}
+                text["text_tokens"][titled], text["text_token_mask"][titled] = tokens, mask
             # A post that never came has no stored features: its first observation stands in for the upload.
-            inputs = F.build_static_inputs(spec, created[stale], [platforms[i] for i in stale], text_embedding=text)
+            inputs = F.build_static_inputs(spec, created[stale], [platforms[i] for i in stale], **text)
             for row, (static, _) in enumerate(stored):
                 if static is not None and len(static) == 4 * spec.static_dim:
                     inputs["static_features"][row] = np.frombuffer(static, dtype=np.float32)
@@ -305,7 +314,8 @@ class StreamWorker:
                        created: np.ndarray, platforms: list[str] | None = None,
                        categories: list[str | None] | None = None,
                        explanations: dict[str, np.ndarray] | None = None) -> list:
-        """``explanations``: outputs computed earlier (the cached content's modality weights), per row."""
+        """``explanations``: per row, outputs computed earlier (the cached content's modality weights) or what
+        names an output (the title's wordpieces for its word attention)."""
         predictor = self.predictors[kind]
         model_inputs = {t.name: inputs[t.name] for t in predictor.model.config.input}
         started = time.perf_counter()

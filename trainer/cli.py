@@ -48,7 +48,7 @@ def add_train_commands(subparsers) -> None:
                               "into model_repo/popscore_text_encoder as a new version, after a parity check")
     p.add_argument("--model-repo", dest="train_model_repo", type=Path, default=None,
                    help="Triton model repository to export into (default: the global --model-repo or model_repo/)")
-    p.add_argument("--max-length", type=int, default=None, help="fixed token length of every request (default 64)")
+    p.add_argument("--max-length", type=int, default=None, help="fixed token length of every request (default 32)")
     p.add_argument("--no-quantize", action="store_true", help="keep fp32 (~90 MB) instead of int8 (~23 MB)")
     p.add_argument("--parity-limit", type=int, default=2000, help="HN titles compared with sentence-transformers")
     p.set_defaults(func=cmd_export_text_encoder)

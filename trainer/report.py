@@ -149,6 +149,16 @@ def markdown(results: dict, command: str, wall_s: float | None, plots: list[str]
         ta = ex.get("time_attention_mean", [])
         lines += ["", "## Explanations (test-window means, MTAF-temporal)", "", f"- modality weights: {mw}",
                   f"- time-step attention, oldest → newest bin: {', '.join(f'{v:.2f}' for v in ta)}"]
+        for name, wa in (ex.get("word_attention") or {}).items():
+            fmt = lambda rows: ", ".join(f"`{w}` {lift:.2f} ({n})" for w, lift, n in rows)  # noqa: E731
+            lines += ["", f"### Word attention, {name} (test posts at upload, {wa['titles']} titles)", "",
+                      "Lift = a wordpiece's weight × its title's token count, averaged over its occurrences "
+                      "(1 = the even share mean pooling gives; count in brackets).", "",
+                      f"- share of attention on [CLS]/[SEP]: {wa['special_token_share']:.2f}",
+                      f"- highest lift: {fmt(wa['highest_lift'])}",
+                      f"- lowest lift: {fmt(wa['lowest_lift'])}"]
+            for example in wa["examples"]:
+                lines.append("- example: " + " ".join(f"{w}<sub>{a:.2f}</sub>" for w, a in example))
     if results.get("interval_calibration"):
         lines += ["", "## Interval calibration (split-conformal margins fitted on the validation window)", ""]
         for kind, c in results["interval_calibration"].items():

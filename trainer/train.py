@@ -170,6 +170,9 @@ def predict_mtaf(model, ex: D.Examples, temporal: bool, batch: int = 8192) -> di
             inp = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ex.inputs_at(rows, temporal).items() if k in names}
             for k, v in model(**inp).items():
                 outs.setdefault(k, []).append(v.numpy())
+    if "word_attention" in outs:  # each batch is cut to its longest title: pad to the longest of all
+        width = max(v.shape[1] for v in outs["word_attention"])
+        outs["word_attention"] = [np.pad(v, ((0, 0), (0, width - v.shape[1]))) for v in outs["word_attention"]]
     res = {k: np.concatenate(v) for k, v in outs.items()}
     if "log_score" in res:
         res["log_score"] = res["log_score"][:, 0].astype(np.float64)
@@ -195,19 +198,19 @@ def run(cfg: TrainConfig) -> dict:
     fit_idx, val_idx = train_idx[: len(train_idx) - n_val], train_idx[len(train_idx) - n_val :]
     _log(f"{len(table)} posts: train {len(fit_idx)} / val {len(val_idx)} / test {len(test_idx)} (embargo {cfg.embargo_h} h)")
 
-    text_table = None
+    titles = None
     if cfg.text:
-        from popscore.trainer.encoders import cached_text_embeddings, text_encoder_available
+        from popscore.trainer.encoders import cached_title_encodings, text_encoder_available
 
         if text_encoder_available():
-            _log("text embeddings (all-MiniLM-L6-v2, cached)")
-            text_table = cached_text_embeddings(table.title, progress=cfg.progress)
+            _log("title token states and embeddings (served all-MiniLM-L6-v2, cached)")
+            titles = cached_title_encodings(table.title, progress=cfg.progress)
         else:
-            _log("text encoder not installed: training without text (masked)")
+            _log("no served text encoder or onnxruntime: training without text (masked)")
 
     _log("features")
     sub = lambda idx: table.take(idx)  # noqa: E731
-    emb = lambda idx: None if text_table is None else text_table[idx]  # noqa: E731
+    emb = lambda idx: None if titles is None else titles.take(idx)  # noqa: E731
     tr = D.make_examples(spec, sub(fit_idx), spec.train_ages_h, emb(fit_idx))
     va = D.make_examples(spec, sub(val_idx), (0.0,) + tuple(spec.eval_ages_h), emb(val_idx))
     te = D.make_examples(spec, sub(test_idx), (0.0,) + tuple(spec.eval_ages_h), emb(test_idx))
@@ -223,20 +226,21 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.gbt:
         rng = np.random.default_rng(cfg.seed)
         _log("gradient-boosted trees (static)")
-        g_static = B.GBT(temporal=False, text=text_table is not None, seed=cfg.seed, num_threads=cfg.threads)
-        g_static.fit(tr0.inputs_at(None, False), tr0.target)
-        preds["gbt_static"] = g_static.predict(te.inputs_at(None, False))
+        g_static = B.GBT(temporal=False, text=titles is not None, seed=cfg.seed, num_threads=cfg.threads)
+        g_static.fit(tr0.inputs_at(None, False, tokens=False), tr0.target)
+        preds["gbt_static"] = g_static.predict(te.inputs_at(None, False, tokens=False))
         _log("gradient-boosted trees (temporal)")
         rows = np.sort(rng.choice(len(tr), size=min(len(tr), cfg.gbt_max_rows), replace=False))
         g_temp = B.GBT(temporal=True, text=False, seed=cfg.seed, num_threads=cfg.threads)
-        g_temp.fit(tr.subset(rows).inputs_at(None, True), tr.target[rows])
-        preds["gbt_temporal"] = g_temp.predict(te.inputs_at(None, True))
+        g_temp.fit(tr.subset(rows).inputs_at(None, True, tokens=False), tr.target[rows])
+        preds["gbt_temporal"] = g_temp.predict(te.inputs_at(None, True, tokens=False))
 
     _log("MTAF-static")
     m_static, hist_static = train_mtaf(cfg, tr0, va_static, temporal=False)
     calibration = {"static": calibrate_interval(m_static, va_static, temporal=False)}
     out = predict_mtaf(m_static, te, temporal=False)
     preds["mtaf_static"], intervals["mtaf_static"] = out["log_score"], out["log_interval"]
+    preds_words = {"mtaf_static": out["word_attention"]}
     _log("pairwise intrinsic-popularity ranker")
     from popscore.trainer.pairwise import discriminable_pair_accuracy, train_pairwise
 
@@ -259,6 +263,16 @@ def run(cfg: TrainConfig) -> dict:
         "modality_weights_mean": out["modality_weights"].mean(0).tolist(),
         "time_attention_mean": out["time_attention"].mean(0).tolist(),
     }
+    if titles is not None:
+        from popscore.trainer.encoders import title_wordpieces
+        from popscore.trainer.explain import word_attention_summary
+
+        at_upload = np.flatnonzero(te.age_h == 0.0)  # one row per test post
+        words = title_wordpieces([test_table.posts[i].text.title for i in te.post_index[at_upload]])
+        explain["word_attention"] = {
+            "mtaf_static": word_attention_summary(words, preds_words["mtaf_static"][at_upload]),
+            "mtaf_temporal": word_attention_summary(words, out["word_attention"][at_upload]),
+        }
 
     rows_out = []
     static_models = {"mtaf_static", "gbt_static", "pairwise_static"}
@@ -284,7 +298,7 @@ def run(cfg: TrainConfig) -> dict:
         "feature_spec_hash": spec.hash(),
         "window": window,
         "n_posts": len(table),
-        "text": text_table is not None,
+        "text": titles is not None,
         "metrics": rows_out,
         "history": {"mtaf_static": hist_static, "mtaf_temporal": hist_temp},
         "explain": explain,

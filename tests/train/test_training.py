@@ -36,10 +36,20 @@ def split(table):
 
 
 @pytest.fixture(scope="module")
-def examples(table, split):
+def titles(table, tmp_path_factory):
+    """The titles through the committed served text encoder (what the worker gets from Triton)."""
+    from popscore.trainer.encoders import cached_title_encodings, text_encoder_available
+
+    if not text_encoder_available():
+        pytest.skip("no served text encoder in model_repo/")
+    return cached_title_encodings(table.title, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def examples(table, split, titles):
     train_idx, test_idx, _ = split
-    tr = D.make_examples(SPEC, table.take(train_idx), SPEC.train_ages_h)
-    te = D.make_examples(SPEC, table.take(test_idx), SPEC.eval_ages_h)
+    tr = D.make_examples(SPEC, table.take(train_idx), SPEC.train_ages_h, titles.take(train_idx))
+    te = D.make_examples(SPEC, table.take(test_idx), SPEC.eval_ages_h, titles.take(test_idx))
     return tr, te
 
 
@@ -86,9 +96,15 @@ def test_baselines_and_temporal_model_learn(examples, temporal_model):
         mae_nn = np.abs(pred["log_score"][m] - te.target[m]).mean()
         assert mae_sh < persist, (age, mae_sh, persist)
         assert mae_nn < persist, (age, mae_nn, persist)
-    # explanations are distributions over modalities / time steps
+    # explanations are distributions over modalities / time steps / the title's tokens (none on padding)
     np.testing.assert_allclose(pred["modality_weights"].sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(pred["time_attention"].sum(1), 1.0, atol=1e-5)
+    words = pred["word_attention"]
+    mask = te.inputs_at(None, True)["text_token_mask"]
+    np.testing.assert_allclose(words.sum(1), 1.0, atol=1e-5)
+    assert np.all(words[mask == 0] == 0) and (mask == 0).any()
+    uniform = mask / mask.sum(1, keepdims=True)  # mean pooling, what MiniLM's own embedding does
+    assert np.abs(words - uniform).max() > 1e-2  # the weights depend on the words: attention is learnt
     assert np.all(pred["log_interval"][:, 0] <= pred["log_score"] + 1e-6)
     assert history[-1]["val_mae"] < 1.5
 
@@ -112,16 +128,17 @@ def test_export_parity_config_and_promotion_gate(tmp_path, monkeypatch, examples
     assert meta["content_model"] == {"name": "popscore_temporal_content", "version": 1}
     content_meta = json.loads((cdir / "1" / "metadata.json").read_text())
     assert content_meta["inputs"] == [t.name for t in F.STATIC_INPUTS]
-    assert content_meta["outputs"] == ["content_vector", "modality_weights"]
+    assert content_meta["outputs"] == ["content_vector", "modality_weights", "word_attention"]
 
     # parity on real inputs, at a batch size other than the export example's (dynamic batch dim): the
     # content encoder alone, then the head fed with the encoder's ONNX output, as the worker runs them
     inputs = te.inputs_at(slice(0, 777), True)
+    assert inputs["text_tokens"].shape[1] > 2  # another token count than the export example's too
     content = X.onnx_predict(cdir / "1" / "model.onnx", inputs)
     assert content["content_vector"].shape == (777, model.cfg.d_model)
     got = {**content, **X.onnx_predict(mdir / "1" / "model.onnx", {**inputs, **content})}
     with torch.no_grad():
-        ref = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+        ref = model(**{k: torch.from_numpy(inputs[k]) for k in model.input_names()})
     for name in model.output_names():
         assert got[name].shape[0] == 777
         assert np.abs(got[name] - ref[name].numpy()).max() <= 1e-4, name

@@ -107,8 +107,11 @@ def test_static_and_temporal_inputs_match_the_serving_contract():
     seqs = [obs([(0, 3, 0), (1800, 10, 2)]), obs([(0, 1, 1)])]
     created = np.full(2, T0)
     posts = [{"text": {"title": "Show HN: a thing?"}, "author": {"id": "x", "followers": 10}}, None]
-    static = F.build_static_inputs(spec, created, ["hackernews", "youtube"], posts,
-                                   text_embedding=np.vstack([np.ones(F.TEXT_DIM), np.full(F.TEXT_DIM, np.nan)]))
+    tokens = np.ones((2, 5, F.TEXT_DIM))
+    tokens[1, 0, 0] = np.nan  # a broken title is masked, not passed on
+    token_mask = np.array([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    static = F.build_static_inputs(spec, created, ["hackernews", "youtube"], posts, text_tokens=tokens,
+                                   text_token_mask=token_mask)
     content = np.arange(2 * F.CONTENT_DIM, dtype=np.float64).reshape(2, F.CONTENT_DIM)
     temporal = F.build_temporal_inputs(spec, seqs, created, ["hackernews", "youtube"], score.weights_for,
                                        created + 3600, content)
@@ -116,11 +119,14 @@ def test_static_and_temporal_inputs_match_the_serving_contract():
         tensors = F.model_tensors(kind, spec)[0]
         assert [t.name for t in tensors] == list(inp)
         for t in tensors:
-            assert inp[t.name].shape == (2,) + t.dims, t.name
+            assert inp[t.name].shape == (2,) + tuple(3 if d == -1 else d for d in t.dims), t.name
             assert inp[t.name].dtype == np.float32
             assert np.isfinite(inp[t.name]).all()
     np.testing.assert_array_equal(temporal["content_vector"], content)
     np.testing.assert_array_equal(static["modality_mask"], [[1, 1, 0, 0], [1, 0, 0, 0]])
+    # token tensors are cut to the longest title in the batch; the masked title is all zero
+    np.testing.assert_array_equal(static["text_token_mask"], [[1, 1, 1], [0, 0, 0]])
+    assert not static["text_tokens"][1].any() and static["text_tokens"][0].all()
     # youtube scores views, which these sequences lack -> score 0
     assert temporal["dynamic_features"][1, F.DYNAMIC_FEATURE_NAMES.index("log1p_score_now")] == 0
     names = F.static_feature_names(spec)
@@ -129,6 +135,15 @@ def test_static_and_temporal_inputs_match_the_serving_contract():
     assert sf[0, names.index("title_has_question")] == 1
     assert sf[0, names.index("log1p_followers")] == pytest.approx(math.log1p(10))
     assert sf[0, names.index("has_author_stats")] == 1 and sf[1, names.index("has_author_stats")] == 0
+
+
+def test_missing_titles_give_one_masked_token():
+    inputs = F.embedding_inputs(3)
+    assert inputs["text_tokens"].shape == (3, 1, F.TEXT_DIM) and not inputs["text_tokens"].any()
+    assert not inputs["text_token_mask"].any() and not inputs["modality_mask"][:, 1].any()
+    # an all-padding batch keeps one (masked) position, so the tensor never has a zero-size axis
+    inputs = F.embedding_inputs(2, np.ones((2, 4, F.TEXT_DIM)), np.zeros((2, 4)))
+    assert inputs["text_tokens"].shape == (2, 1, F.TEXT_DIM) and not inputs["modality_mask"][:, 1].any()
 
 
 def test_static_time_features():

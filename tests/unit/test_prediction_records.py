@@ -24,3 +24,19 @@ def test_records_validate_against_the_contract_and_carry_explanations():
     assert parsed[0].explanation["modality_weights"]["content"] == 0.7
     assert parsed[0].explanation["time_attention"] == [0.25] * 4
 
+
+
+def test_word_attention_is_named_by_the_title_wordpieces():
+    outputs = {
+        "log_score": np.zeros((2, 1), dtype=np.float32),
+        "word_attention": np.array([[0.1, 0.6, 0.3, 0.0], [0.5, 0.5, 0.0, 0.0]], dtype=np.float32),
+        "words": [["[CLS]", "rust", "[SEP]"], ["[CLS]", "[SEP]"]],
+    }
+    records = prediction_records(["a", "b"], "static", "3", np.array([1.7e9, 1.7e9]), 3600, outputs, 1.7e9)
+    parsed = [decode_record(encode(r), accept=("prediction.v1",)) for r in records]
+    assert parsed[0].explanation["word_attention"] == [["[CLS]", 0.1], ["rust", 0.6], ["[SEP]", 0.3]]
+    assert parsed[1].explanation["word_attention"] == [["[CLS]", 0.5], ["[SEP]", 0.5]]
+    # without the wordpieces (the text encoder off) the weights name nothing and are left out
+    del outputs["words"]
+    assert "word_attention" not in prediction_records(["a", "b"], "static", "3", np.zeros(2), 3600, outputs,
+                                                      1.7e9)[0]["explanation"]
