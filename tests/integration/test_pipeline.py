@@ -116,6 +116,16 @@ def test_replayed_slice_gives_predictions_and_the_leaderboard_agrees(private_sta
     explained = [r["explanation"] for rs in grouped.values() for r in rs if r["model"] == "temporal"]
     assert all(sum(e["modality_weights"].values()) == pytest.approx(1, abs=1e-3) for e in explained)
     assert all(sum(e["time_attention"]) == pytest.approx(1, abs=1e-3) for e in explained)
+    # a static prediction reads the title through word attention, named by the title's wordpieces
+    titles = {event.post_id: event.text.title for _, event in events if isinstance(event, Post)}
+    for post_id, records in grouped.items():
+        (static,) = [r for r in records if r["model"] == "static"]
+        words = static["explanation"]["word_attention"]
+        assert words[0][0] == "[CLS]" and words[-1][0] == "[SEP]", words
+        assert sum(a for _, a in words) == pytest.approx(1, abs=1e-3)
+        title = titles[post_id]
+        first_word = title.split()[0].lower() if title.strip() and title.isascii() else None  # (uncased: no accents)
+        assert first_word is None or first_word.startswith(words[1][0]), (title, words)
 
 
 def test_predictions_are_partitioned_by_post_as_a_keyed_send_would(private_stack):
