@@ -18,6 +18,7 @@ import asyncio
 import gc
 import logging
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
@@ -42,6 +43,21 @@ log = logging.getLogger(__name__)
 MERGE_OUTCOMES = {APPENDED: "appended", DUPLICATE: "duplicate", CORRECTED: "corrected", OUT_OF_ORDER: "out_of_order"}
 RISING_INDEX = F.DYNAMIC_FEATURE_NAMES.index("dlog_score_last_h")
 TEXT_ENCODER = "popscore_text_encoder"
+
+
+@dataclass
+class ScoringJob:
+    """One model's inputs for a batch of posts, and what naming and recording its predictions needs."""
+
+    kind: str  # key of popscore.features.MODEL_NAMES
+    post_ids: list[str]
+    as_of: np.ndarray
+    inputs: dict[str, np.ndarray]
+    spec: F.FeatureSpec
+    created: np.ndarray
+    platforms: list[str] | None = None
+    categories: list[str | None] | None = None
+    explanations: dict | None = None  # per row: outputs computed earlier, or what names an output
 
 
 class StreamWorker:
@@ -159,13 +175,13 @@ class StreamWorker:
             content = encode_content(self.predictors["content"].version, *await self.content_vectors(inputs))
             self.metrics.content_vectors.labels("post").inc(len(posts))
             await self.store.put_posts(posts, inputs["static_features"], content, embedded_titles=titles is not None)
-            deliveries += await self._predict("static", [p.post_id for p in posts], created, inputs, spec,
-                                              created=created, explanations={"words": words} if words else None)
+            deliveries += await self._predict(ScoringJob("static", [p.post_id for p in posts], created, inputs, spec,
+                                                         created, explanations={"words": words} if words else None))
             self.metrics.posts_in.inc(len(posts))
             # Snapshots that arrived before their post were stored but not scored: score them now.
             waiting = [p.post_id for p in posts if self.awaiting_post.pop(p.post_id, None) is not None]
             if waiting:
-                deliveries += await self._predict_temporal(await self.store.current(waiting))
+                deliveries += await self._predict(await self._temporal_job(await self.store.current(waiting)))
         await asyncio.gather(*deliveries)
         self._observe_end_to_end("static", messages)
 
@@ -211,12 +227,29 @@ class StreamWorker:
         self.metrics.batch_size.labels("snapshots").observe(len(messages))
         step = self.settings.worker.max_batch_snapshots  # envelopes can make a batch huge: bound the work
         with self.metrics.in_flight.track_inprogress():
-            for start in range(0, len(snapshots), step):
-                deliveries += await self._merge_and_predict(snapshots[start:start + step])
+            # Pipelined: while Triton scores one step, the next is merged and its features built here; the
+            # steps' predictions are still published (and the leaderboards written) in step order.
+            previous: tuple[ScoringJob, asyncio.Future] | None = None
+            current = None
+            try:
+                for start in range(0, len(snapshots), step):
+                    job = await self._merge(snapshots[start:start + step])
+                    current = (job, asyncio.ensure_future(self._infer(job))) if job is not None else None
+                    if previous is not None:
+                        deliveries += await self._publish(previous[0], *await previous[1])
+                    previous = current
+                if previous is not None:
+                    deliveries += await self._publish(previous[0], *await previous[1])
+                    previous = None
+            finally:  # if a step failed, no inference is left running behind it (a no-op on finished ones)
+                for pending in (previous, current):
+                    if pending is not None:
+                        pending[1].cancel()
             await asyncio.gather(*deliveries)
         self._observe_end_to_end("temporal", messages)
 
-    async def _merge_and_predict(self, snapshots: list[Snapshot]) -> list:
+    async def _merge(self, snapshots: list[Snapshot]) -> ScoringJob | None:
+        """Merge a step's snapshots into the sequences; the scoring job of the posts that changed."""
         started = time.perf_counter()
         updates = await self.store.merge(snapshots)
         self.metrics.redis_seconds.labels("merge").observe(time.perf_counter() - started)
@@ -226,9 +259,9 @@ class StreamWorker:
                 self.metrics.sequence_merges.labels(MERGE_OUTCOMES[status]).inc()
         changed = [u for u in updates if u.changed]
         if not changed:
-            return []
+            return None
         self.metrics.counter_decreases.inc(count_decreases(*(u.sequence for u in changed)))
-        return await self._predict_temporal(self._with_post(changed))
+        return await self._temporal_job(self._with_post(changed))
 
     def _with_post(self, updates: list[SequenceUpdate]) -> list[SequenceUpdate]:
         """The posts and snapshots topics are consumed independently, so a snapshot can overtake its post.
@@ -254,7 +287,7 @@ class StreamWorker:
         overdue = [p for p, seen in self.awaiting_post.items() if now - seen >= self.settings.worker.post_grace_s]
         for post_id in overdue:
             self.awaiting_post.pop(post_id)
-        return await self._predict_temporal(await self.store.current(overdue)) if overdue else []
+        return await self._predict(await self._temporal_job(await self.store.current(overdue))) if overdue else []
 
     def _observe_end_to_end(self, model: str, messages: list) -> None:
         now = time.time()
@@ -263,9 +296,9 @@ class StreamWorker:
             if message.timestamp:
                 histogram.observe(max(0.0, now - message.timestamp))
 
-    async def _predict_temporal(self, updates: list[SequenceUpdate]) -> list:
+    async def _temporal_job(self, updates: list[SequenceUpdate]) -> ScoringJob | None:
         if not updates:
-            return []
+            return None
         spec = self.feature_spec("temporal")
         seqs = [u.sequence for u in updates]
         # A snapshot may come before its post: then the first observation stands in for the upload time.
@@ -277,9 +310,8 @@ class StreamWorker:
         inputs = F.build_temporal_inputs(spec, seqs, created, platforms, self.settings.score.weights_for, as_of,
                                          vectors)
         self.stream_clock = max(self.stream_clock, float(as_of.max()))
-        return await self._predict("temporal", [u.post_id for u in updates], as_of, inputs, spec, created=created,
-                                   platforms=platforms, categories=[u.post.category for u in updates],
-                                   explanations={"modality_weights": weights})
+        return ScoringJob("temporal", [u.post_id for u in updates], as_of, inputs, spec, created, platforms,
+                          [u.post.category for u in updates], {"modality_weights": weights})
 
     async def _cached_content(self, updates: list[SequenceUpdate], spec: F.FeatureSpec, created: np.ndarray,
                               platforms: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -310,22 +342,25 @@ class StreamWorker:
             await self.store.put_content(post_ids, encode_content(content.version, vectors[stale], weights[stale]))
         return vectors, weights
 
-    async def _predict(self, kind: str, post_ids: list[str], as_of: np.ndarray, inputs: dict, spec: F.FeatureSpec,
-                       created: np.ndarray, platforms: list[str] | None = None,
-                       categories: list[str | None] | None = None,
-                       explanations: dict[str, np.ndarray] | None = None) -> list:
-        """``explanations``: per row, outputs computed earlier (the cached content's modality weights) or what
-        names an output (the title's wordpieces for its word attention)."""
-        predictor = self.predictors[kind]
-        model_inputs = {t.name: inputs[t.name] for t in predictor.model.config.input}
+    async def _predict(self, job: ScoringJob | None) -> list:
+        """Score a job and publish its predictions; the delivery futures."""
+        return [] if job is None else await self._publish(job, *await self._infer(job))
+
+    async def _infer(self, job: ScoringJob):
+        predictor = self.predictors[job.kind]
         started = time.perf_counter()
-        results = await predictor.infer(model_inputs)
-        elapsed = time.perf_counter() - started
+        results = await predictor.infer({t.name: job.inputs[t.name] for t in predictor.model.config.input})
+        return results, time.perf_counter() - started
+
+    async def _publish(self, job: ScoringJob, results: list, elapsed: float) -> list:
+        """Predictions to the leaderboards and the predictions topic; the delivery futures."""
+        kind, post_ids, as_of, spec, created = job.kind, job.post_ids, job.as_of, job.spec, job.created
+        platforms, categories, inputs = job.platforms, job.categories, job.inputs
         records, offset = [], 0
         now = time.time()
         for result in results:
             n = len(result.outputs["log_score"])
-            outputs = {**result.outputs, **{k: v[offset:offset + n] for k, v in (explanations or {}).items()}}
+            outputs = {**result.outputs, **{k: v[offset:offset + n] for k, v in (job.explanations or {}).items()}}
             records += prediction_records(post_ids[offset:offset + n], kind, result.model_version,
                                           as_of[offset:offset + n], int(spec.horizon_s), outputs, now)
             self.metrics.predictions.labels(kind, result.model_version, result.served_by).inc(n)

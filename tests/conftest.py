@@ -95,6 +95,9 @@ def private_stack(tmp_path_factory):
     shutil.copytree(MODEL_REPO, settings.stack.model_repo)  # tests may add versions to it
     settings.serving.refresh_interval_s = 1.0
     settings.serving.breaker_reset_s = 30.0
+    # Small steps: a test's micro-batches span several, so the pipelined steps (one scored by Triton
+    # while the next is merged) and their in-order publishing are exercised end to end.
+    settings.worker.max_batch_snapshots = 16
     stack = stack_class()(settings)
     stack.start(with_worker=True)
     yield stack

@@ -90,16 +90,21 @@ def _mlp(i: int, o: int, dropout: float) -> nn.Sequential:
 
 class WordAttention(nn.Module):
     """The text modality: attention pooling over the title's token states instead of MiniLM's mean pooling,
-    so the model learns which words matter for popularity and says which (the weights are an output)."""
+    so the model learns which words matter for popularity and says which (the weights are an output).
+
+    It starts as MiniLM's own sentence embedding (zero scores = mean pooling, then L2 normalisation) and
+    learns to depart from it. Variants that did not start there overfitted on HN: every post is seen at
+    ten ages, and a freer text branch learnt titles by heart (docs/training.md)."""
 
     def __init__(self, text_dim: int, d: int, dropout: float) -> None:
         super().__init__()
-        self.proj = nn.Linear(text_dim, d)
-        self.attention = AdditiveAttention(d)
-        self.out = _mlp(d, d, dropout)
+        self.attention = AdditiveAttention(text_dim)
+        nn.init.zeros_(self.attention.v.weight)
+        self.out = _mlp(text_dim, d, dropout)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled, weights = self.attention(self.proj(tokens), mask)  # [B, d], [B, L]
+        pooled, weights = self.attention(tokens, mask)  # [B, text_dim], [B, L]
+        pooled = nn.functional.normalize(pooled, dim=-1)
         return self.out(pooled), weights * mask  # no title: all-zero weights
 
 
