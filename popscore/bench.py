@@ -211,7 +211,8 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
     from popscore.stack.components import create_topics
 
     # The bench measures the snapshot path. Titles are embedded on the post path only, by a transformer
-    # that does ~60 titles/s on these CPUs: 100,000 warm-up posts would take half an hour, so it is off.
+    # that encodes ~270 titles/s on these CPUs when it has them to itself: 100,000 warm-up posts would add
+    # minutes to a phase that is not measured, so it is off.
     settings.serving.text_encoder = False
     stack = EmbeddedStack(settings, log=log)
     state = stack.start(with_worker=True)
