@@ -107,7 +107,8 @@ def train_mtaf(
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ex.inputs_at(rows, temporal).items() if k in names}
 
     fit_rows = rng.choice(len(train), size=min(len(train), 50_000), replace=False)
-    model.fit_normalisers(tensors(train, fit_rows))
+    model.fit_normalisers({k: torch.from_numpy(np.ascontiguousarray(v))  # no token states: nothing fits on them
+                           for k, v in train.inputs_at(fit_rows, temporal, tokens=False).items()})
     model.init_output_bias(float(np.mean(train.target - (train.log_now if temporal else 0.0))))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = int(np.ceil(len(train) / cfg.batch_size))
