@@ -89,8 +89,10 @@ async def _run(settings: Settings, endpoints, events, seconds: float, log: Calla
         seen[record["model"]] += 1
         if sum(seen.values()) % 25 == 1:
             interval = record.get("interval") or [0, 0]
+            words = sorted(record["explanation"].get("word_attention", []), key=lambda wa: -wa[1])[:3]
+            read = "  words: " + ", ".join(f"{w} {a:.2f}" for w, a in words) if words else ""
             log(f"prediction {record['model']:8} v{record['model_version']:3} {record['post_id']:24} "
-                f"as of {record['as_of']}: {record['score']:10,.1f}  [{interval[0]:,.0f} .. {interval[1]:,.0f}]")
+                f"as of {record['as_of']}: {record['score']:10,.1f}  [{interval[0]:,.0f} .. {interval[1]:,.0f}]{read}")
 
     follower = asyncio.create_task(_follow(endpoints.broker_bootstrap, [topics.predictions, topics.deadletter],
                                            stop, on_message))
