@@ -52,3 +52,9 @@ class TitleTokenizer:
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
         }
+
+    def wordpieces(self, encoded: dict[str, np.ndarray]) -> list[list[str]]:
+        """Per title of ``encode``'s output, its unpadded wordpieces ([CLS] ... [SEP]): what word-attention
+        weights are over."""
+        vocab = self.tokenizer.id_to_token
+        return [[vocab(int(i)) for i in ids[m > 0]] for ids, m in zip(encoded["input_ids"], encoded["attention_mask"])]

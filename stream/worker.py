@@ -209,8 +209,7 @@ class StreamWorker:
         results = await self.text_encoder.infer(tokens)
         states = np.concatenate([r.outputs[TOKEN_STATES_NAME] for r in results])
         mask = tokens["attention_mask"] > 0
-        words = [[tokenizer.tokenizer.id_to_token(int(i)) for i in ids[m]] for ids, m in zip(tokens["input_ids"], mask)]
-        return {"text_tokens": states, "text_token_mask": mask.astype(np.float32)}, words
+        return {"text_tokens": states, "text_token_mask": mask.astype(np.float32)}, tokenizer.wordpieces(tokens)
 
     # --- snapshots ------------------------------------------------------------------------------------
 

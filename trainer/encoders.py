@@ -113,9 +113,7 @@ def title_wordpieces(texts: Sequence[str], model_repo: Path | None = None) -> li
     if served is None:
         raise FileNotFoundError(f"no {SERVED_TEXT_ENCODER} in {model_repo or DEFAULT_MODEL_REPO}")
     tokenizer = TitleTokenizer.from_file(served.tokenizer, served.max_length)
-    encoded = tokenizer.encode(texts)
-    vocab = tokenizer.tokenizer.id_to_token
-    return [[vocab(int(i)) for i in ids[m > 0]] for ids, m in zip(encoded["input_ids"], encoded["attention_mask"])]
+    return tokenizer.wordpieces(tokenizer.encode(texts))
 
 
 def cached_title_encodings(texts: Sequence[str], cache_dir: Path = CACHE_DIR, progress: bool = False,

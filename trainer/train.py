@@ -103,12 +103,12 @@ def train_mtaf(
         scoring.requires_grad_(False)
     names = model.input_names()
 
-    def tensors(ex: D.Examples, rows) -> dict:
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ex.inputs_at(rows, temporal).items() if k in names}
+    def tensors(ex: D.Examples, rows, tokens: bool = True) -> dict:
+        return {k: torch.from_numpy(np.ascontiguousarray(v))
+                for k, v in ex.inputs_at(rows, temporal, tokens).items() if k in names}
 
     fit_rows = rng.choice(len(train), size=min(len(train), 50_000), replace=False)
-    model.fit_normalisers({k: torch.from_numpy(np.ascontiguousarray(v))  # no token states: nothing fits on them
-                           for k, v in train.inputs_at(fit_rows, temporal, tokens=False).items()})
+    model.fit_normalisers(tensors(train, fit_rows, tokens=False))  # no token states: nothing fits on them
     model.init_output_bias(float(np.mean(train.target - (train.log_now if temporal else 0.0))))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = int(np.ceil(len(train) / cfg.batch_size))

@@ -89,3 +89,11 @@ def test_imports_without_torch_or_transformers():
             "bad = [m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_wordpieces_are_the_unpadded_tokens_of_each_title(tok):
+    encoded = tok.encode(["Rust is fast", "", "a " * 40])
+    pieces = tok.wordpieces(encoded)
+    assert pieces[0] == ["[CLS]", "rust", "is", "fast", "[SEP]"]
+    assert pieces[1] == ["[CLS]", "[SEP]"]
+    assert len(pieces[2]) == 16 and pieces[2][-1] == "[SEP]"  # cut at max_length, like the encoder's input
