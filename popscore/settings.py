@@ -71,7 +71,11 @@ class WorkerSettings(BaseModel):
                                    "fetch this long (Faust's own value is 1500)")
     leaderboard_size: int = Field(100, ge=1, le=10_000)
     max_batch_snapshots: int = Field(4096, ge=1, description="snapshots merged and scored per step "
-                                     "(a batch of envelopes is split into steps of this size)")
+                                     "(a window is split into steps of about this size, a post's snapshots "
+                                     "in one step)")
+    window_snapshots: int = Field(500_000, ge=1, description="snapshots of a micro-batch grouped by post before "
+                                  "they are merged: a post's snapshots in one window give one merge and one "
+                                  "prediction. Bounds what a batch of envelopes holds (~120 B a snapshot)")
     stream_buffer_records: int = Field(4096, ge=1, description="records buffered per partition before "
                                        "consumption pauses (backpressure)")
     online_window: int = Field(5_000, ge=10, description="predictions per (model, version, age) in the "

@@ -32,6 +32,9 @@ class WorkerMetrics:
         self.awaiting_post = Counter("popscore_snapshots_awaiting_post",
                                      "Sequence updates not scored yet because their post had not arrived",
                                      registry=r)
+        self.snapshots_folded = Counter("popscore_snapshots_folded",
+                                        "Snapshots merged together with a later snapshot of the same post in one "
+                                        "window: one merge and one prediction for them all", registry=r)
         self.sequence_merges = Counter("popscore_sequence_merges", "Snapshot merges into Redis sequences, by outcome",
                                        ["outcome"], registry=r)
         self.counter_decreases = Counter("popscore_engagement_decreases",

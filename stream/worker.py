@@ -36,7 +36,7 @@ from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, eval_ag
     parse_eval_field
 from popscore.stream.predictions import encode, latest_view, prediction_records
 from popscore.stream.sequence_store import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, SequenceUpdate, \
-    SnapshotSequenceStore, count_decreases, decode_content, encode_content
+    SnapshotSequenceStore, count_decreases, decode_content, encode_content, group_by_post, steps_by_post
 
 log = logging.getLogger(__name__)
 
@@ -214,45 +214,61 @@ class StreamWorker:
     # --- snapshots ------------------------------------------------------------------------------------
 
     async def handle_snapshots(self, messages: list) -> None:
-        snapshots: list[Snapshot] = []
+        """A micro-batch of snapshot records, in windows: the snapshots of a window are grouped by post, so that
+        several snapshots of one post give one merge and one prediction (after a lag, catching up costs per post,
+        not per snapshot). A window is bounded in snapshots, which bounds what a batch of envelopes holds."""
         deliveries = []
-        for message in messages:
-            try:
-                record = self.decode(message, accept=("snapshot.v1", "snapshot-batch.v1"))
-            except RejectedRecord as error:
-                deliveries.append(await self.dead_letter(message, error))
-                continue
-            snapshots.extend(record.snapshots if isinstance(record, SnapshotBatch) else [record])
-        self.metrics.batch_size.labels("snapshots").observe(len(messages))
-        step = self.settings.worker.max_batch_snapshots  # envelopes can make a batch huge: bound the work
+        window: dict[str, list[bytes]] = {}
+        in_window = 0
         with self.metrics.in_flight.track_inprogress():
-            # Pipelined: while Triton scores one step, the next is merged and its features built here; the
-            # steps' predictions are still published (and the leaderboards written) in step order.
-            previous: tuple[ScoringJob, asyncio.Future] | None = None
-            current = None
-            try:
-                for start in range(0, len(snapshots), step):
-                    job = await self._merge(snapshots[start:start + step])
-                    current = (job, asyncio.ensure_future(self._infer(job))) if job is not None else None
-                    if previous is not None:
-                        deliveries += await self._publish(previous[0], *await previous[1])
-                    previous = current
-                if previous is not None:
-                    deliveries += await self._publish(previous[0], *await previous[1])
-                    previous = None
-            finally:  # if a step failed, no inference is left running behind it (a no-op on finished ones)
-                for pending in (previous, current):
-                    if pending is not None:
-                        pending[1].cancel()
+            for message in messages:
+                try:
+                    record = self.decode(message, accept=("snapshot.v1", "snapshot-batch.v1"))
+                except RejectedRecord as error:
+                    deliveries.append(await self.dead_letter(message, error))
+                    continue
+                snapshots = record.snapshots if isinstance(record, SnapshotBatch) else [record]
+                group_by_post(snapshots, into=window)
+                in_window += len(snapshots)
+                if in_window >= self.settings.worker.window_snapshots:
+                    deliveries += await self._score_window(window, in_window)
+                    window, in_window = {}, 0
+            if window:
+                deliveries += await self._score_window(window, in_window)
             await asyncio.gather(*deliveries)
+        self.metrics.batch_size.labels("snapshots").observe(len(messages))
         self._observe_end_to_end("temporal", messages)
 
-    async def _merge(self, snapshots: list[Snapshot]) -> ScoringJob | None:
+    async def _score_window(self, window: dict[str, list[bytes]], snapshots: int) -> list:
+        """Merge and score a window in steps of about ``max_batch_snapshots``, pipelined: while Triton scores one
+        step, the next is merged and its features built here; the steps' predictions are still published (and
+        the leaderboards written) in step order. The delivery futures."""
+        self.metrics.snapshots_folded.inc(snapshots - len(window))
+        deliveries = []
+        previous: tuple[ScoringJob, asyncio.Future] | None = None
+        current = None
+        try:
+            for step in steps_by_post(window, self.settings.worker.max_batch_snapshots):
+                job = await self._merge(step)
+                current = (job, asyncio.ensure_future(self._infer(job))) if job is not None else None
+                if previous is not None:
+                    deliveries += await self._publish(previous[0], *await previous[1])
+                previous = current
+            if previous is not None:
+                deliveries += await self._publish(previous[0], *await previous[1])
+                previous = None
+        finally:  # if a step failed, no inference is left running behind it (a no-op on finished ones)
+            for pending in (previous, current):
+                if pending is not None:
+                    pending[1].cancel()
+        return deliveries
+
+    async def _merge(self, by_post: dict[str, list[bytes]]) -> ScoringJob | None:
         """Merge a step's snapshots into the sequences; the scoring job of the posts that changed."""
         started = time.perf_counter()
-        updates = await self.store.merge(snapshots)
+        updates = await self.store.merge_records(by_post)
         self.metrics.redis_seconds.labels("merge").observe(time.perf_counter() - started)
-        self.metrics.snapshots_in.inc(len(snapshots))
+        self.metrics.snapshots_in.inc(sum(len(u.statuses) for u in updates))
         for update in updates:
             for status in update.statuses:
                 self.metrics.sequence_merges.labels(MERGE_OUTCOMES[status]).inc()

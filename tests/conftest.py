@@ -98,6 +98,7 @@ def private_stack(tmp_path_factory):
     # Small steps: a test's micro-batches span several, so the pipelined steps (one scored by Triton
     # while the next is merged) and their in-order publishing are exercised end to end.
     settings.worker.max_batch_snapshots = 16
+    settings.worker.window_snapshots = 40  # and a batch of envelopes spans several windows
     stack = stack_class()(settings)
     stack.start(with_worker=True)
     yield stack

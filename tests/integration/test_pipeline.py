@@ -262,3 +262,41 @@ def test_snapshots_that_overtake_their_post_are_scored_when_the_post_arrives(pri
     grouped = predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "late-",
                                   lambda g: covered(g, last_seen))
     assert covered(grouped, last_seen)
+
+
+def test_several_snapshots_of_a_post_in_one_window_give_one_prediction(private_stack):
+    """One envelope holding three snapshots of each post, out of order (one window of the private stack's 40
+    snapshots, two steps of 16): every snapshot is stored, and each post gets one temporal prediction, as of
+    its latest snapshot."""
+    from popscore.replay import batch_envelope
+
+    settings, endpoints = private_stack.settings, private_stack.state.endpoints_obj()
+    events = real_slice("fold-", n_posts=30)
+    by_post = defaultdict(list)
+    for raw, event in events:
+        if isinstance(event, Snapshot):
+            by_post[event.post_id].append((raw, event))
+    chosen = [p for p, snaps in by_post.items() if len(snaps) >= 3][:8]
+    assert len(chosen) == 8
+    posts = [(event.post_id.encode(), raw) for raw, event in events
+             if isinstance(event, Post) and event.post_id in chosen]
+    asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.posts, posts))
+    predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "fold-",
+                        lambda g: all(any(r["model"] == "static" for r in g.get(p, [])) for p in chosen))
+
+    lines = [by_post[p][k][0] for k in (2, 0, 1) for p in chosen]  # the latest first, then the two before
+    asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.snapshots,
+                        [(b"fold-envelope", batch_envelope(lines))]))
+    latest = {p: by_post[p][2][1].observed_at.isoformat().replace("+00:00", "Z") for p in chosen}
+    predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "fold-",
+                        lambda g: covered(g, latest))
+    time.sleep(2)  # anything else the envelope caused is published by now
+    grouped = predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "fold-",
+                                  lambda g: covered(g, latest))
+    for post_id in chosen:
+        temporal = [r for r in grouped[post_id] if r["model"] == "temporal"]
+        assert [r["as_of"] for r in temporal] == [latest[post_id]], post_id
+    client = redis.Redis.from_url(endpoints.redis_url)
+    for post_id in chosen:
+        stored = decode_sequence(client.get(f"{settings.redis.key_prefix}seq:{post_id}") or b"")
+        assert len(stored) == 3, post_id

@@ -74,3 +74,31 @@ def test_content_vectors_round_trip_and_stale_ones_are_flagged():
     # another model version, or another vector size, must be recomputed, never misread
     assert decode_content(blobs, version=5, dim=3, n_weights=2)[2].tolist() == [False, False]
     assert decode_content(blobs, version=4, dim=4, n_weights=2)[2].tolist() == [False, False]
+
+
+def test_a_window_groups_snapshots_by_post_in_arrival_order():
+    from popscore.stream.sequence_store import group_by_post
+
+    def of(post_id, ts, likes):
+        return Snapshot(post_id=post_id, observed_at=datetime.fromtimestamp(ts, timezone.utc),
+                        counts=Counts(likes=likes))
+
+    window = group_by_post([of("a", 10, 1), of("b", 10, 5)])
+    group_by_post([of("a", 5, 0), of("c", 1, 1), of("a", 20, 2)], into=window)  # the next envelope
+    assert list(window) == ["a", "b", "c"]
+    assert [decode_sequence(FORMAT_VERSION + r)[0, 0] for r in window["a"]] == [10, 5, 20]  # merge sorts them
+    assert len(window["b"]) == len(window["c"]) == 1
+
+
+def test_steps_keep_a_posts_snapshots_together_and_cover_every_snapshot():
+    from popscore.stream.sequence_store import steps_by_post
+
+    window = {f"p{i}": [bytes([i, j]) for j in range(1 + i % 3)] for i in range(10)}  # 1, 2 or 3 per post
+    steps = steps_by_post(window, max_snapshots=4)
+    assert [p for step in steps for p in step] == list(window)  # every post once, in order
+    assert all(step[p] is window[p] for step in steps for p in step)
+    sizes = [sum(map(len, step.values())) for step in steps]
+    assert all(4 <= s <= 4 + 2 for s in sizes[:-1]) and sizes[-1] <= 4 + 2  # a step closes once it holds 4
+    assert sum(sizes) == sum(map(len, window.values()))
+    assert steps_by_post({}, 4) == []
+    assert len(steps_by_post(window, max_snapshots=10_000)) == 1
