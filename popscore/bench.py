@@ -101,14 +101,14 @@ async def _produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, by
 
 
 async def _count_until(bootstrap: str, topic: str, marker: bytes, expected: int, timeout_s: float,
-                       on_message: Callable | None = None) -> tuple[int, float, int]:
+                       on_message: Callable | None = None, fetch_max_wait_ms: int = 20) -> tuple[int, float, int]:
     """Consume ``topic`` from its end until ``expected`` records containing ``marker`` arrived;
     returns (records with the marker, monotonic time of the last one, records seen)."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None,
                                 fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
-                                fetch_max_wait_ms=20)  # Tansu holds a fetch for the whole wait
+                                fetch_max_wait_ms=fetch_max_wait_ms)  # Tansu holds a fetch for the whole wait
     await consumer.start()
     await consumer.seek_to_end()
     seen, hits, last = 0, 0, time.monotonic()
@@ -133,8 +133,9 @@ async def _count_until(bootstrap: str, topic: str, marker: bytes, expected: int,
 
 async def _through(bootstrap: str, settings: Settings, records, marker: bytes, expected: int, timeout_s: float,
                    topic: str | None = None, rate: float | None = None, on_message=None, sent_at=None):
+    # The measuring consumer waits on a fetch as long as the worker does (a latency-minded reader's setting).
     counter = asyncio.create_task(_count_until(bootstrap, settings.kafka.topics.predictions, marker, expected,
-                                               timeout_s, on_message))
+                                               timeout_s, on_message, settings.worker.fetch_max_wait_ms))
     await asyncio.sleep(1.0)  # the counting consumer is at the end of the topic before anything is sent
     started = time.monotonic()
     await _produce_all(bootstrap, topic or settings.kafka.topics.snapshots, records, rate, sent_at)
@@ -142,21 +143,33 @@ async def _through(bootstrap: str, settings: Settings, records, marker: bytes, e
     return hits, last - started, seen
 
 
-def _envelopes(workload: Workload, rounds: range, partitions: list[int], size: int):
+def _envelopes(workload: Workload, rounds: range, partitions: list[int], size: int,
+               envelope_of: dict[int, np.ndarray] | None = None):
+    """Snapshot-batch records (key ``batch-<n>``, envelope, partition) of ``rounds``; ``envelope_of[k][i]``
+    is filled with the number of the envelope that carries post ``i``'s snapshot of round ``k``."""
     by_partition = {p: [] for p in partitions}
+    posts_in = {p: [] for p in partitions}
     part_of = [partition_for(post_id, partitions) for post_id in workload.ids]
     records = []
+
+    def close(p: int, where: np.ndarray) -> None:
+        where[posts_in[p]] = len(records)
+        records.append((f"batch-{len(records)}".encode(), batch_envelope(by_partition[p]), p))
+        by_partition[p], posts_in[p] = [], []
+
     for k in rounds:
+        where = np.empty(workload.n_posts, np.int64)
         for i in range(workload.n_posts):
-            lines = by_partition[part_of[i]]
-            lines.append(workload.snapshot(i, k))
-            if len(lines) >= size:
-                records.append((f"batch-{len(records)}".encode(), batch_envelope(lines), part_of[i]))
-                by_partition[part_of[i]] = []
-        for p, lines in by_partition.items():
-            if lines:
-                records.append((f"batch-{len(records)}".encode(), batch_envelope(lines), p))
-                by_partition[p] = []
+            p = part_of[i]
+            by_partition[p].append(workload.snapshot(i, k))
+            posts_in[p].append(i)
+            if len(by_partition[p]) >= size:
+                close(p, where)
+        for p in partitions:
+            if by_partition[p]:
+                close(p, where)
+        if envelope_of is not None:
+            envelope_of[k] = where
     return records
 
 
@@ -255,6 +268,42 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         full_speed("batch", records, rounds * cfg.live_posts, next_round + rounds - 1, cfg.batch_seconds)
         next_round += rounds
 
+        # Sustained: the same envelopes paced at the target rate. Behind, the worker folds a post's snapshots
+        # into one prediction; this shows whether it keeps up, by the age of the snapshot each prediction is as of.
+        envelope_of: dict[int, np.ndarray] = {}
+        records = _envelopes(workload, range(next_round, next_round + rounds), partitions, cfg.envelope_snapshots,
+                             envelope_of)
+        round_of = {workload.round_time(k).encode(): k for k in envelope_of}
+        sent_at: dict[bytes, float] = {}
+        staleness: list[float] = []
+
+        def on_sustained(message, now):
+            at = message.value.find(b'"as_of":"') + 9
+            k = round_of.get(message.value[at:at + 20])
+            if k is not None:
+                sent = sent_at[f"batch-{envelope_of[k][int(message.key[6:])]}".encode()]
+                staleness.append(now - sent)
+
+        rate = cfg.batch_target_per_s * len(records) / (rounds * cfg.live_posts)  # envelopes/s
+        log(f"sustained: the same load paced at {cfg.batch_target_per_s:,.0f} snapshots/s ({rate:.1f} envelopes/s)")
+        hits, seconds, seen = asyncio.run(_through(
+            bootstrap, settings, records, f'"as_of":"{workload.round_time(next_round + rounds - 1)}"'.encode(),
+            cfg.live_posts, timeout_s=max(600, 10 * cfg.batch_seconds), rate=rate, on_message=on_sustained,
+            sent_at=sent_at))
+        produced_s = max(sent_at.values()) - min(sent_at.values())
+        results["sustained_target_per_s"] = cfg.batch_target_per_s
+        results["sustained_snapshots_per_s"] = round(rounds * cfg.live_posts / seconds) if hits == cfg.live_posts else 0
+        results["sustained_drain_s"] = round(seconds - produced_s, 1)  # after the last envelope was produced
+        results["sustained_predictions_per_snapshot"] = round(seen / (rounds * cfg.live_posts), 3)
+        for q in (50, 99, 100):
+            results[f"sustained_staleness_p{q}_s"] = round(_percentile(staleness, q), 2)
+        log(f"  {results['sustained_snapshots_per_s']:,} snapshots/s over {seconds:.1f} s (the last prediction "
+            f"{results['sustained_drain_s']} s after the last envelope), {seen / (rounds * cfg.live_posts):.3f} "
+            f"predictions per snapshot; age of the snapshot a prediction is as of: p50 "
+            f"{results['sustained_staleness_p50_s']} s, p99 {results['sustained_staleness_p99_s']} s, "
+            f"max {results['sustained_staleness_p100_s']} s")
+        next_round += rounds
+
         rounds = max(1, round(cfg.record_target_per_s * cfg.record_seconds / cfg.live_posts))
         records = [(workload.ids[i].encode(), workload.snapshot(i, k), None)
                    for k in range(next_round, next_round + rounds) for i in range(cfg.live_posts)]
@@ -308,6 +357,12 @@ def render_table(results: dict, command: str) -> str:
     rows = [
         ("snapshot-batch input, produced -> prediction published", f"{results['batch_snapshots_per_s']:,} snapshots/s",
          f"naive {results['naive_snapshots_per_s']:,}/s (x{results['speedup_batch_vs_naive']})"),
+        (f"sustained: envelopes paced at {results['sustained_target_per_s']:,.0f} snapshots/s",
+         f"{results['sustained_snapshots_per_s']:,} snapshots/s, last prediction {results['sustained_drain_s']} s "
+         f"after the last envelope",
+         f"age of the snapshot a prediction is as of: p50 {results['sustained_staleness_p50_s']} s, "
+         f"p99 {results['sustained_staleness_p99_s']} s; {results['sustained_predictions_per_snapshot']} "
+         f"predictions per snapshot"),
         ("one snapshot per record", f"{results['record_snapshots_per_s']:,} snapshots/s",
          f"naive x{results['speedup_record_vs_naive']}"),
         ("predictions per snapshot (batch / record phase)",
