@@ -276,6 +276,7 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         round_of = {workload.round_time(k).encode(): k for k in envelope_of}
         sent_at: dict[bytes, float] = {}
         staleness: list[float] = []
+        arrived: list[float] = []
 
         def on_sustained(message, now):
             at = message.value.find(b'"as_of":"') + 9
@@ -283,6 +284,7 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
             if k is not None:
                 sent = sent_at[f"batch-{envelope_of[k][int(message.key[6:])]}".encode()]
                 staleness.append(now - sent)
+                arrived.append(now)
 
         rate = cfg.batch_target_per_s * len(records) / (rounds * cfg.live_posts)  # envelopes/s
         log(f"sustained: the same load paced at {cfg.batch_target_per_s:,.0f} snapshots/s ({rate:.1f} envelopes/s)")
@@ -297,11 +299,17 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         results["sustained_predictions_per_snapshot"] = round(seen / (rounds * cfg.live_posts), 3)
         for q in (50, 99, 100):
             results[f"sustained_staleness_p{q}_s"] = round(_percentile(staleness, q), 2)
+        # Whether the worker keeps up: a steady age is sustainable, an age growing with time is not.
+        start = min(sent_at.values())
+        tens, ages = np.floor((np.array(arrived) - start) / 10).astype(int), np.array(staleness)
+        results["sustained_staleness_p50_by_10s"] = [round(float(np.median(ages[tens == t])), 1) if (tens == t).any()
+                                                     else None for t in range(int(tens.max()) + 1)] if arrived else []
         log(f"  {results['sustained_snapshots_per_s']:,} snapshots/s over {seconds:.1f} s (the last prediction "
             f"{results['sustained_drain_s']} s after the last envelope), {seen / (rounds * cfg.live_posts):.3f} "
             f"predictions per snapshot; age of the snapshot a prediction is as of: p50 "
             f"{results['sustained_staleness_p50_s']} s, p99 {results['sustained_staleness_p99_s']} s, "
-            f"max {results['sustained_staleness_p100_s']} s")
+            f"max {results['sustained_staleness_p100_s']} s; p50 per 10 s of the run: "
+            f"{results['sustained_staleness_p50_by_10s']} s")
         next_round += rounds
 
         rounds = max(1, round(cfg.record_target_per_s * cfg.record_seconds / cfg.live_posts))
