@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -219,6 +221,37 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process with its live descendants (Triton's
+    Python-backend stubs are its children), from /proc; ``load generator`` is this process. Empty off Linux.
+    CPU time, unlike a rate, hardly depends on what else the shared machine is doing."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    used: dict[int, float] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+
+    def tree(pid: int) -> float:
+        return used.get(pid, 0.0) + sum(tree(child) for child in children.get(pid, []))
+
+    return {**{name: tree(pid) for name, pid in pids.items()}, "load generator": used.get(os.getpid(), 0.0)}
+
+
+def _cpu_per_snapshot(before: dict[str, float], after: dict[str, float], snapshots: int) -> dict[str, float]:
+    """Microseconds of CPU per snapshot, per component, between two ``_cpu_seconds`` readings."""
+    return {name: round(1e6 * (after[name] - before[name]) / snapshots, 1) for name in before if name in after}
+
+
 def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     from popscore.naive_pipeline import run_naive
     from popscore.stack.components import create_topics
@@ -232,6 +265,7 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
     results: dict = {"config": asdict(cfg), "text_encoder": False}
     try:
         endpoints = state.endpoints_obj()
+        pids = {name: int(info["pid"]) for name, info in state.processes.items()}
         bootstrap = endpoints.broker_bootstrap
         topics = settings.kafka.topics
         create_topics(endpoints, [NAIVE_IN, NAIVE_OUT], 1)
@@ -250,16 +284,18 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         def full_speed(name: str, records, n: int, last_round: int, seconds_hint: float) -> None:
             """Produce ``records`` (``n`` snapshots) at full speed; done when every live post has a
             prediction as of ``last_round``."""
+            cpu = _cpu_seconds(pids)
             hits, seconds, seen = asyncio.run(_through(bootstrap, settings, records,
                                                  f'"as_of":"{workload.round_time(last_round)}"'.encode(),
                                                  cfg.live_posts, timeout_s=max(600, 10 * seconds_hint)))
+            results[f"{name}_cpu_us_per_snapshot"] = _cpu_per_snapshot(cpu, _cpu_seconds(pids), n)
             results[f"{name}_snapshots_per_s"] = round(n / seconds) if hits == cfg.live_posts else 0
             results[f"{name}_seconds"] = round(seconds, 1)
             # Snapshots of one post that meet in a worker window give one prediction: under a backlog this
             # falls below 1 (the worker catches up per post); at a sustainable rate it stays near 1.
             results[f"{name}_predictions_per_snapshot"] = round(seen / n, 3)
             log(f"  {results[f'{name}_snapshots_per_s']:,} snapshots/s ({seconds:.1f} s), "
-                f"{seen / n:.3f} predictions per snapshot")
+                f"{seen / n:.3f} predictions per snapshot; CPU us per snapshot: {results[f'{name}_cpu_us_per_snapshot']}")
 
         rounds = max(1, round(cfg.batch_target_per_s * cfg.batch_seconds / cfg.live_posts))
         records = _envelopes(workload, range(next_round, next_round + rounds), partitions, cfg.envelope_snapshots)
@@ -288,10 +324,12 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
 
         rate = cfg.batch_target_per_s * len(records) / (rounds * cfg.live_posts)  # envelopes/s
         log(f"sustained: the same load paced at {cfg.batch_target_per_s:,.0f} snapshots/s ({rate:.1f} envelopes/s)")
+        cpu = _cpu_seconds(pids)
         hits, seconds, seen = asyncio.run(_through(
             bootstrap, settings, records, f'"as_of":"{workload.round_time(next_round + rounds - 1)}"'.encode(),
             cfg.live_posts, timeout_s=max(600, 10 * cfg.batch_seconds), rate=rate, on_message=on_sustained,
             sent_at=sent_at))
+        results["sustained_cpu_us_per_snapshot"] = _cpu_per_snapshot(cpu, _cpu_seconds(pids), rounds * cfg.live_posts)
         produced_s = max(sent_at.values()) - min(sent_at.values())
         results["sustained_target_per_s"] = cfg.batch_target_per_s
         results["sustained_snapshots_per_s"] = round(rounds * cfg.live_posts / seconds) if hits == cfg.live_posts else 0
@@ -371,6 +409,10 @@ def render_table(results: dict, command: str) -> str:
          f"age of the snapshot a prediction is as of: p50 {results['sustained_staleness_p50_s']} s, "
          f"p99 {results['sustained_staleness_p99_s']} s; {results['sustained_predictions_per_snapshot']} "
          f"predictions per snapshot"),
+        ("CPU per snapshot, envelopes at full speed (us; CPU time, not rates, so less noisy)",
+         ", ".join(f"{k} {v}" for k, v in results.get("batch_cpu_us_per_snapshot", {}).items()
+                   if k != "load generator"),
+         f"load generator {results.get('batch_cpu_us_per_snapshot', {}).get('load generator', 'n/a')}"),
         ("one snapshot per record", f"{results['record_snapshots_per_s']:,} snapshots/s",
          f"naive x{results['speedup_record_vs_naive']}"),
         ("predictions per snapshot (batch / record phase)",
@@ -391,8 +433,6 @@ README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 def write_into_readme(readme_path, table: str, machine_note: str) -> None:
     """Replace the README's benchmark section (between the bench markers) with ``table``."""
-    from pathlib import Path
-
     path = Path(readme_path)
     text = path.read_text()
     start, end = text.index(README_START), text.index(README_END)
