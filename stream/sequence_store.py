@@ -13,6 +13,7 @@ platform, ...) lives in a small hash beside it. Both expire ``ttl_s`` after thei
 from __future__ import annotations
 
 import json
+import operator
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,8 +31,8 @@ RECORD_DTYPE = np.dtype([("t", ">u4")] + [(name, ">f8") for name in COUNTER_NAME
 APPENDED, DUPLICATE, CORRECTED, OUT_OF_ORDER = 1, 0, 2, 3
 
 # Many posts per call. KEYS: sequence and metadata key of each post, in pairs. ARGV: header, record width,
-# ttl seconds, META_FIELDS as a JSON list, then per post the number of its records followed by the
-# records. Returns per post {statuses, merged sequence, values of META_FIELDS}.
+# ttl seconds, META_FIELDS as a JSON list, then per post its records concatenated (one argument per post:
+# redis-py's packing costs per argument). Returns per post {statuses, merged sequence, values of META_FIELDS}.
 MERGE_SCRIPT = """
 local header, width, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local meta_fields = cjson.decode(ARGV[4])
@@ -42,9 +43,9 @@ for p = 1, #KEYS, 2 do
   local key, meta_key = KEYS[p], KEYS[p + 1]
   local seq = redis.call('GET', key) or header
   local statuses = {}
-  local count = tonumber(ARGV[a])
-  for i = a + 1, a + count do
-    local rec = ARGV[i]
+  local records = ARGV[a]
+  for start = 1, #records, width do
+    local rec = string.sub(records, start, start + width - 1)
     local t = string.sub(rec, 1, 4)
     local n = (#seq - hlen) / width
     local lo, hi = 0, n
@@ -66,7 +67,7 @@ for p = 1, #KEYS, 2 do
       statuses[#statuses + 1] = (lo < n) and 3 or 1
     end
   end
-  a = a + count + 1
+  a = a + 1
   redis.call('SET', key, seq, 'EX', ttl)
   redis.call('EXPIRE', meta_key, ttl)
   out[#out + 1] = statuses
@@ -77,11 +78,13 @@ return out
 """
 
 
+_COUNTS = operator.attrgetter(*COUNTER_NAMES)
+_NAN = float("nan")
+
+
 def encode_snapshot(snapshot: Snapshot) -> bytes:
-    counts = snapshot.counts
-    values = [getattr(counts, name) for name in COUNTER_NAMES]
     return RECORD.pack(int(snapshot.observed_at.timestamp()),
-                       *(float("nan") if v is None else float(v) for v in values))
+                       *[_NAN if v is None else v for v in _COUNTS(snapshot.counts)])
 
 
 def group_by_post(snapshots: Iterable[Snapshot], into: dict[str, list[bytes]] | None = None
@@ -243,7 +246,7 @@ class SnapshotSequenceStore:
                 keys, args = [], [FORMAT_VERSION, RECORD.size, self.ttl_s, META_FIELDS_JSON]
                 for post_id in post_ids[start:start + posts_per_call]:
                     keys += [self.sequence_key(post_id), self.post_key(post_id)]
-                    args += [len(by_post[post_id]), *by_post[post_id]]
+                    args.append(b"".join(by_post[post_id]))
                 await self._merge(keys=keys, args=args, client=pipe)
             results = await pipe.execute()
         flat = [item for result in results for item in result]

@@ -381,8 +381,9 @@ class StreamWorker:
             self.metrics.predictions.labels(kind, result.model_version, result.served_by).inc(n)
             self.metrics.inference_seconds.labels(kind, result.model_version, result.served_by).observe(elapsed)
             self.metrics.inference_batch.labels(kind).observe(n)
-            for value in result.outputs["log_score"].reshape(-1):
-                self.metrics.predicted_log_score.labels(kind).observe(float(value))
+            observe = self.metrics.predicted_log_score.labels(kind).observe
+            for value in result.outputs["log_score"].reshape(-1).tolist():
+                observe(value)
             offset += n
         rising = inputs["dynamic_features"][:, RISING_INDEX] if kind == "temporal" else np.zeros(len(records))
         ages, tolerance = ((0.0,), 1.0) if kind == "static" else (spec.eval_ages_h,
