@@ -231,40 +231,46 @@ class StreamWorker:
                 group_by_post(snapshots, into=window)
                 in_window += len(snapshots)
                 if in_window >= self.settings.worker.window_snapshots:
-                    deliveries += await self._score_window(window, in_window)
+                    await self._score_window(window, in_window)
                     window, in_window = {}, 0
             if window:
-                deliveries += await self._score_window(window, in_window)
+                await self._score_window(window, in_window)
             await asyncio.gather(*deliveries)
         self.metrics.batch_size.labels("snapshots").observe(len(messages))
         self._observe_end_to_end("temporal", messages)
 
-    async def _score_window(self, window: dict[str, list[bytes]], snapshots: int) -> list:
-        """Merge and score a window in steps of about ``max_batch_snapshots``, pipelined: while Triton scores one
-        step, the next is merged and its features built here; the steps' predictions are still published (and
-        the leaderboards written) in step order. The delivery futures."""
+    async def _score_window(self, window: dict[str, list[bytes]], snapshots: int) -> None:
+        """Merge, score and publish a window in steps of about ``max_batch_snapshots``, pipelined so that Redis,
+        Triton and this process work at once: step k+1 is merged in Redis while this process builds step k's
+        features and publishes step k-1, and Triton scores step k meanwhile. A post's snapshots are all in one
+        step, so steps touch disjoint posts and their writes may overlap; the window's outputs are all delivered
+        before it returns, so a later window's prediction of a post is written after this one's."""
         self.metrics.snapshots_folded.inc(snapshots - len(window))
-        deliveries = []
-        previous: tuple[ScoringJob, asyncio.Future] | None = None
+        steps = steps_by_post(window, self.settings.worker.max_batch_snapshots)
+        outputs = []
+        merging = asyncio.ensure_future(self._merge(steps[0])) if steps else None
+        scoring: tuple[ScoringJob, asyncio.Future] | None = None  # the step Triton is scoring
         current = None
         try:
-            for step in steps_by_post(window, self.settings.worker.max_batch_snapshots):
-                job = await self._merge(step)
+            for k in range(len(steps)):
+                changed = await merging
+                merging = asyncio.ensure_future(self._merge(steps[k + 1])) if k + 1 < len(steps) else None
+                job = await self._temporal_job(self._with_post(changed))
                 current = (job, asyncio.ensure_future(self._infer(job))) if job is not None else None
-                if previous is not None:
-                    deliveries += await self._publish(previous[0], *await previous[1])
-                previous = current
-            if previous is not None:
-                deliveries += await self._publish(previous[0], *await previous[1])
-                previous = None
-        finally:  # if a step failed, no inference is left running behind it (a no-op on finished ones)
-            for pending in (previous, current):
+                if scoring is not None:
+                    outputs += await self._publish(scoring[0], *await scoring[1])
+                scoring = current
+            if scoring is not None:
+                outputs += await self._publish(scoring[0], *await scoring[1])
+                scoring = None
+            await asyncio.gather(*outputs)
+        finally:  # if a step failed, nothing is left running behind it (a no-op on finished ones)
+            for pending in (merging, scoring and scoring[1], current and current[1]):
                 if pending is not None:
-                    pending[1].cancel()
-        return deliveries
+                    pending.cancel()
 
-    async def _merge(self, by_post: dict[str, list[bytes]]) -> ScoringJob | None:
-        """Merge a step's snapshots into the sequences; the scoring job of the posts that changed."""
+    async def _merge(self, by_post: dict[str, list[bytes]]) -> list[SequenceUpdate]:
+        """Merge a step's snapshots into the sequences; the updates of the posts whose sequence changed."""
         started = time.perf_counter()
         updates = await self.store.merge_records(by_post)
         self.metrics.redis_seconds.labels("merge").observe(time.perf_counter() - started)
@@ -273,10 +279,9 @@ class StreamWorker:
             for status in update.statuses:
                 self.metrics.sequence_merges.labels(MERGE_OUTCOMES[status]).inc()
         changed = [u for u in updates if u.changed]
-        if not changed:
-            return None
-        self.metrics.counter_decreases.inc(count_decreases(*(u.sequence for u in changed)))
-        return await self._temporal_job(self._with_post(changed))
+        if changed:
+            self.metrics.counter_decreases.inc(count_decreases(*(u.sequence for u in changed)))
+        return changed
 
     def _with_post(self, updates: list[SequenceUpdate]) -> list[SequenceUpdate]:
         """The posts and snapshots topics are consumed independently, so a snapshot can overtake its post.
@@ -368,7 +373,7 @@ class StreamWorker:
         return results, time.perf_counter() - started
 
     async def _publish(self, job: ScoringJob, results: list, elapsed: float) -> list:
-        """Predictions to the leaderboards and the predictions topic; the delivery futures."""
+        """Predictions to the leaderboards and the predictions topic; the futures of both writes."""
         kind, post_ids, as_of, spec, created = job.kind, job.post_ids, job.as_of, job.spec, job.created
         platforms, categories, inputs = job.platforms, job.categories, job.inputs
         records, offset = [], 0
@@ -397,10 +402,10 @@ class StreamWorker:
                 r["post_id"], r["score"], float(rising[i]), platforms[i] if platforms else "",
                 categories[i] if categories else None, encode(latest_view(r)), float(created[i]) + spec.horizon_s,
                 kept))
-        await self.boards.record(kind, recorded)
+        boards = asyncio.ensure_future(self.boards.record(kind, recorded))  # overlaps the next step's work
         topic = self.settings.kafka.topics.predictions
         self.metrics.records_out.labels(topic).inc(len(records))
-        return await self.send_many(topic, [(r["post_id"].encode(), encode(r)) for r in records])
+        return [boards, *await self.send_many(topic, [(r["post_id"].encode(), encode(r)) for r in records])]
 
     async def evaluate_matured(self, limit: int = 2_000) -> int:
         """Compare the kept predictions of posts past their horizon with what they really reached."""
