@@ -76,6 +76,8 @@ class WorkerSettings(BaseModel):
     window_snapshots: int = Field(500_000, ge=1, description="snapshots of a micro-batch grouped by post before "
                                   "they are merged: a post's snapshots in one window give one merge and one "
                                   "prediction. Bounds what a batch of envelopes holds (~120 B a snapshot)")
+    lanes: int = Field(2, ge=1, le=64, description="windows of one micro-batch scored concurrently, split by "
+                       "partition (a post stays in one lane, in order)")
     stream_buffer_records: int = Field(4096, ge=1, description="records buffered per partition before "
                                        "consumption pauses (backpressure)")
     online_window: int = Field(5_000, ge=10, description="predictions per (model, version, age) in the "

@@ -216,10 +216,14 @@ class StreamWorker:
     async def handle_snapshots(self, messages: list) -> None:
         """A micro-batch of snapshot records, in windows: the snapshots of a window are grouped by post, so that
         several snapshots of one post give one merge and one prediction (after a lag, catching up costs per post,
-        not per snapshot). A window is bounded in snapshots, which bounds what a batch of envelopes holds."""
+        not per snapshot). A window is bounded in snapshots, which bounds what a batch of envelopes holds.
+        Records are split into ``lanes`` by partition and the lanes' windows are scored concurrently: a post's
+        snapshots are always in one partition, so each post stays in one lane, in order, while one lane waits on
+        Redis or Triton and another works."""
         deliveries = []
-        window: dict[str, list[bytes]] = {}
-        in_window = 0
+        lanes = self.settings.worker.lanes
+        windows: list[dict[str, list[bytes]]] = [{} for _ in range(lanes)]
+        in_window = [0] * lanes
         with self.metrics.in_flight.track_inprogress():
             for message in messages:
                 try:
@@ -228,16 +232,22 @@ class StreamWorker:
                     deliveries.append(await self.dead_letter(message, error))
                     continue
                 snapshots = record.snapshots if isinstance(record, SnapshotBatch) else [record]
-                group_by_post(snapshots, into=window)
-                in_window += len(snapshots)
-                if in_window >= self.settings.worker.window_snapshots:
-                    await self._score_window(window, in_window)
-                    window, in_window = {}, 0
-            if window:
-                await self._score_window(window, in_window)
+                lane = (message.partition or 0) % lanes
+                group_by_post(snapshots, into=windows[lane])
+                in_window[lane] += len(snapshots)
+                if sum(in_window) >= self.settings.worker.window_snapshots:
+                    await self._score_windows(windows, in_window)
+                    windows, in_window = [{} for _ in range(lanes)], [0] * lanes
+            await self._score_windows(windows, in_window)
             await asyncio.gather(*deliveries)
         self.metrics.batch_size.labels("snapshots").observe(len(messages))
         self._observe_end_to_end("temporal", messages)
+
+    async def _score_windows(self, windows: list[dict[str, list[bytes]]], sizes: list[int]) -> None:
+        async with asyncio.TaskGroup() as lanes:  # a lane that fails cancels the others
+            for window, size in zip(windows, sizes):
+                if window:
+                    lanes.create_task(self._score_window(window, size))
 
     async def _score_window(self, window: dict[str, list[bytes]], snapshots: int) -> None:
         """Merge, score and publish a window in steps of about ``max_batch_snapshots``, pipelined so that Redis,
