@@ -264,6 +264,12 @@ def test_snapshots_that_overtake_their_post_are_scored_when_the_post_arrives(pri
     assert covered(grouped, last_seen)
 
 
+def whole_seconds(moment) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(int(moment.timestamp()), timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def test_several_snapshots_of_a_post_in_one_window_give_one_prediction(private_stack):
     """One envelope holding three snapshots of each post, out of order (one window of the private stack's 40
     snapshots, two steps of 16): every snapshot is stored, and each post gets one temporal prediction, as of
@@ -287,7 +293,7 @@ def test_several_snapshots_of_a_post_in_one_window_give_one_prediction(private_s
     lines = [by_post[p][k][0] for k in (2, 0, 1) for p in chosen]  # the latest first, then the two before
     asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.snapshots,
                         [(b"fold-envelope", batch_envelope(lines))]))
-    latest = {p: by_post[p][2][1].observed_at.isoformat().replace("+00:00", "Z") for p in chosen}
+    latest = {p: whole_seconds(by_post[p][2][1].observed_at) for p in chosen}  # sequences keep whole seconds
     predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "fold-",
                         lambda g: covered(g, latest))
     time.sleep(2)  # anything else the envelope caused is published by now
