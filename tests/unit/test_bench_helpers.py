@@ -1,0 +1,56 @@
+"""The bench's own bookkeeping (pure parts): which envelope carries a snapshot, CPU per snapshot, the table."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from popscore.bench import Workload, _cpu_per_snapshot, _cpu_seconds, _envelopes, render_table
+from popscore.replay import partition_for
+
+
+def test_envelope_of_names_the_envelope_that_carries_each_snapshot():
+    workload = Workload(23)
+    envelope_of = {}
+    records = _envelopes(workload, range(3, 5), [0, 1, 2], size=4, envelope_of=envelope_of)
+    assert sorted(envelope_of) == [3, 4]
+    assert len({key for key, _, _ in records}) == len(records)
+    for k, where in envelope_of.items():
+        for i, post_id in enumerate(workload.ids):
+            key, value, partition = records[where[i]]
+            assert key == f"batch-{where[i]}".encode()
+            lines = json.loads(value)["snapshots"]
+            assert len(lines) <= 4
+            assert {"post_id": post_id, "observed_at": workload.round_time(k)}.items() <= \
+                next(s for s in lines if s["post_id"] == post_id).items()
+            assert partition == partition_for(post_id, [0, 1, 2])  # as a keyed send would place it
+
+
+def test_cpu_per_snapshot_is_the_difference_in_microseconds():
+    assert _cpu_per_snapshot({"worker": 1.0, "broker": 2.0}, {"worker": 1.5, "broker": 2.0, "new": 9.0}, 1000) == \
+        {"worker": 500.0, "broker": 0.0}
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_cpu_seconds_of_this_process_grow_with_work():
+    before = _cpu_seconds({"me": os.getpid()})
+    sum(i * i for i in range(2_000_000))
+    after = _cpu_seconds({"me": os.getpid()})
+    assert after["me"] > before["me"] and after["load generator"] == after["me"]
+
+
+def test_the_table_shows_every_target_figure():
+    results = {"batch_snapshots_per_s": 25334, "naive_snapshots_per_s": 91, "speedup_batch_vs_naive": 278.4,
+               "sustained_target_per_s": 20000, "sustained_snapshots_per_s": 16155, "sustained_drain_s": 14.3,
+               "sustained_staleness_p50_s": 9.02, "sustained_staleness_p99_s": 16.02,
+               "sustained_predictions_per_snapshot": 0.516, "record_snapshots_per_s": 3673,
+               "speedup_record_vs_naive": 40.4, "latency_p50_ms": 270.9, "latency_p99_ms": 940.1,
+               "latency_samples": 36730, "redis_bytes_per_post": 1408.8, "naive_redis_bytes_per_post": 3296.7,
+               "redis_memory_ratio": 2.34, "batch_cpu_us_per_snapshot": {"worker": 29.3, "load generator": 2.5}}
+    table = render_table(results, "popscore bench")
+    assert table.startswith("`popscore bench`")
+    for figure in ("25,334 snapshots/s", "14.3 s after the last envelope", "3,673 snapshots/s", "p50 270.9 ms",
+                   "worker 29.3", "load generator 2.5", "x2.34"):
+        assert figure in table
+    assert "load generator 2.5 |" in table and "worker 29.3, load" not in table  # the load generator stands apart
