@@ -37,7 +37,8 @@ def test_cpu_seconds_of_this_process_grow_with_work():
     before = _cpu_seconds({"me": os.getpid()})
     sum(i * i for i in range(2_000_000))
     after = _cpu_seconds({"me": os.getpid()})
-    assert after["me"] > before["me"] and after["load generator"] == after["me"]
+    assert after["load generator"] > before["load generator"]  # this process alone
+    assert after["me"] >= after["load generator"]  # with its live child processes, if any
 
 
 def test_the_table_shows_every_target_figure():
