@@ -18,7 +18,7 @@ import asyncio
 import functools
 from collections import defaultdict
 
-from aiokafka.partitioner import murmur2
+from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 
@@ -36,21 +36,23 @@ class Consumer(faust_aiokafka.Consumer):
 
 
 class Producer(faust_aiokafka.Producer):
-    key_hash_cache = 1 << 18  # keys whose murmur2 is kept: the worker scores the same posts again and again
+    partitioner = DefaultPartitioner()
+    partition_cache = 1 << 18  # keys whose partition is kept: the worker scores the same posts again and again
 
     @functools.cached_property
-    def _key_hash(self):
-        """aiokafka's ``DefaultPartitioner`` hash (its murmur2 is pure Python, ~2 % of the worker), cached."""
-        return functools.lru_cache(maxsize=self.key_hash_cache)(lambda key: murmur2(key) & 0x7FFFFFFF)
+    def _partition_of(self):
+        """``partitioner`` per (key, partitions), cached: aiokafka's murmur2 is pure Python (~2 % of the worker)."""
+        return functools.lru_cache(maxsize=self.partition_cache)(
+            lambda key, partitions: self.partitioner(key, partitions, partitions))
 
     async def send_many(self, topic: str, records: list[tuple[bytes, bytes]]) -> list[asyncio.Future]:
         """Queue keyed records; returns one delivery future per record batch."""
         producer = self._ensure_producer()
-        partitions = sorted(await producer.partitions_for(topic))
+        partitions = tuple(sorted(await producer.partitions_for(topic)))
         by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
-        key_hash = self._key_hash
+        partition_of = self._partition_of
         for key, value in records:
-            by_partition[partitions[key_hash(key) % len(partitions)]].append((key, value))
+            by_partition[partition_of(key, partitions)].append((key, value))
         futures = []
         for partition, items in by_partition.items():
             batch = producer.create_batch()
