@@ -20,6 +20,7 @@ from collections import defaultdict
 
 from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.services import WaitResults
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -30,9 +31,68 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+class RecordHandoff:
+    """Runs the hand-off of one record inline, in a cancel scope that ``interrupt`` expires.
+
+    Faust's consumer delivers every record as ``wait_first(callback(record), suspend_flow.wait())``: the
+    callback (a put into the agent's queue, which waits only when the queue is full) runs until it is done
+    or until flow is suspended for a rebalance, whichever comes first. mode's generic ``wait_first`` does
+    that with a task for each argument and for the service's stopped and crashed events, three of them
+    cancelled again: ~29 us a record against ~3 us here, on a worker that spends ~180 us per single record.
+    """
+
+    def __init__(self) -> None:
+        self._scope: asyncio.Timeout | None = None
+
+    async def run(self, callback) -> bool:
+        """Await ``callback``; False if ``interrupt`` cancelled it first."""
+        scope = asyncio.timeout(None)
+        try:
+            async with scope:
+                self._scope = scope
+                await callback
+        except TimeoutError:
+            if not scope.expired():
+                raise  # the callback's own timeout, not an interruption
+            return False
+        finally:
+            self._scope = None
+        return True
+
+    def interrupt(self) -> None:
+        if self._scope is not None:
+            self._scope.reschedule(-1)  # a deadline in the past: cancelled at the next loop iteration
+
+
 class Consumer(faust_aiokafka.Consumer):
+    _handoff: RecordHandoff | None = None
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    @property
+    def handoff(self) -> RecordHandoff:
+        if self._handoff is None:
+            self._handoff = RecordHandoff()
+        return self._handoff
+
+    async def wait_first(self, *coros, timeout=None) -> WaitResults:
+        """Faust's only call on a consumer is ``wait_first(callback(record), suspend_flow.wait())``, once per
+        record (faust/transport/consumer.py, ``_drain_messages``); ``stop_flow`` interrupts it."""
+        if len(coros) != 2 or timeout is not None:
+            return await super().wait_first(*coros, timeout=timeout)
+        callback, flow_suspended = coros
+        flow_suspended.close()
+        if self.suspend_flow.is_set() or self.should_stop:
+            callback.close()
+            return WaitResults([], [], True)
+        if await self.handoff.run(callback):
+            return WaitResults([callback], [None], False)
+        return WaitResults([], [], True)
+
+    def stop_flow(self) -> None:
+        super().stop_flow()
+        self.handoff.interrupt()
 
 
 class Producer(faust_aiokafka.Producer):
