@@ -110,6 +110,25 @@ def create_topics(endpoints: Endpoints, names: list[str], partitions: int) -> No
     asyncio.run(_create_topics(endpoints.broker_bootstrap, names, partitions))
 
 
+async def _delete_topics(bootstrap: str, names: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+        while set(names) & set(await admin.list_topics()):
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+def recreate_topics(endpoints: Endpoints, names: list[str], partitions: int) -> None:
+    """Delete the topics (their records and committed offsets) and create them again, empty."""
+    asyncio.run(_delete_topics(endpoints.broker_bootstrap, names))
+    create_topics(endpoints, names, partitions)
+
+
 # --- redis --------------------------------------------------------------------------------------------
 
 def redis_server_binary() -> str:

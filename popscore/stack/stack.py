@@ -164,18 +164,24 @@ class EmbeddedStack:
 
     def restart_worker(self, kill: bool = False) -> None:
         """Stop the worker gracefully (SIGTERM) or with SIGKILL, start a new one, wait until it is ready."""
+        self.stop_worker(kill)
+        self.start_worker()
+
+    def stop_worker(self, kill: bool = False) -> None:
         import signal
 
         from popscore.stack.process import group_alive
 
-        info = self.state.processes["worker"]
-        pgid = int(info["pid"])
+        pgid = int(self.state.processes["worker"]["pid"])
         if kill:
             os.killpg(pgid, signal.SIGKILL)
             while group_alive(pgid):
                 time.sleep(0.05)
         else:
             stop_group(pgid, self.settings.stack.stop_timeout_s)
+
+    def start_worker(self) -> None:
+        """Start a worker on the running infrastructure and wait until it has its partitions."""
         endpoints = self.state.endpoints_obj()
         self._spawn("worker", c.worker_argv(), env=worker_settings_env(self.settings, endpoints, self.run_dir),
                     log_name=f"worker-{int(time.time() * 1000)}")
