@@ -32,36 +32,38 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class RecordHandoff:
-    """Runs the hand-off of one record inline, in a cancel scope that ``interrupt`` expires.
+    """Runs the hand-off of one record inline; ``interrupt`` cancels a hand-off that is waiting.
 
     Faust's consumer delivers every record as ``wait_first(callback(record), suspend_flow.wait())``: the
     callback (a put into the agent's queue, which waits only when the queue is full) runs until it is done
     or until flow is suspended for a rebalance, whichever comes first. mode's generic ``wait_first`` does
     that with a task for each argument and for the service's stopped and crashed events, three of them
-    cancelled again: ~29 us a record against ~3 us here, on a worker that spends ~180 us per single record.
+    cancelled again: ~29 us a record, on a worker that spends ~140 us per single record. Here the callback
+    runs in the consumer's own task, and an interruption cancels that task and is absorbed again, the way
+    ``asyncio.timeout`` absorbs its own cancellation (``Task.uncancel``).
     """
 
     def __init__(self) -> None:
-        self._scope: asyncio.Timeout | None = None
+        self._task: asyncio.Task | None = None
+        self._interrupted = False
 
     async def run(self, callback) -> bool:
         """Await ``callback``; False if ``interrupt`` cancelled it first."""
-        scope = asyncio.timeout(None)
+        self._task, self._interrupted = asyncio.current_task(), False
         try:
-            async with scope:
-                self._scope = scope
-                await callback
-        except TimeoutError:
-            if not scope.expired():
-                raise  # the callback's own timeout, not an interruption
-            return False
+            await callback
+        except asyncio.CancelledError:
+            if self._interrupted and self._task.uncancel() == 0:
+                return False
+            raise  # (also) cancelled from elsewhere: the consumer is stopping
         finally:
-            self._scope = None
+            self._task = None
         return True
 
     def interrupt(self) -> None:
-        if self._scope is not None:
-            self._scope.reschedule(-1)  # a deadline in the past: cancelled at the next loop iteration
+        if self._task is not None and not self._interrupted:
+            self._interrupted = True
+            self._task.cancel()
 
 
 class Consumer(faust_aiokafka.Consumer):

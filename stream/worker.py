@@ -410,8 +410,8 @@ class StreamWorker:
                          for age in eval_ages_reached(age_h, ages, tolerance))
             recorded.append(RecordedPrediction(
                 r["post_id"], r["score"], float(rising[i]), platforms[i] if platforms else "",
-                categories[i] if categories else None, encode(latest_view(r)), float(created[i]) + spec.horizon_s,
-                kept))
+                categories[i] if categories else None, encode(latest_view(r)).decode(),
+                float(created[i]) + spec.horizon_s, kept))
         boards = asyncio.ensure_future(self.boards.record(kind, recorded))  # overlaps the next step's work
         topic = self.settings.kafka.topics.predictions
         self.metrics.records_out.labels(topic).inc(len(records))

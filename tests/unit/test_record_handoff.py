@@ -64,3 +64,19 @@ def test_cancelling_the_consumer_task_is_not_swallowed():
         return task.cancelled()
 
     assert asyncio.run(scenario()) is True
+
+
+def test_an_interruption_during_a_stop_does_not_hide_the_stop():
+    async def scenario():
+        queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        queue.put_nowait(0)
+        handoff = RecordHandoff()
+        task = asyncio.ensure_future(handoff.run(queue.put(1)))
+        await asyncio.sleep(0.02)
+        handoff.interrupt()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return task.cancelled()
+
+    assert asyncio.run(scenario()) is True
