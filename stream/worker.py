@@ -18,6 +18,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -285,9 +286,8 @@ class StreamWorker:
         updates = await self.store.merge_records(by_post)
         self.metrics.redis_seconds.labels("merge").observe(time.perf_counter() - started)
         self.metrics.snapshots_in.inc(sum(len(u.statuses) for u in updates))
-        for update in updates:
-            for status in update.statuses:
-                self.metrics.sequence_merges.labels(MERGE_OUTCOMES[status]).inc()
+        for status, n in Counter(status for update in updates for status in update.statuses).items():
+            self.metrics.sequence_merges.labels(MERGE_OUTCOMES[status]).inc(n)  # a labelled inc was ~1.5 us
         changed = [u for u in updates if u.changed]
         if changed:
             self.metrics.counter_decreases.inc(count_decreases(*(u.sequence for u in changed)))

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -37,8 +38,19 @@ def invalid_records(prefix: str) -> list[tuple[bytes, bytes, str]]:
     ]
 
 
+def merge_outcomes(metrics_url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    return {sample.labels["outcome"]: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == "popscore_sequence_merges_total"}
+
+
 def test_valid_snapshots_update_sequences_and_invalid_ones_reach_the_dead_letters(stack_settings, kafka_bootstrap,
-                                                                                   redis_url):
+                                                                                   redis_url, endpoints):
+    metrics_url = endpoints.as_dict()["worker_metrics"]
+    before = merge_outcomes(metrics_url)
     prefix = f"t{uuid.uuid4().hex[:8]}"
     n_posts, per_post = 40, 3
     valid = [(f"{prefix}-{i}".encode(), snapshot(f"{prefix}-{i}", minute, likes=minute * (i + 1)))
@@ -70,3 +82,19 @@ def test_valid_snapshots_update_sequences_and_invalid_ones_reach_the_dead_letter
     for i in range(n_posts):
         seq = decode_sequence(client.get(f"ps:seq:{prefix}-{i}"))
         assert seq[:, 2].tolist() == [minute * (i + 1) for minute in range(per_post)]  # likes, in time order
+
+    # Counters stay exact: each valid snapshot merged once (appended, or inserted out of order: the records
+    # were shuffled), and the same snapshots again are all duplicates.
+    after = merge_outcomes(metrics_url)
+    delta = {outcome: after[outcome] - before.get(outcome, 0) for outcome in after}
+    assert delta.get("appended", 0) + delta.get("out_of_order", 0) == len(valid)
+    assert delta.get("duplicate", 0) == delta.get("corrected", 0) == 0
+    asyncio.run(produce(kafka_bootstrap, topics.snapshots, valid))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and merge_outcomes(metrics_url).get("duplicate", 0) - \
+            after.get("duplicate", 0) < len(valid):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    again = merge_outcomes(metrics_url)
+    assert {outcome: again[outcome] - after.get(outcome, 0) for outcome in again} == {
+        **{outcome: 0 for outcome in after}, "duplicate": len(valid)}
