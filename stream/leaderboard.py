@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import orjson
 import redis.asyncio as redis
 
+from popscore.stream.redis_script import PipelinedScript
+
 # ARGV: prefix, ttl, board size, model kind, then the predictions as one JSON array of rows
 # [post_id, score, rising, platform, category ('' for none), latest view (JSON text), maturity time,
 #  [[kept field, value], ...]]. One argument instead of eight or more per prediction: redis-py's command
@@ -70,7 +72,7 @@ class Leaderboards:
         self.key_prefix = key_prefix
         self.size = size
         self.ttl_s = ttl_s
-        self._record = client.register_script(RECORD_SCRIPT)
+        self._record = PipelinedScript(client, RECORD_SCRIPT)
 
     def key(self, board: str) -> str:
         return f"{self.key_prefix}lb:{board}"
@@ -78,14 +80,15 @@ class Leaderboards:
     async def record(self, kind: str, predictions: list[RecordedPrediction], per_call: int = 512) -> None:
         if not predictions:
             return
-        async with self.client.pipeline(transaction=False) as pipe:
+
+        def queue_calls(pipe) -> None:
             for start in range(0, len(predictions), per_call):
                 rows = [[p.post_id, p.score, p.rising, p.platform, p.category or "", p.latest_view, p.matures_at,
                          [[name, repr(value)] for name, value in p.kept_for_evaluation]]
                         for p in predictions[start:start + per_call]]
-                await self._record(keys=[], args=[self.key_prefix, self.ttl_s, self.size, kind, orjson.dumps(rows)],
-                                   client=pipe)
-            await pipe.execute()
+                self._record.call(pipe, [], [self.key_prefix, self.ttl_s, self.size, kind, orjson.dumps(rows)])
+
+        await self._record.run(queue_calls)
 
     async def top(self, board: str = "top", k: int = 10) -> list[tuple[str, float]]:
         rows = await self.client.zrevrange(self.key(board), 0, k - 1, withscores=True)

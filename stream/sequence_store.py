@@ -23,6 +23,7 @@ import redis.asyncio as redis
 
 from popscore.contract import Post, Snapshot
 from popscore.settings import COUNTER_NAMES
+from popscore.stream.redis_script import PipelinedScript
 
 FORMAT_VERSION = b"\x01"
 RECORD = struct.Struct(">I" + "d" * len(COUNTER_NAMES))
@@ -222,7 +223,7 @@ class SnapshotSequenceStore:
         self.client = client
         self.key_prefix = key_prefix
         self.ttl_s = ttl_s
-        self._merge = client.register_script(MERGE_SCRIPT)
+        self._merge = PipelinedScript(client, MERGE_SCRIPT)
 
     def sequence_key(self, post_id: str) -> str:
         return f"{self.key_prefix}seq:{post_id}"
@@ -241,14 +242,16 @@ class SnapshotSequenceStore:
         if not by_post:
             return []
         post_ids = list(by_post)
-        async with self.client.pipeline(transaction=False) as pipe:
+
+        def queue_calls(pipe) -> None:
             for start in range(0, len(post_ids), posts_per_call):
                 keys, args = [], [FORMAT_VERSION, RECORD.size, self.ttl_s, META_FIELDS_JSON]
                 for post_id in post_ids[start:start + posts_per_call]:
                     keys += [self.sequence_key(post_id), self.post_key(post_id)]
                     args.append(b"".join(by_post[post_id]))
-                await self._merge(keys=keys, args=args, client=pipe)
-            results = await pipe.execute()
+                self._merge.call(pipe, keys, args)
+
+        results = await self._merge.run(queue_calls)
         flat = [item for result in results for item in result]
         sequences = decode_sequences(flat[1::3])
         return [SequenceUpdate(post_id, sequences[i], PostMeta.from_values(*flat[3 * i + 2]), flat[3 * i])

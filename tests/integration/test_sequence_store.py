@@ -74,3 +74,23 @@ def test_several_snapshots_of_one_post_in_one_batch_make_one_update_with_post_me
     assert (meta.platform, meta.category, meta.created_at) == ("reddit", "news", T0)
     vectors, weights, ok = decode_content([meta.content], version=7, dim=2, n_weights=2)
     assert ok.tolist() == [True] and vectors.tolist() == [[0.5, -1.0]] and weights.tolist() == [[0.25, 0.75]]
+
+
+def test_merges_send_no_script_exists_and_reload_the_script_after_a_flush(redis_url):
+    post = f"p{uuid.uuid4().hex[:8]}"
+
+    async def script_exists_calls(client) -> int:
+        return (await client.info("commandstats")).get("cmdstat_script|exists", {}).get("calls", 0)
+
+    async def scenario(store, client):
+        await store.merge([snap(post, 100, 1)])
+        before = await script_exists_calls(client)
+        await client.script_flush()  # as after a Redis restart: the next merge finds no script
+        reloaded = await store.merge([snap(post, 200, 2)])
+        again = await store.merge([snap(post, 300, 3)])
+        return reloaded, again, before, await script_exists_calls(client)
+
+    reloaded, again, before, after = run(redis_url, scenario)
+    assert reloaded[0].statuses == [APPENDED] and again[0].statuses == [APPENDED]
+    assert reloaded[0].sequence[:, 0].tolist() == [T0 + 100, T0 + 200]
+    assert after == before  # redis-py's Script in a pipeline would have asked SCRIPT EXISTS before each merge
