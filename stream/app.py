@@ -13,6 +13,7 @@ import json
 import faust
 
 from popscore.settings import COUNTER_NAMES, Settings
+from popscore.stream.micro_batches import take_batches
 from popscore.stream.worker import StreamWorker
 
 
@@ -67,13 +68,13 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(snapshots_topic)
     async def snapshots(stream):
         await worker.ensure_started()
-        async for events in stream.take_events(batch.batch_size, within=batch.batch_within_s):
+        async for events in take_batches(stream, batch.batch_size, within=batch.batch_within_s):
             await worker.handle_snapshots([event.message for event in events])
 
     @app.agent(posts_topic)
     async def posts(stream):
         await worker.ensure_started()
-        async for events in stream.take_events(batch.batch_size, within=batch.batch_within_s):
+        async for events in take_batches(stream, batch.batch_size, within=batch.batch_within_s):
             await worker.handle_posts([event.message for event in events])
 
     @app.task
