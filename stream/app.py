@@ -2,7 +2,8 @@
 
 Values arrive as raw bytes and are validated by the worker, at the boundary, so that a record Faust
 could not even decode still reaches the dead-letter topic with its original bytes. Agents consume in
-micro-batches (``take_events`` with a ``within`` bound, so an idle topic never stalls a partial batch).
+micro-batches (``take_batches``: full, or ``batch_within_s`` after their first event, so an idle topic never
+stalls a partial batch; the next batch fills while the agent handles one).
 """
 
 from __future__ import annotations
