@@ -38,7 +38,7 @@ class RecordHandoff:
     callback (a put into the agent's queue, which waits only when the queue is full) runs until it is done
     or until flow is suspended for a rebalance, whichever comes first. mode's generic ``wait_first`` does
     that with a task for each argument and for the service's stopped and crashed events, three of them
-    cancelled again: ~29 us a record, on a worker that spends ~140 us per single record. Here the callback
+    cancelled again: ~29 us a record, on a worker that then spent ~140 us per single record. Here the callback
     runs in the consumer's own task, and an interruption cancels that task and is absorbed again, the way
     ``asyncio.timeout`` absorbs its own cancellation (``Task.uncancel``).
     """
@@ -67,16 +67,12 @@ class RecordHandoff:
 
 
 class Consumer(faust_aiokafka.Consumer):
-    _handoff: RecordHandoff | None = None
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.handoff = RecordHandoff()
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    @property
-    def handoff(self) -> RecordHandoff:
-        if self._handoff is None:
-            self._handoff = RecordHandoff()
-        return self._handoff
 
     async def wait_first(self, *coros, timeout=None) -> WaitResults:
         """Faust's only call on a consumer is ``wait_first(callback(record), suspend_flow.wait())``, once per
