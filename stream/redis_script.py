@@ -28,13 +28,13 @@ class PipelinedScript:
 
     async def run(self, queue_calls: Callable[[object], None]) -> list:
         """A pipeline of this script's calls, queued by ``queue_calls(pipe)``; the calls' results."""
-        for attempt in range(2):
-            async with self.client.pipeline(transaction=False) as pipe:
-                queue_calls(pipe)
-                try:
-                    return await pipe.execute()
-                except NoScriptError:
-                    if attempt:
-                        raise
+        try:
+            return await self._execute(queue_calls)
+        except NoScriptError:
             await self.client.script_load(self.source)
-        raise AssertionError("unreachable")
+            return await self._execute(queue_calls)
+
+    async def _execute(self, queue_calls: Callable[[object], None]) -> list:
+        async with self.client.pipeline(transaction=False) as pipe:
+            queue_calls(pipe)
+            return await pipe.execute()

@@ -9,6 +9,7 @@ package's Faust worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -72,15 +73,21 @@ def broker_argv(endpoints: Endpoints) -> list[str]:
             "--storage-engine", "memory://tansu/"]
 
 
-async def _broker_topics(bootstrap: str) -> list[str]:
+@contextlib.asynccontextmanager
+async def _admin(bootstrap: str, request_timeout_ms: int = 10000):
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=request_timeout_ms)
     await admin.start()
     try:
-        return await admin.list_topics()
+        yield admin
     finally:
         await admin.close()
+
+
+async def _broker_topics(bootstrap: str) -> list[str]:
+    async with _admin(bootstrap, request_timeout_ms=2000) as admin:
+        return await admin.list_topics()
 
 
 def broker_healthy(endpoints: Endpoints) -> bool:
@@ -92,18 +99,14 @@ def broker_healthy(endpoints: Endpoints) -> bool:
 
 
 async def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
-    await admin.start()
-    try:
+    async with _admin(bootstrap) as admin:
         existing = set(await admin.list_topics())
         missing = [NewTopic(name, num_partitions=partitions, replication_factor=1)
                    for name in names if name not in existing]
         if missing:
             await admin.create_topics(missing)
-    finally:
-        await admin.close()
 
 
 def create_topics(endpoints: Endpoints, names: list[str], partitions: int) -> None:
@@ -111,16 +114,10 @@ def create_topics(endpoints: Endpoints, names: list[str], partitions: int) -> No
 
 
 async def _delete_topics(bootstrap: str, names: list[str]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
-    await admin.start()
-    try:
+    async with _admin(bootstrap) as admin:
         await admin.delete_topics(names)
         while set(names) & set(await admin.list_topics()):
             await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
 
 
 def recreate_topics(endpoints: Endpoints, names: list[str], partitions: int) -> None:
