@@ -48,6 +48,7 @@ def create_app(settings: Settings) -> faust.App:
         # Backpressure: when Redis or Triton slow down, the agent awaits, this buffer fills and Faust
         # pauses fetching; memory stays bounded by it instead of growing.
         stream_buffer_maxsize=settings.worker.stream_buffer_records,
+        producer_max_batch_size=settings.worker.producer_batch_bytes,
     )
     app.fetch_max_wait_ms = settings.worker.fetch_max_wait_ms  # read by stream/kafka_transport.py
     posts_topic = app.topic(topics.posts, key_type=bytes, value_type=bytes)
