@@ -116,13 +116,15 @@ def config_pbtxt(name: str, kind: str, spec: F.FeatureSpec, max_batch_size: int 
         dims = ", ".join(str(d) for d in t.dims)
         return f'  {{\n    name: "{t.name}"\n    data_type: {t.data_type}\n    dims: [ {dims} ]\n  }}'
 
+    # The worker batches its requests itself (a micro-batch's rows in one request), so waiting for more only
+    # adds latency: a 2 ms queue delay cost ~3 ms of p50 on paced single records.
     return (
         f'name: "{name}"\n'
         'platform: "onnxruntime_onnx"\n'
         f"max_batch_size: {max_batch_size}\n"
         "input [\n" + ",\n".join(block(t) for t in ins) + "\n]\n"
         "output [\n" + ",\n".join(block(t) for t in outs) + "\n]\n"
-        "dynamic_batching {\n  preferred_batch_size: [ 64, 256, 1024 ]\n  max_queue_delay_microseconds: 2000\n}\n"
+        "dynamic_batching {\n  preferred_batch_size: [ 64, 256, 1024 ]\n  max_queue_delay_microseconds: 100\n}\n"
         "version_policy: { latest: { num_versions: 1 } }\n"
         'instance_group [ { count: 1, kind: KIND_CPU } ]\n'
     )
