@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import operator
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,17 +142,21 @@ def decode_sequences(blobs: list[bytes | None]) -> list[np.ndarray]:
     return np.split(table, np.cumsum(lengths)[:-1])
 
 
-def count_decreases(*sequences: np.ndarray) -> int:
-    """Steps where a counter went down, summed over the sequences: kept as observed (never hidden), but
-    counted."""
-    sequences = [s for s in sequences if len(s)]
-    if not sequences:
+def count_decreases(sequences: Sequence[np.ndarray], merged_at: Sequence[Sequence[int]]) -> int:
+    """Counter decreases a merge brought: over the steps (consecutive observations of one post) with an end
+    among the post's just-merged observation times (``merged_at``), the counters that went down. Decreases
+    are kept as observed (never hidden) and counted once, when their step appears or changes, not again at
+    every later merge of the post."""
+    pairs = [(s, t) for s, t in zip(sequences, merged_at) if len(s) > 1 and len(t)]
+    if not pairs:
         return 0
-    table = np.concatenate(sequences) if len(sequences) > 1 else sequences[0]
+    table = np.concatenate([s for s, _ in pairs])
+    post = np.repeat(np.arange(len(pairs), dtype=np.int64), [len(s) for s, _ in pairs])
+    merged = np.concatenate([(i << 32) | np.asarray(t, dtype=np.int64) for i, (_, t) in enumerate(pairs)])
+    new = np.isin((post << 32) | table[:, 0].astype(np.int64), merged)
     down = (np.nan_to_num(np.diff(table[:, 1:], axis=0), nan=0.0) < 0).sum(axis=1)
-    starts = np.cumsum([len(s) for s in sequences])[:-1]
-    down[starts - 1] = 0  # the step from one post's last record to the next post's first is not a step
-    return int(down.sum())
+    steps = (post[1:] == post[:-1]) & (new[1:] | new[:-1])  # not the step from one post to the next
+    return int(down[steps].sum())
 
 
 META_FIELDS = ("created_at", "platform", "category", "content")
@@ -212,10 +216,11 @@ class SequenceUpdate:
     sequence: np.ndarray
     post: PostMeta
     statuses: list[int] = field(default_factory=list)
+    merged_at: list[int] = field(default_factory=list)  # observed_at of the merged records that changed it
 
     @property
     def changed(self) -> bool:
-        return any(s != DUPLICATE for s in self.statuses)
+        return bool(self.merged_at)
 
 
 class SnapshotSequenceStore:
@@ -254,7 +259,9 @@ class SnapshotSequenceStore:
         results = await self._merge.run(queue_calls)
         flat = [item for result in results for item in result]
         sequences = decode_sequences(flat[1::3])
-        return [SequenceUpdate(post_id, sequences[i], PostMeta.from_values(*flat[3 * i + 2]), flat[3 * i])
+        return [SequenceUpdate(post_id, sequences[i], PostMeta.from_values(*flat[3 * i + 2]), flat[3 * i],
+                               [int.from_bytes(record[:4], "big")
+                                for record, status in zip(by_post[post_id], flat[3 * i]) if status != DUPLICATE])
                 for i, post_id in enumerate(post_ids)]
 
     async def current(self, post_ids: list[str]) -> list[SequenceUpdate]:

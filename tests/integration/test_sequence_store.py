@@ -50,6 +50,8 @@ def test_merge_is_idempotent_and_keeps_time_order(redis_url):
     assert late[0].statuses == [OUT_OF_ORDER]
     assert again[0].statuses == [DUPLICATE, DUPLICATE] and not again[0].changed
     assert corrected[0].statuses == [CORRECTED]
+    assert (first[0].merged_at, late[0].merged_at, again[0].merged_at, corrected[0].merged_at) == \
+        ([T0 + 100, T0 + 300], [T0 + 200], [], [T0 + 300])
     assert corrected[0].sequence[:, 0].tolist() == [T0 + 100, T0 + 200, T0 + 300]
     assert corrected[0].sequence[:, 2].tolist() == [1, 2, 4]
     assert again[0].sequence.tobytes() == late[0].sequence.tobytes()

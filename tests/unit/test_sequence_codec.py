@@ -41,8 +41,24 @@ def test_count_decreases_ignores_missing_counters():
     seq = np.array([[0, np.nan, 5, 1, np.nan, np.nan],
                     [1, np.nan, 4, 2, np.nan, np.nan],
                     [2, 10, 6, 1, np.nan, np.nan]])
-    assert count_decreases(seq) == 2
-    assert count_decreases(seq[:1]) == 0
+    assert count_decreases([seq], [[0, 1, 2]]) == 2
+    assert count_decreases([seq[:1]], [[0]]) == 0
+
+
+def test_count_decreases_counts_a_decrease_once_when_it_appears_not_at_every_later_merge():
+    seq = decode_sequence(FORMAT_VERSION + b"".join(encode_snapshot(snap(t, likes=n))
+                                                    for t, n in ((1, 5), (2, 3), (3, 4), (4, 6))))
+    assert count_decreases([seq[:2]], [[2]]) == 1  # 5 -> 3 arrived
+    assert count_decreases([seq[:3]], [[3]]) == 0  # later appends keep the old decrease uncounted
+    assert count_decreases([seq], [[4]]) == 0
+    assert count_decreases([seq], [[]]) == 0  # a redelivery changes nothing
+
+
+def test_count_decreases_counts_both_steps_around_an_out_of_order_observation():
+    seq = decode_sequence(FORMAT_VERSION + b"".join(encode_snapshot(snap(t, likes=n))
+                                                    for t, n in ((1, 5), (2, 9), (3, 6))))
+    assert count_decreases([seq], [[2]]) == 1  # 5 -> 9 rises, 9 -> 6 falls
+    assert count_decreases([seq], [[1]]) == 0  # only the first step touches t=1
 
 
 def test_decode_sequences_splits_one_table_back_into_posts():
@@ -56,9 +72,10 @@ def test_decode_sequences_splits_one_table_back_into_posts():
 def test_count_decreases_does_not_count_the_step_between_two_posts():
     rising = decode_sequence(FORMAT_VERSION + encode_snapshot(snap(1, likes=5)) + encode_snapshot(snap(2, likes=9)))
     falling = decode_sequence(FORMAT_VERSION + encode_snapshot(snap(1, likes=4)) + encode_snapshot(snap(2, likes=1)))
-    assert count_decreases(rising, falling) == 1  # 9 -> 4 across posts is not a decrease
-    assert count_decreases(falling, rising) == 1
-    assert count_decreases() == 0
+    assert count_decreases([rising, falling], [[1, 2], [1, 2]]) == 1  # 9 -> 4 across posts is not a decrease
+    assert count_decreases([falling, rising], [[1, 2], [1, 2]]) == 1
+    assert count_decreases([rising, falling], [[2], [1]]) == 1  # merged at the two posts' touching ends
+    assert count_decreases([], []) == 0
 
 
 def test_content_vectors_round_trip_and_stale_ones_are_flagged():
