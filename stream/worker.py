@@ -239,6 +239,8 @@ class StreamWorker:
                 if sum(in_window) >= self.settings.worker.window_snapshots:
                     await self._score_windows(windows, in_window)
                     windows, in_window = [{} for _ in range(lanes)], [0] * lanes
+            if sum(in_window) < self.settings.worker.lane_min_snapshots:  # lanes hold disjoint posts
+                windows, in_window = [{post: s for window in windows for post, s in window.items()}], [sum(in_window)]
             await self._score_windows(windows, in_window)
             await asyncio.gather(*deliveries)
         self.metrics.batch_size.labels("snapshots").observe(len(messages))
