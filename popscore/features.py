@@ -260,9 +260,16 @@ def pad_sequences(seqs: Sequence[np.ndarray], n_cols: int = 1 + N_COUNTERS) -> t
         out[i, : len(s)] = s
     t = out[:, :, 0]
     t[~np.isfinite(t)] = np.inf
+    if _in_order(t):  # stored sequences are: the sort was ~20 % of building a batch's inputs
+        return out, np.isfinite(t)
     order = np.argsort(t, axis=1, kind="stable")
     out = np.take_along_axis(out, order[:, :, None], axis=1)
     return out, np.isfinite(out[:, :, 0])
+
+
+def _in_order(times: np.ndarray) -> bool:
+    """Whether every row of ``times`` [B, N] is ascending (+inf padding last)."""
+    return bool((times[:, 1:] >= times[:, :-1]).all())
 
 
 def _value_at(times: np.ndarray, values: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -321,9 +328,11 @@ def _build_sequence_chunk(spec, seqs, created_at, as_of, weights) -> dict[str, n
     times = padded[:, :, 0] - created_at[:, None]  # ages in seconds
     age = as_of - created_at  # [B]
     times = np.where(valid & (times <= age[:, None]), times, np.inf)  # drop look-ahead observations
-    order = np.argsort(times, axis=1, kind="stable")
-    times = np.take_along_axis(times, order, axis=1)
-    counts = np.take_along_axis(padded[:, :, 1:], order[:, :, None], axis=1)
+    counts = padded[:, :, 1:]
+    if not _in_order(times):
+        order = np.argsort(times, axis=1, kind="stable")
+        times = np.take_along_axis(times, order, axis=1)
+        counts = np.take_along_axis(counts, order[:, :, None], axis=1)
     counts = np.where(np.isfinite(counts), counts, 0.0)
     score = score_of(counts, weights[:, None, :])
     vals = np.concatenate([counts, score[:, :, None]], axis=2)  # [B, N, C+1]

@@ -14,6 +14,14 @@ def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _iso_all(epoch_s: np.ndarray) -> list[str]:
+    """``_iso`` of each; whole seconds (observation times are) in one numpy call instead of a datetime each."""
+    epoch_s = np.asarray(epoch_s, dtype=np.float64)
+    if np.isfinite(epoch_s).all() and (epoch_s == np.floor(epoch_s)).all():
+        return [f"{s}Z" for s in np.datetime_as_string(epoch_s.astype("datetime64[s]"), unit="s").tolist()]
+    return [_iso(float(t)) for t in epoch_s]
+
+
 def prediction_records(post_ids: list[str], model: str, model_version: str, as_of: np.ndarray, horizon_s: int,
                        outputs: dict[str, np.ndarray], produced_at: float) -> list[dict]:
     """One record per row. Scores are in counter units (``expm1`` of the model's log1p output). The
@@ -32,7 +40,7 @@ def prediction_records(post_ids: list[str], model: str, model_version: str, as_o
     words = outputs.get("words")  # the title's wordpieces, where the model read the title
     word_weights = outputs.get("word_attention") if words is not None else None
     word_weights = None if word_weights is None else np.round(word_weights.astype(np.float64), 4).tolist()
-    as_of_iso = [_iso(float(t)) for t in as_of]
+    as_of_iso = _iso_all(as_of)
     produced = _iso(produced_at)
     log_score = log_score.tolist()
     records = []

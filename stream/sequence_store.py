@@ -152,11 +152,14 @@ def count_decreases(sequences: Sequence[np.ndarray], merged_at: Sequence[Sequenc
         return 0
     table = np.concatenate([s for s, _ in pairs])
     post = np.repeat(np.arange(len(pairs), dtype=np.int64), [len(s) for s, _ in pairs])
-    merged = np.concatenate([(i << 32) | np.asarray(t, dtype=np.int64) for i, (_, t) in enumerate(pairs)])
-    new = np.isin((post << 32) | table[:, 0].astype(np.int64), merged)
-    down = (np.nan_to_num(np.diff(table[:, 1:], axis=0), nan=0.0) < 0).sum(axis=1)
-    steps = (post[1:] == post[:-1]) & (new[1:] | new[:-1])  # not the step from one post to the next
-    return int(down[steps].sum())
+    keys = (post << 32) | table[:, 0].astype(np.int64)  # ascending: posts in order, each sorted by time
+    merged = np.fromiter(((i << 32) | int(t) for i, (_, times) in enumerate(pairs) for t in times), np.int64)
+    at = np.minimum(np.searchsorted(keys, merged), len(keys) - 1)
+    rows = at[keys[at] == merged]
+    ends = np.unique(np.concatenate([rows, rows + 1]))  # the steps into and out of each merged row, by end row
+    ends = ends[(ends > 0) & (ends < len(keys))]
+    ends = ends[post[ends] == post[ends - 1]]  # not the step from one post to the next
+    return int((table[ends, 1:] < table[ends - 1, 1:]).sum())  # NaN (a missing counter) compares False
 
 
 META_FIELDS = ("created_at", "platform", "category", "content")

@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from popscore.contract import Prediction, decode_record
-from popscore.stream.predictions import encode, prediction_records
+from popscore.stream.predictions import _iso, _iso_all, encode, prediction_records
 
 
 def test_records_validate_against_the_contract_and_carry_explanations():
@@ -23,7 +23,14 @@ def test_records_validate_against_the_contract_and_carry_explanations():
     assert parsed[1].interval[0] <= parsed[1].interval[1]  # a crossed quantile pair is reordered, not rejected
     assert parsed[0].explanation["modality_weights"]["content"] == 0.7
     assert parsed[0].explanation["time_attention"] == [0.25] * 4
+    assert records[1]["as_of"] == "2023-11-14T22:14:20Z"
 
+
+def test_timestamps_in_bulk_match_one_at_a_time():
+    whole = np.array([0.0, 1.7e9, 1.7e9 + 1, 4102444800.0])
+    assert _iso_all(whole) == [_iso(float(t)) for t in whole] == \
+        ["1970-01-01T00:00:00Z", "2023-11-14T22:13:20Z", "2023-11-14T22:13:21Z", "2100-01-01T00:00:00Z"]
+    assert _iso_all(np.array([1.5, 1.7e9])) == ["1970-01-01T00:00:01.500000Z", "2023-11-14T22:13:20Z"]
 
 
 def test_word_attention_is_named_by_the_title_wordpieces():
