@@ -260,7 +260,7 @@ def pad_sequences(seqs: Sequence[np.ndarray], n_cols: int = 1 + N_COUNTERS) -> t
         out[i, : len(s)] = s
     t = out[:, :, 0]
     t[~np.isfinite(t)] = np.inf
-    if _in_order(t):  # stored sequences are: the sort was ~20 % of building a batch's inputs
+    if _in_order(t):  # stored sequences are: the sort was ~13 % of building a batch's inputs
         return out, np.isfinite(t)
     order = np.argsort(t, axis=1, kind="stable")
     out = np.take_along_axis(out, order[:, :, None], axis=1)
