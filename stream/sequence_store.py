@@ -49,23 +49,28 @@ for p = 1, #KEYS, 2 do
     local rec = string.sub(records, start, start + width - 1)
     local t = string.sub(rec, 1, 4)
     local n = (#seq - hlen) / width
-    local lo, hi = 0, n
-    while lo < hi do
-      local mid = math.floor((lo + hi) / 2)
-      local off = hlen + mid * width
-      if string.sub(seq, off + 1, off + 4) < t then lo = mid + 1 else hi = mid end
-    end
-    local off = hlen + lo * width
-    if lo < n and string.sub(seq, off + 1, off + 4) == t then
-      if string.sub(seq, off + 1, off + width) == rec then
-        statuses[#statuses + 1] = 0
-      else
-        seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + width + 1)
-        statuses[#statuses + 1] = 2
-      end
+    if n == 0 or string.sub(seq, -width, -width + 3) < t then
+      seq = seq .. rec  -- the usual case, a newer snapshot: no search (Lua interns every substring it makes)
+      statuses[#statuses + 1] = 1
     else
-      seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + 1)
-      statuses[#statuses + 1] = (lo < n) and 3 or 1
+      local lo, hi = 0, n
+      while lo < hi do
+        local mid = math.floor((lo + hi) / 2)
+        local off = hlen + mid * width
+        if string.sub(seq, off + 1, off + 4) < t then lo = mid + 1 else hi = mid end
+      end
+      local off = hlen + lo * width
+      if lo < n and string.sub(seq, off + 1, off + 4) == t then
+        if string.sub(seq, off + 1, off + width) == rec then
+          statuses[#statuses + 1] = 0
+        else
+          seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + width + 1)
+          statuses[#statuses + 1] = 2
+        end
+      else
+        seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + 1)
+        statuses[#statuses + 1] = (lo < n) and 3 or 1
+      end
     end
   end
   a = a + 1
