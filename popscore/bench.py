@@ -44,6 +44,7 @@ class BenchConfig:
     memory_posts: int = 1_000_000
     memory_obs: int = 24
     envelope_snapshots: int = 1_000
+    scale_out_workers: int = 2  # the sustained phase again with this many workers (1: not run)
 
 
 def iso(epoch_s: float) -> str:
@@ -292,6 +293,7 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
             stack.stop_worker()
             recreate_topics(endpoints, [topics.snapshots, topics.predictions], topics.partitions)
             stack.start_worker()
+            pids.clear()
             pids.update({name: int(info["pid"]) for name, info in stack.state.processes.items()})
 
         def full_speed(name: str, records, n: int, last_round: int, seconds_hint: float) -> None:
@@ -318,52 +320,66 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         full_speed("batch", records, rounds * cfg.live_posts, next_round + rounds - 1, cfg.batch_seconds)
         next_round += rounds
 
-        # Sustained: the same envelopes paced at the target rate. Behind, the worker folds a post's snapshots
-        # into one prediction; this shows whether it keeps up, by the age of the snapshot each prediction is as of.
-        envelope_of: dict[int, np.ndarray] = {}
-        records = _envelopes(workload, range(next_round, next_round + rounds), partitions, cfg.envelope_snapshots,
-                             envelope_of)
-        round_of = {workload.round_time(k).encode(): k for k in envelope_of}
-        sent_at: dict[bytes, float] = {}
-        staleness: list[float] = []
-        arrived: list[float] = []
+        def sustained(prefix: str, first_round: int) -> None:
+            """The batch phase's load paced at the target rate. Behind, the worker folds a post's snapshots
+            into one prediction; whether it keeps up shows in the age of the snapshot each prediction is as of."""
+            envelope_of: dict[int, np.ndarray] = {}
+            records = _envelopes(workload, range(first_round, first_round + rounds), partitions,
+                                 cfg.envelope_snapshots, envelope_of)
+            round_of = {workload.round_time(k).encode(): k for k in envelope_of}
+            sent_at: dict[bytes, float] = {}
+            staleness: list[float] = []
+            arrived: list[float] = []
 
-        def on_sustained(message, now):
-            at = message.value.find(b'"as_of":"') + 9
-            k = round_of.get(message.value[at:at + 20])
-            if k is not None:
-                sent = sent_at[f"batch-{envelope_of[k][int(message.key[6:])]}".encode()]
-                staleness.append(now - sent)
-                arrived.append(now)
+            def on_sustained(message, now):
+                at = message.value.find(b'"as_of":"') + 9
+                k = round_of.get(message.value[at:at + 20])
+                if k is not None:
+                    sent = sent_at[f"batch-{envelope_of[k][int(message.key[6:])]}".encode()]
+                    staleness.append(now - sent)
+                    arrived.append(now)
 
-        rate = cfg.batch_target_per_s * len(records) / (rounds * cfg.live_posts)  # envelopes/s
-        fresh_topics()
-        log(f"sustained: the same load paced at {cfg.batch_target_per_s:,.0f} snapshots/s ({rate:.1f} envelopes/s)")
-        cpu = _cpu_seconds(pids)
-        hits, seconds, seen = asyncio.run(_through(
-            bootstrap, settings, records, f'"as_of":"{workload.round_time(next_round + rounds - 1)}"'.encode(),
-            cfg.live_posts, timeout_s=max(600, 10 * cfg.batch_seconds), rate=rate, on_message=on_sustained,
-            sent_at=sent_at))
-        results["sustained_cpu_us_per_snapshot"] = _cpu_per_snapshot(cpu, _cpu_seconds(pids), rounds * cfg.live_posts)
-        produced_s = max(sent_at.values()) - min(sent_at.values())
-        results["sustained_target_per_s"] = cfg.batch_target_per_s
-        results["sustained_snapshots_per_s"] = round(rounds * cfg.live_posts / seconds) if hits == cfg.live_posts else 0
-        results["sustained_drain_s"] = round(seconds - produced_s, 1)  # after the last envelope was produced
-        results["sustained_predictions_per_snapshot"] = round(seen / (rounds * cfg.live_posts), 3)
-        for q in (50, 99, 100):
-            results[f"sustained_staleness_p{q}_s"] = round(_percentile(staleness, q), 2)
-        # Whether the worker keeps up: a steady age is sustainable, an age growing with time is not.
-        start = min(sent_at.values())
-        tens, ages = np.floor((np.array(arrived) - start) / 10).astype(int), np.array(staleness)
-        results["sustained_staleness_p50_by_10s"] = [round(float(np.median(ages[tens == t])), 1) if (tens == t).any()
-                                                     else None for t in range(int(tens.max()) + 1)] if arrived else []
-        log(f"  {results['sustained_snapshots_per_s']:,} snapshots/s over {seconds:.1f} s (the last prediction "
-            f"{results['sustained_drain_s']} s after the last envelope), {seen / (rounds * cfg.live_posts):.3f} "
-            f"predictions per snapshot; age of the snapshot a prediction is as of: p50 "
-            f"{results['sustained_staleness_p50_s']} s, p99 {results['sustained_staleness_p99_s']} s, "
-            f"max {results['sustained_staleness_p100_s']} s; p50 per 10 s of the run: "
-            f"{results['sustained_staleness_p50_by_10s']} s")
+            rate = cfg.batch_target_per_s * len(records) / (rounds * cfg.live_posts)  # envelopes/s
+            fresh_topics()
+            log(f"{prefix}: the same load paced at {cfg.batch_target_per_s:,.0f} snapshots/s ({rate:.1f} "
+                f"envelopes/s), {settings.stack.workers} worker(s)")
+            cpu = _cpu_seconds(pids)
+            hits, seconds, seen = asyncio.run(_through(
+                bootstrap, settings, records, f'"as_of":"{workload.round_time(first_round + rounds - 1)}"'.encode(),
+                cfg.live_posts, timeout_s=max(600, 10 * cfg.batch_seconds), rate=rate, on_message=on_sustained,
+                sent_at=sent_at))
+            n = rounds * cfg.live_posts
+            results[f"{prefix}_cpu_us_per_snapshot"] = _cpu_per_snapshot(cpu, _cpu_seconds(pids), n)
+            produced_s = max(sent_at.values()) - min(sent_at.values())
+            results[f"{prefix}_workers"] = settings.stack.workers
+            results[f"{prefix}_target_per_s"] = cfg.batch_target_per_s
+            results[f"{prefix}_snapshots_per_s"] = round(n / seconds) if hits == cfg.live_posts else 0
+            results[f"{prefix}_drain_s"] = round(seconds - produced_s, 1)  # after the last envelope was produced
+            results[f"{prefix}_predictions_per_snapshot"] = round(seen / n, 3)
+            for q in (50, 99, 100):
+                results[f"{prefix}_staleness_p{q}_s"] = round(_percentile(staleness, q), 2)
+            # Whether the worker keeps up: a steady age is sustainable, an age growing with time is not.
+            start = min(sent_at.values())
+            tens, ages = np.floor((np.array(arrived) - start) / 10).astype(int), np.array(staleness)
+            results[f"{prefix}_staleness_p50_by_10s"] = [
+                round(float(np.median(ages[tens == t])), 1) if (tens == t).any() else None
+                for t in range(int(tens.max()) + 1)] if arrived else []
+            log(f"  {results[f'{prefix}_snapshots_per_s']:,} snapshots/s over {seconds:.1f} s (the last prediction "
+                f"{results[f'{prefix}_drain_s']} s after the last envelope), {seen / n:.3f} predictions per "
+                f"snapshot; age of the snapshot a prediction is as of: p50 {results[f'{prefix}_staleness_p50_s']} s, "
+                f"p99 {results[f'{prefix}_staleness_p99_s']} s, max {results[f'{prefix}_staleness_p100_s']} s; "
+                f"p50 per 10 s of the run: {results[f'{prefix}_staleness_p50_by_10s']} s; CPU us per snapshot: "
+                f"{results[f'{prefix}_cpu_us_per_snapshot']}")
+
+        # One worker, then the same load shared by ``scale_out_workers`` workers (one consumer group).
+        workers = settings.stack.workers
+        sustained("sustained", next_round)
         next_round += rounds
+        if cfg.scale_out_workers > 1:
+            settings.stack.workers = cfg.scale_out_workers
+            sustained("sustained_scaled_out", next_round)
+            next_round += rounds
+            settings.stack.workers = workers
 
         rounds = max(1, round(cfg.record_target_per_s * cfg.record_seconds / cfg.live_posts))
         records = [(workload.ids[i].encode(), workload.snapshot(i, k), None)
@@ -433,12 +449,14 @@ def render_table(results: dict, command: str) -> str:
     rows = [
         ("snapshot-batch input, produced -> prediction published", f"{results['batch_snapshots_per_s']:,} snapshots/s",
          f"naive {results['naive_snapshots_per_s']:,}/s (x{results['speedup_batch_vs_naive']})"),
-        (f"sustained: envelopes paced at {results['sustained_target_per_s']:,.0f} snapshots/s",
-         f"{results['sustained_snapshots_per_s']:,} snapshots/s, last prediction {results['sustained_drain_s']} s "
-         f"after the last envelope",
-         f"age of the snapshot a prediction is as of: p50 {results['sustained_staleness_p50_s']} s, "
-         f"p99 {results['sustained_staleness_p99_s']} s; {results['sustained_predictions_per_snapshot']} "
-         f"predictions per snapshot"),
+        *[(f"sustained: envelopes paced at {results[f'{p}_target_per_s']:,.0f} snapshots/s, "
+           f"{results[f'{p}_workers']} worker{'s' if results[f'{p}_workers'] > 1 else ''}",
+           f"{results[f'{p}_snapshots_per_s']:,} snapshots/s, last prediction {results[f'{p}_drain_s']} s "
+           f"after the last envelope",
+           f"age of the snapshot a prediction is as of: p50 {results[f'{p}_staleness_p50_s']} s, "
+           f"p99 {results[f'{p}_staleness_p99_s']} s, p50 per 10 s {results[f'{p}_staleness_p50_by_10s']}; "
+           f"{results[f'{p}_predictions_per_snapshot']} predictions per snapshot")
+          for p in ("sustained", "sustained_scaled_out") if f"{p}_snapshots_per_s" in results],
         ("CPU per snapshot, envelopes at full speed (us; CPU time, not rates, so less noisy)",
          ", ".join(f"{k} {v}" for k, v in results.get("batch_cpu_us_per_snapshot", {}).items()
                    if k != "load generator"),

@@ -224,7 +224,11 @@ def worker_argv() -> list[str]:
 
 
 def worker_healthy(endpoints: Endpoints) -> bool:
-    status, body = _http_get(f"http://{endpoints.host}:{endpoints.worker_web_port}/readyz")
+    return worker_ready(endpoints.host, endpoints.worker_web_port)
+
+
+def worker_ready(host: str, web_port: int) -> bool:
+    status, body = _http_get(f"http://{host}:{web_port}/readyz")
     if status != 200:
         return False
     try:

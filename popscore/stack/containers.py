@@ -13,7 +13,7 @@ from dataclasses import asdict
 from popscore.settings import Settings
 from popscore.stack import components as c
 from popscore.stack.process import StackError, free_port
-from popscore.stack.stack import EmbeddedStack, StackState, worker_settings_env
+from popscore.stack.stack import EmbeddedStack, StackState
 
 KAFKA_IMAGE = "apache/kafka:3.9.0"
 REDIS_IMAGE = "redis:7.4.2-bookworm"
@@ -73,10 +73,11 @@ class ContainerStack(EmbeddedStack):
             c.create_topics(endpoints, [topics.posts, topics.snapshots, topics.predictions, topics.deadletter],
                             topics.partitions)
             if with_worker:
-                env = worker_settings_env(self.settings, endpoints, self.run_dir)
-                env.pop("POPSCORE_SERVING__PYTHON_BACKEND_MIRROR")  # Triton reads model_repo/ itself
-                self._spawn("worker", c.worker_argv(), env=env)
-                self._wait_healthy("worker", endpoints)
+                def without_mirror(env: dict) -> dict:
+                    env.pop("POPSCORE_SERVING__PYTHON_BACKEND_MIRROR")  # Triton reads model_repo/ itself
+                    return env
+
+                self._start_workers(endpoints, without_mirror)
         except BaseException:
             self.stop()
             raise

@@ -113,9 +113,7 @@ class EmbeddedStack:
         try:
             self._start_infrastructure(endpoints)
             if with_worker:
-                self._spawn("worker", c.worker_argv(),
-                            env=worker_settings_env(self.settings, endpoints, self.run_dir))
-                self._wait_healthy("worker", endpoints)
+                self._start_workers(endpoints)
         except BaseException:
             self.stop()
             raise
@@ -147,7 +145,35 @@ class EmbeddedStack:
         self.state.processes[name] = {"pid": process.pid, "log": str(process.log_path)}
         self.state.save()
 
-    def _wait_healthy(self, name: str, endpoints: c.Endpoints) -> None:
+    def _start_workers(self, endpoints: c.Endpoints, adapt_env: Callable[[dict], dict] = lambda env: env) -> None:
+        """``stack.workers`` worker processes in one consumer group (the partitions are shared out between
+        them); the first serves the stack's web and metrics ports, the others free ones. Ready once every one
+        has its partitions (a worker is not ready while the group rebalances)."""
+        env = adapt_env(worker_settings_env(self.settings, endpoints, self.run_dir))
+        self._spawn("worker", c.worker_argv(), env=env, log_name=f"worker-{int(time.time() * 1000)}")
+        extra_ports = {}
+        for n in range(2, self.settings.stack.workers + 1):
+            name, web_port, metrics_port = f"worker-{n}", free_port(endpoints.host), free_port(endpoints.host)
+            while metrics_port == web_port:
+                metrics_port = free_port(endpoints.host)
+            self._spawn(name, c.worker_argv(), env={**env, "POPSCORE_WORKER__WEB_PORT": str(web_port),
+                                                     "POPSCORE_WORKER__METRICS_PORT": str(metrics_port)},
+                        log_name=f"{name}-{int(time.time() * 1000)}")
+            self.state.processes[name].update(web_port=web_port, metrics_port=metrics_port)
+            extra_ports[name] = web_port
+        self.state.save()
+        self._wait_healthy("worker", endpoints)
+        for name, port in extra_ports.items():
+            self._wait_healthy(name, endpoints, lambda _, port=port: c.worker_ready(endpoints.host, port))
+
+    def worker_names(self) -> list[str]:
+        """The running workers, the stack's own ("worker") last."""
+        return sorted((n for n in self.state.processes if n.startswith("worker-")), reverse=True) + \
+            (["worker"] if "worker" in self.state.processes else [])
+
+    def _wait_healthy(self, name: str, endpoints: c.Endpoints,
+                      healthy: Callable[[c.Endpoints], bool] | None = None) -> None:
+        healthy = healthy or HEALTH[name]
         info = self.state.processes[name]
         process = ManagedProcess(name, int(info["pid"]), Path(str(info["log"])))
         deadline = time.monotonic() + self.settings.stack.start_timeout_s
@@ -155,7 +181,7 @@ class EmbeddedStack:
             if not process.alive():
                 raise StackError(f"{name} exited during start-up; last lines of {process.log_path}:\n"
                                  f"{process.log_tail()}")
-            if HEALTH[name](endpoints):
+            if healthy(endpoints):
                 self.log(f"{name} healthy (pid {process.pid})")
                 return
             time.sleep(0.25)
@@ -172,20 +198,22 @@ class EmbeddedStack:
 
         from popscore.stack.process import group_alive
 
-        pgid = int(self.state.processes["worker"]["pid"])
-        if kill:
-            os.killpg(pgid, signal.SIGKILL)
-            while group_alive(pgid):
-                time.sleep(0.05)
-        else:
-            stop_group(pgid, self.settings.stack.stop_timeout_s)
+        for name in self.worker_names():
+            pgid = int(self.state.processes[name]["pid"])
+            if kill:
+                os.killpg(pgid, signal.SIGKILL)
+                while group_alive(pgid):
+                    time.sleep(0.05)
+            else:
+                stop_group(pgid, self.settings.stack.stop_timeout_s)
+            if name != "worker":
+                del self.state.processes[name]
+        self.state.save()
 
     def start_worker(self) -> None:
-        """Start a worker on the running infrastructure and wait until it has its partitions."""
-        endpoints = self.state.endpoints_obj()
-        self._spawn("worker", c.worker_argv(), env=worker_settings_env(self.settings, endpoints, self.run_dir),
-                    log_name=f"worker-{int(time.time() * 1000)}")
-        self._wait_healthy("worker", endpoints)
+        """Start the workers (``stack.workers``) on the running infrastructure; wait until they have their
+        partitions."""
+        self._start_workers(self.state.endpoints_obj())
 
     def stop_component(self, name: str) -> None:
         """Stop one component (tests use it to take Triton away under a running worker)."""
@@ -197,7 +225,8 @@ class EmbeddedStack:
         state = self.state or StackState.load(self.run_dir)
         if state is None:
             return
-        for name in reversed(COMPONENTS):  # the worker first, so it can commit and leave the group
+        extra_workers = sorted(name for name in state.processes if name.startswith("worker-"))
+        for name in extra_workers + list(reversed(COMPONENTS)):  # workers first: they commit and leave the group
             info = state.processes.get(name)
             if info:
                 stop_group(int(info["pid"]), self.settings.stack.stop_timeout_s)
@@ -212,13 +241,13 @@ class EmbeddedStack:
             return {"running": False, "run_dir": str(self.run_dir), "components": {}}
         endpoints = state.endpoints_obj()
         components = {}
-        for name in COMPONENTS:
+        for name in list(COMPONENTS) + sorted(n for n in state.processes if n.startswith("worker-")):
             info = state.processes.get(name)
             if info is None:
                 continue
             alive = _alive(info)
-            components[name] = {"pid": info["pid"], "alive": alive, "healthy": alive and HEALTH[name](endpoints),
-                                "log": info["log"]}
+            healthy = HEALTH[name](endpoints) if name in HEALTH else c.worker_ready(endpoints.host, int(info["web_port"]))
+            components[name] = {"pid": info["pid"], "alive": alive, "healthy": alive and healthy, "log": info["log"]}
         return {"running": bool(components) and all(v["alive"] for v in components.values()),
                 "run_dir": state.run_dir, "endpoints": endpoints.as_dict(), "models": state.models,
                 "components": components}

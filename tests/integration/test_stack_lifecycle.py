@@ -44,3 +44,48 @@ def test_a_taken_port_fails_fast_with_a_clear_message(tmp_path):
         port = taken.getsockname()[1]
         with pytest.raises(StackError, match=f"port 127.0.0.1:{port} is already taken"):
             EmbeddedStack(settings_in(tmp_path), fixed_ports={"broker_port": port}).start()
+
+
+def test_two_workers_share_the_partitions_and_score_every_snapshot_once(tmp_path):
+    import asyncio
+    import urllib.request
+
+    from popscore.bench import Workload
+    from tests.integration.kafka_io import consume_until, produce
+
+    settings = settings_in(tmp_path)
+    settings.stack.workers = 2
+    stack = EmbeddedStack(settings)
+    state = stack.start(with_worker=True)
+    try:
+        assert set(state.processes) == set(COMPONENTS) | {"worker-2"}
+        status = stack.status()
+        assert status["running"] and all(c["healthy"] for c in status["components"].values())
+
+        workload, topics = Workload(200), settings.kafka.topics
+        bootstrap = state.endpoints_obj().broker_bootstrap
+        asyncio.run(produce(bootstrap, topics.posts, [(p.encode(), workload.post(i)) for i, p in enumerate(workload.ids)]))
+        asyncio.run(produce(bootstrap, topics.snapshots,
+                            [(p.encode(), workload.snapshot(i, 1)) for i, p in enumerate(workload.ids)]))
+
+        def temporal(records) -> set:
+            return {r.key for r in records if b'"temporal"' in r.value}
+
+        predictions = asyncio.run(consume_until(bootstrap, topics.predictions, lambda rs: len(temporal(rs)) == 200,
+                                                timeout_s=120))
+        assert len(temporal(predictions)) == 200
+
+        def accepted(port: int) -> float:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            return sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("popscore_snapshots_accepted_total"))
+
+        per_worker = [accepted(state.endpoints_obj().worker_metrics_port),
+                      accepted(int(stack.state.processes["worker-2"]["metrics_port"]))]
+        assert all(n > 0 for n in per_worker) and sum(per_worker) == 200  # shared out, none counted twice
+        stack.restart_worker()  # both stop and start again
+        assert set(stack.state.processes) == set(COMPONENTS) | {"worker-2"}
+        pids = {name: int(info["pid"]) for name, info in stack.state.processes.items()}
+    finally:
+        stack.stop()
+    assert [name for name, pid in pids.items() if group_alive(pid)] == []

@@ -45,13 +45,21 @@ def test_the_table_shows_every_target_figure():
     results = {"batch_snapshots_per_s": 25334, "naive_snapshots_per_s": 91, "speedup_batch_vs_naive": 278.4,
                "sustained_target_per_s": 20000, "sustained_snapshots_per_s": 16155, "sustained_drain_s": 14.3,
                "sustained_staleness_p50_s": 9.02, "sustained_staleness_p99_s": 16.02,
-               "sustained_predictions_per_snapshot": 0.516, "record_snapshots_per_s": 3673,
+               "sustained_predictions_per_snapshot": 0.516, "sustained_workers": 1,
+               "sustained_staleness_p50_by_10s": [2.0, 9.0],
+               "sustained_scaled_out_target_per_s": 20000, "sustained_scaled_out_snapshots_per_s": 19993,
+               "sustained_scaled_out_drain_s": 0.1, "sustained_scaled_out_staleness_p50_s": 0.1,
+               "sustained_scaled_out_staleness_p99_s": 0.3, "sustained_scaled_out_predictions_per_snapshot": 1.0,
+               "sustained_scaled_out_workers": 2, "sustained_scaled_out_staleness_p50_by_10s": [0.1, 0.1],
+               "record_snapshots_per_s": 3673,
                "speedup_record_vs_naive": 40.4, "latency_p50_ms": 270.9, "latency_p99_ms": 940.1,
                "latency_samples": 36730, "redis_bytes_per_post": 1408.8, "naive_redis_bytes_per_post": 3296.7,
                "redis_memory_ratio": 2.34, "batch_cpu_us_per_snapshot": {"worker": 29.3, "load generator": 2.5}}
     table = render_table(results, "popscore bench")
     assert table.startswith("`popscore bench`")
     for figure in ("25,334 snapshots/s", "14.3 s after the last envelope", "3,673 snapshots/s", "p50 270.9 ms",
+                   "20,000 snapshots/s, 1 worker |", "20,000 snapshots/s, 2 workers |", "19,993 snapshots/s",
+                   "0.1 s after the last envelope", "p50 per 10 s [2.0, 9.0]",
                    "worker 29.3", "load generator 2.5", "x2.34"):
         assert figure in table
     assert "load generator 2.5 |" in table and "worker 29.3, load" not in table  # the load generator stands apart
