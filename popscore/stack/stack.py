@@ -168,8 +168,7 @@ class EmbeddedStack:
 
     def worker_names(self) -> list[str]:
         """The running workers, the stack's own ("worker") last."""
-        return sorted((n for n in self.state.processes if n.startswith("worker-")), reverse=True) + \
-            (["worker"] if "worker" in self.state.processes else [])
+        return _extra_workers(self.state) + (["worker"] if "worker" in self.state.processes else [])
 
     def _wait_healthy(self, name: str, endpoints: c.Endpoints,
                       healthy: Callable[[c.Endpoints], bool] | None = None) -> None:
@@ -225,8 +224,7 @@ class EmbeddedStack:
         state = self.state or StackState.load(self.run_dir)
         if state is None:
             return
-        extra_workers = sorted(name for name in state.processes if name.startswith("worker-"))
-        for name in extra_workers + list(reversed(COMPONENTS)):  # workers first: they commit and leave the group
+        for name in _extra_workers(state) + list(reversed(COMPONENTS)):  # workers first: they commit and leave
             info = state.processes.get(name)
             if info:
                 stop_group(int(info["pid"]), self.settings.stack.stop_timeout_s)
@@ -241,7 +239,7 @@ class EmbeddedStack:
             return {"running": False, "run_dir": str(self.run_dir), "components": {}}
         endpoints = state.endpoints_obj()
         components = {}
-        for name in list(COMPONENTS) + sorted(n for n in state.processes if n.startswith("worker-")):
+        for name in list(COMPONENTS) + _extra_workers(state):
             info = state.processes.get(name)
             if info is None:
                 continue
@@ -251,6 +249,11 @@ class EmbeddedStack:
         return {"running": bool(components) and all(v["alive"] for v in components.values()),
                 "run_dir": state.run_dir, "endpoints": endpoints.as_dict(), "models": state.models,
                 "components": components}
+
+
+def _extra_workers(state: StackState) -> list[str]:
+    """The workers beyond the first (``stack.workers`` > 1): ``worker-2``, ``worker-3``, ..."""
+    return sorted((name for name in state.processes if name.startswith("worker-")), key=lambda n: int(n[7:]))
 
 
 def _alive(info: dict) -> bool:
