@@ -135,8 +135,8 @@ class StackSettings(BaseModel):
     stop_timeout_s: float = 20.0
     workers: int = Field(1, ge=1, le=16, description="worker processes in one consumer group: the partitions "
                          "are shared out between them. One worker is one Python thread, busy the whole time at "
-                         "~19,500 envelope snapshots/s here; two kept up with 20,000/s (its web views and "
-                         "/metrics are on the first one's ports, the others' on free ports)")
+                         "~18,000-19,500 envelope snapshots/s here; two reached 19,500-20,000/s (the first "
+                         "serves the stack's web and metrics ports, the others free ones)")
 
 
 class Settings(BaseSettings):

@@ -30,7 +30,7 @@ from popscore.stream.redis_script import PipelinedScript
 # score after those updates; a newcomer below it would be trimmed at once. The board ends exactly as
 # "add every prediction, keep the best ``size``" would leave it, without inserting and trimming the ~99 % of
 # predictions that never make a board (those were ~4 ZADDs per prediction, a quarter of Redis's time).
-# ZADD takes at most ~7,900 arguments from Lua (its C stack), so calls stay well under 3,900 rows.
+# ZADD takes at most ~7,900 arguments from Lua (its C stack): ``record``'s ``per_call`` must stay under 3,900.
 RECORD_SCRIPT = """
 local prefix, ttl, size, kind = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local rows = cjson.decode(ARGV[5])

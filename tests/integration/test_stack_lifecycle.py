@@ -64,7 +64,8 @@ def test_two_workers_share_the_partitions_and_score_every_snapshot_once(tmp_path
 
         workload, topics = Workload(200), settings.kafka.topics
         bootstrap = state.endpoints_obj().broker_bootstrap
-        asyncio.run(produce(bootstrap, topics.posts, [(p.encode(), workload.post(i)) for i, p in enumerate(workload.ids)]))
+        asyncio.run(produce(bootstrap, topics.posts,
+                            [(p.encode(), workload.post(i)) for i, p in enumerate(workload.ids)]))
         asyncio.run(produce(bootstrap, topics.snapshots,
                             [(p.encode(), workload.snapshot(i, 1)) for i, p in enumerate(workload.ids)]))
 
