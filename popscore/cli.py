@@ -84,7 +84,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for name, url in status.get("endpoints", {}).items():
             print(f"{name:16} {url}")
         for name, c in status["components"].items():
-            print(f"{name:8} pid {c['pid']:<8} {'healthy' if c['healthy'] else 'ALIVE, NOT HEALTHY' if c['alive'] else 'DOWN'}")
+            ports = f" web :{c['web_port']}, metrics :{c['metrics_port']}" if "web_port" in c else ""
+            print(f"{name:8} pid {c['pid']:<8} {'healthy' if c['healthy'] else 'ALIVE, NOT HEALTHY' if c['alive'] else 'DOWN'}"
+                  f"{ports}")
     return 0 if status["running"] else 1
 
 

@@ -246,7 +246,8 @@ class EmbeddedStack:
             alive = _alive(info)
             healthy = (HEALTH[name](endpoints) if name in HEALTH
                        else c.worker_ready(endpoints.host, int(info["web_port"])))
-            components[name] = {"pid": info["pid"], "alive": alive, "healthy": alive and healthy, "log": info["log"]}
+            components[name] = {"pid": info["pid"], "alive": alive, "healthy": alive and healthy, "log": info["log"],
+                                **{port: info[port] for port in ("web_port", "metrics_port") if port in info}}
         return {"running": bool(components) and all(v["alive"] for v in components.values()),
                 "run_dir": state.run_dir, "endpoints": endpoints.as_dict(), "models": state.models,
                 "components": components}

@@ -61,6 +61,7 @@ def test_two_workers_share_the_partitions_and_score_every_snapshot_once(tmp_path
         assert set(state.processes) == set(COMPONENTS) | {"worker-2"}
         status = stack.status()
         assert status["running"] and all(c["healthy"] for c in status["components"].values())
+        assert status["components"]["worker-2"]["metrics_port"] == state.processes["worker-2"]["metrics_port"]
 
         workload, topics = Workload(200), settings.kafka.topics
         bootstrap = state.endpoints_obj().broker_bootstrap
