@@ -272,15 +272,10 @@ def _in_order(times: np.ndarray) -> bool:
     return bool((times[:, 1:] >= times[:, :-1]).all())
 
 
-def _value_at(times: np.ndarray, values: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Last-value-carried-forward lookup, batched. ``times`` [B, N] ascending (+inf padding), ``values``
-    [B, N, K], ``query`` [B, Q] -> (values [B, Q, K] with 0 where no observation precedes, idx [B, Q] with
-    -1 there)."""
-    idx = (times[:, None, :] <= query[:, :, None]).sum(axis=2) - 1  # [B, Q]
-    safe = np.clip(idx, 0, None)
-    got = np.take_along_axis(values, safe[:, :, None], axis=1)
-    got = np.where((idx >= 0)[:, :, None], got, 0.0)
-    return got, idx
+def _last_at_or_before(times: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Last-observation lookup, batched: ``times`` [B, N] ascending (+inf padding), ``query`` [B, Q] -> the
+    index [B, Q] of the last time <= each query, -1 where none is."""
+    return (times[:, None, :] <= query[:, :, None]).sum(axis=2) - 1
 
 
 # ------------------------------------------------------------------------------------------- the features
@@ -333,14 +328,18 @@ def _build_sequence_chunk(spec, seqs, created_at, as_of, weights) -> dict[str, n
         order = np.argsort(times, axis=1, kind="stable")
         times = np.take_along_axis(times, order, axis=1)
         counts = np.take_along_axis(counts, order[:, :, None], axis=1)
-    counts = np.where(np.isfinite(counts), counts, 0.0)
-    score = score_of(counts, weights[:, None, :])
-    vals = np.concatenate([counts, score[:, :, None]], axis=2)  # [B, N, C+1]
 
     nb, w = spec.n_bins, spec.bin_s
     ends = age[:, None] - (nb - 1 - np.arange(nb))[None, :] * w  # [B, nb] ages of bin ends
     bounds = np.concatenate([ends[:, :1] - w, ends], axis=1)  # [B, nb+1]
-    at, idx = _value_at(times, vals, bounds)  # [B, nb+1, C+1]
+    # The counters (and score) last observed at each bin bound and an hour before ``as_of``: only those rows
+    # are read, so the work below does not grow with the length of the sequence.
+    idx_all = _last_at_or_before(times, np.concatenate([bounds, (age - 3600.0)[:, None]], axis=1))
+    rows = np.take_along_axis(counts, np.clip(idx_all, 0, None)[:, :, None], axis=1)  # [B, nb+2, C]
+    rows = np.where(np.isfinite(rows), rows, 0.0)
+    vals = np.concatenate([rows, score_of(rows, weights[:, None, :])[:, :, None]], axis=2)  # [B, nb+2, C+1]
+    vals = np.where((idx_all >= 0)[:, :, None], vals, 0.0)  # 0 where nothing was observed yet
+    at, idx, prev_h = vals[:, :nb + 1], idx_all[:, :nb + 1], vals[:, nb + 1, -1]
     cum = at[:, 1:]
     delta = at[:, 1:] - at[:, :-1]
     has_obs = (idx[:, 1:] > idx[:, :-1]).astype(np.float64)
@@ -352,7 +351,6 @@ def _build_sequence_chunk(spec, seqs, created_at, as_of, weights) -> dict[str, n
     last_t = np.where(n_obs > 0, np.take_along_axis(times, np.clip(n_obs - 1, 0, None)[:, None], axis=1)[:, 0], 0)
     since_last = np.where(n_obs > 0, age - last_t, age)
     score_now = at[:, -1, -1]
-    prev_h, _ = _value_at(times, vals[:, :, -1:], (age - 3600.0)[:, None])
     dyn = np.stack(
         [
             np.log1p(np.clip(age, 0, None) / 3600.0),
@@ -360,7 +358,7 @@ def _build_sequence_chunk(spec, seqs, created_at, as_of, weights) -> dict[str, n
             np.log1p(n_obs),
             (n_obs > 0).astype(np.float64),
             np.log1p(np.clip(score_now, 0, None)),
-            signed_log1p(score_now - prev_h[:, 0, 0]),
+            signed_log1p(score_now - prev_h),
         ],
         axis=1,
     )
