@@ -64,11 +64,17 @@ def allocate_endpoints(host: str, fixed: dict[str, int] | None = None) -> c.Endp
             ensure_port_free(host, fixed[name], name.removesuffix("_port"))
             ports[name] = fixed[name]
         else:
-            port = free_port(host)
-            while port in ports.values():
-                port = free_port(host)
-            ports[name] = port
+            ports[name] = free_port_besides(host, ports.values())
     return c.Endpoints(host=host, **ports)
+
+
+def free_port_besides(host: str, taken) -> int:
+    """A free port that is none of ``taken`` (ports handed out but perhaps not yet bound by their process)."""
+    taken = set(taken)
+    port = free_port(host)
+    while port in taken:
+        port = free_port(host)
+    return port
 
 
 def worker_settings_env(settings: Settings, endpoints: c.Endpoints, run_dir: Path) -> dict[str, str]:
@@ -152,10 +158,12 @@ class EmbeddedStack:
         env = adapt_env(worker_settings_env(self.settings, endpoints, self.run_dir))
         self._spawn("worker", c.worker_argv(), env=env, log_name=f"worker-{int(time.time() * 1000)}")
         extra_ports = {}
+        taken = {endpoints.worker_web_port, endpoints.worker_metrics_port}  # handed out, perhaps not bound yet
         for n in range(2, self.settings.stack.workers + 1):
-            name, web_port, metrics_port = f"worker-{n}", free_port(endpoints.host), free_port(endpoints.host)
-            while metrics_port == web_port:
-                metrics_port = free_port(endpoints.host)
+            name = f"worker-{n}"
+            web_port = free_port_besides(endpoints.host, taken)
+            metrics_port = free_port_besides(endpoints.host, taken | {web_port})
+            taken |= {web_port, metrics_port}
             self._spawn(name, c.worker_argv(), env={**env, "POPSCORE_WORKER__WEB_PORT": str(web_port),
                                                      "POPSCORE_WORKER__METRICS_PORT": str(metrics_port)},
                         log_name=f"{name}-{int(time.time() * 1000)}")
