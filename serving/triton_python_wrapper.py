@@ -4,7 +4,9 @@ The embedded tritonserver has only the Python backend, so ``popscore up`` copies
 each ONNX version as ``model.py``. The requests of one ``execute`` call whose inputs agree in shape apart
 from the batch dimension are concatenated into one ONNX Runtime run (the point of dynamic batching) and the
 outputs split back per request; requests with another shape (a variable dimension such as a title's token
-count) run as their own group.
+count) run as their own group. A group is run in slices of at most ``POPSCORE_ORT_MAX_ROWS`` rows (256): the
+temporal head's activations at 1,024 rows outgrow the CPU caches, ~14.8 us a row against ~12.8 at 256 (one
+thread, the same process, 2026-11-25).
 """
 
 import json
@@ -26,6 +28,7 @@ class TritonPythonModel:
         )
         self.input_names = [i["name"] for i in config["input"]]
         self.output_names = [o["name"] for o in config["output"]]
+        self.max_rows = int(os.environ.get("POPSCORE_ORT_MAX_ROWS", "256"))
 
     def execute(self, requests):
         per_request = [
@@ -39,7 +42,7 @@ class TritonPythonModel:
         for members in groups.values():
             sizes = [len(per_request[i][self.input_names[0]]) for i in members]
             batch = {name: np.concatenate([per_request[i][name] for i in members]) for name in self.input_names}
-            outputs = self.session.run(self.output_names, batch)
+            outputs = self._run(batch, sum(sizes))
             start = 0
             for index, size in zip(members, sizes):
                 tensors = [
@@ -49,3 +52,12 @@ class TritonPythonModel:
                 responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
                 start += size
         return responses
+
+    def _run(self, batch, rows):
+        """``session.run`` over slices of at most ``max_rows`` rows, the outputs joined again."""
+        if rows <= self.max_rows:
+            return self.session.run(self.output_names, batch)
+        parts = [self.session.run(self.output_names, {name: value[start:start + self.max_rows]
+                                                      for name, value in batch.items()})
+                 for start in range(0, rows, self.max_rows)]
+        return [np.concatenate(outs) for outs in zip(*parts)]

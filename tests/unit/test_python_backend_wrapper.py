@@ -55,6 +55,7 @@ def test_requests_of_different_token_counts_are_run_in_separate_groups(monkeypat
     module = _wrapper_module(monkeypatch)
     model = module.TritonPythonModel()
     model.session, model.input_names, model.output_names = _RecordingSession(), ["tokens", "mask"], ["out"]
+    model.max_rows = 256
     requests = [
         _Request(tokens=np.full((2, 3, 4), 1.0), mask=np.ones((2, 3))),  # 3 tokens
         _Request(tokens=np.full((1, 5, 4), 2.0), mask=np.ones((1, 5))),  # 5 tokens
@@ -65,3 +66,17 @@ def test_requests_of_different_token_counts_are_run_in_separate_groups(monkeypat
     np.testing.assert_array_equal(responses[0]["out"], [15.0, 15.0])
     np.testing.assert_array_equal(responses[1]["out"], [45.0])
     np.testing.assert_array_equal(responses[2]["out"], [39.0, 39.0, 39.0])
+
+
+def test_a_group_larger_than_max_rows_is_run_in_slices_and_joined_in_order(monkeypatch):
+    module = _wrapper_module(monkeypatch)
+    model = module.TritonPythonModel()
+    model.session, model.input_names, model.output_names = _RecordingSession(), ["tokens", "mask"], ["out"]
+    model.max_rows = 4
+    first = np.arange(5, dtype=float)[:, None, None] * np.ones((5, 3, 4))  # row i sums to 12 i
+    second = (10 + np.arange(4, dtype=float))[:, None, None] * np.ones((4, 3, 4))
+    responses = model.execute([_Request(tokens=first, mask=np.ones((5, 3))),
+                               _Request(tokens=second, mask=np.ones((4, 3)))])
+    assert [run["tokens"][0] for run in model.session.runs] == [4, 4, 1]
+    np.testing.assert_array_equal(responses[0]["out"], 12 * np.arange(5) + 3)
+    np.testing.assert_array_equal(responses[1]["out"], 12 * (10 + np.arange(4)) + 3)
