@@ -89,6 +89,9 @@ class WorkerSettings(BaseModel):
                                     "trips to small ones (paced single records: worker CPU -8 %, p50 -4 to -9 ms)")
     stream_buffer_records: int = Field(4096, ge=1, description="records buffered per partition before "
                                        "consumption pauses (backpressure)")
+    cached_posts: int = Field(200_000, ge=0, description="posts whose metadata (upload time, platform, category, "
+                              "content vector; ~0.5 KB each) the worker keeps so merges need not read it back "
+                              "from Redis (0: none)")
     online_window: int = Field(5_000, ge=10, description="predictions per (model, version, age) in the "
                                "online-accuracy window")
     online_age_tolerance_h: float = Field(0.5, gt=0, description="a prediction made at age a counts for "

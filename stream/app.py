@@ -101,6 +101,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_rebalance_complete.connect
     async def assigned(app: faust.App, **kwargs) -> None:
+        worker.on_partitions_changed()
         worker.assigned = True
 
     @app.on_before_shutdown.connect

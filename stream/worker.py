@@ -93,7 +93,8 @@ class StreamWorker:
         settings = self.settings
         self.redis = redis.Redis.from_url(settings.redis.url)
         await self.redis.ping()
-        self.store = SnapshotSequenceStore(self.redis, settings.redis.key_prefix, settings.score.horizon_s)
+        self.store = SnapshotSequenceStore(self.redis, settings.redis.key_prefix, settings.score.horizon_s,
+                                           settings.worker.cached_posts)
         self.boards = Leaderboards(self.redis, settings.redis.key_prefix, settings.worker.leaderboard_size,
                                    settings.score.horizon_s)
         for kind, name in F.MODEL_NAMES.items():
@@ -122,6 +123,11 @@ class StreamWorker:
         gc.freeze()
         gc.set_threshold(settings.worker.gc_threshold, 50, 1000)
         self.ready = True
+
+    def on_partitions_changed(self) -> None:
+        """Posts of partitions now elsewhere may be written by another worker: their cached metadata goes."""
+        if self.store is not None:
+            self.store.meta_cache.clear()
 
     async def stop(self) -> None:
         self.ready = False

@@ -96,3 +96,50 @@ def test_merges_send_no_script_exists_and_reload_the_script_after_a_flush(redis_
     assert reloaded[0].statuses == [APPENDED] and again[0].statuses == [APPENDED]
     assert reloaded[0].sequence[:, 0].tolist() == [T0 + 100, T0 + 200]
     assert after == before  # redis-py's Script in a pipeline would have asked SCRIPT EXISTS before each merge
+
+
+def test_cached_post_metadata_is_not_read_back_and_follows_the_workers_own_writes(redis_url):
+    post, early = f"p{uuid.uuid4().hex[:8]}", f"p{uuid.uuid4().hex[:8]}"
+    created = datetime.fromtimestamp(T0, timezone.utc)
+
+    async def scenario(store, client):
+        store.meta_cache.max_posts = 10
+        await store.merge([snap(early, 5, 1)])  # a snapshot before its post: nothing to cache yet
+        await store.put_posts([Post(post_id=post, platform="reddit", created_at=created)],
+                              np.zeros((1, 2), np.float32), encode_content(7, np.ones((1, 2)), np.ones((1, 2))))
+        first = (await store.merge([snap(post, 10, 1)]))[0].post
+        await client.hset(store.post_key(post), "platform", "youtube")  # behind the worker's back
+        cached = (await store.merge([snap(post, 20, 2)]))[0].post
+        await store.put_content([post], encode_content(8, np.ones((1, 2)), np.ones((1, 2))))
+        recomputed = (await store.merge([snap(post, 30, 3)]))[0].post
+        await store.put_posts([Post(post_id=post, platform="hackernews", created_at=created)],
+                              np.zeros((1, 2), np.float32), encode_content(9, np.ones((1, 2)), np.ones((1, 2))))
+        reposted = (await store.merge([snap(post, 40, 4)]))[0].post
+        return first, cached, recomputed, reposted, len(store.meta_cache), store.meta_cache.get(early)
+
+    first, cached, recomputed, reposted, size, early_meta = run(redis_url, scenario)
+    version = lambda meta: decode_content([meta.content], 9, 2, 2)[2][0]  # noqa: E731
+    assert (first.platform, cached.platform) == ("reddit", "reddit")  # the cached copy, not the changed hash
+    assert recomputed.platform == "reddit" and recomputed.content[:4] == (8).to_bytes(4, "little")
+    assert reposted.platform == "hackernews" and version(reposted)  # a post event makes the next merge read
+    assert size == 1 and early_meta is None
+
+
+def test_the_metadata_cache_keeps_at_most_max_posts_and_none_when_off(redis_url):
+    posts = [f"p{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    created = datetime.fromtimestamp(T0, timezone.utc)
+
+    async def scenario(store, client):
+        await store.put_posts([Post(post_id=p, platform="reddit", created_at=created) for p in posts],
+                              np.zeros((3, 2), np.float32), encode_content(7, np.ones((3, 2)), np.ones((3, 2))))
+        off = len(store.meta_cache)
+        await store.merge([snap(p, 10, 1) for p in posts])
+        off_after = len(store.meta_cache)
+        store.meta_cache.max_posts = 2
+        updates = await store.merge([snap(p, 20, 2) for p in posts])
+        return off, off_after, [store.meta_cache.get(p) is not None for p in posts], updates
+
+    off, off_after, cached, updates = run(redis_url, scenario)
+    assert (off, off_after) == (0, 0)
+    assert cached == [False, True, True]  # the oldest entry went
+    assert all(u.post.platform == "reddit" for u in updates)
