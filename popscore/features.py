@@ -224,13 +224,11 @@ def weight_matrix(platforms: Sequence[str], weights_for: Any, counters: Sequence
     """``[B, n_counters]`` weights; ``weights_for`` is a callable (``ScoreSettings().weights_for``) or a
     mapping platform -> weights."""
     get = weights_for if callable(weights_for) else weights_for.__getitem__
-    cache: dict[str, np.ndarray] = {}
-    rows = []
-    for p in platforms:
-        if p not in cache:
-            cache[p] = weight_vector(get(p), counters)
-        rows.append(cache[p])
-    return np.stack(rows) if rows else np.zeros((0, len(counters)))
+    index: dict[str, int] = {}
+    codes = [index.setdefault(p, len(index)) for p in platforms]
+    if not codes:
+        return np.zeros((0, len(counters)))
+    return np.stack([weight_vector(get(p), counters) for p in index])[codes]
 
 
 def score_of(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -243,28 +241,20 @@ def signed_log1p(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
-def pad_sequences(seqs: Sequence[np.ndarray], n_cols: int = 1 + N_COUNTERS) -> tuple[np.ndarray, np.ndarray]:
-    """List of ``[n_i, 1+C]`` arrays -> (``[B, N, 1+C]`` sorted by time, ``[B, N]`` valid), padded with
-    observed_at = +inf. Rows with a non-finite observed_at are dropped (treated as padding)."""
-    b = len(seqs)
-    n = max((len(s) for s in seqs), default=0)
-    n = max(n, 1)
-    out = np.full((b, n, n_cols), np.nan, dtype=np.float64)
-    out[:, :, 0] = np.inf
+def _flat_rows(seqs: Sequence[np.ndarray], n_cols: int = 1 + N_COUNTERS) -> tuple[np.ndarray, np.ndarray]:
+    """All sequences' rows in one table ``[R + 1, n_cols]`` whose last row is NaN, and ``[B, N]`` the row of
+    each sequence's i-th observation in it (the NaN row past its end): padding without copying the counters.
+    Rows keep their order; the caller sorts by time."""
+    seqs = [np.asarray(s, dtype=np.float64) for s in seqs]
     for i, s in enumerate(seqs):
-        s = np.asarray(s, dtype=np.float64)
-        if s.size == 0:
-            continue
-        if s.ndim != 2 or s.shape[1] != n_cols:
+        if s.size and (s.ndim != 2 or s.shape[1] != n_cols):
             raise ValueError(f"sequence {i} has shape {s.shape}, expected [n_obs, {n_cols}]")
-        out[i, : len(s)] = s
-    t = out[:, :, 0]
-    t[~np.isfinite(t)] = np.inf
-    if _in_order(t):  # stored sequences are: the sort was ~13 % of building a batch's inputs
-        return out, np.isfinite(t)
-    order = np.argsort(t, axis=1, kind="stable")
-    out = np.take_along_axis(out, order[:, :, None], axis=1)
-    return out, np.isfinite(out[:, :, 0])
+    lengths = np.array([len(s) if s.size else 0 for s in seqs], dtype=np.int64)
+    flat = np.concatenate([s for s in seqs if s.size] + [np.full((1, n_cols), np.nan)])
+    n = max(int(lengths.max(initial=0)), 1)
+    slot = np.arange(n)[None, :]
+    row_of = np.where(slot < lengths[:, None], (np.cumsum(lengths) - lengths)[:, None] + slot, len(flat) - 1)
+    return flat, row_of
 
 
 def _in_order(times: np.ndarray) -> bool:
@@ -319,15 +309,19 @@ def build_sequence(
 
 
 def _build_sequence_chunk(spec, seqs, created_at, as_of, weights) -> dict[str, np.ndarray]:
-    padded, valid = pad_sequences(seqs)
-    times = padded[:, :, 0] - created_at[:, None]  # ages in seconds
+    # Only the times are padded to [B, N]; the counters stay in one flat table and just the rows the bins read
+    # are gathered from it (at 36 observations a post: 6.9 -> 6.2 us for the whole batch of inputs).
+    flat, row_of = _flat_rows(seqs)  # row_of [B, N]: each padded slot's row of ``flat`` (its last row: NaN)
+    valid = row_of < len(flat) - 1
+    times = np.where(valid, flat[row_of, 0], np.inf)
+    valid &= np.isfinite(times)
+    times = times - created_at[:, None]  # ages in seconds
     age = as_of - created_at  # [B]
     times = np.where(valid & (times <= age[:, None]), times, np.inf)  # drop look-ahead observations
-    counts = padded[:, :, 1:]
     if not _in_order(times):
         order = np.argsort(times, axis=1, kind="stable")
         times = np.take_along_axis(times, order, axis=1)
-        counts = np.take_along_axis(counts, order[:, :, None], axis=1)
+        row_of = np.take_along_axis(row_of, order, axis=1)
 
     nb, w = spec.n_bins, spec.bin_s
     ends = age[:, None] - (nb - 1 - np.arange(nb))[None, :] * w  # [B, nb] ages of bin ends
@@ -335,7 +329,7 @@ def _build_sequence_chunk(spec, seqs, created_at, as_of, weights) -> dict[str, n
     # The counters (and score) last observed at each bin bound and an hour before ``as_of``: only those rows
     # are read, so the work below does not grow with the length of the sequence.
     idx_all = _last_at_or_before(times, np.concatenate([bounds, (age - 3600.0)[:, None]], axis=1))
-    rows = np.take_along_axis(counts, np.clip(idx_all, 0, None)[:, :, None], axis=1)  # [B, nb+2, C]
+    rows = flat[np.take_along_axis(row_of, np.clip(idx_all, 0, None), axis=1), 1:]  # [B, nb+2, C]
     rows = np.where(np.isfinite(rows), rows, 0.0)
     vals = np.concatenate([rows, score_of(rows, weights[:, None, :])[:, :, None]], axis=2)  # [B, nb+2, C+1]
     vals = np.where((idx_all >= 0)[:, :, None], vals, 0.0)  # 0 where nothing was observed yet
