@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from popscore.bench import Workload, _cpu_per_snapshot, _cpu_seconds, _envelopes, render_table
+from popscore.bench import Workload, _cpu_per_snapshot, _cpu_seconds, _envelopes, kept_up, render_table
 from popscore.replay import partition_for
 
 
@@ -51,6 +51,8 @@ def test_the_table_shows_every_target_figure():
                "sustained_scaled_out_drain_s": 0.1, "sustained_scaled_out_staleness_p50_s": 0.1,
                "sustained_scaled_out_staleness_p99_s": 0.3, "sustained_scaled_out_predictions_per_snapshot": 1.0,
                "sustained_scaled_out_workers": 2, "sustained_scaled_out_staleness_p50_by_10s": [0.1, 0.1],
+               "sustained_scaled_out_kept_up": True, "sustained_scaled_out_produced_per_s": 20001,
+               "sustained_kept_up": False, "sustained_produced_per_s": 19998,
                "record_snapshots_per_s": 3673,
                "speedup_record_vs_naive": 40.4, "latency_p50_ms": 270.9, "latency_p99_ms": 940.1,
                "latency_samples": 36730, "redis_bytes_per_post": 1408.8, "naive_redis_bytes_per_post": 3296.7,
@@ -60,6 +62,17 @@ def test_the_table_shows_every_target_figure():
     for figure in ("25,334 snapshots/s", "14.3 s after the last envelope", "3,673 snapshots/s", "p50 270.9 ms",
                    "20,000 snapshots/s, 1 worker |", "20,000 snapshots/s, 2 workers |", "19,993 snapshots/s",
                    "0.1 s after the last envelope", "p50 per 10 s [2.0, 9.0]",
-                   "worker 29.3", "load generator 2.5", "x2.34"):
+                   "worker 29.3", "load generator 2.5", "x2.34", "kept up: no; produced at 19,998/s",
+                   "kept up: yes; produced at 20,001/s"):
         assert figure in table
     assert "load generator 2.5 |" in table and "worker 29.3, load" not in table  # the load generator stands apart
+
+
+def test_kept_up_needs_every_post_a_short_drain_and_a_steady_age_in_every_10_s():
+    steady = [0.2, 0.3, 0.2, 0.4, 0.3, 0.2, 0.3]
+    assert kept_up(True, 0.2, steady)
+    assert not kept_up(False, 0.2, steady)  # a post left unscored
+    assert not kept_up(True, 1.7, steady)  # still draining after the last envelope
+    assert not kept_up(True, 0.2, steady[:-1] + [1.2])  # falling behind by the end
+    assert not kept_up(True, 0.2, steady[:3] + [None] + steady[4:])  # 10 s without a prediction
+    assert not kept_up(True, 0.2, [])
