@@ -92,6 +92,9 @@ class WorkerSettings(BaseModel):
     cached_posts: int = Field(200_000, ge=0, description="posts whose metadata (upload time, platform, category, "
                               "content vector; ~0.5 KB each) the worker keeps so merges need not read it back "
                               "from Redis (0: none)")
+    post_ttl_refresh_s: int = Field(3600, ge=0, description="a cached post's hash gets its TTL refreshed by a merge "
+                                    "at most this often (not at every merge), so it lives up to this much longer "
+                                    "than its sequence")
     online_window: int = Field(5_000, ge=10, description="predictions per (model, version, age) in the "
                                "online-accuracy window")
     online_age_tolerance_h: float = Field(0.5, gt=0, description="a prediction made at age a counts for "

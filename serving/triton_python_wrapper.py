@@ -41,7 +41,8 @@ class TritonPythonModel:
         responses = [None] * len(requests)
         for members in groups.values():
             sizes = [len(per_request[i][self.input_names[0]]) for i in members]
-            batch = {name: np.concatenate([per_request[i][name] for i in members]) for name in self.input_names}
+            batch = per_request[members[0]] if len(members) == 1 else {
+                name: np.concatenate([per_request[i][name] for i in members]) for name in self.input_names}
             outputs = self._run(batch, sum(sizes))
             start = 0
             for index, size in zip(members, sizes):

@@ -7,8 +7,9 @@ cap). A Lua script merges new records into place atomically: a record already pr
 (redelivery changes nothing), an older one is inserted in order, a different record at the same time
 replaces the old one and is reported as a correction. The script returns the merged sequence so that
 features are computed from exactly what is stored, in the same round trip. Post metadata (created_at,
-platform, ...) lives in a small hash beside it. Both expire ``ttl_s`` after their last update. The script
-returns a post's metadata only where the worker does not hold it already (``PostMetaCache``).
+platform, ...) lives in a small hash beside it. The sequence expires ``ttl_s`` after its last update, the hash
+up to ``post_ttl_refresh_s`` later (``PostMetaCache``: the script reads a post's hash only where the worker does
+not hold it, and refreshes its TTL only every ``post_ttl_refresh_s``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import operator
 import struct
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -33,16 +35,17 @@ RECORD_DTYPE = np.dtype([("t", ">u4")] + [(name, ">f8") for name in COUNTER_NAME
 APPENDED, DUPLICATE, CORRECTED, OUT_OF_ORDER = 1, 0, 2, 3
 
 # Many posts per call. KEYS: sequence and metadata key of each post, in pairs. ARGV: header, record width,
-# ttl seconds, META_FIELDS as a JSON list, one byte per post ('1': read its metadata, '0': the caller has it),
-# then per post its records concatenated (one argument per post: redis-py's packing costs per argument).
-# Returns per post {statuses, merged sequence, values of META_FIELDS or nil}.
+# ttl seconds, META_FIELDS as a JSON list, the metadata hash's ttl, one byte per post saying what to do with
+# its hash (READ_META '1': read it and refresh its TTL, REFRESH_TTL '2': refresh its TTL, KEEP_META '0':
+# nothing), then per post its records concatenated (one argument per post: redis-py's packing costs per
+# argument). Returns per post {statuses, merged sequence, values of META_FIELDS or nil}.
 MERGE_SCRIPT = """
 local header, width, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local meta_fields = cjson.decode(ARGV[4])
-local read_meta = ARGV[5]
+local meta_ttl, meta_actions = tonumber(ARGV[5]), ARGV[6]
 local hlen = #header
 local out = {}
-local a = 6
+local a = 7
 for p = 1, #KEYS, 2 do
   local key, meta_key = KEYS[p], KEYS[p + 1]
   local seq = redis.call('GET', key) or header
@@ -78,10 +81,11 @@ for p = 1, #KEYS, 2 do
   end
   a = a + 1
   redis.call('SET', key, seq, 'EX', ttl)
-  redis.call('EXPIRE', meta_key, ttl)
+  local action = string.byte(meta_actions, (p + 1) / 2)
+  if action ~= 48 then redis.call('EXPIRE', meta_key, meta_ttl) end
   out[#out + 1] = statuses
   out[#out + 1] = seq
-  if string.byte(read_meta, (p + 1) / 2) == 49 then
+  if action == 49 then
     out[#out + 1] = redis.call('HMGET', meta_key, unpack(meta_fields))
   else
     out[#out + 1] = false
@@ -225,32 +229,49 @@ class PostMeta:
         return cls.from_values(*(fields.get(name.encode()) for name in META_FIELDS))
 
 
+KEEP_META, READ_META, REFRESH_TTL = 48, 49, 50  # b"0", b"1", b"2": what a merge does with a post's hash
+
+
 class PostMetaCache:
     """The worker's copy of its posts' metadata, so a merge need not read it back (HMGET and its ~300 B reply
-    were ~2 us of Redis per snapshot). Entries come from merges, and follow the worker's own writes (a post
-    event drops the entry, a recomputed content vector replaces its content); a post not seen yet is never
-    cached. Posts and snapshots are keyed and
-    partitioned alike, so one worker writes and reads a post; the worker clears the cache when its partitions
-    change. Bounded: the oldest entry goes first (``max_posts`` 0 disables it)."""
+    were ~2 us of Redis per snapshot) nor refresh its TTL every time (``refresh_s``; the hash's TTL is that much
+    longer than the sequence's, so it still outlives it). Entries come from merges, and follow the worker's own
+    writes (a post event drops the entry, a recomputed content vector replaces its content); a post not seen
+    yet is never cached. Posts and snapshots are keyed and partitioned alike, so one worker writes and reads a
+    post; the worker clears the cache when its partitions change. Bounded: the oldest entry goes first
+    (``max_posts`` 0 disables it)."""
 
-    def __init__(self, max_posts: int) -> None:
+    def __init__(self, max_posts: int, refresh_s: float = 3600.0) -> None:
         self.max_posts = max_posts
-        self._posts: dict[str, PostMeta] = {}
+        self.refresh_s = refresh_s
+        self._posts: dict[str, tuple[PostMeta, float]] = {}  # post_id -> (metadata, when its TTL was refreshed)
 
     def get(self, post_id: str) -> "PostMeta | None":
-        return self._posts.get(post_id)
+        entry = self._posts.get(post_id)
+        return None if entry is None else entry[0]
 
-    def put(self, post_id: str, meta: "PostMeta") -> None:
+    def for_merge(self, post_id: str, now: float) -> "tuple[PostMeta | None, int]":
+        """The cached metadata and what the merge at ``now`` does with the post's hash (``KEEP_META``,
+        ``READ_META``, ``REFRESH_TTL``); a refresh is taken as done."""
+        entry = self._posts.get(post_id)
+        if entry is None:
+            return None, READ_META
+        if now - entry[1] < self.refresh_s:
+            return entry[0], KEEP_META
+        self._posts[post_id] = (entry[0], now)
+        return entry[0], REFRESH_TTL
+
+    def put(self, post_id: str, meta: "PostMeta", refreshed_at: float) -> None:
         if self.max_posts <= 0 or meta.created_at is None:
             return
         if post_id not in self._posts and len(self._posts) >= self.max_posts:
             del self._posts[next(iter(self._posts))]
-        self._posts[post_id] = meta
+        self._posts[post_id] = (meta, refreshed_at)
 
     def set_content(self, post_id: str, content: bytes) -> None:
-        meta = self._posts.get(post_id)
-        if meta is not None:
-            self._posts[post_id] = replace(meta, content=content)
+        entry = self._posts.get(post_id)
+        if entry is not None:
+            self._posts[post_id] = (replace(entry[0], content=content), entry[1])
 
     def forget(self, post_id: str) -> None:
         self._posts.pop(post_id, None)
@@ -276,11 +297,13 @@ class SequenceUpdate:
 
 
 class SnapshotSequenceStore:
-    def __init__(self, client: redis.Redis, key_prefix: str, ttl_s: int, cached_posts: int = 0) -> None:
+    def __init__(self, client: redis.Redis, key_prefix: str, ttl_s: int, cached_posts: int = 0,
+                 post_ttl_refresh_s: int = 3600) -> None:
         self.client = client
         self.key_prefix = key_prefix
         self.ttl_s = ttl_s
-        self.meta_cache = PostMetaCache(cached_posts)
+        self.post_ttl_s = ttl_s + post_ttl_refresh_s  # the post hash outlives its sequence
+        self.meta_cache = PostMetaCache(cached_posts, post_ttl_refresh_s)
         self._merge = PipelinedScript(client, MERGE_SCRIPT)
 
     def sequence_key(self, post_id: str) -> str:
@@ -300,13 +323,14 @@ class SnapshotSequenceStore:
         if not by_post:
             return []
         post_ids = list(by_post)
-        cached = [self.meta_cache.get(post_id) for post_id in post_ids]
+        now = time.monotonic()
+        cached, actions = zip(*[self.meta_cache.for_merge(post_id, now) for post_id in post_ids])
 
         def queue_calls(pipe) -> None:
             for start in range(0, len(post_ids), posts_per_call):
                 chunk = slice(start, start + posts_per_call)
-                read_meta = bytes(48 if meta is not None else 49 for meta in cached[chunk])  # b"0" / b"1"
-                keys, args = [], [FORMAT_VERSION, RECORD.size, self.ttl_s, META_FIELDS_JSON, read_meta]
+                keys, args = [], [FORMAT_VERSION, RECORD.size, self.ttl_s, META_FIELDS_JSON, self.post_ttl_s,
+                                  bytes(actions[chunk])]
                 for post_id in post_ids[chunk]:
                     keys += [self.sequence_key(post_id), self.post_key(post_id)]
                     args.append(b"".join(by_post[post_id]))
@@ -320,7 +344,7 @@ class SnapshotSequenceStore:
             meta = cached[i]
             if meta is None:
                 meta = PostMeta.from_values(*flat[3 * i + 2])
-                self.meta_cache.put(post_id, meta)
+                self.meta_cache.put(post_id, meta, now)
             statuses = flat[3 * i]
             updates.append(SequenceUpdate(post_id, sequences[i], meta, statuses,
                                           [int.from_bytes(record[:4], "big")
@@ -356,7 +380,7 @@ class SnapshotSequenceStore:
                 if category is not None:
                     fields["category"] = str(category)
                 pipe.hset(key, mapping=fields)
-                pipe.expire(key, self.ttl_s)
+                pipe.expire(key, self.post_ttl_s)
             await pipe.execute()
         for post in posts:  # the next merge reads the hash as it now is
             self.meta_cache.forget(post.post_id)
@@ -374,7 +398,7 @@ class SnapshotSequenceStore:
             for post_id, blob in zip(post_ids, content):
                 key = self.post_key(post_id)
                 pipe.hset(key, "content", blob)
-                pipe.expire(key, self.ttl_s)
+                pipe.expire(key, self.post_ttl_s)
             await pipe.execute()
         for post_id, blob in zip(post_ids, content):
             self.meta_cache.set_content(post_id, blob)

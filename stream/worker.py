@@ -94,7 +94,7 @@ class StreamWorker:
         self.redis = redis.Redis.from_url(settings.redis.url)
         await self.redis.ping()
         self.store = SnapshotSequenceStore(self.redis, settings.redis.key_prefix, settings.score.horizon_s,
-                                           settings.worker.cached_posts)
+                                           settings.worker.cached_posts, settings.worker.post_ttl_refresh_s)
         self.boards = Leaderboards(self.redis, settings.redis.key_prefix, settings.worker.leaderboard_size,
                                    settings.score.horizon_s)
         for kind, name in F.MODEL_NAMES.items():

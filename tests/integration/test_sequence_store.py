@@ -143,3 +143,25 @@ def test_the_metadata_cache_keeps_at_most_max_posts_and_none_when_off(redis_url)
     assert (off, off_after) == (0, 0)
     assert cached == [False, True, True]  # the oldest entry went
     assert all(u.post.platform == "reddit" for u in updates)
+
+
+def test_a_cached_posts_hash_ttl_is_refreshed_every_refresh_interval_and_outlives_its_sequence(redis_url):
+    post = f"p{uuid.uuid4().hex[:8]}"
+
+    async def scenario(store, client):
+        store.meta_cache.max_posts = 10
+        await store.put_posts([Post(post_id=post, platform="reddit", created_at=datetime.fromtimestamp(T0, timezone.utc))],
+                              np.zeros((1, 2), np.float32), encode_content(7, np.ones((1, 2)), np.ones((1, 2))))
+        await store.merge([snap(post, 10, 1)])  # read: the hash's TTL refreshed
+        after_read = await client.ttl(store.post_key(post)), await client.ttl(store.sequence_key(post))
+        await client.expire(store.post_key(post), 50)
+        await store.merge([snap(post, 20, 2)])  # cached, refreshed moments ago: TTL left alone
+        kept = await client.ttl(store.post_key(post))
+        store.meta_cache.refresh_s = 0
+        await store.merge([snap(post, 30, 3)])  # due: refreshed without being read
+        return after_read, kept, await client.ttl(store.post_key(post))
+
+    (post_ttl, seq_ttl), kept, refreshed = run(redis_url, scenario)
+    assert 3600 < post_ttl <= 3600 + 3600 and 0 < seq_ttl <= 3600  # the hash outlives the sequence
+    assert kept <= 50
+    assert refreshed > 3600
