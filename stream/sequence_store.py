@@ -81,7 +81,7 @@ for p = 1, #KEYS, 2 do
   end
   a = a + 1
   redis.call('SET', key, seq, 'EX', ttl)
-  local action = string.byte(meta_actions, (p + 1) / 2)
+  local action = string.byte(meta_actions, (p + 1) / 2)  -- 48 KEEP_META, 49 READ_META, 50 REFRESH_TTL
   if action ~= 48 then redis.call('EXPIRE', meta_key, meta_ttl) end
   out[#out + 1] = statuses
   out[#out + 1] = seq
