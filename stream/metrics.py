@@ -37,6 +37,8 @@ class WorkerMetrics:
                                         "window: one merge and one prediction for them all", registry=r)
         self.sequence_merges = Counter("popscore_sequence_merges", "Snapshot merges into Redis sequences, by outcome",
                                        ["outcome"], registry=r)
+        self.post_metadata = Counter("popscore_post_metadata", "Where a merge took each post's metadata from: "
+                                     "the worker's cache or Redis", ["source"], registry=r)
         self.counter_decreases = Counter("popscore_engagement_decreases",
                                          "Counter decreases seen in merged sequences (kept, not hidden)", registry=r)
         self.batch_size = Histogram("popscore_micro_batch_records", "Records per micro-batch", ["topic"],

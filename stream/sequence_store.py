@@ -290,6 +290,7 @@ class SequenceUpdate:
     post: PostMeta
     statuses: list[int] = field(default_factory=list)
     merged_at: list[int] = field(default_factory=list)  # observed_at of the merged records that changed it
+    post_from_cache: bool = False  # ``post`` came from the worker's PostMetaCache, not from Redis
 
     @property
     def changed(self) -> bool:
@@ -349,7 +350,7 @@ class SnapshotSequenceStore:
             updates.append(SequenceUpdate(post_id, sequences[i], meta, statuses,
                                           [int.from_bytes(record[:4], "big")
                                            for record, status in zip(by_post[post_id], statuses)
-                                           if status != DUPLICATE]))
+                                           if status != DUPLICATE], cached[i] is not None))
         return updates
 
     async def current(self, post_ids: list[str]) -> list[SequenceUpdate]:

@@ -296,6 +296,9 @@ class StreamWorker:
         self.metrics.snapshots_in.inc(sum(len(u.statuses) for u in updates))
         for status, n in Counter(status for update in updates for status in update.statuses).items():
             self.metrics.sequence_merges.labels(MERGE_OUTCOMES[status]).inc(n)  # a labelled inc was ~1.5 us
+        from_cache = sum(u.post_from_cache for u in updates)
+        self.metrics.post_metadata.labels("cache").inc(from_cache)
+        self.metrics.post_metadata.labels("redis").inc(len(updates) - from_cache)
         changed = [u for u in updates if u.changed]
         if changed:
             self.metrics.counter_decreases.inc(count_decreases([u.sequence for u in changed],

@@ -107,9 +107,12 @@ def test_cached_post_metadata_is_not_read_back_and_follows_the_workers_own_write
         await store.merge([snap(early, 5, 1)])  # a snapshot before its post: nothing to cache yet
         await store.put_posts([Post(post_id=post, platform="reddit", created_at=created)],
                               np.zeros((1, 2), np.float32), encode_content(7, np.ones((1, 2)), np.ones((1, 2))))
-        first = (await store.merge([snap(post, 10, 1)]))[0].post
+        first_update = (await store.merge([snap(post, 10, 1)]))[0]
+        first = first_update.post
         await client.hset(store.post_key(post), "platform", "youtube")  # behind the worker's back
-        cached = (await store.merge([snap(post, 20, 2)]))[0].post
+        cached_update = (await store.merge([snap(post, 20, 2)]))[0]
+        cached = cached_update.post
+        assert (first_update.post_from_cache, cached_update.post_from_cache) == (False, True)
         await store.put_content([post], encode_content(8, np.ones((1, 2)), np.ones((1, 2))))
         recomputed = (await store.merge([snap(post, 30, 3)]))[0].post
         await store.put_posts([Post(post_id=post, platform="hackernews", created_at=created)],

@@ -38,19 +38,24 @@ def invalid_records(prefix: str) -> list[tuple[bytes, bytes, str]]:
     ]
 
 
-def merge_outcomes(metrics_url: str) -> dict[str, float]:
+def metric_by_label(metrics_url: str, name: str, label: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(metrics_url, timeout=5) as response:
         text = response.read().decode()
-    return {sample.labels["outcome"]: sample.value for family in text_string_to_metric_families(text)
-            for sample in family.samples if sample.name == "popscore_sequence_merges_total"}
+    return {sample.labels[label]: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == name}
+
+
+def merge_outcomes(metrics_url: str) -> dict[str, float]:
+    return metric_by_label(metrics_url, "popscore_sequence_merges_total", "outcome")
 
 
 def test_valid_snapshots_update_sequences_and_invalid_ones_reach_the_dead_letters(stack_settings, kafka_bootstrap,
                                                                                    redis_url, endpoints):
     metrics_url = endpoints.as_dict()["worker_metrics"]
     before = merge_outcomes(metrics_url)
+    metadata_before = metric_by_label(metrics_url, "popscore_post_metadata_total", "source")
     prefix = f"t{uuid.uuid4().hex[:8]}"
     n_posts, per_post = 40, 3
     valid = [(f"{prefix}-{i}".encode(), snapshot(f"{prefix}-{i}", minute, likes=minute * (i + 1)))
@@ -89,6 +94,10 @@ def test_valid_snapshots_update_sequences_and_invalid_ones_reach_the_dead_letter
     delta = {outcome: after[outcome] - before.get(outcome, 0) for outcome in after}
     assert delta.get("appended", 0) + delta.get("out_of_order", 0) == len(valid)
     assert delta.get("duplicate", 0) == delta.get("corrected", 0) == 0
+    # These posts never had a post event: nothing to cache, every merge read their (empty) hash from Redis.
+    metadata = metric_by_label(metrics_url, "popscore_post_metadata_total", "source")
+    assert metadata.get("cache", 0) == metadata_before.get("cache", 0)
+    assert n_posts <= metadata["redis"] - metadata_before.get("redis", 0) <= len(valid)
     asyncio.run(produce(kafka_bootstrap, topics.snapshots, valid))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and merge_outcomes(metrics_url).get("duplicate", 0) - \
