@@ -135,6 +135,8 @@ def populated_exposition() -> bytes:
     m.dead_letters.labels("snapshots", "not_json").inc()
     m.sequence_merges.labels("appended").inc(110)
     m.sequence_merges.labels("duplicate").inc(7)
+    m.post_metadata.labels("cache").inc(100)
+    m.post_metadata.labels("redis").inc(10)
     m.counter_decreases.inc()
     m.batch_size.labels("snapshots").observe(117)
     m.redis_seconds.labels("merge").observe(0.002)
