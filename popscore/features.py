@@ -312,12 +312,9 @@ def _build_sequence_chunk(spec, seqs, created_at, as_of, weights) -> dict[str, n
     # Only the times are padded to [B, N]; the counters stay in one flat table and just the rows the bins read
     # are gathered from it (at 36 observations a post: 6.9 -> 6.2 us for the whole batch of inputs).
     flat, row_of = _flat_rows(seqs)  # row_of [B, N]: each padded slot's row of ``flat`` (its last row: NaN)
-    valid = row_of < len(flat) - 1
-    times = np.where(valid, flat[row_of, 0], np.inf)
-    valid &= np.isfinite(times)
-    times = times - created_at[:, None]  # ages in seconds
+    times = flat[row_of, 0] - created_at[:, None]  # ages in seconds; padding and bad times are not finite
     age = as_of - created_at  # [B]
-    times = np.where(valid & (times <= age[:, None]), times, np.inf)  # drop look-ahead observations
+    times = np.where(np.isfinite(times) & (times <= age[:, None]), times, np.inf)  # drop look-ahead observations
     if not _in_order(times):
         order = np.argsort(times, axis=1, kind="stable")
         times = np.take_along_axis(times, order, axis=1)
