@@ -97,7 +97,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     app = create_app(settings)
-    Worker(app, loglevel=args.loglevel).execute_from_commandline()
+    try:
+        Worker(app, loglevel=args.loglevel).execute_from_commandline()
+    except SystemExit:
+        if app.popscore_worker.fatal is None:
+            raise
+    if app.popscore_worker.fatal is not None:
+        print(f"popscore worker stopped: {app.popscore_worker.fatal}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -32,6 +32,8 @@ class KafkaSettings(BaseModel):
 class RedisSettings(BaseModel):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "ps:"
+    socket_timeout_s: float = Field(5.0, gt=0, description="a Redis reply slower than this fails the batch (which "
+                                    "is retried): a paused or partitioned Redis must not hang the worker")
 
 
 class TritonSettings(BaseModel):
@@ -42,13 +44,20 @@ class TritonSettings(BaseModel):
 class ServingSettings(BaseModel):
     """How the worker calls Triton, and when it gives up and runs the same ONNX file itself."""
 
-    timeout_s: float = Field(2.0, gt=0, description="deadline of one Triton request")
+    # Not shorter: the static model's full chunk carries 1024 titles' token states (32 x 384 floats each,
+    # ~50 MB), and the chunks of a batch queue behind each other at a Triton with one CPU instance, so a
+    # healthy embedded Triton can take over a second to answer the last of them. A missed deadline opens
+    # the circuit at once, so a frozen Triton costs one deadline per breaker_reset_s, not per batch.
+    timeout_s: float = Field(2.0, gt=0, description="deadline of one Triton request; missing it opens the "
+                             "circuit at once (no retry)")
     text_encoder: bool = Field(True, description="embed titles with model_repo's popscore_text_encoder when present")
     text_timeout_s: float = Field(60.0, gt=0, description="deadline of one text-encoder request (a transformer "
                                   "on the CPU: about 60 titles/s on 2 cores)")
-    retries: int = Field(1, ge=0, description="retries of a failed Triton request")
+    retries: int = Field(1, ge=0, description="retries of a Triton request after a quick error (UNAVAILABLE, "
+                         "connection refused); a missed deadline is not retried")
     backoff_s: float = Field(0.05, ge=0, description="first retry delay; doubles per retry")
-    breaker_failures: int = Field(3, ge=1, description="failed requests in a row that open the circuit")
+    breaker_failures: int = Field(3, ge=1, description="failed requests in a row (after their retries) that "
+                                  "open the circuit; one missed deadline opens it at once")
     breaker_reset_s: float = Field(5.0, gt=0, description="how long the circuit stays open before a trial call")
     local_fallback: bool = Field(True, description="run ONNX Runtime locally when Triton cannot answer")
     load_timeout_s: float = Field(60.0, gt=0, description="time allowed for Triton to load a new version")
@@ -100,8 +109,22 @@ class WorkerSettings(BaseModel):
     online_age_tolerance_h: float = Field(0.5, gt=0, description="a prediction made at age a counts for "
                                           "evaluation age t when t <= a < t + this")
     post_grace_s: float = Field(10.0, ge=0, description="how long snapshots of a post not seen yet wait for "
-                                "it before they are scored without it")
+                                "it before they are scored without it (kept in Redis, ps:awaiting)")
     gauge_interval_s: float = Field(5.0, gt=0, description="refresh interval of lag and tracked-post gauges")
+    awaiting_scan_s: float = Field(1.0, gt=0, description="how often posts whose snapshots waited past "
+                                   "post_grace_s are taken (leased) and scored without their post")
+    awaiting_lease_s: float = Field(60.0, gt=0, description="how long a worker holds a waiting post it took; a "
+                                    "worker that dies meanwhile leaves it to be taken again after this")
+    probe_interval_s: float = Field(1.0, gt=0, description="how often readiness probes Redis and the broker")
+    probe_timeout_s: float = Field(2.0, gt=0, description="a probe slower than this counts as unreachable")
+    batch_attempts: int = Field(2, ge=1, description="tries of a batch failing with a non-transient error before "
+                                "it is split to find the records that fail alone (dead-lettered)")
+    outage_budget_s: float = Field(120.0, gt=0, description="how long a batch is retried while Redis, the broker "
+                                   "or Triton is unreachable; after that the worker exits (code 3) without "
+                                   "committing it")
+    retry_max_backoff_s: float = Field(5.0, gt=0, description="longest wait between retries of a failed batch")
+    failpoints: str = Field("", description="fault tests only: kill the worker at named points "
+                            "(stream/failpoints.py), e.g. after_merge=3")
     # Tansu holds a group join for half the rebalance timeout; short timeouts make (re)joins quick.
     rebalance_timeout_s: float = Field(6.0, gt=0)
     session_timeout_s: float = Field(10.0, gt=0)
@@ -114,6 +137,10 @@ class LimitSettings(BaseModel):
 
     max_record_bytes: int = Field(1_048_576, ge=1_024)
     max_future_skew_s: int = Field(24 * 3600, ge=0)
+    deadletter_original_bytes: int = Field(262_144, ge=0, le=327_680, description="bytes of a rejected "
+                                           "record's value (and of its key) kept in its dead letter; longer "
+                                           "ones are cut and flagged. Base64 makes them a third larger: the cap "
+                                           "keeps a dead letter under the producer's 1 MB request size")
 
 
 class ScoreSettings(BaseModel):

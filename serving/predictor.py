@@ -1,10 +1,13 @@
 """One served model: Triton first, ONNX Runtime on the same file when Triton cannot answer.
 
-Triton calls carry a deadline, are retried with exponential backoff, and go through a circuit breaker
-so that a dead Triton costs one fast local inference instead of a timeout per batch. Every result names
-the model version that produced it. ``refresh`` picks up a version promoted into the model repository
-through Triton's explicit model-control API: load, check readiness, then switch; if the load fails the
-old version keeps serving.
+Triton calls carry a deadline and go through a circuit breaker so that a dead Triton costs one fast
+local inference instead of a timeout per batch. Quick errors (UNAVAILABLE, connection refused) are
+retried with exponential backoff; a missed deadline is not, and opens the circuit at once: a server that
+let the whole deadline pass (frozen, overloaded) will do it again, and every retry, or every further
+failure needed to open the circuit, would cost another deadline per batch. Every result names the model
+version that produced it and whether Triton or the local runtime served it. ``refresh`` picks up a
+version promoted into the model repository through Triton's explicit model-control API: load, check
+readiness, then switch; if the load fails the old version keeps serving.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
 
-from popscore.serving.circuit_breaker import CircuitBreaker
+from popscore.serving.circuit_breaker import BreakerState, CircuitBreaker
 from popscore.serving.local_runtime import LocalOnnxRuntime
 from popscore.serving.model_repository import RepositoryModel, build_python_backend_repository, list_models, \
     version_metadata
@@ -29,6 +34,9 @@ from popscore.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 TRITON_DTYPES = {model_config_pb2.TYPE_FP32: "FP32", model_config_pb2.TYPE_INT64: "INT64"}
+# The gRPC deadline ends a call to a frozen server; this guard on top of it ends a call whose client never
+# gives up (a connection that hangs before the deadline is armed, a client that ignores it).
+DEADLINE_GUARD_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,8 @@ class ModelPredictor:
         self.version: int | None = None
         self.local: LocalOnnxRuntime | None = None
         self.metadata: dict = {}  # the trainer's metadata.json of the served version (feature spec, metrics)
-        self.stats = {"triton": 0, "local": 0, "triton_errors": 0, "reloads": 0, "reload_failures": 0}
+        self.stats = {"triton": 0, "local": 0, "triton_errors": 0, "triton_timeouts": 0, "reloads": 0,
+                      "reload_failures": 0}
 
     async def start(self) -> None:
         """Create the asyncio client inside the running loop (they must not be shared across loops)."""
@@ -88,26 +97,50 @@ class ModelPredictor:
         chunks = [{k: v[i:i + step] for k, v in inputs.items()} for i in range(0, n, step)]
         return list(await asyncio.gather(*(self._infer_chunk(chunk) for chunk in chunks)))
 
+    @property
+    def triton_healthy(self) -> bool:
+        """Is Triton serving this model (circuit closed)? False while the calls go to the local runtime."""
+        return self.breaker.state is BreakerState.CLOSED
+
     async def _infer_chunk(self, inputs: dict[str, np.ndarray]) -> Inference:
-        if self.breaker.allow():
-            for attempt in range(self.settings.retries + 1):
-                try:
-                    outputs = await self._triton(inputs)
-                    self.breaker.record_success()
-                    self.stats["triton"] += 1
+        # The context gives a cancelled trial call's slot back (the worker cancels sibling tasks when one
+        # fails); without it the circuit would never half-open again.
+        with self.breaker.call() as allowed:
+            if allowed:
+                outputs = await self._triton_with_retries(inputs)
+                if outputs is not None:
                     return Inference(outputs, str(self.version), "triton")
-                except Exception as exc:  # any transport or server error: retry, then fall back
-                    self.stats["triton_errors"] += 1
-                    log.warning("triton %s attempt %d failed: %s", self.name, attempt + 1, exc)
-                    if attempt < self.settings.retries:
-                        await asyncio.sleep(self.settings.backoff_s * 2 ** attempt)
-            self.breaker.record_failure()
         if not self.settings.local_fallback:
             raise ModelUnavailable(f"Triton cannot serve {self.name} and the local fallback is off")
         self.stats["local"] += 1
         local = self.local
         outputs = await asyncio.to_thread(local.infer, inputs)
         return Inference(outputs, str(local.version), "local")
+
+    async def _triton_with_retries(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Triton's answer, or None once it has failed (recorded in the breaker)."""
+        for attempt in range(self.settings.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.settings.backoff_s * 2 ** (attempt - 1))
+                if self.breaker.state is BreakerState.OPEN:  # another call found Triton down meanwhile
+                    break
+            try:
+                outputs = await self._triton(inputs)
+            except Exception as exc:  # any transport or server error: retry, then fall back
+                self.stats["triton_errors"] += 1
+                if deadline_exceeded(exc):
+                    self.stats["triton_timeouts"] += 1
+                    self.breaker.trip()
+                    log.warning("triton %s missed its %.2fs deadline: circuit open, serving locally for %.0fs",
+                                self.name, self.timeout_s, self.breaker.reset_after_s)
+                    return None
+                log.warning("triton %s attempt %d failed: %s", self.name, attempt + 1, exc)
+                continue
+            self.breaker.record_success()
+            self.stats["triton"] += 1
+            return outputs
+        self.breaker.record_failure()
+        return None
 
     async def _triton(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = []
@@ -117,8 +150,9 @@ class ModelPredictor:
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         outputs = [InferRequestedOutput(o.name) for o in self.model.config.output]
-        result = await self.client.infer(self.name, tensors, model_version=str(self.version), outputs=outputs,
-                                         client_timeout=self.timeout_s)
+        async with asyncio.timeout(self.timeout_s + DEADLINE_GUARD_S):
+            result = await self.client.infer(self.name, tensors, model_version=str(self.version), outputs=outputs,
+                                             client_timeout=self.timeout_s)
         answer = {o.name: result.as_numpy(o.name) for o in self.model.config.output}
         n = len(next(iter(inputs.values())))
         for name, array in answer.items():
@@ -156,3 +190,14 @@ class ModelPredictor:
         self.stats["reloads"] += 1
         log.info("now serving %s version %s", self.name, newest)
         return True
+
+
+def deadline_exceeded(exc: BaseException) -> bool:
+    """Did the call end because its deadline passed (rather than a quick error worth retrying)?"""
+    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError
+        return True
+    if isinstance(exc, InferenceServerException):  # tritonclient's wrapping of a grpc.RpcError
+        return str(exc.status()).rsplit(".", 1)[-1] == grpc.StatusCode.DEADLINE_EXCEEDED.name
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    return False

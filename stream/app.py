@@ -3,19 +3,28 @@
 Values arrive as raw bytes and are validated by the worker, at the boundary, so that a record Faust
 could not even decode still reaches the dead-letter topic with its original bytes. Agents consume in
 micro-batches (``take_batches``: full, or ``batch_within_s`` after their first event, so an idle topic never
-stalls a partial batch; the next batch fills while the agent handles one).
+stalls a partial batch; the next batch fills while the agent handles one), each through a ``BatchRunner``
+(retry, isolate and dead-letter, or stop: a batch is acknowledged only once processed). Timers never raise: a
+failed run is logged, counted and tried again at the next tick. ``/readyz`` lists what is failing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import signal
 
 import faust
+from aiokafka.admin import AIOKafkaAdminClient
 
 from popscore.settings import COUNTER_NAMES, Settings
+from popscore.stream.batch_runner import BatchRunner, OutageTooLong
 from popscore.stream.micro_batches import take_batches
 from popscore.stream.worker import StreamWorker
+
+log = logging.getLogger(__name__)
 
 
 class App(faust.App):
@@ -64,40 +73,131 @@ def create_app(settings: Settings) -> faust.App:
         """A micro-batch's predictions: one record batch per partition (stream/kafka_transport.py)."""
         return await app.producer.send_many(topic, records)
 
-    worker = StreamWorker(settings, send, send_many)
+    async def key_partition(topic: str, key: bytes) -> int:
+        return await app.producer.key_partition(topic, key)
+
+    worker = StreamWorker(settings, send, send_many, key_partition)
     batch = settings.worker
+
+    def stop_worker(reason: str) -> None:
+        """Exit without acknowledging the batch in hand: Faust commits only acknowledged offsets on the way out,
+        and ``popscore worker`` exits with code 3 and the reason."""
+        worker.fatal = reason
+        log.critical("stopping the worker: %s", reason)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async def run_agent(stream, topic: str, handle) -> None:
+        runner = BatchRunner(topic, handle, worker.dead_letter_failure, worker.health, worker.metrics,
+                             attempts=batch.batch_attempts, outage_budget_s=batch.outage_budget_s,
+                             max_backoff_s=batch.retry_max_backoff_s)
+        try:
+            await start_when_possible()
+            worker.health.set(runner.check, True, "running")
+            async for events in take_batches(stream, batch.batch_size, within=batch.batch_within_s):
+                await runner.run([event.message for event in events])
+        except OutageTooLong as exc:
+            stop_worker(str(exc))
+            await asyncio.Event().wait()  # hold the batch, unacknowledged, until the shutdown cancels this
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            worker.metrics.agent_crashes.labels(topic).inc()
+            worker.health.set(runner.check, False, f"crashed: {exc!r}")
+            raise
+        finally:
+            if worker.health.ok(runner.check):
+                worker.health.set(runner.check, False, "stopped")
+
+    async def start_when_possible() -> None:
+        """Start the worker (Redis, models), retrying while a service is not there yet."""
+        delay = 0.1
+        while True:
+            try:
+                await worker.ensure_started()
+                return
+            except Exception as exc:
+                worker.health.set("started", False, f"cannot start: {exc!r}")
+                log.warning("worker cannot start yet (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, batch.retry_max_backoff_s)
 
     @app.agent(snapshots_topic)
     async def snapshots(stream):
-        await worker.ensure_started()
-        async for events in take_batches(stream, batch.batch_size, within=batch.batch_within_s):
-            await worker.handle_snapshots([event.message for event in events])
+        await run_agent(stream, topics.snapshots, worker.handle_snapshots)
 
     @app.agent(posts_topic)
     async def posts(stream):
-        await worker.ensure_started()
-        async for events in take_batches(stream, batch.batch_size, within=batch.batch_within_s):
-            await worker.handle_posts([event.message for event in events])
+        await run_agent(stream, topics.posts, worker.handle_posts)
 
     @app.task
     async def start_worker() -> None:
-        await worker.ensure_started()
+        await start_when_possible()
 
-    @app.timer(interval=settings.serving.refresh_interval_s)
+    def background(interval: float):
+        """A timer that runs only once the worker has started and never raises into Faust (a timer's exception
+        would stop the app): failures are logged and counted, and the next tick tries again."""
+        def register(task):
+            async def run() -> None:
+                if not worker.ready:
+                    return
+                try:
+                    await task()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    worker.metrics.background_errors.labels(task.__name__).inc()
+                    log.warning("%s failed: %r", task.__name__, exc)
+            run.__name__ = task.__name__
+            return app.timer(interval=interval)(run)
+        return register
+
+    @background(settings.serving.refresh_interval_s)
     async def refresh_models() -> None:
-        if worker.ready:
-            await worker.refresh_models()
+        await worker.refresh_models()
 
-    @app.timer(interval=settings.worker.gauge_interval_s)
+    @background(settings.worker.gauge_interval_s)
     async def update_gauges() -> None:
-        if worker.ready:
-            await worker.update_gauges(app.consumer)
+        await worker.update_gauges(app.consumer)
 
-    @app.timer(interval=settings.worker.gauge_interval_s)
+    @background(settings.worker.gauge_interval_s)
     async def evaluate_matured() -> None:
-        if worker.ready:
-            await worker.evaluate_matured()
-            await asyncio.gather(*await worker.score_overdue())
+        await worker.evaluate_matured()
+
+    @background(settings.worker.awaiting_scan_s)
+    async def score_overdue() -> None:
+        await worker.score_overdue()
+
+    admin: list[AIOKafkaAdminClient] = []  # created in the running loop, on the first probe
+
+    @background(settings.worker.probe_interval_s)
+    async def probe() -> None:
+        """Round trips to Redis and the broker, for readiness: a connection that is open but not answering
+        (a paused or partitioned service) fails too."""
+        timeout = settings.worker.probe_timeout_s
+        try:
+            await asyncio.wait_for(worker.redis.ping(), timeout)
+            worker.health.set("redis", True, "answers PING")
+        except Exception as exc:
+            worker.health.set("redis", False, f"no answer to PING within {timeout:g}s: {exc!r}")
+        try:
+            if not admin:
+                admin.append(AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                                 request_timeout_ms=int(timeout * 1000)))
+                await asyncio.wait_for(admin[0].start(), timeout)
+            await asyncio.wait_for(admin[0].list_topics(), timeout)
+            worker.health.set("broker", True, "answers metadata requests")
+        except Exception as exc:
+            worker.health.set("broker", False, f"no metadata answer within {timeout:g}s: {exc!r}")
+        commits = app.consumer.commit_health() if hasattr(app.consumer, "commit_health") else None
+        if commits is not None:
+            worker.health.set("commits", *commits)
+        worker.metrics.ready.set(readiness()[0])
+
+    def readiness() -> tuple[bool, dict]:
+        failing = worker.health.failing()
+        if not worker.assigned or app.rebalancing:
+            failing["partitions"] = {"detail": "rebalancing: partitions not assigned yet"}
+        return not failing, failing
 
     @app.on_rebalance_complete.connect
     async def assigned(app: faust.App, **kwargs) -> None:
@@ -106,18 +206,24 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_before_shutdown.connect
     async def before_shutdown(app: faust.App, **kwargs) -> None:
+        if admin:
+            await admin[0].close()
         await worker.stop()
 
     @app.page("/healthz")
     async def healthz(web, request):
-        return web.json({"alive": True})
+        """Alive while the event loop answers and the worker has not decided to stop."""
+        alive = worker.fatal is None
+        return web.json({"alive": alive, **({"fatal": worker.fatal} if not alive else {})},
+                        status=200 if alive else 503)
 
     @app.page("/readyz")
     async def readyz(web, request):
-        ready = worker.ready and worker.assigned and not app.rebalancing
+        ready, failing = readiness()
         models = {kind: {"model": p.name, "version": p.version, "breaker": p.breaker.state.value, **p.stats}
                   for kind, p in worker.predictors.items()}
-        return web.json({"ready": ready, "models": models}, status=200 if ready else 503)
+        return web.json({"ready": ready, "failing": failing, "checks": worker.health.report(), "models": models},
+                        status=200 if ready else 503)
 
     @app.page("/leaderboard")
     async def leaderboard(web, request):

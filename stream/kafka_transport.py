@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections import defaultdict
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -70,6 +71,22 @@ class Consumer(faust_aiokafka.Consumer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.handoff = RecordHandoff()
+        self.commit_ok_at = 0.0  # monotonic time of the last offset commit that succeeded, and that failed
+        self.commit_failed_at = 0.0
+
+    async def _commit(self, offsets) -> bool:
+        """Faust's commit (it logs and crashes the app on errors itself), with its outcome kept for readiness."""
+        committed = await super()._commit(offsets)
+        if committed:
+            self.commit_ok_at = time.monotonic()
+        elif offsets:
+            self.commit_failed_at = time.monotonic()
+        return committed
+
+    def commit_health(self) -> tuple[bool, str]:
+        if self.commit_failed_at > self.commit_ok_at:
+            return False, "the last offset commit failed"
+        return True, "offset commits succeed" if self.commit_ok_at else "nothing committed yet"
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -102,6 +119,11 @@ class Producer(faust_aiokafka.Producer):
         """``partitioner`` per (key, partitions), cached: aiokafka's murmur2 is pure Python (~2 % of the worker)."""
         return functools.lru_cache(maxsize=self.partition_cache)(
             lambda key, partitions: self.partitioner(key, partitions, partitions))
+
+    async def key_partition(self, topic: str, key: bytes) -> int:
+        """The partition a keyed ``send`` puts ``key`` in."""
+        partitions = tuple(sorted(await self._ensure_producer().partitions_for(topic)))
+        return self._partition_of(key, partitions)
 
     async def send_many(self, topic: str, records: list[tuple[bytes, bytes]]) -> list[asyncio.Future]:
         """Queue keyed records; returns one delivery future per record batch."""

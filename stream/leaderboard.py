@@ -22,7 +22,9 @@ from popscore.stream.redis_script import PipelinedScript
 
 # ARGV: prefix, ttl, board size, model kind, then the predictions as one JSON array of rows
 # [post_id, score, rising, platform, category ('' for none), latest view (JSON text), maturity time,
-#  [[kept field, value], ...]]. One argument instead of eight or more per prediction: redis-py's command
+#  [[kept field, value], ...], as_of]. A temporal prediction also sets the post's ``predicted_to`` mark to its
+#  as_of (the observation time it is as of): the merge script reads it on redelivery (sequence_store.py). The
+#  worker calls this only once the predictions are in Kafka, so the mark never claims a lost prediction. One argument instead of eight or more per prediction: redis-py's command
 # packing of those was ~6 % of the worker on single records.
 #
 # A board is written per call, not per prediction: its members among the call's posts are updated (one
@@ -92,7 +94,13 @@ for _, row in ipairs(rows) do
   local post, latest, kept = row[1], row[6], row[8]
   local post_key = prefix .. 'post:' .. post
   -- The hash has its TTL from the merge or the post event just before; a hash this creates needs one.
-  if redis.call('HSET', post_key, 'prediction:' .. kind, latest) == 1 then redis.call('EXPIRE', post_key, ttl) end
+  local created
+  if kind == 'temporal' then
+    created = redis.call('HSET', post_key, 'prediction:temporal', latest, 'predicted_to', row[9]) == 2
+  else
+    created = redis.call('HSET', post_key, 'prediction:' .. kind, latest) == 1
+  end
+  if created then redis.call('EXPIRE', post_key, ttl) end
   for _, pair in ipairs(kept) do
     redis.call('HSETNX', post_key, pair[1], pair[2])
   end
@@ -114,6 +122,7 @@ class RecordedPrediction:
     latest_view: str  # JSON text
     matures_at: float
     kept_for_evaluation: tuple[tuple[str, float], ...] = ()
+    as_of: int = 0  # observation time (epoch s) the prediction is as of
 
 
 class Leaderboards:
@@ -134,7 +143,7 @@ class Leaderboards:
         def queue_calls(pipe) -> None:
             for start in range(0, len(predictions), per_call):
                 rows = [[p.post_id, p.score, p.rising, p.platform, p.category or "", p.latest_view, p.matures_at,
-                         [[name, repr(value)] for name, value in p.kept_for_evaluation]]
+                         [[name, repr(value)] for name, value in p.kept_for_evaluation], p.as_of]
                         for p in predictions[start:start + per_call]]
                 self._record.call(pipe, [], [self.key_prefix, self.ttl_s, self.size, kind, orjson.dumps(rows)])
 

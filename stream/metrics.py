@@ -32,6 +32,17 @@ class WorkerMetrics:
         self.awaiting_post = Counter("popscore_snapshots_awaiting_post",
                                      "Sequence updates not scored yet because their post had not arrived",
                                      registry=r)
+        self.rescored = Counter("popscore_posts_rescored", "Posts scored again because a redelivered snapshot's "
+                                "observation had no prediction (one lost when a worker died)", registry=r)
+        self.batch_failures = Counter("popscore_batch_failures", "Failed attempts at a micro-batch, by agent and "
+                                      "kind (transient: retried; error: retried, then split and dead-lettered)",
+                                      ["agent", "kind"], registry=r)
+        self.agent_crashes = Counter("popscore_agent_crashes", "Agents that left their loop on an exception "
+                                     "(Faust restarts them; the batch they held is not acknowledged)", ["agent"],
+                                     registry=r)
+        self.background_errors = Counter("popscore_background_errors", "Failed runs of a timer (model refresh, "
+                                         "gauges, online accuracy, waiting posts, probes)", ["task"], registry=r)
+        self.ready = Gauge("popscore_worker_ready", "1 while every readiness check passes", registry=r)
         self.snapshots_folded = Counter("popscore_snapshots_folded",
                                         "Snapshots merged together with a later snapshot of the same post in one "
                                         "window: one merge and one prediction for them all", registry=r)

@@ -8,9 +8,11 @@ spends much of a batch waiting on Redis, Triton and Kafka round trips, and Faust
 waits) and yields a batch when it is full or ``within`` after its first event: under load the next batch
 is ready when the agent returns, and events that waited during the last batch do not wait again.
 
-Acks are as in ``take_events``: a batch's events are acked after the agent has handled it (so offsets are
-committed only after the outputs exist); events of the batch still filling are not acked. It uses the
-same ``Stream`` internals as ``take_events`` (faust-streaming 0.15.3 is pinned).
+A batch's events are acked only when the agent asks for the next batch, i.e. after it handled this one: an
+agent that raises (or stops) out of the loop acks nothing of the batch it held, so those offsets are never
+committed and the records are redelivered (``take_events`` acks in a ``finally``, committing a batch that
+failed). Events of the batch still filling are not acked. It uses the same ``Stream`` internals as
+``take_events`` (faust-streaming 0.15.3 is pinned).
 """
 
 from __future__ import annotations
@@ -73,11 +75,9 @@ async def _take_batches(stream: StreamT, max_: int, within: float) -> AsyncItera
             batch, filling = filling, []
             full.clear()
             room.set()
-            try:
-                yield batch
-            finally:
-                for event in batch:
-                    await stream.ack(event)
+            yield batch
+            for event in batch:  # not reached when the agent raised or left the loop: nothing is acked
+                await stream.ack(event)
     finally:
         stream.enable_acks = enable_acks
         stream._processors.remove(add_to_batch)

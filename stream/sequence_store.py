@@ -38,7 +38,10 @@ APPENDED, DUPLICATE, CORRECTED, OUT_OF_ORDER = 1, 0, 2, 3
 # ttl seconds, META_FIELDS as a JSON list, the metadata hash's ttl, one byte per post saying what to do with
 # its hash (READ_META '1': read it and refresh its TTL, REFRESH_TTL '2': refresh its TTL, KEEP_META '0':
 # nothing), then per post its records concatenated (one argument per post: redis-py's packing costs per
-# argument). Returns per post {statuses, merged sequence, values of META_FIELDS or nil}.
+# argument). Returns per post {statuses, merged sequence, values of META_FIELDS or nil, predicted mark or nil}: the
+# mark (the hash's ``predicted_to``, the observation time of the post's latest published temporal prediction,
+# written by leaderboard.RECORD_SCRIPT) is read only when no record changed the sequence, i.e. on redelivery,
+# so that a post whose prediction was lost in a crash is scored again.
 MERGE_SCRIPT = """
 local header, width, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local meta_fields = cjson.decode(ARGV[4])
@@ -50,6 +53,7 @@ for p = 1, #KEYS, 2 do
   local key, meta_key = KEYS[p], KEYS[p + 1]
   local seq = redis.call('GET', key) or header
   local statuses = {}
+  local changed = false
   local records = ARGV[a]
   for start = 1, #records, width do
     local rec = string.sub(records, start, start + width - 1)
@@ -58,6 +62,7 @@ for p = 1, #KEYS, 2 do
     if n == 0 or string.sub(seq, -width, -width + 3) < t then
       seq = seq .. rec  -- the usual case, a newer snapshot: no search (Lua interns every substring it makes)
       statuses[#statuses + 1] = 1
+      changed = true
     else
       local lo, hi = 0, n
       while lo < hi do
@@ -72,15 +77,17 @@ for p = 1, #KEYS, 2 do
         else
           seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + width + 1)
           statuses[#statuses + 1] = 2
+          changed = true
         end
       else
         seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + 1)
         statuses[#statuses + 1] = (lo < n) and 3 or 1
+        changed = true
       end
     end
   end
   a = a + 1
-  redis.call('SET', key, seq, 'EX', ttl)
+  if changed then redis.call('SET', key, seq, 'EX', ttl) end
   local action = string.byte(meta_actions, (p + 1) / 2)  -- 48 KEEP_META, 49 READ_META, 50 REFRESH_TTL
   if action ~= 48 then redis.call('EXPIRE', meta_key, meta_ttl) end
   out[#out + 1] = statuses
@@ -90,10 +97,21 @@ for p = 1, #KEYS, 2 do
   else
     out[#out + 1] = false
   end
+  out[#out + 1] = (not changed) and redis.call('HGET', meta_key, 'predicted_to') or false
 end
 return out
 """
 
+
+# Posts whose snapshots wait for their post event (``ps:awaiting``: member post_id, score the wall time from
+# which it may be scored without its post). KEYS[1]: the set; ARGV: now, lease end, limit. Takes the due posts
+# and moves them to the lease end, atomically, so one worker scores each while it holds the lease, and a worker
+# that dies before it removed one leaves it to be taken again when the lease ends.
+CLAIM_AWAITING_SCRIPT = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, post in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], post) end
+return due
+"""
 
 _COUNTS = operator.attrgetter(*COUNTER_NAMES)
 _NAN = float("nan")
@@ -291,10 +309,17 @@ class SequenceUpdate:
     statuses: list[int] = field(default_factory=list)
     merged_at: list[int] = field(default_factory=list)  # observed_at of the merged records that changed it
     post_from_cache: bool = False  # ``post`` came from the worker's PostMetaCache, not from Redis
+    predicted_to: float | None = None  # read only when nothing changed: the latest observation predicted
 
     @property
     def changed(self) -> bool:
         return bool(self.merged_at)
+
+    @property
+    def needs_prediction(self) -> bool:
+        """Changed, or redelivered after a crash lost the prediction of its latest observation."""
+        return self.changed or len(self.sequence) > 0 and (
+            self.predicted_to is None or self.predicted_to < self.sequence[-1, 0])
 
 
 class SnapshotSequenceStore:
@@ -306,6 +331,7 @@ class SnapshotSequenceStore:
         self.post_ttl_s = ttl_s + post_ttl_refresh_s  # the post hash outlives its sequence
         self.meta_cache = PostMetaCache(cached_posts, post_ttl_refresh_s)
         self._merge = PipelinedScript(client, MERGE_SCRIPT)
+        self._claim_awaiting = client.register_script(CLAIM_AWAITING_SCRIPT)
 
     def sequence_key(self, post_id: str) -> str:
         return f"{self.key_prefix}seq:{post_id}"
@@ -339,18 +365,19 @@ class SnapshotSequenceStore:
 
         results = await self._merge.run(queue_calls)
         flat = [item for result in results for item in result]
-        sequences = decode_sequences(flat[1::3])
+        sequences = decode_sequences(flat[1::4])
         updates = []
         for i, post_id in enumerate(post_ids):
             meta = cached[i]
             if meta is None:
-                meta = PostMeta.from_values(*flat[3 * i + 2])
+                meta = PostMeta.from_values(*flat[4 * i + 2])
                 self.meta_cache.put(post_id, meta, now)
-            statuses = flat[3 * i]
+            statuses, mark = flat[4 * i], flat[4 * i + 3]
             updates.append(SequenceUpdate(post_id, sequences[i], meta, statuses,
                                           [int.from_bytes(record[:4], "big")
                                            for record, status in zip(by_post[post_id], statuses)
-                                           if status != DUPLICATE], cached[i] is not None))
+                                           if status != DUPLICATE], cached[i] is not None,
+                                          None if mark is None else float(mark)))
         return updates
 
     async def current(self, post_ids: list[str]) -> list[SequenceUpdate]:
@@ -403,6 +430,26 @@ class SnapshotSequenceStore:
             await pipe.execute()
         for post_id, blob in zip(post_ids, content):
             self.meta_cache.set_content(post_id, blob)
+
+    # --- snapshots waiting for their post: kept in Redis, so a restart does not forget them -----------------
+
+    @property
+    def awaiting_key(self) -> str:
+        return f"{self.key_prefix}awaiting"
+
+    async def await_posts(self, post_ids: list[str], due: float) -> None:
+        """Posts whose sequence changed before their post event came; a post already waiting keeps its time."""
+        await self.client.zadd(self.awaiting_key, {post_id: due for post_id in post_ids}, nx=True)
+
+    async def claim_overdue(self, now: float, lease_s: float, limit: int) -> list[str]:
+        """Waiting posts due by ``now``, leased to the caller for ``lease_s``."""
+        claimed = await self._claim_awaiting(keys=[self.awaiting_key], args=[now, now + lease_s, limit])
+        return [post_id.decode() for post_id in claimed]
+
+    async def done_waiting(self, post_ids: list[str]) -> None:
+        """Called once the posts' predictions are delivered."""
+        if post_ids:
+            await self.client.zrem(self.awaiting_key, *post_ids)
 
     async def get_post(self, post_id: str) -> dict[bytes, bytes]:
         return await self.client.hgetall(self.post_key(post_id))

@@ -7,9 +7,13 @@ Snapshots: validate -> merge into the Redis sequences (which returns each post's
 temporal-head inference per changed post (several snapshots of a post in one batch give one prediction)
 -> predictions topic + leaderboards. A content vector of another model version, or of a post that never
 came, is recomputed from the stored inputs and written back.
-Every rejected record goes to the dead-letter topic. The batch's outputs are awaited before the batch
-returns, so Faust commits its offsets only after the outputs are produced (at-least-once; redelivery
-is harmless because a repeated snapshot changes nothing and gives no new prediction).
+Every rejected record goes to the dead-letter topic (a snapshot of an envelope on its own, with its index).
+The batch's outputs are awaited before the batch returns, so Faust commits its offsets only after the outputs
+are produced (at-least-once). A prediction's leaderboard entry and its ``predicted_to`` mark are written only
+once it is in Kafka; a redelivered snapshot that changes nothing is scored again only if the mark says the
+post's latest observation has no prediction (one lost in a crash). Snapshots waiting for their post are
+registered in Redis (``ps:awaiting``) before they are acknowledged, so a restart does not forget them.
+What happens when a batch fails is ``batch_runner.py``'s.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import numpy as np
 import redis.asyncio as redis
 
 from popscore import features as F
-from popscore.contract import DeadLetter, Post, RejectedRecord, RejectReason, Snapshot, SnapshotBatch, \
-    decode_record, encode_record
+from popscore.contract import DeadLetter, Post, RejectedRecord, RejectReason, decode_record, decode_snapshots, \
+    encode_record
 from popscore.serving.model_repository import list_models
 from popscore.serving.predictor import ModelPredictor
 from popscore.settings import Settings
+from popscore.stream.failpoints import Failpoints
+from popscore.stream.health import Health
 from popscore.stream.leaderboard import Leaderboards, RecordedPrediction
 from popscore.stream.metrics import WorkerMetrics
 from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, eval_ages_reached, eval_field, \
@@ -44,6 +50,14 @@ log = logging.getLogger(__name__)
 MERGE_OUTCOMES = {APPENDED: "appended", DUPLICATE: "duplicate", CORRECTED: "corrected", OUT_OF_ORDER: "out_of_order"}
 RISING_INDEX = F.DYNAMIC_FEATURE_NAMES.index("dlog_score_last_h")
 TEXT_ENCODER = "popscore_text_encoder"
+
+
+def check_key(key: bytes | None, post_id: str) -> None:
+    """A post and its snapshots are keyed by post_id: that keeps them in one partition, in order, on one worker."""
+    if key is None:
+        raise RejectedRecord(RejectReason.KEY_MISMATCH, f"record has no key; it must be keyed by post_id {post_id!r}")
+    if key != post_id.encode():
+        raise RejectedRecord(RejectReason.KEY_MISMATCH, f"record key {key[:200]!r} differs from post_id {post_id!r}")
 
 
 @dataclass
@@ -64,10 +78,16 @@ class ScoringJob:
 class StreamWorker:
     """The worker's state, created inside the running event loop (asyncio clients are loop-bound)."""
 
-    def __init__(self, settings: Settings, send, send_many) -> None:
+    def __init__(self, settings: Settings, send, send_many, key_partition=None) -> None:
         self.settings = settings
         self.send = send  # async (topic, key, value) -> delivery future
         self.send_many = send_many  # async (topic, [(key, value), ...]) -> delivery futures
+        # async (topic, key) -> the partition a keyed send puts ``key`` in (checks envelopes' snapshots)
+        self.key_partition = key_partition
+        self.health = Health(("started", "redis", "broker", f"agent:{settings.kafka.topics.posts}",
+                              f"agent:{settings.kafka.topics.snapshots}"))
+        self.failpoints = Failpoints(settings.worker.failpoints)
+        self.fatal: str | None = None  # why the worker stopped itself
         self.metrics = WorkerMetrics()
         self.redis: redis.Redis | None = None
         self.store: SnapshotSequenceStore | None = None
@@ -78,7 +98,6 @@ class StreamWorker:
         self._reload_failures: dict[str, int] = {}
         self.online = OnlineAccuracy(settings.worker.online_window)
         self._evaluated_exported: dict[AccuracyKey, int] = {}
-        self.awaiting_post: dict[str, float] = {}  # post_id -> when its snapshots started waiting for it
         self.stream_clock = 0.0  # the latest observed_at seen: event time, so replays mature posts too
         self.ready = False
         self.assigned = False
@@ -91,7 +110,8 @@ class StreamWorker:
 
     async def _start(self) -> None:
         settings = self.settings
-        self.redis = redis.Redis.from_url(settings.redis.url)
+        self.redis = redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s,
+                                          socket_connect_timeout=settings.redis.socket_timeout_s)
         await self.redis.ping()
         self.store = SnapshotSequenceStore(self.redis, settings.redis.key_prefix, settings.score.horizon_s,
                                            settings.worker.cached_posts, settings.worker.post_ttl_refresh_s)
@@ -123,6 +143,7 @@ class StreamWorker:
         gc.freeze()
         gc.set_threshold(settings.worker.gc_threshold, 50, 1000)
         self.ready = True
+        self.health.set("started", True, "models loaded, Redis connected")
 
     def on_partitions_changed(self) -> None:
         """Posts of partitions now elsewhere may be written by another worker: their cached metadata goes."""
@@ -143,33 +164,59 @@ class StreamWorker:
 
     # --- input boundary -------------------------------------------------------------------------------
 
-    def decode(self, message, accept: tuple[str, ...]):
+    def decode_post(self, message) -> Post:
         self.metrics.records_in.labels(message.topic).inc()
-        record = decode_record(
-            message.value or b"", accept=accept, max_bytes=self.settings.limits.max_record_bytes,
-            max_future_skew=timedelta(seconds=self.settings.limits.max_future_skew_s),
-        )
-        key = message.key
-        if isinstance(record, (Post, Snapshot)) and key is not None and key != record.post_id.encode():
-            raise RejectedRecord(RejectReason.KEY_MISMATCH,
-                                 f"record key {key[:200]!r} differs from post_id {record.post_id!r}")
-        return record
+        post = decode_record(message.value or b"", accept=("post.v1",), max_bytes=self.settings.limits.max_record_bytes,
+                             max_future_skew=timedelta(seconds=self.settings.limits.max_future_skew_s))
+        check_key(message.key, post.post_id)
+        return post
 
-    async def dead_letter(self, message, error: RejectedRecord):
+    async def decode_snapshots(self, message) -> tuple[list, list]:
+        """(valid snapshots, [(index, element bytes, RejectedRecord)]) of a snapshot record or envelope. A single
+        snapshot must be keyed by its post_id; an envelope's snapshots must belong to the envelope's partition (the
+        one a keyed send of their post_id picks), or their post's snapshots would be split between workers."""
+        self.metrics.records_in.labels(message.topic).inc()
+        decoded = decode_snapshots(message.value or b"", max_bytes=self.settings.limits.max_record_bytes,
+                                   max_future_skew=timedelta(seconds=self.settings.limits.max_future_skew_s))
+        snapshots, rejected = decoded.snapshots, [(r.index, r.value, r.error) for r in decoded.rejected]
+        if not decoded.envelope:
+            check_key(message.key, snapshots[0].post_id)
+        elif self.key_partition is not None:
+            kept = []
+            for index, snapshot in zip(decoded.indices, snapshots):
+                partition = await self.key_partition(message.topic, snapshot.post_id.encode())
+                if partition == message.partition:
+                    kept.append(snapshot)
+                else:
+                    rejected.append((index, encode_record(snapshot), RejectedRecord(
+                        RejectReason.KEY_MISMATCH, f"post_id {snapshot.post_id!r} belongs to partition {partition}, "
+                        f"the envelope is in partition {message.partition}")))
+            snapshots = kept
+        return snapshots, rejected
+
+    async def dead_letter(self, message, error: RejectedRecord, index: int | None = None, value: bytes | None = None):
+        """The delivery future of a dead letter for ``message`` (or, with ``index``, one snapshot of it)."""
         letter = DeadLetter.of(topic=message.topic, partition=message.partition, offset=message.offset,
-                               key=message.key, value=message.value or b"", error=error)
+                               key=message.key, value=message.value or b"" if value is None else value, error=error,
+                               index=index, max_original_bytes=self.settings.limits.deadletter_original_bytes)
         self.metrics.dead_letters.labels(message.topic, error.reason.value).inc()
         self.metrics.records_out.labels(self.settings.kafka.topics.deadletter).inc()
         return await self.send(self.settings.kafka.topics.deadletter, message.key, encode_record(letter))
+
+    async def dead_letter_failure(self, message, exc: BaseException) -> None:
+        """A record that fails processing on its own (batch_runner.py), with the exception."""
+        error = RejectedRecord(RejectReason.PROCESSING_FAILED, f"{type(exc).__name__}: {exc}")
+        await asyncio.gather(await self.dead_letter(message, error))
 
     # --- posts ----------------------------------------------------------------------------------------
 
     async def handle_posts(self, messages: list) -> None:
         posts: list[Post] = []
         deliveries = []
+        waiting = []
         for message in messages:
             try:
-                posts.append(self.decode(message, accept=("post.v1",)))
+                posts.append(self.decode_post(message))
             except RejectedRecord as error:
                 deliveries.append(await self.dead_letter(message, error))
         if posts:
@@ -185,11 +232,13 @@ class StreamWorker:
             deliveries += await self._predict(ScoringJob("static", [p.post_id for p in posts], created, inputs, spec,
                                                          created, explanations={"words": words} if words else None))
             self.metrics.posts_in.inc(len(posts))
-            # Snapshots that arrived before their post were stored but not scored: score them now.
-            waiting = [p.post_id for p in posts if self.awaiting_post.pop(p.post_id, None) is not None]
+            # Snapshots that came before their post were stored and wait for it, or were scored without it after
+            # the grace period: score them now, with the post.
+            waiting = await self.store.current(list(dict.fromkeys(p.post_id for p in posts)))
             if waiting:
-                deliveries += await self._predict(await self._temporal_job(await self.store.current(waiting)))
+                deliveries += await self._predict(await self._temporal_job(waiting))
         await asyncio.gather(*deliveries)
+        await self.store.done_waiting([update.post_id for update in waiting])
         self._observe_end_to_end("static", messages)
 
     async def content_vectors(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -234,11 +283,14 @@ class StreamWorker:
         with self.metrics.in_flight.track_inprogress():
             for message in messages:
                 try:
-                    record = self.decode(message, accept=("snapshot.v1", "snapshot-batch.v1"))
+                    snapshots, rejected = await self.decode_snapshots(message)
                 except RejectedRecord as error:
                     deliveries.append(await self.dead_letter(message, error))
                     continue
-                snapshots = record.snapshots if isinstance(record, SnapshotBatch) else [record]
+                for index, value, error in rejected:
+                    deliveries.append(await self.dead_letter(message, error, index, value))
+                if not snapshots:
+                    continue
                 lane = (message.partition or 0) % lanes
                 group_by_post(snapshots, into=windows[lane])
                 in_window[lane] += len(snapshots)
@@ -273,8 +325,9 @@ class StreamWorker:
         try:
             for k in range(len(steps)):
                 changed = await merging
+                self.failpoints.hit("after_merge")
                 merging = asyncio.ensure_future(self._merge(steps[k + 1])) if k + 1 < len(steps) else None
-                job = await self._temporal_job(self._with_post(changed))
+                job = await self._temporal_job(await self._with_post(changed))
                 current = (job, asyncio.ensure_future(self._infer(job))) if job is not None else None
                 if scoring is not None:
                     outputs += await self._publish(scoring[0], *await scoring[1])
@@ -289,7 +342,8 @@ class StreamWorker:
                     pending.cancel()
 
     async def _merge(self, by_post: dict[str, list[bytes]]) -> list[SequenceUpdate]:
-        """Merge a step's snapshots into the sequences; the updates of the posts whose sequence changed."""
+        """Merge a step's snapshots into the sequences; the updates of the posts to score: whose sequence changed,
+        or whose latest observation has no prediction (redelivered after a crash)."""
         started = time.perf_counter()
         updates = await self.store.merge_records(by_post)
         self.metrics.redis_seconds.labels("merge").observe(time.perf_counter() - started)
@@ -303,33 +357,33 @@ class StreamWorker:
         if changed:
             self.metrics.counter_decreases.inc(count_decreases([u.sequence for u in changed],
                                                                [u.merged_at for u in changed]))
+        rescored = [u for u in updates if not u.changed and u.needs_prediction]
+        if rescored:
+            self.metrics.rescored.inc(len(rescored))
+            return [u for u in updates if u.needs_prediction]
         return changed
 
-    def _with_post(self, updates: list[SequenceUpdate]) -> list[SequenceUpdate]:
+    async def _with_post(self, updates: list[SequenceUpdate]) -> list[SequenceUpdate]:
         """The posts and snapshots topics are consumed independently, so a snapshot can overtake its post.
-        Scoring it without the post (no age, platform or content) gives nonsense, so such updates wait
-        for the post (scored by ``handle_posts``) or, after ``post_grace_s``, are scored without it."""
-        now = time.monotonic()
-        ready = []
-        for update in updates:
-            if update.post.created_at is not None:
-                ready.append(update)
-                continue
-            first_seen = self.awaiting_post.setdefault(update.post_id, now)
-            if now - first_seen >= self.settings.worker.post_grace_s:
-                self.awaiting_post.pop(update.post_id)
-                ready.append(update)
-            else:
-                self.metrics.awaiting_post.inc()
-        return ready
+        Scoring it without the post (no age, platform or content) gives nonsense, so such a post waits, in
+        Redis (before its snapshots are acknowledged), for its post event (``handle_posts`` scores it) or, after
+        ``post_grace_s``, is scored without it (``score_overdue``)."""
+        waiting = [update.post_id for update in updates if update.post.created_at is None]
+        if not waiting:
+            return updates
+        await self.store.await_posts(waiting, time.time() + self.settings.worker.post_grace_s)
+        self.metrics.awaiting_post.inc(len(waiting))
+        self.failpoints.hit("awaiting_post")
+        return [u for u in updates if u.post.created_at is not None]
 
-    async def score_overdue(self) -> list:
-        """Score the posts whose snapshots waited longer than the grace period for a post that never came."""
-        now = time.monotonic()
-        overdue = [p for p, seen in self.awaiting_post.items() if now - seen >= self.settings.worker.post_grace_s]
-        for post_id in overdue:
-            self.awaiting_post.pop(post_id)
-        return await self._predict(await self._temporal_job(await self.store.current(overdue))) if overdue else []
+    async def score_overdue(self, limit: int = 1_000) -> int:
+        """Score the posts whose snapshots waited longer than the grace period for a post that never came (taken
+        with a lease: a worker that dies before it is done leaves them to be taken again)."""
+        overdue = await self.store.claim_overdue(time.time(), self.settings.worker.awaiting_lease_s, limit)
+        if overdue:
+            await asyncio.gather(*await self._predict(await self._temporal_job(await self.store.current(overdue))))
+            await self.store.done_waiting(overdue)
+        return len(overdue)
 
     def _observe_end_to_end(self, model: str, messages: list) -> None:
         now = time.time()
@@ -423,11 +477,19 @@ class StreamWorker:
             recorded.append(RecordedPrediction(
                 r["post_id"], r["score"], float(rising[i]), platforms[i] if platforms else "",
                 categories[i] if categories else None, encode(latest_view(r)).decode(),
-                float(created[i]) + spec.horizon_s, kept))
-        boards = asyncio.ensure_future(self.boards.record(kind, recorded))  # overlaps the next step's work
+                float(created[i]) + spec.horizon_s, kept, int(as_of[i])))
         topic = self.settings.kafka.topics.predictions
         self.metrics.records_out.labels(topic).inc(len(records))
-        return [boards, *await self.send_many(topic, [(r["post_id"].encode(), encode(r)) for r in records])]
+        self.failpoints.hit("before_publish")
+        deliveries = await self.send_many(topic, [(r["post_id"].encode(), encode(r)) for r in records])
+        return [asyncio.ensure_future(self._record_delivered(kind, recorded, deliveries))]  # overlaps the next step
+
+    async def _record_delivered(self, kind: str, recorded: list[RecordedPrediction], deliveries: list) -> None:
+        """Leaderboards and ``predicted_to`` marks, once the predictions are in Kafka: a mark never claims a
+        prediction that a crash lost."""
+        await asyncio.gather(*deliveries)
+        self.failpoints.hit("after_delivery")
+        await self.boards.record(kind, recorded)
 
     async def evaluate_matured(self, limit: int = 2_000) -> int:
         """Compare the kept predictions of posts past their horizon with what they really reached."""

@@ -143,9 +143,19 @@ def redis_server_binary() -> str:
 
 
 def redis_argv(endpoints: Endpoints, data_dir: Path) -> list[str]:
+    """Redis with its append-only file in ``data_dir``: the sequences are state that Kafka will not replay
+    (the offsets are committed), so a restarted Redis must come back with them; started again with the same
+    ``data_dir`` it reloads the file.
+
+    ``appendfsync everysec`` is enough: Redis write()s the AOF buffer to the file before it replies to a
+    client (unless a stalled fsync makes it postpone the write, for at most 2 s), so a killed Redis process
+    loses nothing it acknowledged: the kernel has it. Only a machine crash loses up to the last second. No
+    RDB snapshots (``--save ""``): the AOF alone is the persistence.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     return [redis_server_binary(), "--port", str(endpoints.redis_port), "--bind", endpoints.host,
-            "--save", "", "--appendonly", "no", "--dir", str(data_dir), "--protected-mode", "no"]
+            "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data_dir),
+            "--protected-mode", "no"]
 
 
 def redis_healthy(endpoints: Endpoints) -> bool:

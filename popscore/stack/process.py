@@ -129,15 +129,43 @@ def _group_members(pgid: int) -> list[str]:
 
 
 def stop_group(pgid: int, timeout_s: float) -> None:
-    """SIGTERM the whole process group, then SIGKILL what is left after ``timeout_s``."""
+    """SIGTERM the whole process group, then SIGKILL what is left after ``timeout_s``. A paused group
+    (SIGSTOP) is continued after the SIGTERM, so that it can act on it."""
     for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
+            if sig == signal.SIGTERM:
+                os.killpg(pgid, signal.SIGCONT)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            pid_alive(pgid)  # reaps our own child when it has exited
-            if not group_alive(pgid):
-                return
-            time.sleep(0.1)
+        if _wait_gone(pgid, wait):
+            return
+
+
+def kill_group(pgid: int, timeout_s: float = 10.0) -> None:
+    """SIGKILL the whole process group and return once every member is gone (reaped if it is our child)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if not _wait_gone(pgid, timeout_s):
+        raise StackError(f"process group {pgid} still alive {timeout_s:.0f}s after SIGKILL")
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to the whole process group (SIGSTOP/SIGCONT to pause and resume a component)."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        raise StackError(f"process group {pgid} is not running") from None
+
+
+def _wait_gone(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid_alive(pgid)  # reaps our own child when it has exited
+        if not group_alive(pgid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)

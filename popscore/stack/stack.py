@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,10 +17,12 @@ from typing import Callable
 
 from popscore.settings import Settings, settings_reference
 from popscore.stack import components as c
-from popscore.stack.process import ManagedProcess, StackError, ensure_port_free, free_port, stop_group
+from popscore.stack.process import ManagedProcess, StackError, ensure_port_free, free_port, group_alive, kill_group, \
+    signal_group, stop_group
 
 STATE_FILE = "stack.json"
 COMPONENTS = ("broker", "redis", "triton", "worker")
+INFRASTRUCTURE = ("broker", "redis", "triton")
 
 
 @dataclass
@@ -131,13 +134,27 @@ class EmbeddedStack:
         models = build_python_backend_repository(self.settings.stack.model_repo.resolve(),
                                                  self.run_dir / "triton_repository")
         self.state.models = [m.name for m in models if m.versions]
-        backends = c.prepare_triton_backends(self.run_dir)
-        self._spawn("broker", c.broker_argv(endpoints))
-        self._spawn("redis", c.redis_argv(endpoints, self.run_dir / "redis"))
-        self._spawn("triton", c.triton_argv(endpoints, self.run_dir / "triton_repository", backends,
-                                            self.state.models), env=c.triton_env())
-        for name in ("broker", "redis", "triton"):
+        for name in INFRASTRUCTURE:
+            self._spawn_infrastructure(name, endpoints)
+        for name in INFRASTRUCTURE:
             self._wait_healthy(name, endpoints)
+        self._create_topics(endpoints)
+
+    def _spawn_infrastructure(self, name: str, endpoints: c.Endpoints, log_name: str | None = None) -> None:
+        """Start broker, Redis or Triton on the stack's ports, with its data in the run directory (Redis's
+        append-only file, Triton's model repository mirror), so that starting it again finds them."""
+        if name == "broker":
+            self._spawn(name, c.broker_argv(endpoints), log_name=log_name)
+        elif name == "redis":
+            self._spawn(name, c.redis_argv(endpoints, self.run_dir / "redis"), log_name=log_name)
+        elif name == "triton":
+            backends = c.prepare_triton_backends(self.run_dir)
+            self._spawn(name, c.triton_argv(endpoints, self.run_dir / "triton_repository", backends,
+                                            self.state.models), env=c.triton_env(), log_name=log_name)
+        else:
+            raise StackError(f"{name!r} is not an infrastructure component ({', '.join(INFRASTRUCTURE)})")
+
+    def _create_topics(self, endpoints: c.Endpoints) -> None:
         topics = self.settings.kafka.topics
         c.create_topics(endpoints, [topics.posts, topics.snapshots, topics.predictions, topics.deadletter],
                         topics.partitions)
@@ -201,16 +218,10 @@ class EmbeddedStack:
         self.start_worker()
 
     def stop_worker(self, kill: bool = False) -> None:
-        import signal
-
-        from popscore.stack.process import group_alive
-
         for name in self.worker_names():
             pgid = int(self.state.processes[name]["pid"])
             if kill:
-                os.killpg(pgid, signal.SIGKILL)
-                while group_alive(pgid):
-                    time.sleep(0.05)
+                kill_group(pgid, self.settings.stack.stop_timeout_s)
             else:
                 stop_group(pgid, self.settings.stack.stop_timeout_s)
             if name != "worker":
@@ -222,11 +233,55 @@ class EmbeddedStack:
         partitions."""
         self._start_workers(self.state.endpoints_obj())
 
+    # --- faults (tests) --------------------------------------------------------------------------------
+
     def stop_component(self, name: str) -> None:
         """Stop one component (tests use it to take Triton away under a running worker)."""
         info = self.state.processes.get(name)
         if info:
             stop_group(int(info["pid"]), self.settings.stack.stop_timeout_s)
+
+    def kill_component(self, name: str) -> None:
+        """SIGKILL one component's process group, as a crash would end it: no shutdown, no final flush.
+        Returns once every process of the group is gone."""
+        kill_group(self._pgid(name), self.settings.stack.stop_timeout_s)
+
+    def pause_component(self, name: str) -> None:
+        """SIGSTOP one component's process group: its ports still accept connections but nothing answers,
+        like a hung or overloaded server. ``resume_component`` continues it; ``stop`` ends it even paused."""
+        signal_group(self._pgid(name), signal.SIGSTOP)
+
+    def resume_component(self, name: str) -> None:
+        """SIGCONT a paused component's process group."""
+        signal_group(self._pgid(name), signal.SIGCONT)
+
+    def start_component(self, name: str) -> None:
+        """Start a stopped or killed broker, Redis or Triton again, on the same ports and with the same data,
+        and wait until it is healthy (workers: ``start_worker``).
+
+        Redis reloads its append-only file, so it comes back with every write it acknowledged. Triton
+        loads the stack's models from the same model repository mirror (as the worker last refreshed it). The
+        broker comes back empty: Tansu runs with in-memory storage, so its records and committed offsets
+        are lost and only the topics are created again. Pausing (``pause_component``) is the supported
+        fault for the broker.
+        """
+        if name not in INFRASTRUCTURE:
+            raise StackError(f"start_component starts {', '.join(INFRASTRUCTURE)}, not {name!r}; "
+                             f"workers start with start_worker()")
+        info = self.state.processes.get(name)
+        if info and group_alive(int(info["pid"])):
+            raise StackError(f"{name} is still running (pid {info['pid']}); stop or kill it first")
+        endpoints = self.state.endpoints_obj()
+        self._spawn_infrastructure(name, endpoints, log_name=f"{name}-{int(time.time() * 1000)}")
+        self._wait_healthy(name, endpoints)
+        if name == "broker":
+            self._create_topics(endpoints)
+
+    def _pgid(self, name: str) -> int:
+        info = self.state.processes.get(name) if self.state else None
+        if info is None:
+            raise StackError(f"no component {name!r} in this stack")
+        return int(info["pid"])
 
     def stop(self) -> None:
         state = self.state or StackState.load(self.run_dir)
@@ -267,6 +322,4 @@ def _extra_workers(state: StackState) -> list[str]:
 
 
 def _alive(info: dict) -> bool:
-    from popscore.stack.process import group_alive
-
     return group_alive(int(info["pid"]))

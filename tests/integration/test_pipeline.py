@@ -19,7 +19,7 @@ from popscore.stream.sequence_store import decode_content
 from popscore.replay import ReplayOptions, replay
 from popscore.stream.sequence_store import decode_sequence
 from tests.conftest import SHARED_DATA
-from tests.integration.kafka_io import consume_until, produce
+from tests.integration.kafka_io import consume_until, partition_of, produce, produce_to_partitions
 
 pytestmark = pytest.mark.integration
 
@@ -290,9 +290,12 @@ def test_several_snapshots_of_a_post_in_one_window_give_one_prediction(private_s
     predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "fold-",
                         lambda g: all(any(r["model"] == "static" for r in g.get(p, [])) for p in chosen))
 
-    lines = [by_post[p][k][0] for k in (2, 0, 1) for p in chosen]  # the latest first, then the two before
-    asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.snapshots,
-                        [(b"fold-envelope", batch_envelope(lines))]))
+    envelopes = defaultdict(list)  # one per partition, as the replay sends them
+    for k in (2, 0, 1):  # the latest first, then the two before
+        for p in chosen:
+            envelopes[partition_of(p.encode(), settings.kafka.topics.partitions)].append(by_post[p][k][0])
+    asyncio.run(produce_to_partitions(endpoints.broker_bootstrap, settings.kafka.topics.snapshots,
+                                      [(partition, batch_envelope(lines)) for partition, lines in envelopes.items()]))
     latest = {p: whole_seconds(by_post[p][2][1].observed_at) for p in chosen}  # sequences keep whole seconds
     predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "fold-",
                         lambda g: covered(g, latest))

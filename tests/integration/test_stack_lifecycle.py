@@ -91,3 +91,67 @@ def test_two_workers_share_the_partitions_and_score_every_snapshot_once(tmp_path
     finally:
         stack.stop()
     assert [name for name, pid in pids.items() if group_alive(pid)] == []
+
+
+# --- component faults: kill, restart, pause ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def infrastructure(tmp_path_factory):
+    """Broker, Redis and Triton without a worker: enough to break and restart components."""
+    stack = EmbeddedStack(settings_in(tmp_path_factory.mktemp("faults")))
+    stack.start(with_worker=False)
+    yield stack
+    stack.stop()
+
+
+def redis_client(stack: EmbeddedStack, timeout_s: float = 5.0):
+    import redis
+
+    return redis.Redis.from_url(stack.state.endpoints_obj().redis_url, socket_timeout=timeout_s,
+                                socket_connect_timeout=timeout_s)
+
+
+def test_a_killed_redis_restarts_on_its_port_with_its_data(infrastructure):
+    client = redis_client(infrastructure)
+    try:
+        client.set("fault:kept", "acknowledged before the kill")
+    finally:
+        client.close()
+    old_pid = int(infrastructure.state.processes["redis"]["pid"])
+
+    infrastructure.kill_component("redis")
+    assert not group_alive(old_pid)
+    infrastructure.start_component("redis")
+
+    assert int(infrastructure.state.processes["redis"]["pid"]) != old_pid
+    assert infrastructure.status()["components"]["redis"]["healthy"]
+    client = redis_client(infrastructure)  # the same URL: the same port
+    try:
+        assert client.get("fault:kept") == b"acknowledged before the kill"  # reloaded from the AOF
+    finally:
+        client.close()
+
+
+def test_a_paused_redis_does_not_answer_until_resumed(infrastructure):
+    import redis
+
+    infrastructure.pause_component("redis")
+    try:
+        paused = redis_client(infrastructure, timeout_s=0.5)
+        with pytest.raises((redis.TimeoutError, redis.ConnectionError)):
+            paused.ping()
+        paused.close()
+    finally:
+        infrastructure.resume_component("redis")
+    client = redis_client(infrastructure)
+    try:
+        assert client.ping()
+    finally:
+        client.close()
+
+
+def test_start_component_refuses_a_running_component_and_a_worker(infrastructure):
+    with pytest.raises(StackError, match="still running"):
+        infrastructure.start_component("redis")
+    with pytest.raises(StackError, match="start_worker"):
+        infrastructure.start_component("worker")

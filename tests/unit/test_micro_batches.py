@@ -67,3 +67,31 @@ def test_a_batch_is_acked_only_after_the_agent_handled_it(tmp_path):
     assert [values for values, *_ in seen] == [[0, 1, 2], [3, 4, 5]]
     assert all(not any(acked) for _, _, acked, _ in seen)  # nothing acked while being handled
     assert seen[1][3]  # the first batch was acked once handled
+
+
+def test_a_batch_the_agent_did_not_finish_is_never_acked(tmp_path):
+    """An agent that leaves the loop while holding a batch (an exception, a stop) must not commit it."""
+    app = faust.App(f"micro-batches-{tmp_path.name}", store="memory://", datadir=str(tmp_path))
+    held = []
+
+    @app.agent()
+    async def collect(stream):
+        async for batch in take_batches(stream, 3, within=0.1):
+            held.append(batch)
+            if len(held) == 2:
+                break  # as an exception would: the generator is closed at its yield
+
+    async def main():
+        async with collect.test_context() as agent:
+            for i in range(6):
+                await agent.put(i)
+            for _ in range(100):
+                if len(held) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    assert [[e.value for e in b] for b in held] == [[0, 1, 2], [3, 4, 5]]
+    assert all(e.message.acked for e in held[0])
+    assert not any(e.message.acked for e in held[1])

@@ -1,0 +1,123 @@
+"""What an agent does with a micro-batch that fails: it never acknowledges what was not processed.
+
+- A transient error (Redis, the broker or Triton unreachable, timing out, loading, out of memory) retries the
+  whole batch with exponential backoff and jitter. Redis state is idempotent and a redelivered snapshot whose
+  post has no prediction as of it is scored again, so a retry repeats nothing visible but duplicates of
+  predictions. The outage may last ``outage_budget_s``; after that the runner raises ``OutageTooLong`` and the
+  agent stops the worker without acknowledging the batch (it is redelivered to whoever takes the partition).
+- Any other error (a bug, or a record the code cannot handle) retries the batch ``attempts`` times, then
+  splits it in halves and processes each half the same way, so the records that still fail alone are found in
+  O(log n) steps. Such a record goes to the dead-letter topic with reason ``processing_failed`` and the
+  exception; the others are processed. One record can therefore never block a partition.
+While a batch fails, the agent's health check says so (``/readyz`` is not ready).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import redis.exceptions as redis_errors
+from aiokafka import errors as kafka_errors
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from popscore.serving.predictor import ModelUnavailable
+from popscore.stream.health import Health
+
+log = logging.getLogger(__name__)
+
+# Redis answers these while it cannot serve for now (loading its AOF, out of memory, a replica or cluster in
+# transition); everything else it answers is about the command and will not change on a retry.
+TRANSIENT_REDIS_REPLIES = ("LOADING", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "NOREPLICAS")
+PERMANENT_KAFKA_ERRORS = (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordTooLargeError,
+                          kafka_errors.InvalidMessageError, kafka_errors.UnsupportedVersionError,
+                          kafka_errors.TopicAuthorizationFailedError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Will the same batch probably succeed later, once a service is back?"""
+    if isinstance(exc, redis_errors.ResponseError):
+        return str(exc).startswith(TRANSIENT_REDIS_REPLIES)
+    if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
+        return True
+    if isinstance(exc, kafka_errors.KafkaError):
+        return not isinstance(exc, PERMANENT_KAFKA_ERRORS)
+    return isinstance(exc, (ModelUnavailable, ConnectionError, TimeoutError, OSError))
+
+
+class OutageTooLong(RuntimeError):
+    """A transient error outlasted the outage budget: the worker stops rather than acknowledge the batch."""
+
+
+class BatchRunner:
+    def __init__(self, name: str, handle: Callable[[list], Awaitable[None]],
+                 dead_letter: Callable[[object, BaseException], Awaitable[None]], health: Health, metrics, *,
+                 attempts: int = 2, outage_budget_s: float = 120.0, max_backoff_s: float = 5.0) -> None:
+        self.name = name  # the agent's topic
+        self.handle = handle
+        self.dead_letter = dead_letter  # (message, exception): delivered when it returns
+        self.health = health
+        self.metrics = metrics
+        self.attempts = attempts
+        self.outage_budget_s = outage_budget_s
+        self.max_backoff_s = max_backoff_s
+        self.check = f"agent:{name}"
+
+    async def run(self, messages: list) -> None:
+        """Process ``messages`` completely (outputs delivered, failures dead-lettered) or raise
+        ``OutageTooLong``; only then may the caller acknowledge them."""
+        await self._process(messages)
+        self.health.set(self.check, True, "processing")
+
+    async def _process(self, messages: list) -> None:
+        error = await self._attempt(self.handle, messages)
+        if error is None:
+            return
+        if len(messages) > 1:
+            half = len(messages) // 2
+            await self._process(messages[:half])
+            await self._process(messages[half:])
+            return
+        log.error("%s: record at partition %s offset %s fails alone (%r); dead-lettered", self.name,
+                  messages[0].partition, messages[0].offset, error)
+        async def dead_letter(batch: list) -> None:
+            await self.dead_letter(batch[0], error)
+
+        if await self._attempt(dead_letter, messages) is not None:
+            raise RuntimeError(f"{self.name}: cannot dead-letter a record that fails alone") from error
+
+    async def _attempt(self, call: Callable[[list], Awaitable[None]], messages: list) -> BaseException | None:
+        """Run ``call(messages)`` with the retries; None on success, the error that still fails otherwise.
+        Raises ``OutageTooLong`` when transient errors outlast the budget."""
+        failures = 0
+
+        def retry(exc: BaseException) -> bool:
+            nonlocal failures
+            if is_transient(exc):
+                return True
+            failures += 1
+            return failures < self.attempts
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception()
+            kind = "transient" if is_transient(exc) else "error"
+            self.metrics.batch_failures.labels(self.name, kind).inc()
+            self.health.set(self.check, False, f"a batch of {len(messages)} records failed ({exc!r}); retrying")
+            log.warning("%s: a batch of %d records failed (%s, attempt %d): %r", self.name, len(messages), kind,
+                        state.attempt_number, exc)
+
+        retrying = AsyncRetrying(retry=retry_if_exception(retry), reraise=True, before_sleep=before_sleep,
+                                 wait=wait_exponential_jitter(multiplier=0.05, jitter=0.05, max=self.max_backoff_s),
+                                 stop=stop_after_delay(self.outage_budget_s))
+        try:
+            await retrying(call, messages)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.metrics.batch_failures.labels(self.name, "transient" if is_transient(exc) else "error").inc()
+            if is_transient(exc):
+                self.health.set(self.check, False, f"outage longer than {self.outage_budget_s:g}s: {exc!r}")
+                raise OutageTooLong(f"{self.name}: {exc!r} for longer than {self.outage_budget_s:g}s") from exc
+            return exc
+        return None

@@ -1,0 +1,106 @@
+"""BatchRunner: transient errors retry the whole batch, other errors isolate the records that fail alone (and
+only those are dead-lettered), an outage past its budget raises, and readiness says a batch is failing."""
+
+import asyncio
+from dataclasses import dataclass
+
+import pytest
+import redis.exceptions as redis_errors
+from aiokafka import errors as kafka_errors
+
+from popscore.serving.predictor import ModelUnavailable
+from popscore.stream.batch_runner import BatchRunner, OutageTooLong, is_transient
+from popscore.stream.health import Health
+from popscore.stream.metrics import WorkerMetrics
+
+
+@dataclass(frozen=True)
+class Message:
+    offset: int
+    poison: bool = False
+    partition: int = 0
+
+
+class Sink:
+    """A handler that processes what it is given (idempotently), failing as it is told."""
+
+    def __init__(self, transient_failures: int = 0, transient=redis_errors.ConnectionError("down")) -> None:
+        self.processed: set[int] = set()
+        self.calls: list[list[int]] = []
+        self.transient_failures = transient_failures
+        self.transient = transient
+        self.dead: list[tuple[int, str]] = []
+
+    async def handle(self, messages):
+        self.calls.append([m.offset for m in messages])
+        if self.transient_failures:
+            self.transient_failures -= 1
+            raise self.transient
+        if any(m.poison for m in messages):
+            raise ValueError("cannot handle this record")
+        self.processed.update(m.offset for m in messages)
+
+    async def dead_letter(self, message, exc):
+        self.dead.append((message.offset, repr(exc)))
+
+
+def runner(sink: Sink, health: Health, **kwargs) -> BatchRunner:
+    return BatchRunner("snapshots", sink.handle, sink.dead_letter, health, WorkerMetrics(), max_backoff_s=0.01,
+                       **kwargs)
+
+
+def test_a_transient_error_retries_the_whole_batch_and_readiness_shows_it_meanwhile():
+    sink, health = Sink(transient_failures=3), Health(("agent:snapshots",))
+    seen_unready = []
+
+    async def watch():
+        while not sink.processed:
+            seen_unready.append(not health.ok("agent:snapshots"))
+            await asyncio.sleep(0.001)
+
+    async def main():
+        watcher = asyncio.ensure_future(watch())
+        await runner(sink, health).run([Message(i) for i in range(10)])
+        await watcher
+
+    asyncio.run(main())
+    assert sink.processed == set(range(10)) and not sink.dead
+    assert len(sink.calls) == 4 and all(call == list(range(10)) for call in sink.calls)
+    assert any(seen_unready) and health.ok("agent:snapshots")
+
+
+def test_records_that_fail_alone_are_dead_lettered_and_the_others_processed():
+    sink = Sink()
+    batch = [Message(i, poison=i in (3, 7)) for i in range(16)]
+    asyncio.run(runner(sink, Health(("agent:snapshots",)), attempts=2).run(batch))
+    assert sink.processed == set(range(16)) - {3, 7}
+    assert [offset for offset, _ in sink.dead] == [3, 7]
+    assert all("cannot handle this record" in detail for _, detail in sink.dead)
+    assert len(sink.calls) < 2 * 16  # halves, not one call per record
+
+
+def test_an_outage_longer_than_the_budget_raises_without_processing():
+    sink = Sink(transient_failures=10**9)
+    health = Health(("agent:snapshots",))
+    with pytest.raises(OutageTooLong):
+        asyncio.run(runner(sink, health, outage_budget_s=0.2).run([Message(1)]))
+    assert not sink.processed and not sink.dead
+    assert not health.ok("agent:snapshots")
+
+
+@pytest.mark.parametrize("exc, transient", [
+    (redis_errors.ConnectionError("refused"), True),
+    (redis_errors.TimeoutError("slow"), True),
+    (redis_errors.BusyLoadingError("LOADING Redis is loading the dataset in memory"), True),
+    (redis_errors.ResponseError("OOM command not allowed when used memory > 'maxmemory'"), True),
+    (redis_errors.ResponseError("ERR Error running script: bad argument"), False),
+    (kafka_errors.KafkaTimeoutError(), True),
+    (kafka_errors.KafkaConnectionError(), True),
+    (kafka_errors.MessageSizeTooLargeError(), False),
+    (ModelUnavailable("triton down, fallback off"), True),
+    (ConnectionResetError(), True),
+    (ValueError("bug"), False),
+    (KeyError("bug"), False),
+])
+def test_which_errors_are_transient(exc, transient):
+    assert is_transient(exc) is transient
