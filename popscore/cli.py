@@ -97,14 +97,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     app = create_app(settings)
-    try:
-        Worker(app, loglevel=args.loglevel).execute_from_commandline()
-    except SystemExit:
-        if app.popscore_worker.fatal is None:
-            raise
-    if app.popscore_worker.fatal is not None:
-        print(f"popscore worker stopped: {app.popscore_worker.fatal}", file=sys.stderr)
-        return 3
+    Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0
 
 

@@ -36,7 +36,10 @@ PERMANENT_KAFKA_ERRORS = (kafka_errors.MessageSizeTooLargeError, kafka_errors.Re
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Will the same batch probably succeed later, once a service is back?"""
+    """Will the same batch probably succeed later, once a service is back? (Concurrent lanes fail together, as
+    an exception group: transient if any of theirs is.)"""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(is_transient(inner) for inner in exc.exceptions)
     if isinstance(exc, redis_errors.ResponseError):
         return str(exc).startswith(TRANSIENT_REDIS_REPLIES)
     if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):

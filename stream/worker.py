@@ -87,7 +87,6 @@ class StreamWorker:
         self.health = Health(("started", "redis", "broker", f"agent:{settings.kafka.topics.posts}",
                               f"agent:{settings.kafka.topics.snapshots}"))
         self.failpoints = Failpoints(settings.worker.failpoints)
-        self.fatal: str | None = None  # why the worker stopped itself
         self.metrics = WorkerMetrics()
         self.redis: redis.Redis | None = None
         self.store: SnapshotSequenceStore | None = None

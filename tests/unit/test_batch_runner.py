@@ -100,6 +100,8 @@ def test_an_outage_longer_than_the_budget_raises_without_processing():
     (ModelUnavailable("triton down, fallback off"), True),
     (ConnectionResetError(), True),
     (ValueError("bug"), False),
+    (ExceptionGroup("lanes", [ValueError("bug"), redis_errors.ConnectionError("refused")]), True),
+    (ExceptionGroup("lanes", [ValueError("bug")]), False),
     (KeyError("bug"), False),
 ])
 def test_which_errors_are_transient(exc, transient):
