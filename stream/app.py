@@ -17,10 +17,10 @@ import os
 import sys
 
 import faust
-from aiokafka.admin import AIOKafkaAdminClient
 
 from popscore.settings import COUNTER_NAMES, Settings
 from popscore.stream.batch_runner import BatchRunner, OutageTooLong
+from popscore.stream.health import Probes
 from popscore.stream.micro_batches import take_batches
 from popscore.stream.worker import StreamWorker
 
@@ -73,10 +73,7 @@ def create_app(settings: Settings) -> faust.App:
         """A micro-batch's predictions: one record batch per partition (stream/kafka_transport.py)."""
         return await app.producer.send_many(topic, records)
 
-    async def key_partition(topic: str, key: bytes) -> int:
-        return await app.producer.key_partition(topic, key)
-
-    worker = StreamWorker(settings, send, send_many, key_partition)
+    worker = StreamWorker(settings, send, send_many, lambda topic: app.producer.partitioner_for(topic))
     batch = settings.worker
 
     def stop_worker(reason: str) -> None:
@@ -167,30 +164,11 @@ def create_app(settings: Settings) -> faust.App:
     async def score_overdue() -> None:
         await worker.score_overdue()
 
-    admin: list[AIOKafkaAdminClient] = []  # created in the running loop, on the first probe
+    probes = Probes(worker.health, settings.kafka.bootstrap_servers, settings.worker.probe_timeout_s)
 
     @background(settings.worker.probe_interval_s)
     async def probe() -> None:
-        """Round trips to Redis and the broker, for readiness: a connection that is open but not answering
-        (a paused or partitioned service) fails too."""
-        timeout = settings.worker.probe_timeout_s
-        try:
-            await asyncio.wait_for(worker.redis.ping(), timeout)
-            worker.health.set("redis", True, "answers PING")
-        except Exception as exc:
-            worker.health.set("redis", False, f"no answer to PING within {timeout:g}s: {exc!r}")
-        try:
-            if not admin:
-                admin.append(AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                                 request_timeout_ms=int(timeout * 1000)))
-                await asyncio.wait_for(admin[0].start(), timeout)
-            await asyncio.wait_for(admin[0].list_topics(), timeout)
-            worker.health.set("broker", True, "answers metadata requests")
-        except Exception as exc:
-            worker.health.set("broker", False, f"no metadata answer within {timeout:g}s: {exc!r}")
-        commits = app.consumer.commit_health() if hasattr(app.consumer, "commit_health") else None
-        if commits is not None:
-            worker.health.set("commits", *commits)
+        await probes.run(worker.redis, app.consumer)
         worker.metrics.ready.set(readiness()[0])
 
     def readiness() -> tuple[bool, dict]:
@@ -206,8 +184,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_before_shutdown.connect
     async def before_shutdown(app: faust.App, **kwargs) -> None:
-        if admin:
-            await admin[0].close()
+        await probes.close()
         await worker.stop()
 
     @app.page("/healthz")

@@ -7,8 +7,11 @@ passes; the failing ones are listed with their reason and since when, so the per
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient
 
 
 @dataclass
@@ -43,3 +46,41 @@ class Health:
 
     def report(self) -> dict[str, dict]:
         return {name: {"ok": c.ok, "detail": c.detail, "since": c.since} for name, c in self.checks.items()}
+
+
+class Probes:
+    """Round trips to Redis and the broker, and the consumer's last commit: a connection that is open but does
+    not answer (a paused or partitioned service) fails its check too."""
+
+    def __init__(self, health: Health, bootstrap_servers: str, timeout_s: float) -> None:
+        self.health = health
+        self.bootstrap_servers = bootstrap_servers
+        self.timeout_s = timeout_s
+        self.admin: AIOKafkaAdminClient | None = None  # created in the running loop, by the first probe
+
+    async def run(self, redis, consumer) -> None:
+        timeout = self.timeout_s
+        try:
+            await asyncio.wait_for(redis.ping(), timeout)
+            self.health.set("redis", True, "answers PING")
+        except Exception as exc:
+            self.health.set("redis", False, f"no answer to PING within {timeout:g}s: {exc!r}")
+        try:
+            if self.admin is None:
+                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
+                                            request_timeout_ms=int(timeout * 1000))
+                try:
+                    await asyncio.wait_for(admin.start(), timeout)
+                except BaseException:
+                    await admin.close()
+                    raise
+                self.admin = admin
+            await asyncio.wait_for(self.admin.list_topics(), timeout)
+            self.health.set("broker", True, "answers metadata requests")
+        except Exception as exc:
+            self.health.set("broker", False, f"no metadata answer within {timeout:g}s: {exc!r}")
+        self.health.set("commits", *consumer.commit_health())
+
+    async def close(self) -> None:
+        if self.admin is not None:
+            await self.admin.close()

@@ -120,10 +120,11 @@ class Producer(faust_aiokafka.Producer):
         return functools.lru_cache(maxsize=self.partition_cache)(
             lambda key, partitions: self.partitioner(key, partitions, partitions))
 
-    async def key_partition(self, topic: str, key: bytes) -> int:
-        """The partition a keyed ``send`` puts ``key`` in."""
+    async def partitioner_for(self, topic: str):
+        """key -> the partition a keyed ``send`` to ``topic`` puts it in, for the topic's current partitions."""
         partitions = tuple(sorted(await self._ensure_producer().partitions_for(topic)))
-        return self._partition_of(key, partitions)
+        partition_of = self._partition_of
+        return lambda key: partition_of(key, partitions)
 
     async def send_many(self, topic: str, records: list[tuple[bytes, bytes]]) -> list[asyncio.Future]:
         """Queue keyed records; returns one delivery future per record batch."""

@@ -78,12 +78,12 @@ class ScoringJob:
 class StreamWorker:
     """The worker's state, created inside the running event loop (asyncio clients are loop-bound)."""
 
-    def __init__(self, settings: Settings, send, send_many, key_partition=None) -> None:
+    def __init__(self, settings: Settings, send, send_many, partitioner=None) -> None:
         self.settings = settings
         self.send = send  # async (topic, key, value) -> delivery future
         self.send_many = send_many  # async (topic, [(key, value), ...]) -> delivery futures
-        # async (topic, key) -> the partition a keyed send puts ``key`` in (checks envelopes' snapshots)
-        self.key_partition = key_partition
+        # async (topic) -> (key -> the partition a keyed send puts it in): checks envelopes' snapshots
+        self.partitioner = partitioner
         self.health = Health(("started", "redis", "broker", f"agent:{settings.kafka.topics.posts}",
                               f"agent:{settings.kafka.topics.snapshots}"))
         self.failpoints = Failpoints(settings.worker.failpoints)
@@ -180,10 +180,10 @@ class StreamWorker:
         snapshots, rejected = decoded.snapshots, [(r.index, r.value, r.error) for r in decoded.rejected]
         if not decoded.envelope:
             check_key(message.key, snapshots[0].post_id)
-        elif self.key_partition is not None:
-            kept = []
+        elif self.partitioner is not None:
+            partition_of, kept = await self.partitioner(message.topic), []
             for index, snapshot in zip(decoded.indices, snapshots):
-                partition = await self.key_partition(message.topic, snapshot.post_id.encode())
+                partition = partition_of(snapshot.post_id.encode())
                 if partition == message.partition:
                     kept.append(snapshot)
                 else:
@@ -196,7 +196,7 @@ class StreamWorker:
     async def dead_letter(self, message, error: RejectedRecord, index: int | None = None, value: bytes | None = None):
         """The delivery future of a dead letter for ``message`` (or, with ``index``, one snapshot of it)."""
         letter = DeadLetter.of(topic=message.topic, partition=message.partition, offset=message.offset,
-                               key=message.key, value=message.value or b"" if value is None else value, error=error,
+                               key=message.key, value=(message.value or b"") if value is None else value, error=error,
                                index=index, max_original_bytes=self.settings.limits.deadletter_original_bytes)
         self.metrics.dead_letters.labels(message.topic, error.reason.value).inc()
         self.metrics.records_out.labels(self.settings.kafka.topics.deadletter).inc()

@@ -61,7 +61,9 @@ def run_until_killed(stack, failpoint: str, send) -> None:
         wait_for(lambda: not group_alive(pid), 60, f"the worker to die at {failpoint}")
     finally:
         stack.settings.worker.failpoints = ""
-    stack.start_worker()
+        if group_alive(worker_pid(stack)):
+            stack.stop_worker()  # not killed: leave no armed worker to the next test
+        stack.start_worker()
 
 
 @pytest.mark.parametrize("failpoint, envelopes", [

@@ -5,6 +5,7 @@ its reason, every valid snapshot stored once, every post's latest observation pr
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import urllib.request
@@ -99,6 +100,8 @@ def test_hostile_records_are_dead_lettered_and_valid_ones_processed(private_stac
         seen[where] += 1
         reasons[where] = letter["reason"]
         assert len(message.value) < 1_000_000, "a dead letter must fit the producer's request limit"
+        if letter.get("index") is not None:  # the invalid snapshot itself, not its whole envelope
+            assert "post_id" in json.loads(base64.b64decode(letter["value_b64"])), letter
     missing = {k: v for k, v in expected_letters.items() if k not in seen}
     assert not missing, f"{len(missing)} invalid records without a dead letter, e.g. {list(missing.items())[:5]}"
     assert set(seen) == set(expected_letters), "dead letters for records that were valid"
