@@ -93,7 +93,16 @@ class BatchRunner:
     async def _attempt(self, call: Callable[[list], Awaitable[None]], messages: list) -> BaseException | None:
         """Run ``call(messages)`` with the retries; None on success, the error that still fails otherwise.
         Raises ``OutageTooLong`` when transient errors outlast the budget."""
-        failures = 0
+        try:  # the usual case, without the retry machinery
+            await call(messages)
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(messages, exc, 1)
+            failures = 0 if is_transient(exc) else 1
+            if failures >= self.attempts:
+                return exc
 
         def retry(exc: BaseException) -> bool:
             nonlocal failures
@@ -103,12 +112,7 @@ class BatchRunner:
             return failures < self.attempts
 
         def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception()
-            kind = "transient" if is_transient(exc) else "error"
-            self.metrics.batch_failures.labels(self.name, kind).inc()
-            self.health.set(self.check, False, f"a batch of {len(messages)} records failed ({exc!r}); retrying")
-            log.warning("%s: a batch of %d records failed (%s, attempt %d): %r", self.name, len(messages), kind,
-                        state.attempt_number, exc)
+            self._failed(messages, state.outcome.exception(), state.attempt_number + 1)
 
         retrying = AsyncRetrying(retry=retry_if_exception(retry), reraise=True, before_sleep=before_sleep,
                                  wait=wait_exponential_jitter(multiplier=0.05, jitter=0.05, max=self.max_backoff_s),
@@ -124,3 +128,10 @@ class BatchRunner:
                 raise OutageTooLong(f"{self.name}: {exc!r} for longer than {self.outage_budget_s:g}s") from exc
             return exc
         return None
+
+    def _failed(self, messages: list, exc: BaseException, attempt: int) -> None:
+        kind = "transient" if is_transient(exc) else "error"
+        self.metrics.batch_failures.labels(self.name, kind).inc()
+        self.health.set(self.check, False, f"a batch of {len(messages)} records failed ({exc!r}); retrying")
+        log.warning("%s: a batch of %d records failed (%s, attempt %d): %r", self.name, len(messages), kind,
+                    attempt, exc)

@@ -51,9 +51,10 @@ local out = {}
 local a = 7
 for p = 1, #KEYS, 2 do
   local key, meta_key = KEYS[p], KEYS[p + 1]
-  local seq = redis.call('GET', key) or header
+  local stored = redis.call('GET', key)
+  local seq = stored or header
   local statuses = {}
-  local changed = false
+  local changed, rewrite = false, not stored  -- rewrite: more than records appended at the end
   local records = ARGV[a]
   for start = 1, #records, width do
     local rec = string.sub(records, start, start + width - 1)
@@ -77,17 +78,24 @@ for p = 1, #KEYS, 2 do
         else
           seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + width + 1)
           statuses[#statuses + 1] = 2
-          changed = true
+          changed, rewrite = true, true
         end
       else
         seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + 1)
         statuses[#statuses + 1] = (lo < n) and 3 or 1
-        changed = true
+        changed, rewrite = true, true
       end
     end
   end
   a = a + 1
-  if changed then redis.call('SET', key, seq, 'EX', ttl) end
+  if rewrite then
+    redis.call('SET', key, seq, 'EX', ttl)
+  elseif changed then
+    -- Only newer records: APPEND them, so the append-only file (and a replica) gets tens of bytes, not the
+    -- whole sequence again.
+    redis.call('APPEND', key, string.sub(seq, #stored + 1))
+    redis.call('EXPIRE', key, ttl)
+  end
   local action = string.byte(meta_actions, (p + 1) / 2)  -- 48 KEEP_META, 49 READ_META, 50 REFRESH_TTL
   if action ~= 48 then redis.call('EXPIRE', meta_key, meta_ttl) end
   out[#out + 1] = statuses
