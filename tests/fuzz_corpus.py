@@ -56,6 +56,20 @@ def snapshot_record(post_id: str, observed_at: str, likes: int, comments: int) -
             "counts": {"likes": likes, "comments": comments}}
 
 
+def with_(base: dict, path: str, value: object) -> dict:
+    """A deep copy of ``base`` with the dotted ``path`` set to ``value`` (or deleted when value is ...)."""
+    record = json.loads(json.dumps(base))
+    *parents, leaf = path.split(".")
+    target = record
+    for part in parents:
+        target = target[part]
+    if value is ...:
+        del target[leaf]
+    else:
+        target[leaf] = value
+    return record
+
+
 def _envelope(snapshots: list) -> dict:
     return {"schema": "snapshot-batch.v1", "snapshots": snapshots}
 
@@ -133,18 +147,6 @@ def invalid_record(kind: str, n: int, *, prefix: str, valid_post_id: str, now: d
     key: bytes | None = pid.encode()
     invalid_indices: tuple[int, ...] = ()
     route_key = None
-
-    def with_(record: dict, path: str, value: object) -> dict:
-        record = json.loads(json.dumps(record))
-        *parents, leaf = path.split(".")
-        target = record
-        for part in parents:
-            target = target[part]
-        if value is ...:
-            del target[leaf]
-        else:
-            target[leaf] = value
-        return record
 
     match kind:
         case "oversized":

@@ -13,24 +13,12 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024  # the fuzz tests send records over the work
 
 
 async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=MAX_REQUEST_BYTES)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, key=key, value=value) for key, value in records]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await produce_each(bootstrap, [(topic, key, value, None) for key, value in records])
 
 
 async def produce_to_partitions(bootstrap: str, topic: str, records: list[tuple[int, bytes]]) -> None:
     """Unkeyed records to explicit partitions (how snapshot-batch envelopes are sent)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=MAX_REQUEST_BYTES)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, value=value, partition=partition) for partition, value in records]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await produce_each(bootstrap, [(topic, None, value, partition) for partition, value in records])
 
 
 def partition_of(key: bytes, partitions: int) -> int:

@@ -25,6 +25,7 @@ from popscore.contract import (
     json_schemas,
 )
 from popscore.settings import LimitSettings
+from tests.fuzz_corpus import with_
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 MAX_BYTES = 4 * 1_048_576  # room for a batch over the snapshot cap
@@ -49,19 +50,6 @@ def decode(raw, accept=ALL):
     data = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
     return decode_record(data, accept=accept, now=NOW, max_bytes=MAX_BYTES)
 
-
-def with_(base, path, value):
-    """A deep copy of ``base`` with the dotted ``path`` set to ``value`` (or deleted when value is ...)."""
-    record = json.loads(json.dumps(base))
-    *parents, leaf = path.split(".")
-    target = record
-    for part in parents:
-        target = target[part]
-    if value is ...:
-        del target[leaf]
-    else:
-        target[leaf] = value
-    return record
 
 
 @pytest.mark.parametrize("raw, model", [
