@@ -20,6 +20,8 @@ from tests.integration.outcomes import Traffic, check_nothing_lost, send_posts, 
 
 pytestmark = pytest.mark.integration
 
+OUTAGE_S = 60  # how long a paused service stays paused: the worker must survive an outage of a minute
+
 
 @pytest.fixture(scope="module", autouse=True)
 def fault_control(private_stack):
@@ -134,7 +136,7 @@ def test_a_paused_service_makes_the_worker_unready_and_it_catches_up(private_sta
             send_snapshots(private_stack, second)  # consumed, cannot be stored: retried until Redis answers
         wait_for(lambda: check in readyz(private_stack)[1].get("failing", {}), 30,
                  f"readiness to report {check} failing")
-        time.sleep(5)  # an outage of some seconds
+        time.sleep(OUTAGE_S)
     finally:
         private_stack.resume_component(component)
     if component == "broker":
