@@ -34,6 +34,9 @@ class WorkerMetrics:
                                      registry=r)
         self.rescored = Counter("popscore_posts_rescored", "Posts scored again because a redelivered snapshot's "
                                 "observation had no prediction (one lost when a worker died)", registry=r)
+        self.predictions_without_post = Counter("popscore_predictions_without_post", "Temporal predictions made "
+                                                "without the post event (it had not come after post_grace_s); the "
+                                                "post, when it comes, has its sequence scored again", registry=r)
         self.batch_failures = Counter("popscore_batch_failures", "Failed attempts at a micro-batch, by agent and "
                                       "kind (transient: retried; error: retried, then split and dead-lettered)",
                                       ["agent", "kind"], registry=r)

@@ -380,7 +380,9 @@ class StreamWorker:
         with a lease: a worker that dies before it is done leaves them to be taken again)."""
         overdue = await self.store.claim_overdue(time.time(), self.settings.worker.awaiting_lease_s, limit)
         if overdue:
-            await asyncio.gather(*await self._predict(await self._temporal_job(await self.store.current(overdue))))
+            updates = await self.store.current(overdue)
+            self.metrics.predictions_without_post.inc(sum(u.post.created_at is None for u in updates))
+            await asyncio.gather(*await self._predict(await self._temporal_job(updates)))
             await self.store.done_waiting(overdue)
         return len(overdue)
 

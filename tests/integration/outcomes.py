@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -149,3 +150,12 @@ def _covered(messages, want: dict[str, str]) -> bool:
             if record["model"] == "temporal" and record["as_of"] == want[record["post_id"]]:
                 seen.add(record["post_id"])
     return seen == set(want)
+
+
+def metric(stack, name: str) -> float:
+    """The sum of a metric's samples (all label sets) on the worker's /metrics."""
+    url = stack.state.endpoints_obj().as_dict()["worker_metrics"]
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and (len(line) > len(name) and line[len(name)] in " {"))

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from popscore.stack.process import group_alive
-from tests.integration.outcomes import Traffic, check_nothing_lost, send_posts, send_snapshots
+from tests.integration.outcomes import Traffic, check_nothing_lost, metric, send_posts, send_snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +104,7 @@ def test_snapshots_whose_post_never_comes_are_scored_after_a_restart(private_sta
                                   for p, t in latest.items()), 60, "post-less posts scored after the grace period")
     assert client.zcard(f"{prefix}awaiting") == 0 or not any(
         client.zscore(f"{prefix}awaiting", p) for p in latest)
+    assert metric(private_stack, "popscore_predictions_without_post_total") >= len(latest)
     print(f"post never came, worker killed: scored {len(latest)} posts {waited:.1f}s after restart")
 
 

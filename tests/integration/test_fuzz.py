@@ -8,7 +8,6 @@ import asyncio
 import base64
 import json
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from datetime import datetime
 
@@ -17,7 +16,7 @@ import pytest
 from popscore.stack.process import group_alive
 from tests.fuzz_corpus import corpus
 from tests.integration.kafka_io import consume_until, partition_of, produce_each
-from tests.integration.outcomes import check_outputs
+from tests.integration.outcomes import check_outputs, metric
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +39,6 @@ def fuzz_records(n_invalid: int):
             invalid += 1
         records.append(record)
     return records
-
-
-def metric(stack, name: str) -> float:
-    url = stack.state.endpoints_obj().as_dict()["worker_metrics"]
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and (len(line) > len(name) and line[len(name)] in " {"))
 
 
 def epoch(text: str) -> int:

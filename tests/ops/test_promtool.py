@@ -151,6 +151,7 @@ def populated_exposition() -> bytes:
     m.triton_up.labels("popscore_temporal").set(1)
     m.model_reloads.labels("popscore_temporal", "loaded").inc()
     m.batch_failures.labels("snapshots", "transient").inc()
+    m.predictions_without_post.inc()
     m.agent_crashes.labels("snapshots").inc()
     m.background_errors.labels("probe").inc()
     m.consumer_lag.labels("snapshots", "0").set(12)
