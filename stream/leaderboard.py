@@ -24,7 +24,8 @@ from popscore.stream.redis_script import PipelinedScript
 # [post_id, score, rising, platform, category ('' for none), latest view (JSON text), maturity time,
 #  [[kept field, value], ...], as_of]. A temporal prediction also sets the post's ``predicted_to`` mark to its
 #  as_of (the observation time it is as of): the merge script reads it on redelivery (sequence_store.py). The
-#  worker calls this only once the predictions are in Kafka, so the mark never claims a lost prediction. One argument instead of eight or more per prediction: redis-py's command
+#  worker calls this only once the predictions are in Kafka, so the mark never claims a lost prediction.
+# One argument instead of eight or more per prediction: redis-py's command
 # packing of those was ~6 % of the worker on single records.
 #
 # A board is written per call, not per prediction: its members among the call's posts are updated (one

@@ -356,11 +356,10 @@ class StreamWorker:
         if changed:
             self.metrics.counter_decreases.inc(count_decreases([u.sequence for u in changed],
                                                                [u.merged_at for u in changed]))
-        rescored = [u for u in updates if not u.changed and u.needs_prediction]
-        if rescored:
-            self.metrics.rescored.inc(len(rescored))
-            return [u for u in updates if u.needs_prediction]
-        return changed
+        to_score = [u for u in updates if u.needs_prediction]  # the changed ones and the redelivered unpredicted
+        if len(to_score) > len(changed):
+            self.metrics.rescored.inc(len(to_score) - len(changed))
+        return to_score
 
     async def _with_post(self, updates: list[SequenceUpdate]) -> list[SequenceUpdate]:
         """The posts and snapshots topics are consumed independently, so a snapshot can overtake its post.
