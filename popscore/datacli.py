@@ -18,17 +18,49 @@ DATASET_NAMES = ("hackernews", "reddit", "youtube-excel-in", "youtube-excel-us",
 """The names in ``popscore.datasets.DATASETS``, listed here so that building the parser needs no pandas."""
 
 
-def cmd_import(args: argparse.Namespace) -> int:
-    from popscore import datasets, eventfile
+def fail(command: str, message: object) -> int:
+    """One line on stderr and exit code 2: what a user's bad path or file gets, never a traceback."""
+    print(f"popscore {command}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
 
-    loaded = datasets.load(args.dataset, args.data_dir, limit=args.limit)
+
+def cmd_import(args: argparse.Namespace) -> int:
+    try:
+        from popscore import datasets, eventfile
+    except ImportError as exc:
+        return fail("import", f"{exc} (the data adapters need the train extra: pip install 'popscore[train]')")
+
+    for option, path in (("--out", args.out), ("--report", args.report)):
+        if path and not Path(path).parent.is_dir():
+            return fail("import", f"{option} {path}: folder {Path(path).parent} does not exist")
+    try:
+        if args.source:
+            loaded = datasets.load_source(args.dataset, args.source, limit=args.limit)
+        else:
+            loaded = datasets.load(args.dataset, args.data_dir, limit=args.limit)
+    except datasets.SourceError as exc:
+        return fail("import", exc)
     print(loaded.problems.render(), file=sys.stderr)
-    written = eventfile.write(args.out, _progress(loaded.events(), len(loaded.posts) + loaded.n_snapshots,
-                                                   f"import {args.dataset}", args.quiet))
-    print(f"wrote {written} events ({len(loaded.posts)} posts, {loaded.n_snapshots} snapshots) to {args.out}")
-    if args.report:
-        Path(args.report).write_text(json.dumps(loaded.problems.as_dict(), indent=2) + "\n")
+    try:
+        written = eventfile.write(args.out, _progress(loaded.events(), len(loaded.posts) + loaded.n_snapshots,
+                                                       f"import {args.dataset}", args.quiet))
+        print(f"wrote {written} events ({len(loaded.posts)} posts, {loaded.n_snapshots} snapshots) to {args.out}")
+        if args.report:
+            Path(args.report).write_text(json.dumps(loaded.problems.as_dict(), indent=2) + "\n")
+    except OSError as exc:
+        return fail("import", f"cannot write: {exc}")
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts that must be at least 1 (``--limit``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -89,10 +121,15 @@ def _progress(events, total, desc: str, quiet: bool):
 def add_data_commands(sub: argparse._SubParsersAction) -> None:
     """Register import, inspect, replay, simulate and simulator-fit on the ``popscore`` parser."""
     imp = sub.add_parser("import", help="convert a real data set into a time-ordered event file (JSON Lines)")
-    imp.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    imp.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="which adapter reads the data")
     imp.add_argument("--out", required=True, help="event file to write (.jsonl, .jsonl.gz or .jsonl.xz)")
-    imp.add_argument("--data-dir", help="folder of the real data sets (default ../shared/data)")
-    imp.add_argument("--limit", type=int, help="only the earliest N posts")
+    where = imp.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", help="folder of the real data sets in the shared layout (default ../shared/data)")
+    where.add_argument("--source", metavar="PATH",
+                       help="read the data set from here instead: a file in the adapter's format (plain, .xz or "
+                            ".gz; hackernews: items.csv or observations.csv with the other beside it), a folder "
+                            "holding its files, or a folder laid out like ../shared/data")
+    imp.add_argument("--limit", type=positive_int, help="only the earliest N posts")
     imp.add_argument("--report", help="also write the problem report as JSON here")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=cmd_import)

@@ -1,10 +1,11 @@
-"""``popscore train`` and ``popscore evaluate``: argparse wiring called by popscore/cli.py through
+"""``popscore train`` and ``popscore evaluate`` (trainer/evaluate.py): argparse wiring called by popscore/cli.py through
 :func:`add_train_commands`. Also runnable alone: ``python -m popscore.trainer.cli train ...``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     from popscore.datacli import DATASET_NAMES  # not popscore.datasets: building the parser must not need pandas
 
     p.add_argument("--dataset", default="hackernews", choices=DATASET_NAMES, help="data set (popscore.datasets)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder of the real data sets (default ../shared/data, or $POPSCORE_SHARED_DATA)")
     p.add_argument("--limit", type=int, default=None, help="only the first N posts by first appearance")
     p.add_argument("--report-dir", type=Path, default=Path("reports"))
     p.add_argument("--seed", type=int, default=0)
@@ -24,11 +27,14 @@ def add_train_commands(subparsers) -> None:
     """Register ``train``, ``evaluate`` and ``export-{text,image,audio}-encoder`` on an argparse subparsers object."""
     p = subparsers.add_parser("train", help="train baselines + MTAF static/temporal, evaluate, export to model_repo")
     _add_common(p)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs of each MTAF model (default: 6 epochs, at least 1,500 optimiser steps on "
+                        "small data sets); an explicit value is honoured exactly")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--no-text", action="store_true", help="do not use MiniLM title embeddings")
     p.add_argument("--no-gbt", action="store_true", help="skip the gradient-boosted tree baselines")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and the trees (default: the cores idle at start, at least 1)")
     p.add_argument("--embargo-h", type=float, default=None,
                    help="gap between the training and test windows (default 48 h; 12 h for reddit, which spans 41 h)")
     p.add_argument("--model-repo", dest="train_model_repo", type=Path, default=None,
@@ -39,10 +45,7 @@ def add_train_commands(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="promote even if the gate says no")
     p.set_defaults(func=cmd_train)
 
-    p = subparsers.add_parser("evaluate", help="per-age metrics of the last training run (report + plots)")
-    _add_common(p)
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON (model, age_h, n, mae, ...)")
-    p.set_defaults(func=cmd_evaluate)
+    add_evaluate_command(subparsers)
 
     p = subparsers.add_parser("export-text-encoder", help="export the MiniLM title encoder (int8 ONNX + tokenizer) "
                               "into model_repo/popscore_text_encoder as a new version, after a parity check")
@@ -62,6 +65,40 @@ def add_train_commands(subparsers) -> None:
         p.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size in config.pbtxt")
         p.add_argument("--threads", type=int, default=2)
         p.set_defaults(func=cmd_export_media_encoder, encoder_kind=kind)
+
+
+def add_evaluate_command(subparsers) -> None:
+    """``popscore evaluate``: the served ONNX models of a repository or candidate on a data set or event file."""
+    from popscore.datacli import DATASET_NAMES, positive_int
+
+    p = subparsers.add_parser(
+        "evaluate", help="score a model repository (or candidate) on a data set or event file: per-age table",
+        description="Runs the exported ONNX models of every model set (or --platform's) with onnxruntime on "
+                    "examples cut by the training feature code, and prints n, MAE, SRCC and 80%% interval "
+                    "coverage per observation age beside persistence and Szabo-Huberman.")
+    p.add_argument("--model-repo", dest="eval_model_repo", type=Path, default=None,
+                   help="model repository, or a candidate folder under .popscore/candidates/<model>/<stamp> "
+                        "(default: the global --model-repo or model_repo/)")
+    p.add_argument("--platform", help="evaluate only this platform's model set (default: every model set)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--dataset", choices=DATASET_NAMES, help="a data set read by its adapter; a model trained "
+                      "on this very data set is scored on its chronological test window (metadata.json)")
+    data.add_argument("--events", type=Path, metavar="FILE",
+                      help="a JSON Lines event file (popscore import / simulate): all its posts")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="with --dataset: folder of the real data sets (default ../shared/data)")
+    p.add_argument("--source", type=Path, metavar="PATH",
+                   help="with --dataset: read it from this file or folder instead (as popscore import --source)")
+    p.add_argument("--all-posts", action="store_true",
+                   help="score every post with each model set, not only the posts of its platform")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the earliest N posts of each selection")
+    p.add_argument("--text-encoder-repo", type=Path, default=None,
+                   help="where popscore_text_encoder is (default: the model repository; without one titles are masked)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="onnxruntime threads (default: the cores idle at start, at least 1)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"model_repo", "data", "model_sets", "results": [per model and age]} (NaN as null)')
+    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_export_media_encoder(args: argparse.Namespace) -> int:
@@ -102,6 +139,12 @@ def _model_repo(args: argparse.Namespace) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from popscore.datacli import fail
+    from popscore.trainer.data import shared_data_dir
+
+    data_dir = args.data_dir or shared_data_dir()
+    if not Path(data_dir).is_dir():
+        return fail("train", f"data directory {data_dir} does not exist (pass --data-dir)")
     from popscore.trainer.report import write_report
     from popscore.trainer.train import TrainConfig, run
 
@@ -109,14 +152,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset=args.dataset, limit=args.limit, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
         text=not args.no_text, gbt=not args.no_gbt, threads=args.threads, report_dir=args.report_dir,
         model_repo=None if args.no_export or (args.dataset != "hackernews" and not args.export) else _model_repo(args),
-        progress=not args.no_progress, force=args.force,
+        progress=not args.no_progress, force=args.force, data_dir=args.data_dir,
         embargo_h=args.embargo_h if args.embargo_h is not None else (12.0 if args.dataset == "reddit" else 48.0),
     )  # fmt: skip
-    from popscore.trainer.data import shared_data_dir
-
-    if not shared_data_dir().is_dir():
-        print(f"dataset not found under {shared_data_dir()}", file=sys.stderr)
-        return 2
     t0 = time.time()
     results = run(cfg)
     command = "popscore train " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "popscore train"
@@ -126,24 +164,42 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from popscore.trainer.report import load_results, write_report
+    """Load the data, score every model set, print the table or JSON. A bad path, file or model repository
+    is one line on stderr and exit code 2."""
+    from popscore.datacli import fail
 
-    out_dir = Path(args.report_dir) / args.dataset
+    if args.events is not None and (args.data_dir is not None or args.source is not None):
+        return fail("evaluate", "--data-dir and --source go with --dataset, not --events")
+    if args.data_dir is not None and args.source is not None:
+        return fail("evaluate", "give --data-dir or --source, not both")
     try:
-        results = load_results(out_dir)
-    except FileNotFoundError:
-        print(f"no training results under {out_dir}: run `popscore train` first", file=sys.stderr)
-        return 2
-    if args.json:
-        keys = ("model", "age_h", "n", "mae", "mse", "r2", "srcc", "ndcg_at_10")
-        clean = lambda v: None if isinstance(v, float) and v != v else v  # noqa: E731  NaN -> null (valid JSON)
-        rows = [{k: clean(r[k]) for k in keys} for r in results["metrics"]]
-        summary = {"dataset": results.get("dataset", args.dataset), "window": results.get("window"), "results": rows}
-        print(json.dumps(summary, indent=1, allow_nan=False))
-        return 0
-    path = write_report(results, out_dir, command=results.get("command", "popscore train"), wall_s=results.get("train_seconds"))
-    print(path.read_text())
-    return 0
+        from popscore.trainer import evaluate as E
+    except ImportError as exc:
+        return fail("evaluate", f"{exc} (evaluate needs onnxruntime: pip install 'popscore[serving]')")
+    repo = Path(args.eval_model_repo or getattr(args, "model_repo", None) or "model_repo")
+    try:
+        sets = E.discover_model_sets(repo)  # a wrong repository or platform fails before the data is read
+        if args.platform is not None and args.platform not in sets:
+            return fail("evaluate", f"no model set for platform {args.platform!r} in {repo}; it has: "
+                                    f"{', '.join(sorted(sets)) or 'none'}")
+        if args.events is not None:
+            data = E.load_event_file(args.events)
+        else:
+            data = E.load_dataset_data(args.dataset, data_dir=args.data_dir, source=args.source)
+        for note in data.notes:
+            E.log_to_stderr(note)
+        result = E.evaluate(repo, data, platform=args.platform, all_posts=args.all_posts,
+                            text_repo=args.text_encoder_repo, threads=args.threads, limit=args.limit,
+                            log=E.log_to_stderr)
+    except E.EvaluationError as exc:
+        return fail("evaluate", exc)
+    except ImportError as exc:
+        return fail("evaluate", f"{exc} (reading data sets needs the train extra: pip install 'popscore[train]')")
+    try:
+        print(json.dumps(E.clean(result), indent=1, allow_nan=False) if args.json else E.render(result), flush=True)
+    except BrokenPipeError:  # `popscore evaluate --json | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0 if result["results"] else 1  # nothing scored (no post of any model set's platform): say so
 
 
 def main(argv: list[str] | None = None) -> int:

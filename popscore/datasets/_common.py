@@ -9,6 +9,7 @@ and validated lazily from a cleaned table so loading stays fast.
 
 from __future__ import annotations
 
+import gzip
 import heapq
 import io
 import lzma
@@ -25,6 +26,38 @@ from pydantic import ValidationError
 from popscore.contract import EARLIEST, MAX_COUNTER, MAX_TAGS, Post, Snapshot, describe_validation_error
 
 EXAMPLES_PER_PROBLEM = 3
+COMPRESSED_SUFFIXES = ("", ".xz", ".gz")
+"""A source file may be plain or compressed: ``items.csv``, ``items.csv.xz`` or ``items.csv.gz``."""
+
+
+class SourceError(ValueError):
+    """A data set's source cannot be read as that data set: unreadable, not CSV, or missing the adapter's
+    columns. The message names the path and says what is wrong, in one line (the CLI prints it as is)."""
+
+
+class SourceMissing(SourceError, FileNotFoundError):
+    """The file or folder a data set should be read from does not exist (also a ``FileNotFoundError``,
+    which callers that fall back without the data already catch)."""
+
+
+def find_file(folder: Path, basename: str) -> Path | None:
+    """``folder/basename`` as it is, or with any of the compressed suffixes swapped (``.csv`` <-> ``.csv.xz``
+    <-> ``.csv.gz``); None if none of them is a file."""
+    stem = basename.removesuffix(".xz").removesuffix(".gz")
+    for suffix in (basename[len(stem):],) + COMPRESSED_SUFFIXES:
+        path = Path(folder) / (stem + suffix)
+        if path.is_file():
+            return path
+    return None
+
+
+def require_columns(frame: pd.DataFrame, columns: Iterable[str], path: Path, name: str) -> None:
+    """Raise ``SourceError`` unless every column the adapter reads is in ``frame`` (a file of another
+    format fails here, with what it lacks, instead of deep inside the cleaning)."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        have = ", ".join(list(map(str, frame.columns))[:8]) or "none"
+        raise SourceError(f"{path}: not a {name} file: missing column(s) {', '.join(missing)} (has: {have})")
 
 
 @dataclass
@@ -134,7 +167,12 @@ def read_text(path: Path, encodings: tuple[str, ...] = ("utf-8-sig",)) -> tuple[
     Returns the text and how many lines needed a fallback encoding (reported as a note by the caller):
     a re-saved spreadsheet mixes encodings, and decoding it correctly is reading, not fixing.
     """
-    raw = lzma.open(path).read() if path.suffix == ".xz" else path.read_bytes()
+    if path.suffix == ".xz":
+        raw = lzma.open(path).read()
+    elif path.suffix == ".gz":
+        raw = gzip.open(path).read()
+    else:
+        raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     try:
@@ -156,9 +194,25 @@ def read_text(path: Path, encodings: tuple[str, ...] = ("utf-8-sig",)) -> tuple[
 
 
 def read_csv_text(path: Path, encodings: tuple[str, ...] = ("utf-8-sig",)) -> tuple[pd.DataFrame, int]:
-    """Every column as a string, empty cells as "" (so missing values are seen, not guessed)."""
-    text, fallbacks = read_text(path, encodings)
-    frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    """Every column as a string, empty cells as "" (so missing values are seen, not guessed).
+
+    A file that is missing, unreadable, badly compressed, not text or not CSV raises ``SourceError`` (or
+    ``SourceMissing``) naming it: the user's own files come through here, and a traceback from lzma or
+    pandas says less than the path and the reason."""
+    path = Path(path)
+    try:
+        text, fallbacks = read_text(path, encodings)
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise SourceMissing(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SourceError(f"{path}: is a folder, not a file") from None
+    except PermissionError:
+        raise SourceError(f"{path}: permission denied") from None
+    except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise SourceError(f"{path}: cannot be read as CSV text ({reason})") from None
     return frame, fallbacks
 
 

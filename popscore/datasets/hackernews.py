@@ -28,6 +28,7 @@ from popscore.contract import MAX_OPEN_STR_CHARS
 from popscore.datasets._common import (
     DatasetEvents,
     ProblemReport,
+    SourceError,
     drop_bad_epoch,
     drop_rows,
     earliest,
@@ -36,20 +37,49 @@ from popscore.datasets._common import (
     note_decreases,
     ns_to_datetime,
     parse_counter,
+    find_file,
     read_csv_text,
+    require_columns,
     validate_posts,
 )
 
 PLATFORM = "hackernews"
 FOLDER = "hackernews-frontpage-30min-2020-2022"
 ID_PREFIX = "hn:"
+ITEMS, OBSERVATIONS = "items.csv.xz", "observations.csv.xz"
+ITEM_COLUMNS = ("item_id", "title", "url", "author", "first_seen_unix")
+OBSERVATION_COLUMNS = ("snapshot_unix", "item_id", "upvotes", "comments")
 
 
 def load(data_dir: Path, limit: int | None = None, name: str = "hackernews") -> DatasetEvents:
     folder = Path(data_dir) / FOLDER
+    return load_files(folder / ITEMS, folder / OBSERVATIONS, limit=limit, name=name)
+
+
+def source_files(source: Path) -> tuple[Path, Path]:
+    """(items, observations) of a source given by the user: a folder holding both files (plain, .xz or .gz),
+    or either file with the other beside it (the data set is two tables, one file alone is not enough)."""
+    folder, given = (source, None) if source.is_dir() else (source.parent, source)
+    if given is not None:
+        if not given.name.startswith(("items", "observations")):
+            raise SourceError(f"{source}: a {PLATFORM} source is items.csv and observations.csv; pass their "
+                              "folder or one of them with the other beside it")
+    items, obs = find_file(folder, ITEMS), find_file(folder, OBSERVATIONS)
+    if items is None or obs is None:
+        lacking = " and ".join(n for n, f in (("items.csv", items), ("observations.csv", obs)) if f is None)
+        raise SourceError(f"{source}: no {lacking} (plain, .xz or .gz) in {folder}: not a {PLATFORM} folder")
+    return (given if given is not None and given.name.startswith("items") else items,
+            given if given is not None and given.name.startswith("observations") else obs)
+
+
+def load_files(items_path: Path, observations_path: Path, limit: int | None = None,
+               name: str = "hackernews") -> DatasetEvents:
+    """The data set from its two tables (items: one row per story; observations: one per front-page sighting)."""
     report = ProblemReport(dataset=name)
-    obs, _ = read_csv_text(folder / "observations.csv.xz")
-    items, _ = read_csv_text(folder / "items.csv.xz")
+    obs, _ = read_csv_text(observations_path)
+    require_columns(obs, OBSERVATION_COLUMNS, observations_path, f"{name} observations")
+    items, _ = read_csv_text(items_path)
+    require_columns(items, ITEM_COLUMNS, items_path, f"{name} items")
     report.rows_read = len(obs) + len(items)
 
     items = clean_items(items, report)

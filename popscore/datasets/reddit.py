@@ -26,6 +26,7 @@ from popscore.contract import MAX_OPEN_STR_CHARS
 from popscore.datasets._common import (
     DatasetEvents,
     ProblemReport,
+    SourceError,
     drop_bad_epoch,
     drop_rows,
     earliest,
@@ -35,7 +36,9 @@ from popscore.datasets._common import (
     note_decreases,
     ns_to_datetime,
     parse_counter,
+    find_file,
     read_csv_text,
+    require_columns,
     validate_posts,
 )
 
@@ -45,11 +48,34 @@ FILE = "core_data_2023.csv.xz"
 ID_PREFIX = "reddit:"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 METADATA = ["title", "subreddit_display_name", "subreddit_id", "is_self", "url", "created_ns"]
+COLUMNS = ("id", "date", "created", "score", "num_comments", "title", "subreddit_display_name", "subreddit_id",
+           "is_self", "url")
 
 
 def load(data_dir: Path, limit: int | None = None, name: str = "reddit") -> DatasetEvents:
+    return load_file(Path(data_dir) / FOLDER / FILE, limit=limit, name=name)
+
+
+def source_file(source: Path) -> Path:
+    """The table of a source given by the user: the file itself, or the one CSV (plain, .xz, .gz) of a
+    folder (``core_data_2023.csv`` preferred)."""
+    if not source.is_dir():
+        return source
+    found = find_file(source, FILE)
+    if found is None:
+        tables = sorted(p for p in source.iterdir() if p.is_file() and ".csv" in p.suffixes)
+        if len(tables) != 1:
+            raise SourceError(f"{source}: expected {FILE.removesuffix('.xz')}[.xz] or a single CSV file in this "
+                              f"folder, found {len(tables)}: not a {PLATFORM} folder")
+        found = tables[0]
+    return found
+
+
+def load_file(path: Path, limit: int | None = None, name: str = "reddit") -> DatasetEvents:
+    """The data set from its one table (one row per post and collection hour)."""
     report = ProblemReport(dataset=name)
-    rows, _ = read_csv_text(Path(data_dir) / FOLDER / FILE)
+    rows, _ = read_csv_text(path)
+    require_columns(rows, COLUMNS, path, name)
     report.rows_read = len(rows)
 
     rows = drop_rows(rows, ~rows["id"].str.fullmatch(r"[a-z0-9]{1,16}"), report, "mangled_id", "id")

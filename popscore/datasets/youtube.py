@@ -40,6 +40,7 @@ from popscore.contract import MAX_OPEN_STR_CHARS
 from popscore.datasets._common import (
     DatasetEvents,
     ProblemReport,
+    SourceError,
     drop_rows,
     earliest,
     finish,
@@ -48,7 +49,9 @@ from popscore.datasets._common import (
     note_decreases,
     ns_to_datetime,
     parse_counter,
+    find_file,
     read_csv_text,
+    require_columns,
     split_tags,
     validate_posts,
 )
@@ -77,6 +80,12 @@ class Variant:
     def date_column(self) -> str:
         return "date" if self.schema == "v1" else "trending_date"
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns the adapter reads from a file of this schema."""
+        base = ("video_id", self.date_column, "title", "views", "likes", "dislikes", self.comment_column)
+        return base + {"v1": ("tags",), "v2": ("publish_time", "tags", "description"), "excel": ()}[self.schema]
+
 
 VARIANTS: dict[str, Variant] = {
     "youtube-v1-us": Variant("youtube-trending-v1-2017-us/USvideos.csv.xz", "US", "v1"),
@@ -89,8 +98,43 @@ VARIANTS: dict[str, Variant] = {
 
 def load(data_dir: Path, limit: int | None = None, name: str = "youtube-v2-us", variant: str | None = None) -> DatasetEvents:
     spec = VARIANTS[variant or name]
+    return load_file(Path(data_dir) / spec.path, spec, limit=limit, name=name,
+                     categories=category_names(Path(data_dir)))
+
+
+def source_file(source: Path, variant: str) -> Path:
+    """The table of a source given by the user: the file itself, or the variant's file (``USvideos.csv``,
+    plain, .xz or .gz) in a folder."""
+    if not source.is_dir():
+        return source
+    basename = Path(VARIANTS[variant].path).name
+    found = find_file(source, basename)
+    if found is None:
+        raise SourceError(f"{source}: no {basename.removesuffix('.xz')}[.xz|.gz] in this folder: not a {variant} "
+                          "folder (or pass the file itself)")
+    return found
+
+
+def categories_beside(path: Path, variant: str) -> dict[int, str]:
+    """Category names from a ``<REGION>_category_id.json`` (or the US one; ids are global) next to a user's
+    file, or else from where the shared layout keeps it when the file sits in that layout."""
+    candidates = [Path(path).parent / f"{region}_category_id.json" for region in (VARIANTS[variant].region, "US")]
+    for found in [*candidates, Path(path).parent.parent / CATEGORY_FILE]:
+        if found.is_file():
+            try:
+                items = json.loads(found.read_text(encoding="utf-8"))["items"]
+                return {int(item["id"]): item["snippet"]["title"] for item in items}
+            except (OSError, ValueError, KeyError, TypeError):
+                return {}  # names are a nicety: a file we cannot read just leaves them out
+    return {}
+
+
+def load_file(path: Path, spec: Variant, limit: int | None = None, name: str = "youtube-v2-us",
+              categories: dict[int, str] | None = None) -> DatasetEvents:
+    """The data set from one trending table of ``spec``'s schema; ``categories`` maps category ids to names."""
     report = ProblemReport(dataset=name)
-    rows, fallbacks = read_csv_text(Path(data_dir) / spec.path, spec.encodings)
+    rows, fallbacks = read_csv_text(path, spec.encodings)
+    require_columns(rows, spec.columns, path, name)
     report.rows_read = len(rows)
     report.note("lines_decoded_as_cp1252", fallbacks)
 
@@ -124,7 +168,7 @@ def load(data_dir: Path, limit: int | None = None, name: str = "youtube-v2-us", 
     )
     meta, table = earliest(meta, table, limit)
     note_decreases(table, ["views", "likes", "comments", "dislikes"], report)
-    categories = category_names(Path(data_dir))
+    categories = categories or {}
     posts = validate_posts((post_dict(pid, row, spec, categories, report) for pid, row in meta.iterrows()), report)
     return finish(name, PLATFORM, posts, table, report)
 
