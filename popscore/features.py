@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -58,9 +59,9 @@ class FeatureSpec:
     """Counters kept in the sequence, in storage order (must equal settings.COUNTER_NAMES)."""
     horizon_s: float = 7 * 24 * 3600.0
     """The target is log1p(score) at created_at + horizon_s (the last observation at or before it)."""
-    train_ages_h: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+    train_ages_h: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 9.0, 12.0, 18.0, 24.0)
     """Observation ages at which training examples are cut."""
-    eval_ages_h: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    eval_ages_h: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 12.0)
     """Observation ages reported in evaluation."""
     platforms: tuple[str, ...] = KNOWN_PLATFORMS
     version: int = 1
@@ -192,14 +193,24 @@ STATIC_INPUTS = static_inputs(DEFAULT_SPEC)
 TEMPORAL_INPUTS = temporal_inputs(DEFAULT_SPEC)
 STATIC_OUTPUTS = static_outputs(DEFAULT_SPEC)
 TEMPORAL_OUTPUTS = temporal_outputs(DEFAULT_SPEC)
-MODEL_NAMES = {"static": "popscore_static", "content": "popscore_temporal_content", "temporal": "popscore_temporal"}
-"""The served models. ``content`` and ``temporal`` are the two halves of MTAF-temporal, exported together
-with the same version number: the content half runs once per post and its vector is cached with the
-post; the temporal half runs on every changed sequence."""
+MODEL_KINDS = ("static", "content", "temporal")
+"""The served models of one platform's model set. ``content`` and ``temporal`` are the two halves of
+MTAF-temporal, exported together with the same version number: the content half runs once per post and its
+vector is cached with the post; the temporal half runs on every changed sequence."""
+PLATFORM_NAME = re.compile(r"[a-z][a-z0-9]{0,31}")
+
+
+def model_name(kind: str, platform: str) -> str:
+    """The Triton name of ``kind`` in the model set trained for ``platform``: ``popscore_<platform>_<kind>``."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}")
+    if not PLATFORM_NAME.fullmatch(platform):
+        raise ValueError(f"a model set's platform is lowercase letters and digits, not {platform!r}")
+    return f"popscore_{platform}_{'temporal_content' if kind == 'content' else kind}"
 
 
 def model_tensors(kind: str, spec: FeatureSpec, content_dim: int = CONTENT_DIM) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """(inputs, outputs) of the served model ``MODEL_NAMES[kind]``."""
+    """(inputs, outputs) of a served model of ``kind`` (``MODEL_KINDS``)."""
     if kind == "static":
         return static_inputs(spec), static_outputs(spec)
     if kind == "content":

@@ -29,12 +29,15 @@ class SzaboHuberman:
             self.coef[float(a)] = (float(c), float(b))
         return self
 
-    def predict(self, age_h: np.ndarray, log_now: np.ndarray) -> np.ndarray:
+    def coefficients_at(self, age_h: float) -> tuple[float, float]:
+        """(intercept, slope) of the fitted age nearest ``age_h``."""
         ages = np.array(sorted(self.coef))
+        return self.coef[float(ages[np.argmin(np.abs(ages - age_h))])]
+
+    def predict(self, age_h: np.ndarray, log_now: np.ndarray) -> np.ndarray:
         out = np.empty(len(age_h))
         for a in np.unique(age_h):
-            near = float(ages[np.argmin(np.abs(ages - a))])
-            c, b = self.coef[near]
+            c, b = self.coefficients_at(a)
             m = age_h == a
             out[m] = c + b * log_now[m]
         return out

@@ -25,7 +25,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def add_train_commands(subparsers) -> None:
     """Register ``train``, ``evaluate`` and ``export-{text,image,audio}-encoder`` on an argparse subparsers object."""
-    p = subparsers.add_parser("train", help="train baselines + MTAF static/temporal, evaluate, export to model_repo")
+    p = subparsers.add_parser("train", help="train a platform's model set (baselines + MTAF static/temporal) on rolling-origin folds, evaluate, export to model_repo")
     _add_common(p)
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs of each MTAF model (default: 6 epochs, at least 1,500 optimiser steps on "
@@ -39,9 +39,13 @@ def add_train_commands(subparsers) -> None:
                    help="gap between the training and test windows (default 48 h; 12 h for reddit, which spans 41 h)")
     p.add_argument("--model-repo", dest="train_model_repo", type=Path, default=None,
                    help="Triton model repository to export into (default: the global --model-repo or model_repo/)")
+    from popscore.datacli import positive_int
+
+    p.add_argument("--folds", type=positive_int, default=3,
+                   help="rolling-origin folds; the latest fold's models are exported (default 3)")
+    p.add_argument("--test-frac", type=float, default=0.3,
+                   help="share of the posts, the latest, in the folds' test windows together (default 0.3)")
     p.add_argument("--no-export", action="store_true", help="do not export/promote into the model repository")
-    p.add_argument("--export", action="store_true", help="export even when the data set is not hackernews "
-                   "(the default model set is trained on HN; other data sets are evaluated only)")
     p.add_argument("--force", action="store_true", help="promote even if the gate says no")
     p.set_defaults(func=cmd_train)
 
@@ -151,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         dataset=args.dataset, limit=args.limit, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
         text=not args.no_text, gbt=not args.no_gbt, threads=args.threads, report_dir=args.report_dir,
-        model_repo=None if args.no_export or (args.dataset != "hackernews" and not args.export) else _model_repo(args),
+        model_repo=None if args.no_export else _model_repo(args), folds=args.folds, test_frac=args.test_frac,
         progress=not args.no_progress, force=args.force, data_dir=args.data_dir,
         embargo_h=args.embargo_h if args.embargo_h is not None else (12.0 if args.dataset == "reddit" else 48.0),
     )  # fmt: skip

@@ -96,22 +96,37 @@ def chronological_split(
     """Train/test indices: the last ``test_frac`` of posts by first appearance are the test set; training
     posts first seen within ``embargo_s`` before the first test post are dropped (their labels overlap the
     test period). Returns (train_idx, test_idx, info)."""
+    return rolling_origin_folds(table, 1, test_frac, embargo_s)[0]
+
+
+def rolling_origin_folds(
+    table: PostTable, n_folds: int = 3, test_frac: float = 0.3, embargo_s: float = 2 * 24 * 3600.0
+) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+    """Rolling-origin evaluation: the last ``test_frac`` of posts (by first appearance) cut into ``n_folds``
+    consecutive test windows; each fold trains on every post before its window except those first seen
+    within ``embargo_s`` of it (their labels overlap the test period). One split says little on small data
+    sets; several show how much a model's lead over a baseline moves with the period."""
+    if n_folds < 1 or not 0 < test_frac < 1:
+        raise ValueError("need n_folds >= 1 and 0 < test_frac < 1")
     order = np.argsort(table.created_at, kind="stable")
-    n_train = int(round((1 - test_frac) * len(order)))
-    test = order[n_train:]
-    cut = table.created_at[test[0]] if len(test) else np.inf
-    train = order[:n_train]
-    train = train[table.created_at[train] < cut - embargo_s]
-    info = {
-        "train_from": float(table.created_at[train].min()) if len(train) else None,
-        "train_to": float(table.created_at[train].max()) if len(train) else None,
-        "test_from": float(cut) if len(test) else None,
-        "test_to": float(table.created_at[test].max()) if len(test) else None,
-        "embargo_s": embargo_s,
-        "n_train_posts": int(len(train)),
-        "n_test_posts": int(len(test)),
-    }
-    return train, test, info
+    bounds = np.linspace(round((1 - test_frac) * len(order)), len(order), n_folds + 1).round().astype(int)
+    folds = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        test = order[lo:hi]
+        cut = table.created_at[test[0]] if len(test) else np.inf
+        train = order[:lo]
+        train = train[table.created_at[train] < cut - embargo_s]
+        info = {
+            "train_from": float(table.created_at[train].min()) if len(train) else None,
+            "train_to": float(table.created_at[train].max()) if len(train) else None,
+            "test_from": float(cut) if len(test) else None,
+            "test_to": float(table.created_at[test].max()) if len(test) else None,
+            "embargo_s": embargo_s,
+            "n_train_posts": int(len(train)),
+            "n_test_posts": int(len(test)),
+        }
+        folds.append((train, test, info))
+    return folds
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -139,10 +140,13 @@ def cached_title_encodings(texts: Sequence[str], cache_dir: Path = CACHE_DIR, pr
         enc = TitleEncodings(*(np.load(folder / f"{p}.npy") for p in parts))
     else:
         enc = OnnxTextEncoder(served).encode(uniq, progress=progress)
-        tmp = folder.with_name(folder.name + ".tmp")
+        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")  # one per process: runs may overlap
         tmp.mkdir(parents=True, exist_ok=True)
         for p in parts:
             np.save(tmp / f"{p}.npy", getattr(enc, p))
-        tmp.replace(folder)  # the cache entry appears complete or not at all
+        try:
+            tmp.replace(folder)  # the cache entry appears complete or not at all
+        except OSError:  # another process wrote the same entry meanwhile: theirs is as good
+            shutil.rmtree(tmp, ignore_errors=True)
     pos = {t: i for i, t in enumerate(uniq)}
     return enc.take(np.array([pos[t] for t in texts], dtype=np.int64))

@@ -44,14 +44,10 @@ class EvaluationError(Exception):
 
 
 def idle_cores() -> int:
-    """Cores nobody else is using right now, at least 1: onnxruntime's default of one thread per core
-    thrashes on a small machine already busy with a training run."""
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        busy = 0.0
-    return max(1, min(cores, int(round(cores - busy))))
+    """Cores nobody else is using right now, at least 1 (as training decides its threads)."""
+    from popscore.trainer.train import default_threads
+
+    return default_threads()
 
 
 # ------------------------------------------------------------------------------------------- model sets

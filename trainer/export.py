@@ -4,8 +4,9 @@ Layout (Triton, onnxruntime backend; the embedded stack wraps the same files in 
     model_repo/<name>/config.pbtxt           names/dtypes/dims from popscore.features (the serving contract)
     model_repo/<name>/<n>/model.onnx         promoted versions only, n = 1, 2, ...
     model_repo/<name>/<n>/metadata.json      metrics, data window, feature spec + hash, code version, git sha
-MTAF-temporal is two graphs (popscore_temporal_content, then the popscore_temporal head) promoted together
-under one version number; the head's metadata names its content encoder. Candidates are first written
+One model set per platform: ``popscore_<platform>_static``, ``popscore_<platform>_temporal_content`` and
+``popscore_<platform>_temporal`` (features.model_name). MTAF-temporal is two graphs (the content encoder,
+then the head) promoted together under one version number; the head's metadata names its content encoder. Candidates are first written
 under .popscore/candidates/<name>/<stamp>/; one becomes the next version only if its MAE on the
 validation window is not worse than the serving (highest) version's MAE on the same inputs.
 """
@@ -49,7 +50,7 @@ def git_version() -> dict[str, Any]:
 
 def dynamic_axes(names: list[str]) -> dict[str, dict[int, str]]:
     """A dynamic batch axis on every tensor, plus the variable (-1) dims of the serving contract (tokens)."""
-    contract = {t.name: t for kind in F.MODEL_NAMES for group in F.model_tensors(kind, F.DEFAULT_SPEC) for t in group}
+    contract = {t.name: t for kind in F.MODEL_KINDS for group in F.model_tensors(kind, F.DEFAULT_SPEC) for t in group}
     return {n: {0: "batch", **{i + 1: "tokens" for i, d in enumerate(contract[n].dims if n in contract else ())
                                 if d == -1}} for n in names}
 
@@ -148,9 +149,9 @@ def mae_of(paths: list[Path], ex_inputs: dict[str, np.ndarray], target: np.ndarr
     return float(np.abs(pred - target).mean())
 
 
-def served_graphs(repo: Path, kind: str, version: int) -> list[Path]:
+def served_graphs(repo: Path, name: str, version: int) -> list[Path]:
     """The graphs that make up a served version: the head alone, or its paired content encoder first."""
-    head = Path(repo) / F.MODEL_NAMES[kind] / str(version)
+    head = Path(repo) / name / str(version)
     meta_path = head / "metadata.json"
     paired = json.loads(meta_path.read_text()).get("content_model") if meta_path.exists() else None
     first = [Path(repo) / paired["name"] / str(paired["version"]) / "model.onnx"] if paired else []
@@ -167,6 +168,7 @@ def export_and_promote(
     metrics: list[dict],
     window: dict,
     dataset: str,
+    platform: str,
     seed: int,
     force: bool = False,
     max_batch_size: int = 1024,
@@ -178,7 +180,7 @@ def export_and_promote(
     gate compares the candidate's MAE on them with the serving version's on the same inputs."""
     from popscore.trainer.models import onnx_graphs
 
-    name = F.MODEL_NAMES[kind]
+    name = F.model_name(kind, platform)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     cand_dir = CANDIDATES / name / stamp
     graphs = onnx_graphs(model)
@@ -186,7 +188,7 @@ def export_and_promote(
     example = dict(inputs)
     paths = []
     for graph in graphs:
-        path = cand_dir / F.MODEL_NAMES[graph.kind] / "model.onnx"
+        path = cand_dir / F.model_name(graph.kind, platform) / "model.onnx"
         export_onnx(graph, path, example, gru_steps=spec.n_bins)
         example.update(onnx_predict(path, {k: v[:2] for k, v in example.items()}))  # the next graph's inputs
         paths.append(path)
@@ -208,7 +210,7 @@ def export_and_promote(
             promote = False
         else:
             try:
-                serving_mae = mae_of(served_graphs(repo, kind, have[-1]), inputs, ex.target)
+                serving_mae = mae_of(served_graphs(repo, name, have[-1]), inputs, ex.target)
                 gate["serving_mae"] = serving_mae
                 promote = cand_mae <= serving_mae + 1e-9
             except Exception as exc:  # the serving model does not run on these inputs
@@ -219,9 +221,10 @@ def export_and_promote(
         promote = True
     gate["promoted"] = promote
     # One number for every graph of the model, so the head and its content encoder always pair by version.
-    version = 1 + max([0, *(v for g in graphs for v in versions(Path(repo) / F.MODEL_NAMES[g.kind]))])
+    version = 1 + max([0, *(v for g in graphs for v in versions(Path(repo) / F.model_name(g.kind, platform)))])
     base_meta = {
         "dataset": dataset,
+        "platform": platform,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seed": seed,
         "metrics": metrics,
@@ -237,19 +240,19 @@ def export_and_promote(
     }
     metas = []
     for graph, path in zip(graphs, paths):
-        meta = {"model": F.MODEL_NAMES[graph.kind], "kind": graph.kind, **base_meta,
+        meta = {"model": F.model_name(graph.kind, platform), "kind": graph.kind, **base_meta,
                 "inputs": graph.input_names, "outputs": graph.output_names}
         if graph.kind == "temporal" and len(graphs) > 1:
-            meta["content_model"] = {"name": F.MODEL_NAMES["content"], "version": version}
+            meta["content_model"] = {"name": F.model_name("content", platform), "version": version}
         (path.parent / "metadata.json").write_text(json.dumps(meta, indent=1))
         metas.append(meta)
     info = {"candidate": str(cand_dir), "parity_max_abs_diff": diff, **gate}
     if promote:
         for graph, path, meta in zip(graphs, paths, metas):  # the head last: its version appears when complete
-            model_dir = Path(repo) / F.MODEL_NAMES[graph.kind]
+            model_dir = Path(repo) / F.model_name(graph.kind, platform)
             model_dir.mkdir(parents=True, exist_ok=True)
             (model_dir / "config.pbtxt").write_text(
-                config_pbtxt(F.MODEL_NAMES[graph.kind], graph.kind, spec, max_batch_size, model.cfg.d_model))
+                config_pbtxt(model_dir.name, graph.kind, spec, max_batch_size, model.cfg.d_model))
             tmp = model_dir / f".{version}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()

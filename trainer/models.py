@@ -167,6 +167,12 @@ class MTAF(nn.Module):
         # Added to [q10, q90] after training (split-conformal, per observation age; see calibrate_interval).
         self.register_buffer("interval_log1p_age_edges", torch.zeros(0))
         self.register_buffer("interval_margin", torch.zeros(1))
+        # The served point is a blend with Szabo-Huberman, fitted per age on the validation window after
+        # training (fit_blend): weight 1 serves MTAF alone, 0 the baseline alone.
+        self.register_buffer("blend_log1p_age_edges", torch.zeros(0))
+        self.register_buffer("blend_weight", torch.ones(1))
+        self.register_buffer("sh_intercept", torch.zeros(1))
+        self.register_buffer("sh_slope", torch.ones(1))
         self.log_now_index = F.DYNAMIC_FEATURE_NAMES.index("log1p_score_now")
         self.log_age_index = F.DYNAMIC_FEATURE_NAMES.index("log1p_age_h")
 
@@ -209,27 +215,35 @@ class MTAF(nn.Module):
             dyn = self.dyn(self.norm_dyn(dynamic_features))
             fused = torch.cat([fused, ctx, last, dyn], dim=-1)
             base = dynamic_features[:, self.log_now_index : self.log_now_index + 1]
-            margin = self._interval_margin_at(dynamic_features[:, self.log_age_index : self.log_age_index + 1])
+            log_age = dynamic_features[:, self.log_age_index : self.log_age_index + 1]
+            margin = piecewise_in_age(self.interval_log1p_age_edges, self.interval_margin, log_age)
             out["time_attention"] = time_w
         raw = self.head(fused)
         mean = base + raw[:, :1]
+        if self.cfg.temporal:
+            weight = piecewise_in_age(self.blend_log1p_age_edges, self.blend_weight, log_age)
+            baseline = (piecewise_in_age(self.blend_log1p_age_edges, self.sh_intercept, log_age)
+                        + piecewise_in_age(self.blend_log1p_age_edges, self.sh_slope, log_age) * base)
+            mean = weight * mean + (1 - weight) * baseline
         lo = mean - nn.functional.softplus(raw[:, 1:2]) - margin
         hi = mean + nn.functional.softplus(raw[:, 2:3]) + margin
+        # A negative conformal margin may cut into a narrow interval: the point always stays inside.
+        lo, hi = torch.minimum(lo, mean), torch.maximum(hi, mean)
         return {"log_score": mean, "log_interval": torch.cat([lo, hi], dim=-1), **out}
-
-    def _interval_margin_at(self, log1p_age_h: torch.Tensor) -> torch.Tensor:
-        """Piecewise-constant in age: margin[k] for ages in [edge[k-1], edge[k]); comparisons only (in log1p
-        space, as the feature is), so it exports to any ONNX opset."""
-        margin = self.interval_margin[0] + torch.zeros_like(log1p_age_h)
-        for k in range(self.interval_log1p_age_edges.shape[0]):
-            step = self.interval_margin[k + 1] - self.interval_margin[k]
-            margin = margin + (log1p_age_h >= self.interval_log1p_age_edges[k]).float() * step
-        return margin
 
     def set_interval_margin(self, edges_h: list[float], margins: list[float]) -> None:
         assert len(margins) == len(edges_h) + 1
         self.interval_log1p_age_edges = torch.log1p(torch.tensor(edges_h, dtype=torch.float32))
         self.interval_margin = torch.tensor(margins, dtype=torch.float32)
+
+    def set_blend(self, edges_h: list[float], weights: list[float], intercepts: list[float],
+                  slopes: list[float]) -> None:
+        """Serve ``w * MTAF + (1 - w) * (a + b * log1p(score now))`` with (w, a, b) per age bin."""
+        assert len(weights) == len(intercepts) == len(slopes) == len(edges_h) + 1
+        self.blend_log1p_age_edges = torch.log1p(torch.tensor(edges_h, dtype=torch.float32))
+        self.blend_weight = torch.tensor(weights, dtype=torch.float32)
+        self.sh_intercept = torch.tensor(intercepts, dtype=torch.float32)
+        self.sh_slope = torch.tensor(slopes, dtype=torch.float32)
 
     def input_names(self) -> list[str]:
         """Every raw input of the whole model (training and the static export)."""
@@ -251,6 +265,15 @@ class MTAF(nn.Module):
             self.norm_dyn.fit(inputs["dynamic_features"])
 
 
+def piecewise_in_age(log1p_edges: torch.Tensor, values: torch.Tensor, log1p_age_h: torch.Tensor) -> torch.Tensor:
+    """values[k] for ages in [edge[k-1], edge[k]): comparisons only (in log1p space, as the feature is), so it
+    exports to any ONNX opset."""
+    out = values[0] + torch.zeros_like(log1p_age_h)
+    for k in range(log1p_edges.shape[0]):
+        out = out + (log1p_age_h >= log1p_edges[k]).float() * (values[k + 1] - values[k])
+    return out
+
+
 def config_for(spec: F.FeatureSpec, temporal: bool, **kw) -> MTAFConfig:
     return MTAFConfig(
         static_dim=spec.static_dim,
@@ -266,7 +289,7 @@ def config_for(spec: F.FeatureSpec, temporal: bool, **kw) -> MTAFConfig:
 class OnnxGraph:
     """One exported graph: which served model it becomes, the module to trace, its I/O names."""
 
-    kind: str  # key of popscore.features.MODEL_NAMES
+    kind: str  # one of popscore.features.MODEL_KINDS
     module: nn.Module
     input_names: list[str]
     output_names: list[str]

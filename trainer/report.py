@@ -127,6 +127,7 @@ def markdown(results: dict, command: str, wall_s: float | None, plots: list[str]
         s, t = by.get(("szabo_huberman", a)), by.get(("mtaf_temporal", a))
         if s and t:
             lines.append(f"| {a:g} | {s['mae']:.3f} | {t['mae']:.3f} | {100 * (t['mae'] / s['mae'] - 1):+.1f}% | {s['srcc']:.3f} | {t['srcc']:.3f} |")
+    lines += fold_table(results)
     st, gs = by.get(("mtaf_static", 0.0)), by.get(("gbt_static", 0.0))
     if st and gs:
         better = "better" if st["mae"] < gs["mae"] else "worse"
@@ -172,6 +173,45 @@ def markdown(results: dict, command: str, wall_s: float | None, plots: list[str]
     lines += ["", "## Definitions", "", METRICS_DOC.strip(), ""]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def fold_table(results: dict) -> list[str]:
+    """Markdown: MAE per rolling-origin fold and age of the served temporal model (MTAF blended with
+    Szabo-Huberman), MTAF alone, the baselines and the static model, and the 80 % interval coverage."""
+    summary = results.get("fold_summary")
+    if not summary:
+        return []
+    by = {(e["model"], e["age_h"]): e for e in summary}
+    folds = results["folds"]
+    lines = ["", "## Rolling-origin folds (MAE of log1p(final score) on each fold's test window)", "",
+             "Each fold trains on every post before its test window (minus the embargo); the served model is the "
+             "latest fold's. `served` = MTAF-temporal blended with Szabo–Huberman per age (weights fitted on the "
+             "validation window), `alone` = MTAF-temporal without the blend.", ""]
+    for f in folds:
+        w = f["window"]
+        lines.append(f"- fold {f['fold'] + 1}: train {_ts(w['train_from'])} .. {_ts(w['train_to'])} "
+                     f"({w['n_train_posts']} posts), test {_ts(w['test_from'])} .. {_ts(w['test_to'])} "
+                     f"({w['n_test_posts']} posts); MTAF weight by age: "
+                     + ", ".join(f"{a:g} h {v:.2f}" for a, v in zip(f["blend"]["ages_h"], f["blend"]["mtaf_weight"])))
+    models = ("persistence", "szabo_huberman", "gbt_temporal", "mtaf_temporal_alone", "mtaf_temporal")
+    header = "| age h | " + " | ".join(models) + " | served ≤ SH every fold | 80 % coverage (pooled) |"
+    lines += ["", header, "|" + "---|" * (len(models) + 3)]
+    fmt = lambda e: "-" if e is None else " / ".join(f"{v:.3f}" for v in e["mae"])  # noqa: E731
+    ages = sorted({a for (_, a) in by if a > 0})
+    for age in ages:
+        served = by.get(("mtaf_temporal", age))
+        cov = served.get("coverage_80") if served else None
+        cov_text = "-" if not cov else " / ".join(f"{c:.3f}" for c in cov) + f" ({served['coverage_80_pooled']:.3f})"
+        ok = "-" if not served or "beats_or_ties_sh_every_fold" not in served else (
+            "yes" if served["beats_or_ties_sh_every_fold"] else "**no**")
+        lines.append(f"| {age:g} | " + " | ".join(fmt(by.get((m, age))) for m in models) + f" | {ok} | {cov_text} |")
+    for name in ("mtaf_static", "gbt_static", "mtaf_temporal"):
+        e = by.get((name, 0.0))
+        if e:
+            cov = e.get("coverage_80")
+            lines.append(f"\nAt upload (age 0), {name}: MAE {fmt(e)}" + (
+                f"; 80 % coverage {' / '.join(f'{c:.3f}' for c in cov)}" if cov else ""))
+    return lines
 
 
 def write_report(results: dict, out_dir: Path, command: str, wall_s: float | None) -> Path:

@@ -1,9 +1,20 @@
-"""The training pipeline: data -> the shared feature code -> baselines + MTAF static/temporal -> per-age
-evaluation on a chronological split -> report -> ONNX export into model_repo (with the promotion gate)."""
+"""The training recipe, as named stages over the components in this package (data, baselines, models,
+calibration, export):
+
+    load_table -> encode_titles -> for each rolling-origin fold: train_fold
+        (examples -> baselines -> MTAF-static -> MTAF-temporal -> blend with Szabo-Huberman -> interval
+         calibration -> evaluate on the fold's test window)
+    -> summarise the folds -> export the latest fold's model set for the data set's platform
+
+A data set is one platform (Hacker News, Reddit, YouTube), and each platform gets its own model set: the
+platforms differ in units (points, upvotes, views), in how early a post is first observed and in cadence
+(YouTube's lists are daily), so one set per platform is trained on and bounded by that platform's data.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,10 +30,12 @@ from popscore.metrics import regression_metrics
 @dataclass
 class TrainConfig:
     dataset: str = "hackernews"
+    data_dir: Path | None = None  # None: ../shared/data (or $POPSCORE_SHARED_DATA)
     limit: int | None = None  # first N posts by first appearance (tests, quick runs)
     seed: int = 0
-    epochs: int = 6
-    min_steps: int = 1500  # small data sets: at least this many optimiser steps (more epochs, at most 200)
+    epochs: int | None = None  # None: 6, and at least min_steps optimiser steps on small data sets
+    min_steps: int = 1500
+    patience: int = 25  # epochs without a better validation MAE before training stops
     batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -32,9 +45,11 @@ class TrainConfig:
     text: bool = True
     gbt: bool = True
     gbt_max_rows: int = 200_000
-    threads: int = 2
-    test_frac: float = 0.2
-    val_frac: float = 0.1  # last part of the training window, for early stopping
+    pairwise: bool = True  # the intrinsic-popularity ranker, in the last fold
+    threads: int | None = None  # None: the cores idle when training starts (at least 1)
+    folds: int = 3  # rolling-origin folds; the latest one's models are exported
+    test_frac: float = 0.3  # share of posts (the latest) in the folds' test windows together
+    val_frac: float = 0.1  # last part of each fold's training window: early stopping, blend, intervals, gate
     embargo_h: float = 48.0
     report_dir: Path = Path("reports")
     model_repo: Path | None = Path("model_repo")  # None: no export
@@ -58,12 +73,28 @@ def spec_for(dataset: str) -> F.FeatureSpec:
     return SPEC_PRESETS["youtube" if dataset.startswith("youtube") else "default"]
 
 
+def default_threads() -> int:
+    """The cores not busy when training starts: on a loaded 2-core machine two torch threads fight the load
+    and each other (ten temporal epochs took 140 s with 2 threads against 22 s with 1)."""
+    cores = os.cpu_count() or 1
+    busy = int(round(os.getloadavg()[0])) if hasattr(os, "getloadavg") else 0
+    return max(1, min(cores, cores - busy))
+
+
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def load_table(cfg: TrainConfig) -> D.PostTable:
-    return D.load_dataset(cfg.dataset, limit=cfg.limit)
+    return D.load_dataset(cfg.dataset, limit=cfg.limit, data_dir=cfg.data_dir)
+
+
+def platform_of(table: D.PostTable) -> str:
+    """The one platform a data set's posts are on: the model set it trains."""
+    platforms = sorted(set(table.platform))
+    if len(platforms) != 1:
+        raise ValueError(f"a data set trains one platform's model set; this one has posts on {platforms}")
+    return platforms[0]
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -112,12 +143,15 @@ def train_mtaf(
     model.init_output_bias(float(np.mean(train.target - (train.log_now if temporal else 0.0))))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = int(np.ceil(len(train) / cfg.batch_size))
-    epochs = max(cfg.epochs, min(200, int(np.ceil(cfg.min_steps / max(per_epoch, 1)))))
+    if cfg.epochs is not None:  # asked for: honoured exactly
+        epochs = cfg.epochs
+    else:
+        epochs = max(6, min(200, int(np.ceil(cfg.min_steps / max(per_epoch, 1)))))
     steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
     loss_fn = _loss_fn(cfg.loss)
     y_all = torch.from_numpy(train.target.astype(np.float32))
-    best, best_state, history = np.inf, None, []
+    best, best_epoch, best_state, history = np.inf, 0, None, []
     from tqdm import tqdm
 
     for epoch in range(epochs):
@@ -145,8 +179,12 @@ def train_mtaf(
         if epochs <= 20 or (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
             _log(f"{'temporal' if temporal else 'static'} epoch {epoch + 1}/{epochs}: loss {total / max(seen, 1):.4f} val MAE {val_mae:.4f}")
         if not len(val) or val_mae < best:
-            best = val_mae
+            best, best_epoch = val_mae, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= cfg.patience:  # small data sets overfit long before their step budget
+            _log(f"{'temporal' if temporal else 'static'}: no better validation MAE for {cfg.patience} epochs, "
+                 f"best at epoch {best_epoch + 1}")
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -188,146 +226,259 @@ def predict_mtaf(model, ex: D.Examples, temporal: bool, batch: int = 8192) -> di
     return res
 
 
-# ------------------------------------------------------------------------------------------------ pipeline
+# ------------------------------------------------------------------------------------------------ recipe
 
 
-def run(cfg: TrainConfig) -> dict:
-    """The whole pipeline; returns the results dict (also written as JSON under the report dir)."""
-    import torch
+def encode_titles(cfg: TrainConfig, table: D.PostTable) -> D.TitleEncodings | None:
+    if not cfg.text:
+        return None
+    from popscore.trainer.encoders import cached_title_encodings, text_encoder_available
 
-    t0 = time.time()
-    torch.set_num_threads(cfg.threads)
-    spec = cfg.spec = cfg.spec or spec_for(cfg.dataset)
-    _log(f"loading {cfg.dataset}")
-    table = load_table(cfg)
-    train_idx, test_idx, window = D.chronological_split(table, cfg.test_frac, cfg.embargo_h * 3600.0)
+    if not text_encoder_available():
+        _log("no served text encoder or onnxruntime: training without text (masked)")
+        return None
+    _log("title token states and embeddings (served all-MiniLM-L6-v2, cached)")
+    return cached_title_encodings(table.title, progress=cfg.progress)
+
+
+def fit_blend(model, val: D.Examples, sh: B.SzaboHuberman) -> dict:
+    """Per training age, the weight w in [0, 1] of MTAF against Szabo-Huberman that minimises the MAE on the
+    validation window, stored in the model (served inside the graph). Where MTAF is no better than the
+    baseline at an age (few or no observations yet), the baseline takes over."""
+    raw = predict_mtaf(model, val, temporal=True)["log_score"]
+    baseline = sh.predict(val.age_h, val.log_now)
+    ages = sorted(np.unique(val.age_h).tolist())
+    grid = np.linspace(0.0, 1.0, 21)
+    weights, intercepts, slopes, gains = [], [], [], []
+    for age in ages:
+        m = val.age_h == age
+        maes = [np.abs(w * raw[m] + (1 - w) * baseline[m] - val.target[m]).mean() for w in grid]
+        best = int(np.argmin(maes))
+        weights.append(float(grid[best]))
+        gains.append(float(maes[best] - maes[-1]))
+        intercept, slope = sh.coefficients_at(age)
+        intercepts.append(intercept)
+        slopes.append(slope)
+    from popscore.trainer.calibration import age_edges
+
+    edges = age_edges(ages)
+    model.set_blend(edges, weights, intercepts, slopes)
+    return {"ages_h": ages, "age_edges_h": edges, "mtaf_weight": weights, "sh_intercept": intercepts,
+            "sh_slope": slopes, "val_mae_change": gains, "n": int(len(val))}
+
+
+def output_bounds(train: D.Examples, temporal: bool) -> dict:
+    """The ranges the training data supports, declared in the exported metadata: the worker clamps scores and
+    intervals into ``log_score`` and flags predictions whose inputs fall outside the others."""
+    bounds = {"log_score": [float(train.target.min()), float(train.target.max())]}
+    if temporal:
+        bounds["age_h"] = [float(train.age_h.min()), float(train.age_h.max())]
+        bounds["log1p_score_now"] = [float(train.log_now.min()), float(train.log_now.max())]
+    return bounds
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    window: dict
+    rows: list[dict]  # metrics per model and age on the fold's test window
+    preds: dict[str, np.ndarray]
+    test: D.Examples
+    test_table: D.PostTable
+    models: dict = field(default_factory=dict)  # kind -> trained MTAF
+    val: dict = field(default_factory=dict)  # kind -> validation examples (export gate)
+    bounds: dict = field(default_factory=dict)  # kind -> output_bounds
+    calibration: dict = field(default_factory=dict)
+    blend: dict = field(default_factory=dict)
+    sh: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+    explain: dict = field(default_factory=dict)
+    pair_protocol: dict = field(default_factory=dict)
+
+
+STATIC_MODELS = ("mtaf_static", "gbt_static", "pairwise_static")
+
+
+def train_fold(cfg: TrainConfig, k: int, table: D.PostTable, titles: D.TitleEncodings | None,
+               train_idx: np.ndarray, test_idx: np.ndarray, window: dict, last: bool) -> FoldResult:
+    spec = cfg.spec
     n_val = int(round(cfg.val_frac * len(train_idx)))
     fit_idx, val_idx = train_idx[: len(train_idx) - n_val], train_idx[len(train_idx) - n_val :]
-    _log(f"{len(table)} posts: train {len(fit_idx)} / val {len(val_idx)} / test {len(test_idx)} (embargo {cfg.embargo_h} h)")
-
-    titles = None
-    if cfg.text:
-        from popscore.trainer.encoders import cached_title_encodings, text_encoder_available
-
-        if text_encoder_available():
-            _log("title token states and embeddings (served all-MiniLM-L6-v2, cached)")
-            titles = cached_title_encodings(table.title, progress=cfg.progress)
-        else:
-            _log("no served text encoder or onnxruntime: training without text (masked)")
-
-    _log("features")
+    _log(f"fold {k + 1}/{cfg.folds}: train {len(fit_idx)} / val {len(val_idx)} / test {len(test_idx)} posts")
     sub = lambda idx: table.take(idx)  # noqa: E731
     emb = lambda idx: None if titles is None else titles.take(idx)  # noqa: E731
-    tr = D.make_examples(spec, sub(fit_idx), spec.train_ages_h, emb(fit_idx))
-    va = D.make_examples(spec, sub(val_idx), (0.0,) + tuple(spec.eval_ages_h), emb(val_idx))
+    ages = tuple(spec.train_ages_h)
+    tr = D.make_examples(spec, sub(fit_idx), ages, emb(fit_idx))
+    va = D.make_examples(spec, sub(val_idx), ages, emb(val_idx))
     te = D.make_examples(spec, sub(test_idx), (0.0,) + tuple(spec.eval_ages_h), emb(test_idx))
-    tr0 = tr.subset(tr.age_h == 0.0)
-    va_static = D.make_examples(spec, sub(val_idx), (0.0,), emb(val_idx))
-    _log(f"examples: train {len(tr)} val {len(va)} test {len(te)}")
+    tr0, va0 = tr.subset(tr.age_h == 0.0), va.subset(va.age_h == 0.0)
 
-    preds: dict[str, np.ndarray] = {}
-    preds["persistence"] = B.persistence(te.log_now)
+    preds: dict[str, np.ndarray] = {"persistence": B.persistence(te.log_now)}
     sh = B.SzaboHuberman().fit(tr.age_h, tr.log_now, tr.target)
     preds["szabo_huberman"] = sh.predict(te.age_h, te.log_now)
     intervals: dict[str, np.ndarray] = {}
     if cfg.gbt:
-        rng = np.random.default_rng(cfg.seed)
-        _log("gradient-boosted trees (static)")
+        _log("gradient-boosted trees (static, temporal)")
         g_static = B.GBT(temporal=False, text=titles is not None, seed=cfg.seed, num_threads=cfg.threads)
         g_static.fit(tr0.inputs_at(None, False, tokens=False), tr0.target)
         preds["gbt_static"] = g_static.predict(te.inputs_at(None, False, tokens=False))
-        _log("gradient-boosted trees (temporal)")
-        rows = np.sort(rng.choice(len(tr), size=min(len(tr), cfg.gbt_max_rows), replace=False))
+        rows = np.sort(np.random.default_rng(cfg.seed).choice(len(tr), size=min(len(tr), cfg.gbt_max_rows),
+                                                              replace=False))
         g_temp = B.GBT(temporal=True, text=False, seed=cfg.seed, num_threads=cfg.threads)
         g_temp.fit(tr.subset(rows).inputs_at(None, True, tokens=False), tr.target[rows])
         preds["gbt_temporal"] = g_temp.predict(te.inputs_at(None, True, tokens=False))
 
     _log("MTAF-static")
-    m_static, hist_static = train_mtaf(cfg, tr0, va_static, temporal=False)
-    calibration = {"static": calibrate_interval(m_static, va_static, temporal=False)}
+    m_static, hist_static = train_mtaf(cfg, tr0, va0, temporal=False)
+    calibration = {"static": calibrate_interval(m_static, va0, temporal=False)}
     out = predict_mtaf(m_static, te, temporal=False)
     preds["mtaf_static"], intervals["mtaf_static"] = out["log_score"], out["log_interval"]
-    preds_words = {"mtaf_static": out["word_attention"]}
-    _log("pairwise intrinsic-popularity ranker")
-    from popscore.trainer.pairwise import discriminable_pair_accuracy, train_pairwise
+    static_words = out["word_attention"]
+    pair_protocol = {}
+    if last and cfg.pairwise:
+        _log("pairwise intrinsic-popularity ranker")
+        from popscore.trainer.pairwise import discriminable_pair_accuracy, train_pairwise
 
-    fit_table, test_table = sub(fit_idx), sub(test_idx)
-    m_pair, (pa, pb), pair_info = train_pairwise(spec, fit_table, tr0, seed=cfg.seed)
-    preds["pairwise_static"] = pa + pb * predict_mtaf(m_pair, te, temporal=False)["log_score"]
-    te0 = te.subset(te.age_h == 0.0)
-    pair_protocol = {"train": pair_info}
-    for name in ("mtaf_static", "gbt_static", "pairwise_static"):
-        if name in preds:
-            pair_protocol[name] = discriminable_pair_accuracy(test_table, te0, preds[name][te.age_h == 0.0])
-    _log(f"pairwise protocol: {pair_protocol}")
+        m_pair, (pa, pb), pair_info = train_pairwise(spec, sub(fit_idx), tr0, seed=cfg.seed)
+        preds["pairwise_static"] = pa + pb * predict_mtaf(m_pair, te, temporal=False)["log_score"]
+        at0 = te.age_h == 0.0
+        pair_protocol = {"train": pair_info}
+        for name in STATIC_MODELS:
+            if name in preds:
+                pair_protocol[name] = discriminable_pair_accuracy(sub(test_idx), te.subset(at0), preds[name][at0])
+
     _log("MTAF-temporal")
     m_temp, hist_temp = train_mtaf(cfg, tr, va, temporal=True, word_scores_from=m_static)
+    preds["mtaf_temporal_alone"] = predict_mtaf(m_temp, te, temporal=True)["log_score"]
+    blend = fit_blend(m_temp, va, sh)
     calibration["temporal"] = calibrate_interval(m_temp, va, temporal=True)
-    _log(f"interval margins fitted on the validation window: {calibration}")
+    _log(f"blend weights of MTAF by age {dict(zip(blend['ages_h'], blend['mtaf_weight']))}")
     out = predict_mtaf(m_temp, te, temporal=True)
     preds["mtaf_temporal"], intervals["mtaf_temporal"] = out["log_score"], out["log_interval"]
-    explain = {
-        "modality_weights_mean": out["modality_weights"].mean(0).tolist(),
-        "time_attention_mean": out["time_attention"].mean(0).tolist(),
-    }
-    if titles is not None:
+    explain = {"modality_weights_mean": out["modality_weights"].mean(0).tolist(),
+               "time_attention_mean": out["time_attention"].mean(0).tolist()}
+    if titles is not None and last:
         from popscore.trainer.encoders import title_wordpieces
         from popscore.trainer.explain import word_attention_summary
 
         at_upload = np.flatnonzero(te.age_h == 0.0)  # one row per test post
-        words = title_wordpieces([test_table.posts[i].text.title for i in te.post_index[at_upload]])
+        words = title_wordpieces([table.posts[i].text.title for i in test_idx[te.post_index[at_upload]]])
         explain["word_attention"] = {
-            "mtaf_static": word_attention_summary(words, preds_words["mtaf_static"][at_upload]),
+            "mtaf_static": word_attention_summary(words, static_words[at_upload]),
             "mtaf_temporal": word_attention_summary(words, out["word_attention"][at_upload]),
         }
 
     rows_out = []
-    static_models = {"mtaf_static", "gbt_static", "pairwise_static"}
     for name, p in preds.items():
         for age in sorted(np.unique(te.age_h)):
-            if name in static_models and age != 0.0:
-                continue
-            if name not in static_models and age == 0.0 and name not in ("mtaf_temporal",):
+            if (name in STATIC_MODELS) != (age == 0.0) and not (name == "mtaf_temporal" and age == 0.0):
                 continue
             m = te.age_h == age
-            iv = intervals[name][m] if name in intervals else None
-            r = regression_metrics(te.target[m], p[m], iv)
-            rows_out.append({"model": name, "age_h": float(age), **r})
+            r = regression_metrics(te.target[m], p[m], intervals[name][m] if name in intervals else None)
+            rows_out.append({"fold": k, "model": name, "age_h": float(age), **r})
+    return FoldResult(
+        fold=k, window=window, rows=rows_out, preds=preds, test=te, test_table=sub(test_idx),
+        models={"static": m_static, "temporal": m_temp}, val={"static": va0, "temporal": va},
+        bounds={"static": output_bounds(tr0, False), "temporal": output_bounds(tr, True)},
+        calibration=calibration, blend=blend, sh={str(a): c for a, c in sh.coef.items()},
+        history={"mtaf_static": hist_static, "mtaf_temporal": hist_temp}, explain=explain,
+        pair_protocol=pair_protocol,
+    )  # fmt: skip
+
+
+def summarise_folds(folds: list[FoldResult]) -> list[dict]:
+    """Per model and age: the MAE, SRCC and coverage on each fold and their mean, and whether the model's
+    MAE is at most Szabo-Huberman's on every fold."""
+    by: dict[tuple[str, float], list[dict]] = {}
+    for fold in folds:
+        for r in fold.rows:
+            by.setdefault((r["model"], r["age_h"]), []).append(r)
+    summary = []
+    for (model, age), rows in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        sh = {r["fold"]: r["mae"] for r in by.get(("szabo_huberman", age), [])}
+        entry = {"model": model, "age_h": age, "folds": [r["fold"] for r in rows], "n": [r["n"] for r in rows],
+                 "mae": [r["mae"] for r in rows], "srcc": [r["srcc"] for r in rows],
+                 "mae_mean": float(np.mean([r["mae"] for r in rows]))}
+        if all("coverage_80" in r for r in rows):
+            entry["coverage_80"] = [r["coverage_80"] for r in rows]
+            n = np.array(entry["n"], float)
+            entry["coverage_80_pooled"] = float(np.dot(entry["coverage_80"], n) / n.sum()) if n.sum() else None
+        if sh and model != "szabo_huberman":
+            entry["beats_or_ties_sh_every_fold"] = all(r["mae"] <= sh[r["fold"]] + 1e-12 for r in rows)
+        summary.append(entry)
+    return summary
+
+
+def run(cfg: TrainConfig) -> dict:
+    """The whole recipe; returns the results dict (also written as JSON under the report dir)."""
+    import torch
+
+    t0 = time.time()
+    cfg.threads = cfg.threads or default_threads()
+    torch.set_num_threads(cfg.threads)
+    spec = cfg.spec = cfg.spec or spec_for(cfg.dataset)
+    _log(f"loading {cfg.dataset} ({cfg.threads} threads)")
+    table = load_table(cfg)
+    platform = platform_of(table)
+    titles = encode_titles(cfg, table)
+    splits = D.rolling_origin_folds(table, cfg.folds, cfg.test_frac, cfg.embargo_h * 3600.0)
+    folds = [train_fold(cfg, k, table, titles, *split, last=k == len(splits) - 1) for k, split in enumerate(splits)]
+    latest = folds[-1]
     elapsed = time.time() - t0
     results = {
         "dataset": cfg.dataset,
+        "platform": platform,
         "source": table.source,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "spec"},
-        "gate_window": "validation window: the last 10% of the training posts (also early stopping and the "
-                       "interval calibration); the test window (the latest 20%, after the embargo) is only reported",
-        "interval_calibration": calibration,
+        "gate_window": "validation window: the last 10% of the latest fold's training posts (also early stopping, "
+                       "the baseline blend and the interval calibration); the test windows are only reported",
+        "interval_calibration": latest.calibration,
+        "blend": latest.blend,
+        "bounds": latest.bounds,
         "feature_spec": spec.to_dict(),
         "feature_spec_hash": spec.hash(),
-        "window": window,
+        "window": latest.window,
         "n_posts": len(table),
         "text": titles is not None,
-        "metrics": rows_out,
-        "history": {"mtaf_static": hist_static, "mtaf_temporal": hist_temp},
-        "explain": explain,
-        "pairwise_protocol": pair_protocol,
+        "metrics": latest.rows,  # the exported models' fold
+        "folds": [{"fold": f.fold, "window": f.window, "metrics": f.rows, "blend": f.blend} for f in folds],
+        "fold_summary": summarise_folds(folds),
+        "history": latest.history,
+        "explain": latest.explain,
+        "pairwise_protocol": latest.pair_protocol,
         "train_seconds": elapsed,
     }
     out_dir = Path(cfg.report_dir) / cfg.dataset
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    np.savez_compressed(out_dir / "predictions.npz", target=te.target, age_h=te.age_h, **{f"pred_{k}": v for k, v in preds.items()})
+    te = latest.test
+    np.savez_compressed(out_dir / "predictions.npz", target=te.target, age_h=te.age_h,
+                        **{f"pred_{k}": v for k, v in latest.preds.items()})
     _log(f"trained in {elapsed:.0f} s; results in {out_dir}")
-
     if cfg.model_repo is not None:
-        from popscore.trainer.export import export_and_promote
-
-        for kind, model, ex in (("static", m_static, va_static), ("temporal", m_temp, va)):
-            metrics = [r for r in rows_out if r["model"] == f"mtaf_{kind}"]
-            info = export_and_promote(
-                model, kind, ex, Path(cfg.model_repo), spec=spec, metrics=metrics, window=window,
-                dataset=cfg.dataset, seed=cfg.seed, force=cfg.force, train_config=results["config"],
-            )  # fmt: skip
-            results.setdefault("export", {})[kind] = info
-            _log(f"export {kind}: {info}")
+        results["export"] = export_model_set(cfg, platform, latest)
         (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def export_model_set(cfg: TrainConfig, platform: str, fold: FoldResult) -> dict:
+    """The latest fold's static and temporal models -> candidates -> promotion gate -> ``model_repo``."""
+    from popscore.trainer.export import export_and_promote
+
+    exported = {}
+    for kind in ("static", "temporal"):
+        metrics = [r for r in fold.rows if r["model"] == f"mtaf_{kind}"]
+        extra = {"bounds": fold.bounds[kind], "interval_calibration": fold.calibration[kind]}
+        if kind == "temporal":
+            extra["baseline"] = {"szabo_huberman": {
+                "age_h": fold.blend["ages_h"], "intercept": fold.blend["sh_intercept"], "slope": fold.blend["sh_slope"]},
+                "mtaf_weight": fold.blend["mtaf_weight"], "age_edges_h": fold.blend["age_edges_h"]}  # fmt: skip
+        info = export_and_promote(
+            fold.models[kind], kind, fold.val[kind], Path(cfg.model_repo), spec=cfg.spec, metrics=metrics,
+            window=fold.window, dataset=cfg.dataset, platform=platform, seed=cfg.seed, force=cfg.force,
+            train_config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "spec"},
+            extra_metadata=extra,
+        )  # fmt: skip
+        exported[kind] = info
+        _log(f"export {kind}: {info}")
+    return exported

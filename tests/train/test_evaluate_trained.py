@@ -28,7 +28,7 @@ def trained(tmp_path_factory, shared_data: Path):
         mp.chdir(root)  # candidates are written under ./.popscore/candidates
         assert main(["train", "--dataset", "reddit", "--data-dir", str(shared_data), "--limit", "300",
                      "--epochs", "1", "--threads", "1", "--no-gbt", "--no-text", "--no-progress", "--force",
-                     "--export", "--model-repo", str(root / "repo"), "--report-dir", str(root / "reports")]) == 0
+                     "--model-repo", str(root / "repo"), "--report-dir", str(root / "reports")]) == 0
     return root, shared_data
 
 

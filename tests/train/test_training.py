@@ -58,7 +58,7 @@ def temporal_model(examples):
     from popscore.trainer.train import TrainConfig, train_mtaf
 
     tr, te = examples
-    cfg = TrainConfig(epochs=2, min_steps=0, progress=False, seed=0)
+    cfg = TrainConfig(epochs=2, progress=False, seed=0)
     model, history = train_mtaf(cfg, tr, te.subset(te.age_h == 1.0), temporal=True)
     return model, history
 
@@ -116,16 +116,17 @@ def test_export_parity_config_and_promotion_gate(tmp_path, monkeypatch, examples
     _, te = examples
     model, _ = temporal_model
     repo = tmp_path / "model_repo"
-    kw = dict(spec=SPEC, metrics=[], window={"test_from": 0}, dataset="hackernews", seed=0)
+    kw = dict(spec=SPEC, metrics=[], window={"test_from": 0}, dataset="hackernews", platform="hackernews", seed=0)
     info = X.export_and_promote(model, "temporal", te, repo, **kw)
     assert info["promoted"] and info["version"] == 1
     assert info["parity_max_abs_diff"] <= 1e-4
-    mdir = repo / "popscore_temporal"
-    cdir = repo / "popscore_temporal_content"
+    mdir = repo / "popscore_hackernews_temporal"
+    cdir = repo / "popscore_hackernews_temporal_content"
     meta = json.loads((mdir / "1" / "metadata.json").read_text())
     assert meta["feature_spec_hash"] == SPEC.hash() and meta["version"] == 1
     assert meta["inputs"] == [t.name for t in F.TEMPORAL_INPUTS]
-    assert meta["content_model"] == {"name": "popscore_temporal_content", "version": 1}
+    assert meta["content_model"] == {"name": "popscore_hackernews_temporal_content", "version": 1}
+    assert meta["platform"] == "hackernews"
     content_meta = json.loads((cdir / "1" / "metadata.json").read_text())
     assert content_meta["inputs"] == [t.name for t in F.STATIC_INPUTS]
     assert content_meta["outputs"] == ["content_vector", "modality_weights", "word_attention"]
@@ -145,7 +146,7 @@ def test_export_parity_config_and_promotion_gate(tmp_path, monkeypatch, examples
 
     cfg = (mdir / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in cfg and "dynamic_batching" in cfg
-    assert re.findall(r'name: "([a-z_]+)"', cfg) == ["popscore_temporal"] + [
+    assert re.findall(r'name: "([a-z_]+)"', cfg) == ["popscore_hackernews_temporal"] + [
         t.name for t in F.TEMPORAL_INPUTS + F.TEMPORAL_OUTPUTS
     ]
     assert "TYPE_FP32" in cfg and "TYPE_FP64" not in cfg
@@ -193,3 +194,42 @@ def test_conformal_margins_reach_the_coverage_on_held_out_data(examples, tempora
         m = held.age_h == age
         cov = regression_metrics(held.target[m], out["log_score"][m], out["log_interval"][m])["coverage_80"]
         assert 0.72 <= cov <= 0.88, (age, cov)
+
+
+def test_rolling_origin_folds_are_consecutive_and_embargoed(table):
+    folds = D.rolling_origin_folds(table, 3, 0.3, 48 * 3600.0)
+    assert len(folds) == 3
+    tests = [test for _, test, _ in folds]
+    assert sum(map(len, tests)) == round(0.3 * len(table))
+    for (train, test, info), later in zip(folds, [*tests[1:], None]):
+        assert table.created_at[train].max() < table.created_at[test].min() - 48 * 3600.0
+        if later is not None:  # the windows follow each other; each fold trains on more of the past
+            assert table.created_at[test].max() <= table.created_at[later].min()
+        assert info["n_test_posts"] == len(test) and info["n_train_posts"] == len(train)
+    assert len(folds[0][0]) < len(folds[1][0]) < len(folds[2][0])
+
+
+def test_served_blend_follows_the_validation_window_and_keeps_the_point_inside(examples, temporal_model):
+    """Where the baseline is better on the validation window the blend leans on it; the exported point
+    always lies inside its interval, whatever the margins."""
+    import copy
+
+    from popscore.trainer.baselines import SzaboHuberman
+    from popscore.trainer.train import fit_blend, predict_mtaf
+
+    tr, te = examples
+    model = copy.deepcopy(temporal_model[0])
+    sh = SzaboHuberman().fit(tr.age_h, tr.log_now, tr.target)
+    alone = predict_mtaf(model, te, temporal=True)["log_score"]
+    blend = fit_blend(model, te, sh)  # fitted on the examples it is checked on: it can only help there
+    served = predict_mtaf(model, te, temporal=True)
+    baseline = sh.predict(te.age_h, te.log_now)
+    for i, age in enumerate(blend["ages_h"]):
+        m = te.age_h == age
+        w = blend["mtaf_weight"][i]
+        np.testing.assert_allclose(served["log_score"][m], w * alone[m] + (1 - w) * baseline[m], atol=1e-4)
+        mae = lambda p: np.abs(p[m] - te.target[m]).mean()  # noqa: E731
+        assert mae(served["log_score"]) <= min(mae(alone), mae(baseline)) + 1e-6
+    model.set_interval_margin([], [-5.0])  # a margin that would cut through any point
+    out = predict_mtaf(model, te, temporal=True)
+    assert np.all(out["log_interval"][:, 0] <= out["log_score"]) and np.all(out["log_score"] <= out["log_interval"][:, 1])
