@@ -51,6 +51,11 @@ def iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+BENCH_PLATFORM = "hackernews"
+"""The platform of the synthetic posts: the model set the repository ships, so every phase measures the
+model path (a platform without a set would measure the fallback, which runs no model)."""
+
+
 class Workload:
     """Synthetic live posts; round ``k`` gives every post its ``k``-th snapshot, one minute apart."""
 
@@ -60,7 +65,7 @@ class Workload:
         self.ids = [f"bench-{i:07d}" for i in range(n_posts)]
 
     def post(self, i: int) -> bytes:
-        return json.dumps({"schema": "post.v1", "post_id": self.ids[i], "platform": "reddit",
+        return json.dumps({"schema": "post.v1", "post_id": self.ids[i], "platform": BENCH_PLATFORM,
                            "created_at": iso(self.t0), "author": {"id": f"author{i % 977}"},
                            "text": {"title": f"bench post {i}"}}).encode()
 
@@ -263,12 +268,17 @@ def _cpu_per_snapshot(before: dict[str, float], after: dict[str, float], snapsho
 
 def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     from popscore.naive_pipeline import run_naive
+    from popscore.serving.model_sets import discover, repository_problem
     from popscore.stack.components import create_topics, recreate_topics
 
     # The bench measures the snapshot path. Titles are embedded on the post path only, by a transformer
     # that encodes ~270 titles/s on these CPUs when it has them to itself: 100,000 warm-up posts would add
     # minutes to a phase that is not measured, so it is off.
     settings.serving.text_encoder = False
+    sets = discover(settings.stack.model_repo)
+    problem = repository_problem(BENCH_PLATFORM, sets[BENCH_PLATFORM]) if BENCH_PLATFORM in sets else "absent"
+    if problem is not None:
+        raise RuntimeError(f"the bench measures the {BENCH_PLATFORM} model set, which cannot be served: {problem}")
     stack = EmbeddedStack(settings, log=log)
     state = stack.start(with_worker=True)
     results: dict = {"config": asdict(cfg), "text_encoder": False}
@@ -445,7 +455,7 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         asyncio.run(_produce_all(bootstrap, NAIVE_IN, records))
         processed, seconds = asyncio.run(run_naive(settings, bootstrap, endpoints.redis_url,
                                                    f"{endpoints.host}:{endpoints.triton_grpc_port}", NAIVE_IN,
-                                                   NAIVE_OUT, n, timeout_s=600))
+                                                   NAIVE_OUT, n, timeout_s=600, platform=BENCH_PLATFORM))
         results["naive_snapshots_per_s"] = round(processed / seconds) if seconds else 0
         log(f"  {results['naive_snapshots_per_s']:,} snapshots/s")
         naive = max(1, results["naive_snapshots_per_s"])

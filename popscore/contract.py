@@ -218,7 +218,18 @@ class _LenientBatch(_Strict):
     ]
 
 
+class PredictionFlag(StrEnum):
+    FALLBACK = "fallback"  # not a model's output: the baseline for a platform without a servable model set
+    OUT_OF_RANGE = "out_of_range"  # an input outside the model's training range, or an output clamped into it
+    WITHOUT_POST = "without_post"  # scored before (or without) the post event: no title, age from first sighting
+
+
 class Prediction(_Strict):
+    """``model`` is the kind of prediction (at upload or from the early sequence); ``model_name`` the served
+    model that made it (``persistence`` for the fallback), ``trained_for`` the platform that model was trained
+    on (null for the fallback) and ``platform`` the post's platform as routing saw it (aliases applied). The
+    last four fields came after the first producers, so they are optional."""
+
     schema_: Literal["prediction.v1"] = Field("prediction.v1", alias="schema")
     post_id: Id
     model: Literal["static", "temporal"]
@@ -230,6 +241,10 @@ class Prediction(_Strict):
     interval: tuple[float, float] | None = None
     explanation: dict[str, Any] = {}
     produced_at: Timestamp
+    model_name: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)] | None = None
+    platform: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)] | None = None
+    trained_for: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)] | None = None
+    flags: Annotated[list[PredictionFlag], Field(max_length=len(PredictionFlag))] | None = None
 
     @model_validator(mode="after")
     def _interval_ordered(self) -> "Prediction":

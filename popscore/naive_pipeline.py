@@ -33,7 +33,8 @@ def naive_sequence(items: list[bytes]) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(-1, 1 + len(COUNTER_NAMES))
 
 
-async def _infer(triton, kind: str, spec: F.FeatureSpec, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+async def _infer(triton, kind: str, platform: str, spec: F.FeatureSpec, features: dict[str, np.ndarray]
+                 ) -> dict[str, np.ndarray]:
     inputs, outputs = F.model_tensors(kind, spec)
     tensors = []
     for tensor_spec in inputs:
@@ -41,13 +42,14 @@ async def _infer(triton, kind: str, spec: F.FeatureSpec, features: dict[str, np.
         tensor = InferInput(tensor_spec.name, list(array.shape), "FP32")
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
-    result = await triton.infer(F.MODEL_NAMES[kind], tensors)
+    result = await triton.infer(F.model_name(kind, platform), tensors)
     return {t.name: result.as_numpy(t.name) for t in outputs}
 
 
 async def run_naive(settings: Settings, bootstrap: str, redis_url: str, grpc_url: str, in_topic: str,
-                    out_topic: str, expected: int, timeout_s: float) -> tuple[int, float]:
-    """Consume ``expected`` snapshots one at a time; returns (processed, seconds)."""
+                    out_topic: str, expected: int, timeout_s: float, platform: str = "hackernews") -> tuple[int, float]:
+    """Consume ``expected`` snapshots one at a time, scored by ``platform``'s model set; returns (processed,
+    seconds)."""
     spec = F.DEFAULT_SPEC
     client = aioredis.Redis.from_url(redis_url)
     triton = grpcaio.InferenceServerClient(grpc_url)
@@ -74,7 +76,7 @@ async def run_naive(settings: Settings, bootstrap: str, redis_url: str, grpc_url
                     platform = meta.get(b"platform", b"unknown").decode()
                     if b"content" not in meta:
                         static = F.build_static_inputs(spec, np.array([created]), [platform])
-                        content = await _infer(triton, "content", spec, static)
+                        content = await _infer(triton, "content", platform, spec, static)
                         meta[b"content"] = np.concatenate(
                             [content["content_vector"], content["modality_weights"]], axis=1).tobytes()
                         await client.hset(f"naive-post:{snapshot.post_id}", "content", meta[b"content"])
@@ -82,9 +84,11 @@ async def run_naive(settings: Settings, bootstrap: str, redis_url: str, grpc_url
                     vector, weights = cached[:, :-len(F.MODALITIES)], cached[:, -len(F.MODALITIES):]
                     features = F.build_temporal_inputs(spec, [seq], np.array([created]), [platform],
                                                        settings.score.weights_for, np.array([seq[-1, 0]]), vector)
-                    outputs = {**await _infer(triton, "temporal", spec, features), "modality_weights": weights}
+                    outputs = {**await _infer(triton, "temporal", platform, spec, features), "modality_weights": weights}
                     record = prediction_records([snapshot.post_id], "temporal", "naive", np.array([seq[-1, 0]]),
-                                                int(spec.horizon_s), outputs, time.time())[0]
+                                                int(spec.horizon_s), outputs, time.time(),
+                                                model_name=F.model_name("temporal", platform), platforms=[platform],
+                                                trained_for=platform)[0]
                     await producer.send_and_wait(out_topic, key=snapshot.post_id.encode(), value=encode(record))
                     processed += 1
     finally:

@@ -7,13 +7,16 @@ with ``__``, e.g. ``POPSCORE_KAFKA__BOOTSTRAP_SERVERS``) or set by the CLI; noth
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 COUNTER_NAMES: tuple[str, ...] = ("views", "likes", "comments", "shares", "favorites")
 """The counters kept in a post's sequence, in storage order. Other counters are validated, not stored."""
+PLATFORM_NAME = re.compile(r"[a-z][a-z0-9]{0,31}")
+"""The platform of a model set (``popscore_<platform>_<kind>``): lower-case letters and digits."""
 
 
 class TopicSettings(BaseModel):
@@ -64,6 +67,37 @@ class ServingSettings(BaseModel):
     refresh_interval_s: float = Field(10.0, gt=0, description="how often the model repository is checked")
     python_backend_mirror: Path | None = Field(
         None, description="embedded stack only: the Python-backend mirror to refresh before a model load")
+    platform_aliases: dict[str, str] = Field(
+        {"hn": "hackernews", "hacker-news": "hackernews", "hacker_news": "hackernews", "ycombinator": "hackernews",
+         "yt": "youtube"},
+        description="other names of a platform that has a model set (JSON object: name -> the set's platform). "
+                    "Names compare case-insensitively after stripping; a post's platform must still pass the "
+                    "contract (lower-case letters, digits, '_' and '-')")
+    unknown_platform: str = Field(
+        "fallback", description="what scores posts of a platform without a model set of its own: 'fallback' "
+                                "(no static prediction; temporal: persistence, flagged), or the platform of a "
+                                "model set to use for them. A platform whose own set is not servable always "
+                                "gets the fallback")
+
+    @field_validator("platform_aliases")
+    @classmethod
+    def _aliases_name_model_sets(cls, aliases: dict[str, str]) -> dict[str, str]:
+        normalised = {}
+        for name, target in aliases.items():
+            key, value = name.strip().lower(), target.strip().lower()
+            if not key or not PLATFORM_NAME.fullmatch(value):
+                raise ValueError(f"alias {name!r} -> {target!r}: the target must be a model set's platform "
+                                 f"({PLATFORM_NAME.pattern})")
+            normalised[key] = value
+        return normalised
+
+    @field_validator("unknown_platform")
+    @classmethod
+    def _unknown_platform_names_a_set(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value != "fallback" and not PLATFORM_NAME.fullmatch(value):
+            raise ValueError(f"unknown_platform must be 'fallback' or a model set's platform ({PLATFORM_NAME.pattern})")
+        return value
 
 
 class WorkerSettings(BaseModel):

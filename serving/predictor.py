@@ -6,8 +6,9 @@ retried with exponential backoff; a missed deadline is not, and opens the circui
 let the whole deadline pass (frozen, overloaded) will do it again, and every retry, or every further
 failure needed to open the circuit, would cost another deadline per batch. Every result names the model
 version that produced it and whether Triton or the local runtime served it. ``refresh`` picks up a
-version promoted into the model repository through Triton's explicit model-control API: load, check
-readiness, then switch; if the load fails the old version keeps serving.
+version promoted into the model repository through Triton's explicit model-control API: check its metadata,
+load, check readiness, then switch; if any of it fails the old version keeps serving. A model set whose halves
+must switch together uses ``prepare`` and ``switch`` instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import grpc
 import numpy as np
@@ -52,8 +54,12 @@ class ModelUnavailable(RuntimeError):
 
 class ModelPredictor:
     def __init__(self, name: str, settings: ServingSettings, grpc_url: str, repository: Path,
-                 python_backend_mirror: Path | None = None, timeout_s: float | None = None) -> None:
+                 python_backend_mirror: Path | None = None, timeout_s: float | None = None,
+                 check_version: Callable[[int, dict], str | None] | None = None) -> None:
         self.name = name
+        # (version, its metadata.json) -> why that version must not be served (None: it may). A refresh never
+        # switches to a refused version; the caller checks the version ``start`` picked.
+        self.check_version = check_version
         self.settings = settings
         self.timeout_s = timeout_s or settings.timeout_s
         self.grpc_url = grpc_url
@@ -161,35 +167,74 @@ class ModelPredictor:
         return answer
 
     async def refresh(self, target: int | None = None) -> bool:
-        """Serve a newer version from the repository (the newest, or ``target`` if it is there) if Triton
-        loads it; returns True if switched."""
+        """Serve a newer version from the repository (the newest, or ``target`` if it is there) if it passes
+        ``check_version`` and Triton loads it; returns True if switched."""
+        prepared = await self.prepare(target)
+        if prepared is None:
+            return False
+        self.switch(prepared)
+        return True
+
+    def candidate(self, target: int | None = None) -> tuple[RepositoryModel, int] | None:
+        """(repository model, version) a refresh would move to: the newest version, or ``target`` if the
+        repository has it; None when that is the version served (or there is none)."""
         try:
             model = self._repository_model()
         except ModelUnavailable:
-            return False
+            return None
         newest = model.versions[-1] if target is None else target
         if newest == self.version or newest not in model.versions:
-            return False
+            return None
+        return model, newest
+
+    async def prepare(self, target: int | None = None) -> "PreparedVersion | None":
+        """Load the candidate version (``candidate``) in Triton and wait until it is ready, without switching
+        to it: a model set switches its halves together once all of them are prepared. None if there is no
+        candidate or it failed (logged, counted in ``reload_failures``; the served version stays)."""
+        found = self.candidate(target)
+        if found is None:
+            return None
+        model, version = found
         try:
-            if self.python_backend_mirror is not None:
-                build_python_backend_repository(self.repository, self.python_backend_mirror, only=[self.name])
-            await self.client.load_model(self.name, client_timeout=self.settings.load_timeout_s)
-            deadline = time.monotonic() + self.settings.load_timeout_s
-            while not await self.client.is_model_ready(self.name, str(newest)):
-                if time.monotonic() > deadline:
-                    raise ModelUnavailable(f"version {newest} of {self.name} not ready after loading")
-                await asyncio.sleep(0.2)
-            local = LocalOnnxRuntime(model, newest)
+            metadata = version_metadata(model, version)
+            problem = self.check_version(version, metadata) if self.check_version is not None else None
+            if problem is not None:
+                raise ModelUnavailable(f"version {version} is not servable: {problem}")
+            await self.load_in_triton(version)
+            local = LocalOnnxRuntime(model, version)
         except Exception as exc:
             self.stats["reload_failures"] += 1
             log.error("could not load %s version %s, still serving version %s: %s",
-                      self.name, newest, self.version, exc)
-            return False
-        self.model, self.version, self.local = model, newest, local
-        self.metadata = version_metadata(model, newest)
+                      self.name, version, self.version, exc)
+            return None
+        return PreparedVersion(model, version, local, metadata)
+
+    async def load_in_triton(self, version: int) -> None:
+        """Ask Triton (explicit model control) to load the model and wait until ``version`` is ready."""
+        if self.python_backend_mirror is not None:
+            build_python_backend_repository(self.repository, self.python_backend_mirror, only=[self.name])
+        await self.client.load_model(self.name, client_timeout=self.settings.load_timeout_s)
+        deadline = time.monotonic() + self.settings.load_timeout_s
+        while not await self.client.is_model_ready(self.name, str(version)):
+            if time.monotonic() > deadline:
+                raise ModelUnavailable(f"version {version} of {self.name} not ready after loading")
+            await asyncio.sleep(0.2)
+
+    def switch(self, prepared: "PreparedVersion") -> None:
+        self.model, self.version, self.local = prepared.model, prepared.version, prepared.local
+        self.metadata = prepared.metadata
         self.stats["reloads"] += 1
-        log.info("now serving %s version %s", self.name, newest)
-        return True
+        log.info("now serving %s version %s", self.name, prepared.version)
+
+
+@dataclass(frozen=True)
+class PreparedVersion:
+    """A version loaded in Triton (and in a local runtime) that the predictor has not switched to yet."""
+
+    model: RepositoryModel
+    version: int
+    local: LocalOnnxRuntime
+    metadata: dict
 
 
 def deadline_exceeded(exc: BaseException) -> bool:

@@ -5,7 +5,8 @@ could not even decode still reaches the dead-letter topic with its original byte
 micro-batches (``take_batches``: full, or ``batch_within_s`` after their first event, so an idle topic never
 stalls a partial batch; the next batch fills while the agent handles one), each through a ``BatchRunner``
 (retry, isolate and dead-letter, or stop: a batch is acknowledged only once processed). Timers never raise: a
-failed run is logged, counted and tried again at the next tick. ``/readyz`` lists what is failing.
+failed run is logged, counted and tried again at the next tick. ``/readyz`` lists what is failing, the models
+served and the model sets that are not servable.
 """
 
 from __future__ import annotations
@@ -194,10 +195,10 @@ def create_app(settings: Settings) -> faust.App:
     @app.page("/readyz")
     async def readyz(web, request):
         ready, failing = readiness()
-        models = {kind: {"model": p.name, "version": p.version, "breaker": p.breaker.state.value, **p.stats}
-                  for kind, p in worker.predictors.items()}
-        return web.json({"ready": ready, "failing": failing, "checks": worker.health.report(), "models": models},
-                        status=200 if ready else 503)
+        # A model set that is not servable does not make the worker unready: its platform gets the fallback,
+        # and "model_sets" says why.
+        return web.json({"ready": ready, "failing": failing, "checks": worker.health.report(),
+                         **worker.models_report()}, status=200 if ready else 503)
 
     @app.page("/leaderboard")
     async def leaderboard(web, request):

@@ -1,7 +1,10 @@
 """The worker's Prometheus metrics, on a registry of its own (no module-level global state).
 
-The ``model`` label is the model kind (``static`` or ``temporal``) on every metric, so panels and
-alerts can join them.
+The ``model`` label is the model kind (``static`` or ``temporal``; ``content`` for the per-post half) on
+every metric, so panels and alerts can join them; the ``platform`` label beside it is the model set that made a
+prediction (the platform it was trained for) or ``fallback``. The fallback and flag counters name the kind
+``kind``, and their ``platform`` is the post's platform where the deployment knows it (a model set, an alias
+target, a platform with score weights), else ``other``: input cannot grow the number of series.
 
 Names follow Prometheus conventions: ``popscore_`` prefix, base units (seconds, bytes), ``_total`` for
 counters (added by the client library). The Grafana dashboard and the alert rules under ``deploy/``
@@ -60,41 +63,54 @@ class WorkerMetrics:
         self.redis_seconds = Histogram("popscore_redis_seconds", "Time of one pipelined Redis round trip",
                                        ["operation"], buckets=LATENCY_BUCKETS, registry=r)
         self.inference_seconds = Histogram("popscore_inference_seconds", "Time of one batched model inference",
-                                           ["model", "model_version", "served_by"], buckets=LATENCY_BUCKETS,
-                                           registry=r)
+                                           ["model", "platform", "model_version", "served_by"],
+                                           buckets=LATENCY_BUCKETS, registry=r)
         self.inference_batch = Histogram("popscore_inference_batch_rows", "Rows per inference call", ["model"],
                                          buckets=BATCH_BUCKETS, registry=r)
         self.end_to_end_seconds = Histogram("popscore_end_to_end_seconds",
                                             "From the input record's Kafka timestamp to its prediction being produced",
                                             ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.predictions = Counter("popscore_predictions", "Predictions produced, by model, version and server",
-                                   ["model", "model_version", "served_by"], registry=r)
+        self.predictions = Counter("popscore_predictions", "Predictions produced, by model, model set (platform, "
+                                   "or 'fallback'), version and server ('baseline' for the fallback)",
+                                   ["model", "platform", "model_version", "served_by"], registry=r)
+        self.flagged_predictions = Counter("popscore_flagged_predictions", "Published predictions carrying a flag "
+                                           "(fallback, out_of_range, without_post), by kind, model set (or "
+                                           "'fallback') and flag", ["kind", "platform", "flag"], registry=r)
+        self.fallback_predictions = Counter("popscore_fallback_predictions", "Predictions a model set did not "
+                                            "make, by kind, platform and reason (no_model, not_servable, "
+                                            "non_finite): temporal ones were published as the persistence "
+                                            "baseline, static ones not at all", ["kind", "platform", "reason"],
+                                            registry=r)
+        self.model_set_servable = Gauge("popscore_model_set_servable", "1 while the platform's model set in the "
+                                        "repository is served, 0 while it is not servable (the worker log and "
+                                        "/readyz say why) and its platform gets the fallback", ["platform"],
+                                        registry=r)
         self.content_vectors = Counter("popscore_content_vectors",
                                        "Content vectors computed: at upload ('post') or for a post whose cached "
                                        "vector was missing or of another model version ('recomputed')",
                                        ["source"], registry=r)
         self.predicted_log_score = Histogram("popscore_predicted_log_score",
-                                             "Distribution of predicted log1p(score at horizon)", ["model"],
-                                             buckets=LOG_SCORE_BUCKETS, registry=r)
+                                             "Distribution of predicted log1p(score at horizon)",
+                                             ["model", "platform"], buckets=LOG_SCORE_BUCKETS, registry=r)
         self.model_info = Gauge("popscore_model_info", "The model version being served (value 1)",
-                                ["model", "model_version"], registry=r)
+                                ["model", "platform", "model_version"], registry=r)
         self.triton_up = Gauge("popscore_triton_up", "1 while the circuit to Triton is closed for this model",
-                               ["model"], registry=r)
+                               ["model", "platform"], registry=r)
         self.model_reloads = Counter("popscore_model_reloads", "Model version loads, by outcome",
-                                     ["model", "outcome"], registry=r)
+                                     ["model", "platform", "outcome"], registry=r)
         self.consumer_lag = Gauge("popscore_consumer_lag_records", "High watermark minus position, by partition",
                                   ["topic", "partition"], registry=r)
         self.tracked_posts = Gauge("popscore_tracked_posts", "Posts with a live sequence in Redis", registry=r)
         self.in_flight = Gauge("popscore_in_flight_batches", "Snapshot micro-batches being processed", registry=r)
         self.online_mae = Gauge("popscore_online_mae", "Live MAE of log1p predictions whose horizon has passed",
-                                ["model", "model_version", "age_h"], registry=r)
+                                ["model", "platform", "model_version", "age_h"], registry=r)
         self.online_srcc = Gauge("popscore_online_srcc", "Live Spearman correlation of predictions whose horizon "
-                                 "has passed", ["model", "model_version", "age_h"], registry=r)
+                                 "has passed", ["model", "platform", "model_version", "age_h"], registry=r)
         self.online_evaluated = Counter("popscore_online_evaluated_predictions",
                                         "Predictions compared with the realised score at the horizon",
-                                        ["model", "model_version", "age_h"], registry=r)
+                                        ["model", "platform", "model_version", "age_h"], registry=r)
         self.offline_mae = Gauge("popscore_offline_mae", "The trainer's validation MAE for this version and age",
-                                 ["model", "model_version", "age_h"], registry=r)
+                                 ["model", "platform", "model_version", "age_h"], registry=r)
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -6,7 +6,7 @@ moment they mature (created_at + horizon). The stream's clock is the latest ``ob
 replay of old data matures posts as its event time advances. A matured post's realised log1p(score at
 the horizon) is computed with the trainer's own target function from its stored sequence, compared with
 each kept prediction, and the pairs feed a sliding window per (model, version, age) from which live MAE
-and Spearman correlation are exported.
+and Spearman correlation are exported, labelled by the model set's platform (``model_labels``).
 """
 
 from __future__ import annotations
@@ -17,17 +17,30 @@ from dataclasses import dataclass
 import numpy as np
 
 from popscore.metrics import spearman
+from popscore.serving.model_sets import parse_model_name
+from popscore.stream.fallback import FALLBACK_PLATFORM_LABEL, PERSISTENCE_MODEL
 
 EVAL_FIELD = "eval:"
 
 
-def eval_field(model: str, version: str, age_h: float) -> str:
-    return f"{EVAL_FIELD}{model}:{version}:{age_h:g}"
+def eval_field(model_name: str, version: str, age_h: float) -> str:
+    """``model_name`` is the served model's name, which names its platform (``popscore_reddit_temporal``), or
+    ``persistence`` for the fallback."""
+    return f"{EVAL_FIELD}{model_name}:{version}:{age_h:g}"
 
 
 def parse_eval_field(name: str) -> tuple[str, str, str]:
     model, version, age = name[len(EVAL_FIELD):].split(":")
     return model, version, age
+
+
+def model_labels(model_name: str) -> tuple[str, str] | None:
+    """(kind, platform) metric labels of a kept prediction's model: its model set's platform, or ``fallback``
+    for the persistence baseline. None for a field written before model sets were per platform (``temporal``),
+    whose model cannot be told apart."""
+    if model_name == PERSISTENCE_MODEL:
+        return "temporal", FALLBACK_PLATFORM_LABEL
+    return parse_model_name(model_name)
 
 
 def eval_ages_reached(age_h: float, eval_ages_h: tuple[float, ...], tolerance_h: float) -> list[float]:

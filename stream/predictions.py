@@ -9,6 +9,8 @@ import orjson
 
 from popscore.features import MODALITIES
 
+NO_FLAGS: tuple[str, ...] = ()
+
 
 def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat().replace("+00:00", "Z")
@@ -23,10 +25,14 @@ def _iso_all(epoch_s: np.ndarray) -> list[str]:
 
 
 def prediction_records(post_ids: list[str], model: str, model_version: str, as_of: np.ndarray, horizon_s: int,
-                       outputs: dict[str, np.ndarray], produced_at: float) -> list[dict]:
-    """One record per row. Scores are in counter units (``expm1`` of the model's log1p output). The
-    explanation holds the modality weights, time-step attention and word attention (as [wordpiece, weight]
-    pairs, when ``outputs["words"]`` names the tokens) that the outputs carry."""
+                       outputs: dict[str, np.ndarray], produced_at: float, *, model_name: str,
+                       platforms: list[str], trained_for: str | None, flags: list[tuple[str, ...]] | None = None
+                       ) -> list[dict]:
+    """One record per row. Scores are in counter units (``expm1`` of the log1p output, which the caller has
+    bounded: ``serving/output_bounds.py``). ``outputs["log_interval"]`` None gives ``"interval": null`` (the
+    fallback has no calibrated interval). ``platforms`` and ``flags`` are per row. The explanation holds the
+    modality weights, time-step attention and word attention (as [wordpiece, weight] pairs, when
+    ``outputs["words"]`` names the tokens) that the outputs carry."""
     log_score = outputs["log_score"].reshape(-1).astype(np.float64)
     score = np.maximum(0.0, np.expm1(log_score)).tolist()
     intervals = None
@@ -52,14 +58,13 @@ def prediction_records(post_ids: list[str], model: str, model_version: str, as_o
             explanation["time_attention"] = attention[i]
         if word_weights is not None:
             explanation["word_attention"] = [[w, a] for w, a in zip(words[i], word_weights[i])]
-        record = {
+        records.append({
             "schema": "prediction.v1", "post_id": post_id, "model": model, "model_version": model_version,
             "as_of": as_of_iso[i], "horizon_s": int(horizon_s), "score": score[i], "log_score": log_score[i],
-            "explanation": explanation, "produced_at": produced,
-        }
-        if intervals is not None:
-            record["interval"] = intervals[i]
-        records.append(record)
+            "interval": None if intervals is None else intervals[i], "explanation": explanation,
+            "produced_at": produced, "model_name": model_name, "platform": platforms[i], "trained_for": trained_for,
+            "flags": NO_FLAGS if flags is None else flags[i],
+        })
     return records
 
 
@@ -67,7 +72,10 @@ def encode(record: dict) -> bytes:
     return orjson.dumps(record)
 
 
+LATEST_VIEW_FIELDS = ("model_name", "model_version", "as_of", "score", "log_score", "interval", "flags")
+
+
 def latest_view(record: dict) -> dict:
     """The part of a prediction kept per post in Redis for ``/posts/{post_id}`` (the full record, with its
     explanation, is on the predictions topic)."""
-    return {k: record[k] for k in ("model_version", "as_of", "score", "log_score", "interval") if k in record}
+    return {k: record[k] for k in LATEST_VIEW_FIELDS if k in record}

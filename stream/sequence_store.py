@@ -18,6 +18,7 @@ import json
 import operator
 import struct
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -210,22 +211,29 @@ content vector was computed from (``static`` features and the ``title`` the text
 but are read only to recompute it."""
 META_FIELDS_JSON = json.dumps(META_FIELDS)
 CONTENT_INPUT_FIELDS = ("static", "title")
-CONTENT_HEADER = struct.Struct("<I")  # the content model version the vector came from
+CONTENT_HEADER = struct.Struct("<II")  # which content model made the vector: CRC-32 of its name, its version
 
 
-def encode_content(version: int, vectors: np.ndarray, modality_weights: np.ndarray) -> list[bytes]:
-    """Per post: the content model's version, then its float32 content vector and modality weights."""
+def content_tag(model_name: str, version: int) -> bytes:
+    """The header of the vectors ``model_name`` version ``version`` makes. The name is in it because every
+    platform's content model counts its versions from 1: a vector of another platform's model, or of a post
+    whose platform now routes elsewhere, is recomputed, not read by the wrong head."""
+    return CONTENT_HEADER.pack(zlib.crc32(model_name.encode()), version)
+
+
+def encode_content(tag: bytes, vectors: np.ndarray, modality_weights: np.ndarray) -> list[bytes]:
+    """Per post: the content model's tag (``content_tag``), then its float32 content vector and modality
+    weights."""
     rows = np.concatenate([vectors, modality_weights], axis=1).astype("<f4")
-    header = CONTENT_HEADER.pack(version)
-    return [header + row.tobytes() for row in rows]
+    return [tag + row.tobytes() for row in rows]
 
 
-def decode_content(blobs: list[bytes | None], version: int, dim: int, n_weights: int
+def decode_content(blobs: list[bytes | None], tag: bytes, dim: int, n_weights: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(vectors [B, dim], modality weights [B, n_weights], ok [B]): rows whose blob is absent, of another
-    version or of another size are zero and not ok (they must be recomputed)."""
+    content model or version (``tag``) or of another size are zero and not ok (they must be recomputed)."""
     width = CONTENT_HEADER.size + 4 * (dim + n_weights)
-    header = CONTENT_HEADER.pack(version)
+    header = tag
     ok = np.array([b is not None and len(b) == width and b[:CONTENT_HEADER.size] == header for b in blobs], bool)
     table = np.zeros((len(blobs), dim + n_weights), np.float32)
     if ok.any():
@@ -399,17 +407,22 @@ class SnapshotSequenceStore:
         return [SequenceUpdate(post_id, sequences[i], PostMeta.from_values(*rows[2 * i + 1]))
                 for i, post_id in enumerate(post_ids) if rows[2 * i]]
 
-    async def put_posts(self, posts: list[Post], static_features: np.ndarray, content: list[bytes],
-                        embedded_titles: bool = False) -> None:
+    async def put_posts(self, posts: list[Post], static_features: Sequence[np.ndarray],
+                        content: Sequence[bytes | None], embedded_titles: bool = False) -> None:
         """Keep what the temporal model needs from the post event: its age, platform, category, its content
-        vector (``encode_content``), and the inputs that vector came from, to recompute it for a new model:
-        the static features and, if the title was embedded (``embedded_titles``), the title itself (tens of
-        bytes; its token states would be ~20 KB)."""
+        vector (``encode_content``; None for a post no model set scores, which has none), and the inputs that
+        vector came from, to compute it for a new model: the static features (one row per post; model sets may
+        differ in width) and, if titles are embedded (``embedded_titles``), the title itself (tens of bytes;
+        its token states would be ~20 KB)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for i, (post, features) in enumerate(zip(posts, static_features)):
                 key = self.post_key(post.post_id)
                 fields = {"created_at": str(int(post.created_at.timestamp())), "platform": post.platform,
-                          "static": np.asarray(features, dtype=np.float32).tobytes(), "content": content[i]}
+                          "static": np.asarray(features, dtype=np.float32).tobytes()}
+                if content[i] is not None:
+                    fields["content"] = content[i]
+                else:  # a post event sent again after its platform lost its model set: no stale vector stays
+                    pipe.hdel(key, "content")
                 if embedded_titles:
                     fields["title"] = post.text.title or ""
                 category = post.attributes.get("category")

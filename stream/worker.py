@@ -1,12 +1,17 @@
 """What the worker does with a micro-batch, apart from Faust: validate, store, predict, publish.
 
+Every post is routed by its platform to the model set trained for it (``serving/routing.py``; one set per
+platform, ``serving/model_sets.py``), or to the fallback (``fallback.py``), never to another platform's set.
 Posts: validate -> title token states (served text encoder) and static features -> static prediction (with
 its word attention over the title), and the post's content vector (the per-post half of MTAF-temporal),
-stored with the post.
+stored with the post; one inference per model set in the batch.
 Snapshots: validate -> merge into the Redis sequences (which returns each post's content vector) -> one
-temporal-head inference per changed post (several snapshots of a post in one batch give one prediction)
--> predictions topic + leaderboards. A content vector of another model version, or of a post that never
-came, is recomputed from the stored inputs and written back.
+temporal-head inference per model set and step, one row per changed post (several snapshots of a post in one
+batch give one prediction) -> predictions topic + leaderboards. A content vector of another content model or
+version, or of a post that never came, is recomputed from the stored inputs and written back.
+Every model output is clamped into the range its training data supports and flagged where it needed that or
+its inputs lie outside that range (``serving/output_bounds.py``); a non-finite output is replaced by the
+fallback.
 Every rejected record goes to the dead-letter topic (a snapshot of an envelope on its own, with its index).
 The batch's outputs are awaited before the batch returns, so Faust commits its offsets only after the outputs
 are produced (at-least-once). A prediction's leaderboard entry and its ``predicted_to`` mark are written only
@@ -30,26 +35,35 @@ import numpy as np
 import redis.asyncio as redis
 
 from popscore import features as F
-from popscore.contract import DeadLetter, Post, RejectedRecord, RejectReason, decode_record, decode_snapshots, \
-    encode_record
+from popscore.contract import DeadLetter, Post, PredictionFlag, RejectedRecord, RejectReason, decode_record, \
+    decode_snapshots, encode_record
 from popscore.serving.model_repository import list_models
+from popscore.serving.model_sets import ModelSet, discover, repository_problem
+from popscore.serving.output_bounds import bound_outputs
 from popscore.serving.predictor import ModelPredictor
+from popscore.serving.routing import PlatformRouter, Route
 from popscore.settings import Settings
 from popscore.stream.failpoints import Failpoints
+from popscore.stream.fallback import FALLBACK_PLATFORM_LABEL, LOG1P_AGE_H, PERSISTENCE_MODEL, PERSISTENCE_VERSION, \
+    SCORE_NOW, persistence_log_score
 from popscore.stream.health import Health
 from popscore.stream.leaderboard import Leaderboards, RecordedPrediction
 from popscore.stream.metrics import WorkerMetrics
 from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, eval_ages_reached, eval_field, \
-    parse_eval_field
-from popscore.stream.predictions import encode, latest_view, prediction_records
+    model_labels, parse_eval_field
+from popscore.stream.predictions import NO_FLAGS, encode, latest_view, prediction_records
 from popscore.stream.sequence_store import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, SequenceUpdate, \
-    SnapshotSequenceStore, count_decreases, decode_content, encode_content, group_by_post, steps_by_post
+    SnapshotSequenceStore, content_tag, count_decreases, decode_content, encode_content, group_by_post, \
+    steps_by_post
 
 log = logging.getLogger(__name__)
 
 MERGE_OUTCOMES = {APPENDED: "appended", DUPLICATE: "duplicate", CORRECTED: "corrected", OUT_OF_ORDER: "out_of_order"}
 RISING_INDEX = F.DYNAMIC_FEATURE_NAMES.index("dlog_score_last_h")
 TEXT_ENCODER = "popscore_text_encoder"
+NON_FINITE = "non_finite"  # fallback reason: the model set's output was NaN or infinite
+FALLBACK, OUT_OF_RANGE, WITHOUT_POST = (PredictionFlag.FALLBACK.value, PredictionFlag.OUT_OF_RANGE.value,
+                                        PredictionFlag.WITHOUT_POST.value)
 
 
 def check_key(key: bytes | None, post_id: str) -> None:
@@ -62,17 +76,41 @@ def check_key(key: bytes | None, post_id: str) -> None:
 
 @dataclass
 class ScoringJob:
-    """One model's inputs for a batch of posts, and what naming and recording its predictions needs."""
+    """One model's inputs for a batch of posts of one model set (or of the fallback, which runs no model), and
+    what naming and recording its predictions needs."""
 
-    kind: str  # key of popscore.features.MODEL_NAMES
+    kind: str  # "static" or "temporal" (popscore.features.MODEL_KINDS)
+    model_set: ModelSet | None  # None: the persistence fallback (temporal only)
     post_ids: list[str]
     as_of: np.ndarray
     inputs: dict[str, np.ndarray]
     spec: F.FeatureSpec
     created: np.ndarray
-    platforms: list[str] | None = None
+    routes: list[Route]  # per row: the post's platform after aliasing, and for the fallback why
     categories: list[str | None] | None = None
     explanations: dict | None = None  # per row: outputs computed earlier, or what names an output
+    without_post: np.ndarray | None = None  # per row: scored without the post event (None: none was)
+
+
+def group_rows(routes: list[Route]) -> list[tuple[ModelSet | None, list[int] | None]]:
+    """(model set or None for the fallback, rows routed to it; None: every row) in first-seen order. Traffic of
+    one platform is one group and is not copied."""
+    first = routes[0].model_set
+    if all(route.model_set is first for route in routes):
+        return [(first, None)]
+    groups: dict[int, tuple[ModelSet | None, list[int]]] = {}
+    for row, route in enumerate(routes):
+        groups.setdefault(id(route.model_set), (route.model_set, []))[1].append(row)
+    return list(groups.values())
+
+
+def take(items, rows: list[int] | None):
+    """``items`` (a list or an array) at ``rows``; all of them for None."""
+    if rows is None:
+        return items
+    if isinstance(items, np.ndarray):
+        return items[rows]
+    return [items[row] for row in rows]
 
 
 class StreamWorker:
@@ -91,10 +129,14 @@ class StreamWorker:
         self.redis: redis.Redis | None = None
         self.store: SnapshotSequenceStore | None = None
         self.boards: Leaderboards | None = None
-        self.predictors: dict[str, ModelPredictor] = {}
+        self.model_sets: dict[str, ModelSet] = {}  # platform -> the servable set trained for it
+        self.unservable: dict[str, str] = {}  # platform -> why its set in the repository cannot be served
+        self._unservable_versions: dict[str, tuple] = {}  # the repository versions that problem was found in
+        self.router: PlatformRouter[ModelSet] = self._router()
+        # The fallback's horizon is the one the sequences are kept for.
+        self.fallback_spec = F.FeatureSpec(horizon_s=float(settings.score.horizon_s))
         self.text_encoder: ModelPredictor | None = None
         self._tokenizer = None  # (encoder version, TitleTokenizer) of the served text encoder
-        self._reload_failures: dict[str, int] = {}
         self.online = OnlineAccuracy(settings.worker.online_window)
         self._evaluated_exported: dict[AccuracyKey, int] = {}
         self.stream_clock = 0.0  # the latest observed_at seen: event time, so replays mature posts too
@@ -116,16 +158,7 @@ class StreamWorker:
                                            settings.worker.cached_posts, settings.worker.post_ttl_refresh_s)
         self.boards = Leaderboards(self.redis, settings.redis.key_prefix, settings.worker.leaderboard_size,
                                    settings.score.horizon_s)
-        for kind, name in F.MODEL_NAMES.items():
-            predictor = ModelPredictor(name, settings.serving, settings.triton.grpc_url, settings.stack.model_repo,
-                                       settings.serving.python_backend_mirror)
-            await predictor.start()
-            self.predictors[kind] = predictor
-        paired = self.predictors["temporal"].metadata.get("content_model")
-        if paired is None or paired["version"] != self.predictors["content"].version:
-            raise RuntimeError(f"{F.MODEL_NAMES['temporal']} version {self.predictors['temporal'].version} names "
-                               f"content model {paired}, but {F.MODEL_NAMES['content']} serves version "
-                               f"{self.predictors['content'].version}: re-export them together")
+        await self.sync_model_sets(load_in_triton=False)  # Triton loads the repository's models at its start
         served = any(m.name == TEXT_ENCODER and m.versions for m in list_models(settings.stack.model_repo))
         if served and settings.serving.text_encoder:
             self.text_encoder = ModelPredictor(TEXT_ENCODER, settings.serving, settings.triton.grpc_url,
@@ -151,15 +184,90 @@ class StreamWorker:
 
     async def stop(self) -> None:
         self.ready = False
-        for predictor in [*self.predictors.values(), *([self.text_encoder] if self.text_encoder else [])]:
-            await predictor.close()
+        for model_set in self.model_sets.values():
+            await model_set.close()
+        if self.text_encoder is not None:
+            await self.text_encoder.close()
         if self.redis is not None:
             await self.redis.aclose()
 
-    def feature_spec(self, kind: str) -> F.FeatureSpec:
-        """The spec stored with the served version, so serving computes what that model was trained on."""
-        meta = self.predictors[kind].metadata
-        return F.FeatureSpec.from_dict(meta["feature_spec"]) if "feature_spec" in meta else F.DEFAULT_SPEC
+    # --- model sets -----------------------------------------------------------------------------------
+
+    def _router(self) -> PlatformRouter[ModelSet]:
+        serving = self.settings.serving
+        return PlatformRouter(self.model_sets, self.unservable, serving.platform_aliases, serving.unknown_platform,
+                              known=self.settings.score.platform_weights)
+
+    def _predictor(self, name: str, check_version) -> ModelPredictor:
+        settings = self.settings
+        return ModelPredictor(name, settings.serving, settings.triton.grpc_url, settings.stack.model_repo,
+                              settings.serving.python_backend_mirror, check_version=check_version)
+
+    async def sync_model_sets(self, load_in_triton: bool = True) -> None:
+        """Serve every servable model set of the repository not served yet: at start, and at every refresh, so
+        a platform's first set (or a fixed version of a set that was not servable) is picked up without a
+        restart. A set that cannot be served is logged (once per repository state) with the reason and its
+        platform gets the fallback; ``/readyz`` and ``popscore_model_set_servable`` show it."""
+        found = discover(self.settings.stack.model_repo)
+        changed = False
+        for platform, models in found.items():
+            if platform in self.model_sets:
+                continue
+            versions = tuple(sorted((kind, model.versions[-1]) for kind, model in models.items()))
+            if self._unservable_versions.get(platform) == versions:
+                continue  # nothing new since it was found not servable
+            problem, lasting = repository_problem(platform, models), True
+            model_set = None
+            if problem is None:
+                model_set = ModelSet.create(platform, self._predictor)
+                try:
+                    await model_set.start()
+                    problem = model_set.problem()
+                    if problem is None and load_in_triton:
+                        await model_set.load_in_triton()
+                except Exception as exc:  # Triton away, say: tried again at the next refresh
+                    problem, lasting = f"could not start it: {exc!r}", False
+            if problem is not None:
+                if model_set is not None:
+                    await model_set.close()
+                if self.unservable.get(platform) != problem:
+                    log.error("model set %r is not servable, its posts get the fallback: %s", platform, problem)
+                self.unservable[platform] = problem
+                if lasting:  # a problem of the files themselves: looked at again once they change
+                    self._unservable_versions[platform] = versions
+            else:
+                log.info("serving model set %r: %s", platform,
+                         ", ".join(f"{p.name} v{p.version}" for p in model_set.predictors.values()))
+                self.model_sets[platform] = model_set
+                self.unservable.pop(platform, None)
+                self._unservable_versions.pop(platform, None)
+            changed = True
+        for platform in [p for p in self.unservable if p not in found]:  # removed from the repository
+            del self.unservable[platform]
+            self._unservable_versions.pop(platform, None)
+            self.metrics.model_set_servable.remove(platform)
+            changed = True
+        if changed:
+            self.router = self._router()
+        for platform in self.model_sets:
+            self.metrics.model_set_servable.labels(platform).set(1)
+        for platform in self.unservable:
+            self.metrics.model_set_servable.labels(platform).set(0)
+
+    def models_report(self) -> dict:
+        """What ``/readyz`` shows of the models: every served model, and every model set with whether it is
+        served and, if not, why."""
+        models = {}
+        for platform, model_set in self.model_sets.items():
+            for kind, p in model_set.predictors.items():
+                models[p.name] = {"kind": kind, "platform": platform, "version": p.version,
+                                  "breaker": p.breaker.state.value, **p.stats}
+        sets = {platform: {"servable": True, "problem": None} for platform in self.model_sets}
+        sets.update({platform: {"servable": False, "problem": problem} for platform, problem in self.unservable.items()})
+        serving = self.settings.serving
+        return {"models": models, "model_sets": sets,
+                "routing": {"platform_aliases": serving.platform_aliases,
+                            "unknown_platform": serving.unknown_platform}}
 
     # --- input boundary -------------------------------------------------------------------------------
 
@@ -219,30 +327,66 @@ class StreamWorker:
             except RejectedRecord as error:
                 deliveries.append(await self.dead_letter(message, error))
         if posts:
-            spec = self.feature_spec("static")
+            routes = [self.router.route(p.platform) for p in posts]
             created = np.array([p.created_at.timestamp() for p in posts])
-            platforms = [p.platform for p in posts]
-            titles = await self.embed_titles([p.text.title for p in posts])
-            text, words = titles if titles is not None else ({}, None)
-            inputs = F.build_static_inputs(spec, created, platforms, posts, **text)
-            content = encode_content(self.predictors["content"].version, *await self.content_vectors(inputs))
-            self.metrics.content_vectors.labels("post").inc(len(posts))
-            await self.store.put_posts(posts, inputs["static_features"], content, embedded_titles=titles is not None)
-            deliveries += await self._predict(ScoringJob("static", [p.post_id for p in posts], created, inputs, spec,
-                                                         created, explanations={"words": words} if words else None))
+            scored = [row for row, route in enumerate(routes) if route.model_set is not None]
+            titles = await self.embed_titles([posts[row].text.title for row in scored]) if scored else None
+            title_row = {row: i for i, row in enumerate(scored)}  # a scored post's row in ``titles``
+            static_features: list[np.ndarray | None] = [None] * len(posts)
+            content: list[bytes | None] = [None] * len(posts)
+            jobs = []
+            for model_set, rows in group_rows(routes):
+                members = range(len(posts)) if rows is None else rows
+                group_routes, group_posts, group_created = take(routes, rows), take(posts, rows), take(created, rows)
+                platforms = [r.platform for r in group_routes]
+                if model_set is None:
+                    self._count_fallback("static", group_routes)
+                    # Kept with the post, so a model set of its platform that comes later can compute its vector.
+                    fallback = F.build_static_features(self.fallback_spec, group_created, platforms, group_posts)
+                    for row, features in zip(members, fallback):
+                        static_features[row] = features
+                    continue
+                in_titles = [title_row[row] for row in members]
+                text = {} if titles is None else {k: v[in_titles] for k, v in titles[0].items()}
+                words = None if titles is None else [titles[1][i] for i in in_titles]
+                spec, content_spec = model_set.spec("static"), model_set.spec("content")
+                inputs = F.build_static_inputs(spec, group_created, platforms, group_posts, **text)
+                content_inputs = inputs if content_spec == spec else \
+                    F.build_static_inputs(content_spec, group_created, platforms, group_posts, **text)
+                encoded = encode_content(self._content_tag(model_set),
+                                         *await self.content_vectors(model_set, content_inputs))
+                for i, row in enumerate(members):
+                    static_features[row], content[row] = content_inputs["static_features"][i], encoded[i]
+                jobs.append(ScoringJob("static", model_set, [p.post_id for p in group_posts], group_created, inputs,
+                                       spec, group_created, group_routes,
+                                       explanations={"words": words} if words else None))
+            self.metrics.content_vectors.labels("post").inc(len(scored))
+            await self.store.put_posts(posts, static_features, content, embedded_titles=self.text_encoder is not None)
+            deliveries += await self._predict_all(jobs)
             self.metrics.posts_in.inc(len(posts))
             # Snapshots that came before their post were stored and wait for it, or were scored without it after
             # the grace period: score them now, with the post.
             waiting = await self.store.current(list(dict.fromkeys(p.post_id for p in posts)))
             if waiting:
-                deliveries += await self._predict(await self._temporal_job(waiting))
+                deliveries += await self._predict_all(await self._temporal_jobs(waiting))
         await asyncio.gather(*deliveries)
         await self.store.done_waiting([update.post_id for update in waiting])
         self._observe_end_to_end("static", messages)
 
-    async def content_vectors(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """The per-post half of MTAF-temporal: (content vectors, modality weights)."""
-        predictor = self.predictors["content"]
+    def _count_fallback(self, kind: str, routes: list[Route], reason: str | None = None) -> None:
+        """Predictions no model set made, by the post's platform (its metric label) and why."""
+        for (label, why), n in Counter((r.label, reason or r.fallback_reason) for r in routes).items():
+            self.metrics.fallback_predictions.labels(kind, label, why).inc(n)
+
+    @staticmethod
+    def _content_tag(model_set: ModelSet) -> bytes:
+        content = model_set.predictors["content"]
+        return content_tag(content.name, content.version)
+
+    async def content_vectors(self, model_set: ModelSet, inputs: dict[str, np.ndarray]
+                              ) -> tuple[np.ndarray, np.ndarray]:
+        """The per-post half of the set's MTAF-temporal: (content vectors, modality weights)."""
+        predictor = model_set.predictors["content"]
         results = await predictor.infer({t.name: inputs[t.name] for t in predictor.model.config.input})
         return (np.concatenate([r.outputs["content_vector"] for r in results]),
                 np.concatenate([r.outputs["modality_weights"] for r in results]))
@@ -319,20 +463,21 @@ class StreamWorker:
         steps = steps_by_post(window, self.settings.worker.max_batch_snapshots)
         outputs = []
         merging = asyncio.ensure_future(self._merge(steps[0])) if steps else None
-        scoring: tuple[ScoringJob, asyncio.Future] | None = None  # the step Triton is scoring
+        # The step Triton is scoring: its jobs (one per model set in it) and their inferences, run concurrently.
+        scoring: tuple[list[ScoringJob], asyncio.Future] | None = None
         current = None
         try:
             for k in range(len(steps)):
                 changed = await merging
                 self.failpoints.hit("after_merge")
                 merging = asyncio.ensure_future(self._merge(steps[k + 1])) if k + 1 < len(steps) else None
-                job = await self._temporal_job(await self._with_post(changed))
-                current = (job, asyncio.ensure_future(self._infer(job))) if job is not None else None
+                jobs = await self._temporal_jobs(await self._with_post(changed))
+                current = (jobs, asyncio.ensure_future(self._infer_all(jobs))) if jobs else None
                 if scoring is not None:
-                    outputs += await self._publish(scoring[0], *await scoring[1])
+                    outputs += await self._publish_all(scoring[0], await scoring[1])
                 scoring = current
             if scoring is not None:
-                outputs += await self._publish(scoring[0], *await scoring[1])
+                outputs += await self._publish_all(scoring[0], await scoring[1])
                 scoring = None
             await asyncio.gather(*outputs)
         finally:  # if a step failed, nothing is left running behind it (a no-op on finished ones)
@@ -381,7 +526,7 @@ class StreamWorker:
         if overdue:
             updates = await self.store.current(overdue)
             self.metrics.predictions_without_post.inc(sum(u.post.created_at is None for u in updates))
-            await asyncio.gather(*await self._predict(await self._temporal_job(updates)))
+            await asyncio.gather(*await self._predict_all(await self._temporal_jobs(updates)))
             await self.store.done_waiting(overdue)
         return len(overdue)
 
@@ -392,30 +537,62 @@ class StreamWorker:
             if message.timestamp:
                 histogram.observe(max(0.0, now - message.timestamp))
 
-    async def _temporal_job(self, updates: list[SequenceUpdate]) -> ScoringJob | None:
+    async def _temporal_jobs(self, updates: list[SequenceUpdate]) -> list[ScoringJob]:
+        """The temporal jobs of these updates: one per model set their posts route to, and one for the fallback."""
         if not updates:
-            return None
-        spec = self.feature_spec("temporal")
+            return []
+        routes = [self.router.route(u.post.platform) for u in updates]
+        jobs = []
+        for model_set, rows in group_rows(routes):
+            group = take(updates, rows)
+            job = self._fallback_job(group, take(routes, rows)) if model_set is None else \
+                await self._temporal_job(model_set, group, take(routes, rows))
+            self.stream_clock = max(self.stream_clock, float(job.as_of.max()))
+            jobs.append(job)
+        return jobs
+
+    def _sequences(self, updates: list[SequenceUpdate]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray,
+                                                                   np.ndarray | None]:
+        """(sequences, created, as_of, without_post or None) of the updates' posts. A snapshot may come before its
+        post: then the first observation stands in for the upload time."""
         seqs = [u.sequence for u in updates]
-        # A snapshot may come before its post: then the first observation stands in for the upload time.
         created = np.array([u.post.created_at if u.post.created_at is not None else u.sequence[0, 0]
                             for u in updates])
-        platforms = [u.post.platform or "unknown" for u in updates]
         as_of = np.array([u.sequence[-1, 0] for u in updates])
-        vectors, weights = await self._cached_content(updates, spec, created, platforms)
+        without_post = np.array([u.post.created_at is None for u in updates])
+        return seqs, created, as_of, without_post if without_post.any() else None
+
+    async def _temporal_job(self, model_set: ModelSet, updates: list[SequenceUpdate], routes: list[Route]
+                            ) -> ScoringJob:
+        spec = model_set.spec("temporal")
+        seqs, created, as_of, without_post = self._sequences(updates)
+        platforms = [route.platform for route in routes]
+        vectors, weights = await self._cached_content(model_set, updates, created, platforms)
         inputs = F.build_temporal_inputs(spec, seqs, created, platforms, self.settings.score.weights_for, as_of,
                                          vectors)
-        self.stream_clock = max(self.stream_clock, float(as_of.max()))
-        return ScoringJob("temporal", [u.post_id for u in updates], as_of, inputs, spec, created, platforms,
-                          [u.post.category for u in updates], {"modality_weights": weights})
+        return ScoringJob("temporal", model_set, [u.post_id for u in updates], as_of, inputs, spec, created, routes,
+                          [u.post.category for u in updates], {"modality_weights": weights}, without_post)
 
-    async def _cached_content(self, updates: list[SequenceUpdate], spec: F.FeatureSpec, created: np.ndarray,
+    def _fallback_job(self, updates: list[SequenceUpdate], routes: list[Route]) -> ScoringJob:
+        """Posts no model set scores: their dynamic features (the persistence baseline's input and the rising
+        board's growth), under their platform's score weights."""
+        spec = self.fallback_spec
+        seqs, created, as_of, without_post = self._sequences(updates)
+        weights = F.weight_matrix([route.platform for route in routes], self.settings.score.weights_for,
+                                  spec.counters)
+        dynamic = F.build_sequence(spec, seqs, created, as_of, weights)["dynamic_features"]
+        return ScoringJob("temporal", None, [u.post_id for u in updates], as_of, {"dynamic_features": dynamic}, spec,
+                          created, routes, [u.post.category for u in updates], None, without_post)
+
+    async def _cached_content(self, model_set: ModelSet, updates: list[SequenceUpdate], created: np.ndarray,
                               platforms: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The content vectors the merge returned; stale or missing ones are recomputed and stored."""
-        content = self.predictors["content"]
+        """The content vectors the merge returned; stale or missing ones (of another content model or version,
+        or none) are recomputed and stored."""
+        content = model_set.predictors["content"]
+        spec = model_set.spec("content")
         dim = next(o.dims[0] for o in content.model.config.output if o.name == "content_vector")
-        vectors, weights, ok = decode_content([u.post.content for u in updates], content.version, dim,
-                                              len(F.MODALITIES))
+        tag = self._content_tag(model_set)
+        vectors, weights, ok = decode_content([u.post.content for u in updates], tag, dim, len(F.MODALITIES))
         stale = np.flatnonzero(~ok)
         if len(stale):
             self.metrics.content_vectors.labels("recomputed").inc(len(stale))
@@ -434,48 +611,136 @@ class StreamWorker:
             for row, (static, _) in enumerate(stored):
                 if static is not None and len(static) == 4 * spec.static_dim:
                     inputs["static_features"][row] = np.frombuffer(static, dtype=np.float32)
-            vectors[stale], weights[stale] = await self.content_vectors(inputs)
-            await self.store.put_content(post_ids, encode_content(content.version, vectors[stale], weights[stale]))
+            vectors[stale], weights[stale] = await self.content_vectors(model_set, inputs)
+            await self.store.put_content(post_ids, encode_content(tag, vectors[stale], weights[stale]))
         return vectors, weights
 
-    async def _predict(self, job: ScoringJob | None) -> list:
-        """Score a job and publish its predictions; the delivery futures."""
-        return [] if job is None else await self._publish(job, *await self._infer(job))
+    async def _predict_all(self, jobs: list[ScoringJob]) -> list:
+        """Score jobs (their inferences concurrently) and publish their predictions; the delivery futures."""
+        return await self._publish_all(jobs, await self._infer_all(jobs)) if jobs else []
 
-    async def _infer(self, job: ScoringJob):
-        predictor = self.predictors[job.kind]
+    async def _infer_all(self, jobs: list[ScoringJob]) -> list[tuple[list, float]]:
+        if len(jobs) == 1:
+            return [await self._infer(jobs[0])]
+        return list(await asyncio.gather(*(self._infer(job) for job in jobs)))
+
+    async def _infer(self, job: ScoringJob) -> tuple[list, float]:
+        """(inference results, seconds); nothing for the fallback, which runs no model."""
+        if job.model_set is None:
+            return [], 0.0
+        predictor = job.model_set.predictors[job.kind]
         started = time.perf_counter()
         results = await predictor.infer({t.name: job.inputs[t.name] for t in predictor.model.config.input})
         return results, time.perf_counter() - started
 
-    async def _publish(self, job: ScoringJob, results: list, elapsed: float) -> list:
-        """Predictions to the leaderboards and the predictions topic; the futures of both writes."""
-        kind, post_ids, as_of, spec, created = job.kind, job.post_ids, job.as_of, job.spec, job.created
-        platforms, categories, inputs = job.platforms, job.categories, job.inputs
-        records, offset = [], 0
-        now = time.time()
+    async def _publish_all(self, jobs: list[ScoringJob], inferred: list[tuple[list, float]]) -> list:
+        deliveries = []
+        for job, (results, elapsed) in zip(jobs, inferred):
+            deliveries += await self._publish(job, results, elapsed)
+        return deliveries
+
+    def _model_records(self, job: ScoringJob, results: list, elapsed: float, now: float
+                       ) -> tuple[list[dict], list[int], list[int]]:
+        """(records, the job row of each, rows whose output was not finite) of a model set's inference: every
+        output bounded by the range its version declares, flagged where it needed that."""
+        kind, model_set, spec = job.kind, job.model_set, job.spec
+        dynamic = job.inputs.get("dynamic_features") if kind == "temporal" else None
+        name, trained_for, label = model_set.name(kind), model_set.platform, model_set.platform
+        records, rows, non_finite, offset = [], [], [], 0
         for result in results:
             n = len(result.outputs["log_score"])
-            outputs = {**result.outputs, **{k: v[offset:offset + n] for k, v in (job.explanations or {}).items()}}
-            records += prediction_records(post_ids[offset:offset + n], kind, result.model_version,
-                                          as_of[offset:offset + n], int(spec.horizon_s), outputs, now)
-            self.metrics.predictions.labels(kind, result.model_version, result.served_by).inc(n)
-            self.metrics.inference_seconds.labels(kind, result.model_version, result.served_by).observe(elapsed)
+            part = slice(offset, offset + n)
+            bounded = bound_outputs(result.outputs["log_score"], result.outputs.get("log_interval"),
+                                    model_set.bounds(kind, result.model_version),
+                                    None if dynamic is None else dynamic[part, LOG1P_AGE_H],
+                                    None if dynamic is None else dynamic[part, SCORE_NOW])
+            outputs = {**result.outputs, "log_score": bounded.log_score, "log_interval": bounded.interval,
+                       **{k: v[part] for k, v in (job.explanations or {}).items()}}
+            kept: slice | np.ndarray = part  # the rows published from this result
+            out_of_range = bounded.out_of_range
+            if bounded.non_finite.any():
+                good = ~bounded.non_finite
+                non_finite += (np.flatnonzero(bounded.non_finite) + offset).tolist()
+                kept, out_of_range = np.flatnonzero(good) + offset, out_of_range[good]
+                outputs = {k: (v[good] if isinstance(v, np.ndarray) else [x for x, g in zip(v, good) if g])
+                           for k, v in outputs.items() if v is not None}
+            row_ids = range(len(job.post_ids))[kept] if isinstance(kept, slice) else kept.tolist()
+            post_ids = job.post_ids[kept] if isinstance(kept, slice) else [job.post_ids[row] for row in row_ids]
+            records += prediction_records(post_ids, kind, result.model_version, job.as_of[kept], int(spec.horizon_s),
+                                          outputs, now, model_name=name,
+                                          platforms=[job.routes[row].platform for row in row_ids],
+                                          trained_for=trained_for, flags=self._flags(job, kept, out_of_range))
+            rows += row_ids
+            self.metrics.predictions.labels(kind, label, result.model_version, result.served_by).inc(len(row_ids))
+            self.metrics.inference_seconds.labels(kind, label, result.model_version, result.served_by).observe(elapsed)
             self.metrics.inference_batch.labels(kind).observe(n)
-            observe = self.metrics.predicted_log_score.labels(kind).observe
-            for value in result.outputs["log_score"].reshape(-1).tolist():
+            observe = self.metrics.predicted_log_score.labels(kind, label).observe
+            for value in outputs["log_score"].tolist():
                 observe(value)
             offset += n
-        rising = inputs["dynamic_features"][:, RISING_INDEX] if kind == "temporal" else np.zeros(len(records))
+        return records, rows, non_finite
+
+    def _flags(self, job: ScoringJob, rows: slice | np.ndarray, out_of_range: np.ndarray | None,
+               fallback: bool = False) -> list[tuple[str, ...]]:
+        """Per row of ``rows`` (of the job): the flags of its prediction, counted per kind, model set (or
+        'fallback') and flag. ``out_of_range``: per row of ``rows``, from the bounds."""
+        n = len(range(len(job.post_ids))[rows]) if isinstance(rows, slice) else len(rows)
+        without_post = np.zeros(n, bool) if job.without_post is None else job.without_post[rows]
+        out_of_range = np.zeros(n, bool) if out_of_range is None else out_of_range
+        first = (FALLBACK,) if fallback else NO_FLAGS
+        label = FALLBACK_PLATFORM_LABEL if fallback else job.model_set.platform
+        combos = {(False, False): first, (True, False): (*first, OUT_OF_RANGE), (False, True): (*first, WITHOUT_POST),
+                  (True, True): (*first, OUT_OF_RANGE, WITHOUT_POST)}
+        for flag, count in ((FALLBACK, n if fallback else 0), (OUT_OF_RANGE, int(out_of_range.sum())),
+                            (WITHOUT_POST, int(without_post.sum()))):
+            if count:
+                self.metrics.flagged_predictions.labels(job.kind, label, flag).inc(count)
+        return [combos[pair] for pair in zip(out_of_range.tolist(), without_post.tolist())]
+
+    def _fallback_records(self, job: ScoringJob, rows: list[int], reasons: list[str] | None, now: float
+                          ) -> list[dict]:
+        """Persistence predictions for ``rows`` of a temporal job (``fallback.py``). ``reasons``: why a model set
+        did not score them (None: each row's route says)."""
+        kept = np.asarray(rows, dtype=np.int64)
+        routes = [job.routes[row] for row in rows]
+        if reasons is None:
+            self._count_fallback("temporal", routes)
+        else:  # a model set's outputs replaced: counted under that set
+            self._count_fallback("temporal", [Route(r.platform, None, why, job.model_set.platform)
+                                              for r, why in zip(routes, reasons)])
+        outputs = {"log_score": persistence_log_score(job.inputs["dynamic_features"][kept]), "log_interval": None}
+        self.metrics.predictions.labels("temporal", FALLBACK_PLATFORM_LABEL, PERSISTENCE_VERSION,
+                                        "baseline").inc(len(rows))
+        return prediction_records(take(job.post_ids, rows), "temporal", PERSISTENCE_VERSION, job.as_of[kept],
+                                  int(job.spec.horizon_s), outputs, now, model_name=PERSISTENCE_MODEL,
+                                  platforms=[r.platform for r in routes], trained_for=None,
+                                  flags=self._flags(job, kept, None, fallback=True))
+
+    async def _publish(self, job: ScoringJob, results: list, elapsed: float) -> list:
+        """Predictions to the leaderboards and the predictions topic; the futures of both writes."""
+        kind, spec, now = job.kind, job.spec, time.time()
+        if job.model_set is None:
+            rows = list(range(len(job.post_ids)))
+            records = self._fallback_records(job, rows, None, now)
+        else:
+            records, rows, non_finite = self._model_records(job, results, elapsed, now)
+            if non_finite and kind == "temporal":
+                records += self._fallback_records(job, non_finite, [NON_FINITE] * len(non_finite), now)
+                rows += non_finite
+            elif non_finite:  # no static fallback: nothing to go on at upload
+                self._count_fallback(kind, [Route(r.platform, None, NON_FINITE, job.model_set.platform)
+                                            for r in take(job.routes, non_finite)])
+        as_of, created, categories = job.as_of, job.created, job.categories
+        rising = job.inputs["dynamic_features"][:, RISING_INDEX] if kind == "temporal" else None
         ages, tolerance = ((0.0,), 1.0) if kind == "static" else (spec.eval_ages_h,
                                                                    self.settings.worker.online_age_tolerance_h)
         recorded = []
-        for i, r in enumerate(records):
+        for r, i in zip(records, rows):
             age_h = (as_of[i] - created[i]) / 3600.0 if kind == "temporal" else 0.0
-            kept = tuple((eval_field(kind, r["model_version"], age), r["log_score"])
+            kept = tuple((eval_field(r["model_name"], r["model_version"], age), r["log_score"])
                          for age in eval_ages_reached(age_h, ages, tolerance))
             recorded.append(RecordedPrediction(
-                r["post_id"], r["score"], float(rising[i]), platforms[i] if platforms else "",
+                r["post_id"], r["score"], 0.0 if rising is None else float(rising[i]), job.routes[i].platform,
                 categories[i] if categories else None, encode(latest_view(r)).decode(),
                 float(created[i]) + spec.horizon_s, kept, int(as_of[i])))
         topic = self.settings.kafka.topics.predictions
@@ -492,54 +757,62 @@ class StreamWorker:
         await self.boards.record(kind, recorded)
 
     async def evaluate_matured(self, limit: int = 2_000) -> int:
-        """Compare the kept predictions of posts past their horizon with what they really reached."""
+        """Compare the kept predictions of posts past their horizon with what they really reached, per model
+        (whose name says its platform) or the fallback."""
         matured = await self.store.matured(self.stream_clock, limit)
         if not matured:
             return 0
-        spec = self.feature_spec("temporal")
         for post_id, sequence, meta, kept in matured:
             if len(sequence) == 0 or not kept:
                 continue
+            route = self.router.route(meta.platform)
+            spec = route.model_set.spec("temporal") if route.model_set is not None else self.fallback_spec
             created = meta.created_at if meta.created_at is not None else sequence[0, 0]
-            weights = F.weight_matrix([meta.platform or "unknown"], self.settings.score.weights_for, spec.counters)
+            weights = F.weight_matrix([route.platform], self.settings.score.weights_for, spec.counters)
             realised = float(F.target_log_score(spec, [sequence], np.array([created]), weights)[0])
             if realised != realised:  # no observation before the horizon
                 continue
             for name, predicted in kept.items():
-                self.online.add(AccuracyKey(*parse_eval_field(name)), predicted, realised)
+                key = AccuracyKey(*parse_eval_field(name))
+                if model_labels(key.model) is not None:  # not a field kept before model sets were per platform
+                    self.online.add(key, predicted, realised)
         for key, summary in self.online.summary().items():
-            labels = (key.model, key.version, key.age_h)
+            labels = (*model_labels(key.model), key.version, key.age_h)
             self.metrics.online_mae.labels(*labels).set(summary["mae"])
             self.metrics.online_srcc.labels(*labels).set(summary["srcc"])
         for key, n in self.online.evaluated.items():
-            counter = self.metrics.online_evaluated.labels(key.model, key.version, key.age_h)
+            counter = self.metrics.online_evaluated.labels(*model_labels(key.model), key.version, key.age_h)
             counter.inc(n - self._evaluated_exported.get(key, 0))
             self._evaluated_exported[key] = n
         return len(matured)
 
     async def refresh_models(self) -> None:
+        """Newer versions of the served sets (each set's temporal halves switch together), then sets not served
+        yet."""
         if self.text_encoder is not None:
             await self.text_encoder.refresh()
-        for kind, predictor in self.predictors.items():  # the content model before the temporal head
-            old = predictor.version
-            # The head only ever switches to the version of the content vectors the content model now makes.
-            target = self.predictors["content"].version if kind == "temporal" else None
-            switched = await predictor.refresh(target)
-            if switched:
-                self.metrics.model_info.remove(kind, str(old))
-                self.metrics.model_reloads.labels(kind, "loaded").inc()
-            elif predictor.stats["reload_failures"] > self._reload_failures.get(kind, 0):
-                self.metrics.model_reloads.labels(kind, "failed").inc()
-            self._reload_failures[kind] = predictor.stats["reload_failures"]
+        for platform, model_set in list(self.model_sets.items()):
+            before = {kind: (p.version, p.stats["reload_failures"]) for kind, p in model_set.predictors.items()}
+            switched = await model_set.refresh()
+            for kind, predictor in model_set.predictors.items():
+                old_version, old_failures = before[kind]
+                if switched[kind]:
+                    self.metrics.model_info.remove(kind, platform, str(old_version))
+                    self.metrics.model_reloads.labels(kind, platform, "loaded").inc()
+                elif predictor.stats["reload_failures"] > old_failures:
+                    self.metrics.model_reloads.labels(kind, platform, "failed").inc()
+        await self.sync_model_sets()
 
     async def update_gauges(self, consumer) -> None:
         """Gauges read from the outside world: models served, Triton circuit, lag, tracked posts."""
-        for kind, predictor in self.predictors.items():
-            self.metrics.model_info.labels(kind, str(predictor.version)).set(1)
-            self.metrics.triton_up.labels(kind).set(predictor.breaker.state.value == "closed")
-            for row in predictor.metadata.get("metrics", []) if kind != "content" else []:
-                # The trainer's validation MAE per age: what the online MAE is compared with.
-                self.metrics.offline_mae.labels(kind, str(predictor.version), f"{row['age_h']:g}").set(row["mae"])
+        for platform, model_set in self.model_sets.items():
+            for kind, predictor in model_set.predictors.items():
+                self.metrics.model_info.labels(kind, platform, str(predictor.version)).set(1)
+                self.metrics.triton_up.labels(kind, platform).set(predictor.breaker.state.value == "closed")
+                for row in predictor.metadata.get("metrics", []) if kind != "content" else []:
+                    # The trainer's validation MAE per age: what the online MAE is compared with.
+                    self.metrics.offline_mae.labels(kind, platform, str(predictor.version),
+                                                    f"{row['age_h']:g}").set(row["mae"])
         for tp in consumer.assignment():
             position = await consumer.position(tp)
             if position is not None:

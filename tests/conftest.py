@@ -82,8 +82,9 @@ def redis_url(endpoints) -> str:
 
 
 @pytest.fixture(scope="module")
-def private_stack(tmp_path_factory):
-    """A stack of the module's own, for tests that restart or break components or read global boards."""
+def private_stack(request, tmp_path_factory):
+    """A stack of the module's own, for tests that restart or break components or read global boards. A module's
+    ``configure_private_stack(settings)``, if it has one, adjusts the settings first."""
     import shutil
 
     from popscore.settings import Settings
@@ -99,6 +100,9 @@ def private_stack(tmp_path_factory):
     # while the next is merged) and their in-order publishing are exercised end to end.
     settings.worker.max_batch_snapshots = 16
     settings.worker.window_snapshots = 40  # and a batch of envelopes spans several windows
+    configure = getattr(request.module, "configure_private_stack", None)
+    if configure is not None:
+        configure(settings)
     stack = stack_class()(settings)
     stack.start(with_worker=True)
     yield stack

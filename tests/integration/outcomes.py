@@ -1,7 +1,8 @@
 """What fault and fuzz tests send and what they check afterwards: the outputs, not only the stored state.
 
-``Traffic`` is a set of synthetic posts (one platform of the test's own, so its leaderboard holds exactly them)
-with snapshots at increasing times. ``check_nothing_lost`` waits until every snapshot is in its post's Redis
+``Traffic`` is a set of synthetic posts (one platform of the test's own, so its leaderboard holds exactly them;
+it has no model set, so a stack scores it with a model only where ``serving.unknown_platform`` names one) with
+snapshots at increasing times. ``check_nothing_lost`` waits until every snapshot is in its post's Redis
 sequence exactly once, every post has a temporal prediction on the predictions topic as of its latest
 observation, the post's latest prediction in Redis is as of it, and the platform's leaderboard lists every post.
 """

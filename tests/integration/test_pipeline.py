@@ -14,14 +14,17 @@ from collections import defaultdict
 import pytest
 import redis
 
+from popscore import features as F
 from popscore.contract import Post, Snapshot, encode_record
-from popscore.stream.sequence_store import decode_content
+from popscore.stream.sequence_store import content_tag, decode_content
 from popscore.replay import ReplayOptions, replay
 from popscore.stream.sequence_store import decode_sequence
 from tests.conftest import SHARED_DATA
 from tests.integration.kafka_io import consume_until, partition_of, produce, produce_to_partitions
 
 pytestmark = pytest.mark.integration
+
+CONTENT, HEAD, STATIC = (F.model_name(kind, "hackernews") for kind in ("content", "temporal", "static"))
 
 
 def real_slice(prefix: str, n_posts: int) -> list[tuple[bytes, Post | Snapshot]]:
@@ -177,7 +180,7 @@ def test_restarts_lose_no_snapshot_and_count_none_twice(private_stack):
 
 def _promote_copy(repo, version: int, new_version: int) -> None:
     """What the exporter does: the content model, then the head naming it, under one new version."""
-    for name in ("popscore_temporal_content", "popscore_temporal"):
+    for name in (CONTENT, HEAD):
         shutil.copytree(repo / name / str(version), repo / name / f".{new_version}.tmp")
         meta_path = repo / name / f".{new_version}.tmp" / "metadata.json"
         meta = json.loads(meta_path.read_text())
@@ -193,7 +196,7 @@ def test_a_promoted_version_is_loaded_without_restart_and_a_broken_one_is_refuse
     client = redis.Redis.from_url(endpoints.redis_url)
     post_key = f"{settings.redis.key_prefix}post:{{}}".format
     repo = settings.stack.model_repo
-    current = max(int(p.name) for p in (repo / "popscore_temporal").iterdir() if p.name.isdigit())
+    current = max(int(p.name) for p in (repo / HEAD).iterdir() if p.name.isdigit())
     # posts uploaded before the promotion: their cached content vectors are of the old version
     events = real_slice("ver-", n_posts=5)
     posts = [(raw, e) for raw, e in events if isinstance(e, Post)]
@@ -203,37 +206,129 @@ def test_a_promoted_version_is_loaded_without_restart_and_a_broken_one_is_refuse
     while time.monotonic() < deadline and not all(client.hexists(post_key(e.post_id), "content") for _, e in posts):
         time.sleep(0.2)
     dim = 64
-    old = decode_content([client.hget(post_key(e.post_id), "content") for _, e in posts], current, dim, 4)[2]
+    old = decode_content([client.hget(post_key(e.post_id), "content") for _, e in posts],
+                         content_tag(CONTENT, current), dim, 4)[2]
     assert old.all()
 
     _promote_copy(repo, current, current + 1)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if web_json(private_stack, "/readyz")["models"]["temporal"]["version"] == current + 1:
+        if web_json(private_stack, "/readyz")["models"][HEAD]["version"] == current + 1:
             break
         time.sleep(0.5)
     models = web_json(private_stack, "/readyz")["models"]
-    assert models["temporal"]["version"] == models["content"]["version"] == current + 1
+    assert models[HEAD]["version"] == models[CONTENT]["version"] == current + 1
+    assert models[STATIC]["platform"] == models[HEAD]["platform"] == "hackernews"
 
-    for name in ("popscore_temporal_content", "popscore_temporal"):  # a broken pair: neither half switches
+    for name in (CONTENT, HEAD):  # a broken pair: neither half switches
         broken = repo / name / str(current + 2)
         broken.mkdir()
         (broken / "model.onnx").write_bytes(b"not an onnx file")
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and web_json(private_stack, "/readyz")["models"]["content"]["reload_failures"] == 0:
+    while time.monotonic() < deadline and web_json(private_stack, "/readyz")["models"][CONTENT]["reload_failures"] == 0:
         time.sleep(0.5)
     models = web_json(private_stack, "/readyz")["models"]
-    assert models["content"]["reload_failures"] >= 1
-    assert models["temporal"]["version"] == models["content"]["version"] == current + 1
-    for name in ("popscore_temporal_content", "popscore_temporal"):
+    assert models[CONTENT]["reload_failures"] >= 1
+    assert models[HEAD]["version"] == models[CONTENT]["version"] == current + 1
+    for name in (CONTENT, HEAD):
         shutil.rmtree(repo / name / str(current + 2))
 
     # their snapshots come after it: the stale vectors are recomputed by the new content model and stored
     grouped = replay_and_collect(private_stack, "ver-", [(raw, e) for raw, e in events if isinstance(e, Snapshot)])
     versions = {r["model_version"] for rs in grouped.values() for r in rs if r["model"] == "temporal"}
     assert versions == {str(current + 1)}
-    fresh = decode_content([client.hget(post_key(e.post_id), "content") for _, e in posts], current + 1, dim, 4)[2]
+    fresh = decode_content([client.hget(post_key(e.post_id), "content") for _, e in posts],
+                           content_tag(CONTENT, current + 1), dim, 4)[2]
     assert fresh.all()
+
+
+def _copy_set_as(repo, platform: str, version: int, with_bounds: bool) -> None:
+    """The hackernews set's files as ``platform``'s set version ``version`` (what an export for that platform
+    writes), with or without the declared bounds."""
+    for kind in F.MODEL_KINDS:
+        source, target = repo / F.model_name(kind, "hackernews"), repo / F.model_name(kind, platform)
+        newest = max(int(p.name) for p in source.iterdir() if p.name.isdigit())
+        staging = target / f".{version}.tmp"
+        shutil.copytree(source / str(newest), staging)
+        meta = json.loads((staging / "metadata.json").read_text())
+        meta.update(model=target.name, platform=platform, version=version)
+        if "content_model" in meta:
+            meta["content_model"] = {"name": F.model_name("content", platform), "version": version}
+        if not with_bounds:
+            meta.pop("bounds", None)
+        (staging / "metadata.json").write_text(json.dumps(meta))
+        config = (source / "config.pbtxt").read_text().replace(f'name: "{source.name}"', f'name: "{target.name}"')
+        (target / "config.pbtxt").write_text(config)
+        staging.rename(target / str(version))
+
+
+def _post_and_snapshot(settings, endpoints, post_id: str, platform: str, comments: int) -> None:
+    now = int(time.time())
+    post = {"schema": "post.v1", "post_id": post_id, "platform": platform, "created_at": _iso(now - 1800),
+            "text": {"title": "a new platform"}}
+    snapshot = {"schema": "snapshot.v1", "post_id": post_id, "observed_at": _iso(now - 60),
+                "counts": {"comments": comments}}
+    asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.posts, [(post_id.encode(), json.dumps(post).encode())]))
+    time.sleep(0.5)
+    asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.snapshots,
+                        [(post_id.encode(), json.dumps(snapshot).encode())]))
+
+
+def _iso(epoch: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def test_a_platforms_set_is_served_only_with_declared_bounds_and_picked_up_without_restart(private_stack):
+    """A platform without a set gets the fallback; its set exported without bounds is not servable (/readyz says
+    why, the fallback goes on); the next version, with bounds, is loaded and serves its platform, no restart.
+    (Before the test that stops Triton: a new set must be loaded in Triton to be served.)"""
+    settings, endpoints = private_stack.settings, private_stack.state.endpoints_obj()
+    repo, platform = settings.stack.model_repo, "lobsters"
+
+    def records_of(post_id: str, done) -> list[dict]:
+        return predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, post_id,
+                                   lambda g: done(g.get(post_id, []))).get(post_id, [])
+
+    def has_temporal(rs):
+        return any(r["model"] == "temporal" for r in rs)
+
+    _post_and_snapshot(settings, endpoints, "lob-before", platform, 10)
+    before = records_of("lob-before", has_temporal)
+    assert [(r["model"], r["model_name"], r["trained_for"], r["flags"]) for r in before] == \
+        [("temporal", "persistence", None, ["fallback"])]
+    # persistence: the score now, under the platform's weights (the default ones: 0.3 a comment)
+    assert before[0]["score"] == pytest.approx(3.0) and before[0]["interval"] is None
+
+    _copy_set_as(repo, platform, 1, with_bounds=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and platform not in web_json(private_stack, "/readyz")["model_sets"]:
+        time.sleep(0.5)
+    ready = web_json(private_stack, "/readyz")
+    assert ready["model_sets"][platform]["servable"] is False and "bounds" in ready["model_sets"][platform]["problem"]
+    assert ready["ready"] is True  # the fallback serves the platform meanwhile
+    assert F.model_name("static", platform) not in ready["models"]
+
+    _copy_set_as(repo, platform, 2, with_bounds=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not web_json(private_stack, "/readyz")["model_sets"][platform]["servable"]:
+        time.sleep(0.5)
+    models = web_json(private_stack, "/readyz")["models"]
+    assert models[F.model_name("temporal", platform)]["version"] == 2
+
+    _post_and_snapshot(settings, endpoints, "lob-after", platform, 10)
+    after = records_of("lob-after", lambda rs: has_temporal(rs) and any(r["model"] == "static" for r in rs))
+    assert {(r["model"], r["model_name"], r["trained_for"], r["model_version"]) for r in after} == {
+        ("static", F.model_name("static", platform), platform, "2"),
+        ("temporal", F.model_name("temporal", platform), platform, "2")}
+    # the post from before the set has no content vector yet: computed by the new set at its next snapshot
+    snapshot = {"schema": "snapshot.v1", "post_id": "lob-before", "observed_at": _iso(int(time.time()) - 30),
+                "counts": {"comments": 12}}
+    asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.snapshots,
+                        [(b"lob-before", json.dumps(snapshot).encode())]))
+    later = records_of("lob-before", lambda rs: any(r["trained_for"] == platform for r in rs))
+    assert any(r["model_name"] == F.model_name("temporal", platform) for r in later)
 
 
 def test_predictions_continue_from_local_onnx_runtime_when_triton_dies(private_stack):
@@ -241,7 +336,7 @@ def test_predictions_continue_from_local_onnx_runtime_when_triton_dies(private_s
     events = real_slice("fb-", n_posts=5)
     replay_and_collect(private_stack, "fb-", events)
     models = web_json(private_stack, "/readyz")["models"]
-    assert models["temporal"]["local"] > 0 and models["temporal"]["triton_errors"] > 0
+    assert models[HEAD]["local"] > 0 and models[HEAD]["triton_errors"] > 0
 
 
 def test_snapshots_that_overtake_their_post_are_scored_when_the_post_arrives(private_stack):
@@ -309,3 +404,4 @@ def test_several_snapshots_of_a_post_in_one_window_give_one_prediction(private_s
     for post_id in chosen:
         stored = decode_sequence(client.get(f"{settings.redis.key_prefix}seq:{post_id}") or b"")
         assert len(stored) == 3, post_id
+

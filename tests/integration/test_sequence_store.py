@@ -12,9 +12,13 @@ import redis.asyncio as aioredis
 
 from popscore.contract import Counts, Post, Snapshot
 from popscore.stream.sequence_store import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, SnapshotSequenceStore, \
-    decode_content, encode_content
+    content_tag, decode_content, encode_content
 
 pytestmark = pytest.mark.integration
+
+
+def tag(version: int) -> bytes:
+    return content_tag("popscore_reddit_temporal_content", version)
 
 
 T0 = 1_700_000_000
@@ -65,7 +69,7 @@ def test_several_snapshots_of_one_post_in_one_batch_make_one_update_with_post_me
         await store.put_posts([Post(post_id=post, platform="reddit",
                                     created_at=datetime.fromtimestamp(T0, timezone.utc),
                                     attributes={"category": "news"})], np.array([[1.5, 2.5]], dtype=np.float32),
-                              encode_content(7, np.array([[0.5, -1.0]]), np.array([[0.25, 0.75]])))
+                              encode_content(tag(7), np.array([[0.5, -1.0]]), np.array([[0.25, 0.75]])))
         return await store.merge([snap(post, t, t) for t in (30, 10, 20)])
 
     updates = run(redis_url, scenario)
@@ -74,7 +78,7 @@ def test_several_snapshots_of_one_post_in_one_batch_make_one_update_with_post_me
     assert updates[0].sequence[:, 2].tolist() == [10, 20, 30]
     meta = updates[0].post
     assert (meta.platform, meta.category, meta.created_at) == ("reddit", "news", T0)
-    vectors, weights, ok = decode_content([meta.content], version=7, dim=2, n_weights=2)
+    vectors, weights, ok = decode_content([meta.content], tag(7), dim=2, n_weights=2)
     assert ok.tolist() == [True] and vectors.tolist() == [[0.5, -1.0]] and weights.tolist() == [[0.25, 0.75]]
 
 
@@ -106,24 +110,24 @@ def test_cached_post_metadata_is_not_read_back_and_follows_the_workers_own_write
         store.meta_cache.max_posts = 10
         await store.merge([snap(early, 5, 1)])  # a snapshot before its post: nothing to cache yet
         await store.put_posts([Post(post_id=post, platform="reddit", created_at=created)],
-                              np.zeros((1, 2), np.float32), encode_content(7, np.ones((1, 2)), np.ones((1, 2))))
+                              np.zeros((1, 2), np.float32), encode_content(tag(7), np.ones((1, 2)), np.ones((1, 2))))
         first_update = (await store.merge([snap(post, 10, 1)]))[0]
         first = first_update.post
         await client.hset(store.post_key(post), "platform", "youtube")  # behind the worker's back
         cached_update = (await store.merge([snap(post, 20, 2)]))[0]
         cached = cached_update.post
         assert (first_update.post_from_cache, cached_update.post_from_cache) == (False, True)
-        await store.put_content([post], encode_content(8, np.ones((1, 2)), np.ones((1, 2))))
+        await store.put_content([post], encode_content(tag(8), np.ones((1, 2)), np.ones((1, 2))))
         recomputed = (await store.merge([snap(post, 30, 3)]))[0].post
         await store.put_posts([Post(post_id=post, platform="hackernews", created_at=created)],
-                              np.zeros((1, 2), np.float32), encode_content(9, np.ones((1, 2)), np.ones((1, 2))))
+                              np.zeros((1, 2), np.float32), encode_content(tag(9), np.ones((1, 2)), np.ones((1, 2))))
         reposted = (await store.merge([snap(post, 40, 4)]))[0].post
         return first, cached, recomputed, reposted, len(store.meta_cache), store.meta_cache.get(early)
 
     first, cached, recomputed, reposted, size, early_meta = run(redis_url, scenario)
-    version = lambda meta: decode_content([meta.content], 9, 2, 2)[2][0]  # noqa: E731
+    version = lambda meta: decode_content([meta.content], tag(9), 2, 2)[2][0]  # noqa: E731
     assert (first.platform, cached.platform) == ("reddit", "reddit")  # the cached copy, not the changed hash
-    assert recomputed.platform == "reddit" and recomputed.content[:4] == (8).to_bytes(4, "little")
+    assert recomputed.platform == "reddit" and recomputed.content[:8] == tag(8)
     assert reposted.platform == "hackernews" and version(reposted)  # a post event makes the next merge read
     assert size == 1 and early_meta is None
 
@@ -134,7 +138,7 @@ def test_the_metadata_cache_keeps_at_most_max_posts_and_none_when_off(redis_url)
 
     async def scenario(store, client):
         await store.put_posts([Post(post_id=p, platform="reddit", created_at=created) for p in posts],
-                              np.zeros((3, 2), np.float32), encode_content(7, np.ones((3, 2)), np.ones((3, 2))))
+                              np.zeros((3, 2), np.float32), encode_content(tag(7), np.ones((3, 2)), np.ones((3, 2))))
         off = len(store.meta_cache)
         await store.merge([snap(p, 10, 1) for p in posts])
         off_after = len(store.meta_cache)
@@ -154,7 +158,7 @@ def test_a_cached_posts_hash_ttl_is_refreshed_every_refresh_interval_and_outlive
     async def scenario(store, client):
         store.meta_cache.max_posts = 10
         await store.put_posts([Post(post_id=post, platform="reddit", created_at=datetime.fromtimestamp(T0, timezone.utc))],
-                              np.zeros((1, 2), np.float32), encode_content(7, np.ones((1, 2)), np.ones((1, 2))))
+                              np.zeros((1, 2), np.float32), encode_content(tag(7), np.ones((1, 2)), np.ones((1, 2))))
         await store.merge([snap(post, 10, 1)])  # read: the hash's TTL refreshed
         after_read = await client.ttl(store.post_key(post)), await client.ttl(store.sequence_key(post))
         await client.expire(store.post_key(post), 50)

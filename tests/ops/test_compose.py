@@ -11,7 +11,9 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from popscore.features import MODEL_NAMES
+from popscore import features as F
+from popscore.serving.model_repository import list_models
+from popscore.serving.model_sets import discover, repository_problem
 from popscore.settings import Settings, TopicSettings, WorkerSettings, settings_reference
 from tests.ops.promql import PROMETHEUS_CONFIG, REPO
 
@@ -219,8 +221,9 @@ def test_triton_uses_explicit_model_control_a_gpu_and_a_read_only_repository():
     command = triton["command"]
     assert "--model-control-mode=explicit" in command and "--model-repository=/models" in command
     assert not any("poll" in arg for arg in command)
-    for name in MODEL_NAMES.values():
-        assert f"--load-model={name}" in command
+    # Every model of the repository is loaded at start, whatever platforms the trainer exported: `*` must be
+    # the only --load-model (Triton refuses it beside others).
+    assert [arg for arg in command if arg.startswith("--load-model")] == ["--load-model=*"]
     assert ("./model_repo", "/models", True) in bind_mounts(triton)
     devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
@@ -324,3 +327,18 @@ def test_the_specification_check_rejects_a_broken_file(service, key, value):
     compose["services"][service][key] = value
     with pytest.raises(ValueError):
         parse_spec(compose)
+
+
+def test_the_repository_triton_loads_holds_what_the_workers_ask_for():
+    """`--load-model=*` loads each model under its directory's name (Triton requires config name = directory):
+    the names the workers ask for (features.model_name per platform's set, the text encoder) must be those."""
+    models = list_models(REPO / "model_repo")
+    assert models, "model_repo/ holds no model"
+    for model in models:
+        assert model.name == model.path.name, f"{model.path}: config name {model.name!r} is not its directory"
+        assert model.versions, f"{model.name} has no version"
+    sets = discover(REPO / "model_repo")
+    assert "hackernews" in sets
+    for platform, found in sets.items():
+        assert {m.name for m in found.values()} == {F.model_name(kind, platform) for kind in F.MODEL_KINDS}
+        assert repository_problem(platform, found) is None, platform

@@ -22,10 +22,13 @@ REQUIRED = {
     "model versions": {"popscore_model_info"},
     "prediction distribution": {"popscore_predicted_log_score_bucket"},
     "online accuracy": {"popscore_online_mae", "popscore_online_srcc", "popscore_offline_mae"},
+    "fallback and flagged predictions": {"popscore_fallback_predictions_total", "popscore_flagged_predictions_total"},
+    "model sets servable": {"popscore_model_set_servable"},
 }
 
 # Grafana's built-in variables, replaced by plausible values to hand the expressions to promtool.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$model": ".*"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$model": ".*",
+                     "$platform": ".*"}
 
 
 def load() -> dict:
@@ -133,3 +136,28 @@ def test_rates_use_grafanas_rate_interval():
     for where, expr in expressions(load()):
         for window in re.findall(r"\[([^\]]+)\]", expr):
             assert window == "$__rate_interval", f"{where}: fixed window [{window}]"
+
+
+def test_fallback_and_flagged_predictions_are_shown_per_platform():
+    """Issue 18: a panel counts the fallback and the flagged predictions, per platform, by reason and by flag."""
+    panel = next(p for p in query_panels(load()) if p["title"] == "Fallback and flagged predictions by platform")
+    by = {metric: re.search(r"by \(([^)]*)\)", t["expr"]).group(1).replace(" ", "").split(",")
+          for t in panel["targets"] for metric in metric_names(t["expr"])}
+    assert set(by["popscore_fallback_predictions_total"]) >= {"platform", "kind", "reason"}
+    assert set(by["popscore_flagged_predictions_total"]) >= {"platform", "kind", "flag"}
+
+
+def test_model_panels_tell_model_sets_apart():
+    """A panel that shows served models one by one shows them per model set (platform): one platform's version
+    or accuracy must not be averaged with another's."""
+    from popscore.stream.metrics import WorkerMetrics
+
+    with_platform = {f"{c._name}{suffix}" for c in WorkerMetrics().registry._collector_to_names
+                     if "platform" in c._labelnames for suffix in ("", "_total", "_bucket", "_count", "_sum")}
+    for where, expr in expressions(load()):
+        if not metric_names(expr) & with_platform:
+            continue
+        for grouping in re.findall(r"by \(([^)]*)\)", expr):
+            labels = set(grouping.replace(" ", "").split(","))
+            if "model" in labels:
+                assert "platform" in labels, f"{where}: by ({grouping}) in {expr}"

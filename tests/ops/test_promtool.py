@@ -53,7 +53,8 @@ def test_prometheus_config_passes_promtool_check():
 def test_every_asked_for_alert_exists_with_a_severity_and_a_runbook():
     rules = {rule["alert"]: rule for rule in rule_list() if "alert" in rule}
     for name in ("PopscoreWorkerDown", "PopscoreConsumerLagGrowing", "PopscoreDeadLetterRate",
-                 "PopscoreTritonUnavailable", "PopscoreEndToEndLatencyHigh", "PopscoreAccuracyDrift"):
+                 "PopscoreTritonUnavailable", "PopscoreEndToEndLatencyHigh", "PopscoreAccuracyDrift",
+                 "PopscoreModelSetNotServable"):
         assert name in rules, f"alert {name} missing"
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
@@ -140,16 +141,23 @@ def populated_exposition() -> bytes:
     m.counter_decreases.inc()
     m.batch_size.labels("snapshots").observe(117)
     m.redis_seconds.labels("merge").observe(0.002)
-    m.inference_seconds.labels("temporal", "1", "triton").observe(0.004)
-    m.inference_seconds.labels("static", "1", "local").observe(0.02)
+    m.inference_seconds.labels("temporal", "hackernews", "1", "triton").observe(0.004)
+    m.inference_seconds.labels("static", "reddit", "1", "local").observe(0.02)
     m.inference_batch.labels("temporal").observe(64)
     m.end_to_end_seconds.labels("temporal").observe(0.03)
-    m.predictions.labels("temporal", "1", "triton").inc(64)
-    m.predicted_log_score.labels("temporal").observe(3.2)
+    m.predictions.labels("temporal", "hackernews", "1", "triton").inc(64)
+    m.predictions.labels("temporal", "fallback", "1", "baseline").inc(3)
+    m.flagged_predictions.labels("temporal", "hackernews", "out_of_range").inc(5)
+    m.flagged_predictions.labels("temporal", "fallback", "fallback").inc(3)
+    m.fallback_predictions.labels("temporal", "other", "no_model").inc(3)
+    m.fallback_predictions.labels("static", "youtube", "not_servable").inc(2)
+    m.model_set_servable.labels("hackernews").set(1)
+    m.model_set_servable.labels("youtube").set(0)
+    m.predicted_log_score.labels("temporal", "hackernews").observe(3.2)
     m.content_vectors.labels("post").inc(10)
-    m.model_info.labels("popscore_temporal", "1").set(1)
-    m.triton_up.labels("popscore_temporal").set(1)
-    m.model_reloads.labels("popscore_temporal", "loaded").inc()
+    m.model_info.labels("temporal", "hackernews", "1").set(1)
+    m.triton_up.labels("temporal", "hackernews").set(1)
+    m.model_reloads.labels("temporal", "hackernews", "loaded").inc()
     m.batch_failures.labels("snapshots", "transient").inc()
     m.predictions_without_post.inc()
     m.agent_crashes.labels("snapshots").inc()
@@ -157,10 +165,10 @@ def populated_exposition() -> bytes:
     m.consumer_lag.labels("snapshots", "0").set(12)
     m.tracked_posts.set(40)
     m.in_flight.set(1)
-    m.online_mae.labels("temporal", "1", "1").set(0.6)
-    m.online_srcc.labels("temporal", "1", "1").set(0.7)
-    m.online_evaluated.labels("temporal", "1", "1").inc(50)
-    m.offline_mae.labels("temporal", "1", "1").set(0.55)
+    m.online_mae.labels("temporal", "hackernews", "1", "1").set(0.6)
+    m.online_srcc.labels("temporal", "hackernews", "1", "1").set(0.7)
+    m.online_evaluated.labels("temporal", "hackernews", "1", "1").inc(50)
+    m.offline_mae.labels("temporal", "hackernews", "1", "1").set(0.55)
     return generate_latest(m.registry)
 
 

@@ -193,16 +193,21 @@ def test_spec_from_metadata(tmp_path):
         F.spec_from_metadata(tmp_path / "m")
 
 
-def test_committed_default_models_match_the_serving_contract():
+def test_committed_model_sets_match_the_serving_contract():
+    """Every model set in the repository lists the tensors its own FeatureSpec (stored with it) gives: the worker
+    builds each set's inputs with that set's spec."""
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[2] / "model_repo"
-    for kind, name in F.MODEL_NAMES.items():
-        if not (repo / name).exists():
-            pytest.skip("no default model set")
-        spec = F.spec_from_metadata(repo / name)
-        assert spec == F.DEFAULT_SPEC, "the default models must use the default FeatureSpec the worker builds"
-        cfg = (repo / name / "config.pbtxt").read_text()
-        inputs, outputs = F.model_tensors(kind, spec)
-        for t in inputs + outputs:
-            assert f'name: "{t.name}"' in cfg
+    from popscore.serving.model_sets import discover
+
+    sets = discover(Path(__file__).resolve().parents[2] / "model_repo")
+    if not sets:
+        pytest.skip("no model set in model_repo/")
+    for platform, models in sets.items():
+        for kind, model in models.items():
+            spec = F.spec_from_metadata(model.path)
+            cfg = (model.path / "config.pbtxt").read_text()
+            assert f'name: "{F.model_name(kind, platform)}"' in cfg
+            inputs, outputs = F.model_tensors(kind, spec)
+            for t in inputs + outputs:
+                assert f'name: "{t.name}"' in cfg, (model.name, t.name)

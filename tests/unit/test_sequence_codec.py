@@ -79,18 +79,24 @@ def test_count_decreases_does_not_count_the_step_between_two_posts():
 
 
 def test_content_vectors_round_trip_and_stale_ones_are_flagged():
-    from popscore.stream.sequence_store import decode_content, encode_content
+    from popscore.stream.sequence_store import content_tag, decode_content, encode_content
 
     vectors = np.array([[1.0, -2.0, 3.5], [0.0, 0.25, -0.5]])
     weights = np.array([[0.75, 0.25], [1.0, 0.0]])  # exact in float32
-    blobs = encode_content(4, vectors, weights)
-    got_v, got_w, ok = decode_content([blobs[0], None, blobs[1]], version=4, dim=3, n_weights=2)
+    tag = content_tag("popscore_reddit_temporal_content", 4)
+    blobs = encode_content(tag, vectors, weights)
+    got_v, got_w, ok = decode_content([blobs[0], None, blobs[1]], tag, dim=3, n_weights=2)
     assert ok.tolist() == [True, False, True]
     np.testing.assert_array_equal(got_v, [[1.0, -2.0, 3.5], [0, 0, 0], [0.0, 0.25, -0.5]])
     np.testing.assert_array_equal(got_w, [[0.75, 0.25], [0, 0], [1.0, 0.0]])
-    # another model version, or another vector size, must be recomputed, never misread
-    assert decode_content(blobs, version=5, dim=3, n_weights=2)[2].tolist() == [False, False]
-    assert decode_content(blobs, version=4, dim=4, n_weights=2)[2].tolist() == [False, False]
+    # another model version, another platform's content model of the same version, or another vector size must
+    # be recomputed, never misread
+    assert decode_content(blobs, content_tag("popscore_reddit_temporal_content", 5), 3, 2)[2].tolist() == [False] * 2
+    assert decode_content(blobs, content_tag("popscore_youtube_temporal_content", 4), 3, 2)[2].tolist() == [False] * 2
+    assert decode_content(blobs, tag, dim=4, n_weights=2)[2].tolist() == [False, False]
+    # a vector stored before the tag named the model (a version number alone) is recomputed too
+    old_format = (4).to_bytes(4, "little") + np.concatenate([vectors[0], weights[0]]).astype("<f4").tobytes()
+    assert decode_content([old_format], tag, 3, 2)[2].tolist() == [False]
 
 
 def test_a_window_groups_snapshots_by_post_in_arrival_order():
