@@ -26,7 +26,8 @@ pytestmark = pytest.mark.integration
 MUST_HAVE_DATA = {
     "sum by (topic) (rate(popscore_records_consumed_total[$__rate_interval]))",
     "sum by (topic, reason) (rate(popscore_dead_letters_total[$__rate_interval]))",
-    "count by (model, model_version) (popscore_model_info == 1)",
+    "count by (model, platform, model_version) (popscore_model_info == 1)",
+    "min by (platform) (popscore_model_set_servable)",
     "max by (topic, partition) (popscore_consumer_lag_records)",
     "histogram_quantile(0.99, sum by (operation, le) (rate(popscore_redis_seconds_bucket[$__rate_interval])))",
 }
@@ -97,7 +98,7 @@ def test_real_prometheus_evaluates_the_rules_and_answers_the_dashboard(prometheu
 
     # A rate needs two scrapes that differ: feed records while Prometheus scrapes, until the panels fill.
     def fill(expr: str) -> str:
-        return expr.replace("$__rate_interval", "20s").replace("$model", ".*")
+        return expr.replace("$__rate_interval", "20s").replace("$model", ".*").replace("$platform", ".*")
 
     empty = set(MUST_HAVE_DATA)
     deadline = time.monotonic() + 60
