@@ -13,33 +13,38 @@ def persistence(log_now: np.ndarray) -> np.ndarray:
 
 
 class SzaboHuberman:
-    """One least-squares line per observation age (ages are matched exactly; an unseen age uses the
-    nearest fitted one)."""
+    """One least-squares line per observation age over the posts observed by then (log1p(now) > 0), and the
+    mean outcome of those not observed yet (ages are matched exactly; an unseen age uses the nearest
+    fitted one). The line is Szabo-Huberman's; the unobserved get their own mean because a post first seen
+    hours after creation (Reddit) sits at log1p(now) = 0 and would otherwise drag the line with its leverage."""
 
     def __init__(self) -> None:
-        self.coef: dict[float, tuple[float, float]] = {}
+        self.coef: dict[float, tuple[float, float, float]] = {}  # age -> (intercept, slope, unobserved mean)
 
     def fit(self, age_h: np.ndarray, log_now: np.ndarray, y: np.ndarray) -> "SzaboHuberman":
         for a in np.unique(age_h):
             m = age_h == a
-            if m.sum() >= 2 and np.ptp(log_now[m]) > 0:
-                b, c = np.polyfit(log_now[m], y[m], 1)
+            seen = m & (log_now > 0)
+            if seen.sum() >= 2 and np.ptp(log_now[seen]) > 0:
+                b, c = np.polyfit(log_now[seen], y[seen], 1)
             else:
-                b, c = 0.0, float(y[m].mean())
-            self.coef[float(a)] = (float(c), float(b))
+                b, c = 0.0, float(y[seen].mean() if seen.any() else y[m].mean())
+            unseen = m & ~(log_now > 0)
+            u = float(y[unseen].mean()) if unseen.any() else float(c)
+            self.coef[float(a)] = (float(c), float(b), u)
         return self
 
-    def coefficients_at(self, age_h: float) -> tuple[float, float]:
-        """(intercept, slope) of the fitted age nearest ``age_h``."""
+    def coefficients_at(self, age_h: float) -> tuple[float, float, float]:
+        """(intercept, slope, unobserved mean) of the fitted age nearest ``age_h``."""
         ages = np.array(sorted(self.coef))
         return self.coef[float(ages[np.argmin(np.abs(ages - age_h))])]
 
     def predict(self, age_h: np.ndarray, log_now: np.ndarray) -> np.ndarray:
         out = np.empty(len(age_h))
         for a in np.unique(age_h):
-            c, b = self.coefficients_at(a)
+            c, b, u = self.coefficients_at(a)
             m = age_h == a
-            out[m] = c + b * log_now[m]
+            out[m] = np.where(log_now[m] > 0, c + b * log_now[m], u)
         return out
 
 

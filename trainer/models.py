@@ -173,6 +173,7 @@ class MTAF(nn.Module):
         self.register_buffer("blend_weight", torch.ones(1))
         self.register_buffer("sh_intercept", torch.zeros(1))
         self.register_buffer("sh_slope", torch.ones(1))
+        self.register_buffer("sh_unobserved", torch.zeros(1))
         self.log_now_index = F.DYNAMIC_FEATURE_NAMES.index("log1p_score_now")
         self.log_age_index = F.DYNAMIC_FEATURE_NAMES.index("log1p_age_h")
 
@@ -222,8 +223,10 @@ class MTAF(nn.Module):
         mean = base + raw[:, :1]
         if self.cfg.temporal:
             weight = piecewise_in_age(self.blend_log1p_age_edges, self.blend_weight, log_age)
-            baseline = (piecewise_in_age(self.blend_log1p_age_edges, self.sh_intercept, log_age)
-                        + piecewise_in_age(self.blend_log1p_age_edges, self.sh_slope, log_age) * base)
+            line = (piecewise_in_age(self.blend_log1p_age_edges, self.sh_intercept, log_age)
+                    + piecewise_in_age(self.blend_log1p_age_edges, self.sh_slope, log_age) * base)
+            unobserved = piecewise_in_age(self.blend_log1p_age_edges, self.sh_unobserved, log_age)
+            baseline = torch.where(base > 0, line, unobserved)
             mean = weight * mean + (1 - weight) * baseline
         lo = mean - nn.functional.softplus(raw[:, 1:2]) - margin
         hi = mean + nn.functional.softplus(raw[:, 2:3]) + margin
@@ -237,13 +240,14 @@ class MTAF(nn.Module):
         self.interval_margin = torch.tensor(margins, dtype=torch.float32)
 
     def set_blend(self, edges_h: list[float], weights: list[float], intercepts: list[float],
-                  slopes: list[float]) -> None:
-        """Serve ``w * MTAF + (1 - w) * (a + b * log1p(score now))`` with (w, a, b) per age bin."""
-        assert len(weights) == len(intercepts) == len(slopes) == len(edges_h) + 1
-        self.blend_log1p_age_edges = torch.log1p(torch.tensor(edges_h, dtype=torch.float32))
-        self.blend_weight = torch.tensor(weights, dtype=torch.float32)
-        self.sh_intercept = torch.tensor(intercepts, dtype=torch.float32)
-        self.sh_slope = torch.tensor(slopes, dtype=torch.float32)
+                  slopes: list[float], unobserved: list[float]) -> None:
+        """Serve ``w * MTAF + (1 - w) * SH`` with SH = ``a + b * log1p(score now)`` once the post has a count,
+        ``u`` before; (w, a, b, u) per age bin (baselines.SzaboHuberman)."""
+        assert len(weights) == len(intercepts) == len(slopes) == len(unobserved) == len(edges_h) + 1
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+        self.blend_log1p_age_edges = torch.log1p(as_tensor(edges_h))
+        self.blend_weight, self.sh_intercept = as_tensor(weights), as_tensor(intercepts)
+        self.sh_slope, self.sh_unobserved = as_tensor(slopes), as_tensor(unobserved)
 
     def input_names(self) -> list[str]:
         """Every raw input of the whole model (training and the static export)."""

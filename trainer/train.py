@@ -36,6 +36,7 @@ class TrainConfig:
     epochs: int | None = None  # None: 6, and at least min_steps optimiser steps on small data sets
     min_steps: int = 1500
     patience: int = 25  # epochs without a better validation MAE before training stops
+    blend_evidence_se: float = 2.0  # MTAF gets a weight at an age only if it beats SH by this many std. errors
     batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -241,30 +242,37 @@ def encode_titles(cfg: TrainConfig, table: D.PostTable) -> D.TitleEncodings | No
     return cached_title_encodings(table.title, progress=cfg.progress)
 
 
-def fit_blend(model, val: D.Examples, sh: B.SzaboHuberman) -> dict:
-    """Per training age, the weight w in [0, 1] of MTAF against Szabo-Huberman that minimises the MAE on the
-    validation window, stored in the model (served inside the graph). Where MTAF is no better than the
-    baseline at an age (few or no observations yet), the baseline takes over."""
+def fit_blend(model, val: D.Examples, sh: B.SzaboHuberman, evidence_se: float = 2.0) -> dict:
+    """Per training age, the weight w of MTAF against Szabo-Huberman, stored in the model (served inside the
+    graph). w minimises the MAE on the validation window, but MTAF must earn it: unless the blend beats the
+    baseline there by more than ``evidence_se`` standard errors of the paired difference, the baseline serves
+    alone. On
+    small data sets (Reddit's validation window has ~50 posts) the best w is mostly noise, and where MTAF
+    cannot know more than the baseline (no observation yet) it must not do worse."""
     raw = predict_mtaf(model, val, temporal=True)["log_score"]
     baseline = sh.predict(val.age_h, val.log_now)
     ages = sorted(np.unique(val.age_h).tolist())
     grid = np.linspace(0.0, 1.0, 21)
-    weights, intercepts, slopes, gains = [], [], [], []
+    weights, coefs, gains = [], [], []
     for age in ages:
         m = val.age_h == age
+        err_sh = np.abs(baseline[m] - val.target[m])
         maes = [np.abs(w * raw[m] + (1 - w) * baseline[m] - val.target[m]).mean() for w in grid]
-        best = int(np.argmin(maes))
-        weights.append(float(grid[best]))
-        gains.append(float(maes[best] - maes[-1]))
-        intercept, slope = sh.coefficients_at(age)
-        intercepts.append(intercept)
-        slopes.append(slope)
+        w = float(grid[int(np.argmin(maes))])
+        diff = np.abs(w * raw[m] + (1 - w) * baseline[m] - val.target[m]) - err_sh
+        standard_error = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.inf
+        if diff.mean() + evidence_se * standard_error >= 0:
+            w = 0.0
+        weights.append(w)
+        gains.append(float(np.abs(w * raw[m] + (1 - w) * baseline[m] - val.target[m]).mean() - err_sh.mean()))
+        coefs.append(sh.coefficients_at(age))
     from popscore.trainer.calibration import age_edges
 
     edges = age_edges(ages)
-    model.set_blend(edges, weights, intercepts, slopes)
+    intercepts, slopes, unobserved = ([c[i] for c in coefs] for i in range(3))
+    model.set_blend(edges, weights, intercepts, slopes, unobserved)
     return {"ages_h": ages, "age_edges_h": edges, "mtaf_weight": weights, "sh_intercept": intercepts,
-            "sh_slope": slopes, "val_mae_change": gains, "n": int(len(val))}
+            "sh_slope": slopes, "sh_unobserved": unobserved, "val_mae_change_vs_sh": gains, "n": int(len(val))}
 
 
 def output_bounds(train: D.Examples, temporal: bool) -> dict:
@@ -350,7 +358,7 @@ def train_fold(cfg: TrainConfig, k: int, table: D.PostTable, titles: D.TitleEnco
     _log("MTAF-temporal")
     m_temp, hist_temp = train_mtaf(cfg, tr, va, temporal=True, word_scores_from=m_static)
     preds["mtaf_temporal_alone"] = predict_mtaf(m_temp, te, temporal=True)["log_score"]
-    blend = fit_blend(m_temp, va, sh)
+    blend = fit_blend(m_temp, va, sh, cfg.blend_evidence_se)
     calibration["temporal"] = calibrate_interval(m_temp, va, temporal=True)
     _log(f"blend weights of MTAF by age {dict(zip(blend['ages_h'], blend['mtaf_weight']))}")
     out = predict_mtaf(m_temp, te, temporal=True)
@@ -404,7 +412,8 @@ def summarise_folds(folds: list[FoldResult]) -> list[dict]:
             n = np.array(entry["n"], float)
             entry["coverage_80_pooled"] = float(np.dot(entry["coverage_80"], n) / n.sum()) if n.sum() else None
         if sh and model != "szabo_huberman":
-            entry["beats_or_ties_sh_every_fold"] = all(r["mae"] <= sh[r["fold"]] + 1e-12 for r in rows)
+            # float32 graph against float64 numpy: a served baseline ties within 1e-4
+            entry["beats_or_ties_sh_every_fold"] = all(r["mae"] <= sh[r["fold"]] + 1e-4 for r in rows)
         summary.append(entry)
     return summary
 
@@ -471,7 +480,8 @@ def export_model_set(cfg: TrainConfig, platform: str, fold: FoldResult) -> dict:
         extra = {"bounds": fold.bounds[kind], "interval_calibration": fold.calibration[kind]}
         if kind == "temporal":
             extra["baseline"] = {"szabo_huberman": {
-                "age_h": fold.blend["ages_h"], "intercept": fold.blend["sh_intercept"], "slope": fold.blend["sh_slope"]},
+                "age_h": fold.blend["ages_h"], "intercept": fold.blend["sh_intercept"], "slope": fold.blend["sh_slope"],
+                "unobserved": fold.blend["sh_unobserved"]},
                 "mtaf_weight": fold.blend["mtaf_weight"], "age_edges_h": fold.blend["age_edges_h"]}  # fmt: skip
         info = export_and_promote(
             fold.models[kind], kind, fold.val[kind], Path(cfg.model_repo), spec=cfg.spec, metrics=metrics,
