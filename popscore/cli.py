@@ -117,7 +117,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     from popscore.settings import settings_reference
 
     for env, value, description in settings_reference(_settings(args)):
-        print(f"{env}={value}" + (f"  # {description}" if description and args.describe else ""))
+        line = f"{env}={value}" if value else f"# {env}= (unset)"
+        print(line + (f"  # {description}" if description and args.describe else ""))
     return 0
 
 

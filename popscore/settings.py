@@ -140,8 +140,9 @@ class WorkerSettings(BaseModel):
                                     "than its sequence")
     online_window: int = Field(5_000, ge=10, description="predictions per (model, version, age) in the "
                                "online-accuracy window")
-    online_age_tolerance_h: float = Field(0.5, gt=0, description="a prediction made at age a counts for "
-                                          "evaluation age t when t <= a < t + this")
+    online_age_tolerance_h: float | None = Field(None, gt=0, description="a prediction made at age a counts for "
+                                                 "evaluation age t when t <= a < t + this; default: one sequence "
+                                                 "bin of the model's feature spec")
     post_grace_s: float = Field(10.0, ge=0, description="how long snapshots of a post not seen yet wait for "
                                 "it before they are scored without it (kept in Redis, ps:awaiting)")
     gauge_interval_s: float = Field(5.0, gt=0, description="refresh interval of lag and tracked-post gauges")
@@ -227,7 +228,7 @@ def settings_reference(model: BaseModel, prefix: str = "POPSCORE_") -> list[tupl
         env = f"{prefix}{name.upper()}"
         if isinstance(value, BaseModel):
             rows += settings_reference(value, f"{env}__")
-        elif value is not None:
-            shown = value if isinstance(value, (str, int, float, Path)) else json.dumps(value)
+        else:  # an unset optional setting is listed with an empty value: its default is described
+            shown = "" if value is None else value if isinstance(value, (str, int, float, Path)) else json.dumps(value)
             rows.append((env, str(shown), info.description or ""))
     return rows

@@ -732,8 +732,9 @@ class StreamWorker:
                                             for r in take(job.routes, non_finite)])
         as_of, created, categories = job.as_of, job.created, job.categories
         rising = job.inputs["dynamic_features"][:, RISING_INDEX] if kind == "temporal" else None
-        ages, tolerance = ((0.0,), 1.0) if kind == "static" else (spec.eval_ages_h,
-                                                                   self.settings.worker.online_age_tolerance_h)
+        # A prediction stands for evaluation age t if made within one sequence bin after t (YouTube's are 6 h).
+        tolerance = self.settings.worker.online_age_tolerance_h or spec.bin_s / 3600.0
+        ages, tolerance = ((0.0,), 1.0) if kind == "static" else (spec.eval_ages_h, tolerance)
         recorded = []
         for r, i in zip(records, rows):
             age_h = (as_of[i] - created[i]) / 3600.0 if kind == "temporal" else 0.0

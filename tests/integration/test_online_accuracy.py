@@ -65,7 +65,7 @@ def test_online_mae_matches_the_offline_computation(private_stack, shared_data):
     messages = asyncio.run(consume_until(endpoints.broker_bootstrap, settings.kafka.topics.predictions,
                                          lambda ms: False, timeout_s=5))
     spec = private_stack_spec(settings)
-    tolerance = settings.worker.online_age_tolerance_h
+    tolerance = settings.worker.online_age_tolerance_h or spec.bin_s / 3600.0
     kept: dict[tuple[str, str, str, str], float] = {}
     for message in messages:
         r = json.loads(message.value)
