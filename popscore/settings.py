@@ -208,7 +208,10 @@ class StackSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="POPSCORE_", env_nested_delimiter="__", extra="forbid")
+    # An empty variable is an unset one: settings_reference lists unset optional settings with an empty value,
+    # and the embedded stack hands that list to its workers as their environment.
+    model_config = SettingsConfigDict(env_prefix="POPSCORE_", env_nested_delimiter="__", extra="forbid",
+                                      env_ignore_empty=True)
 
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()

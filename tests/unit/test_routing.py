@@ -146,3 +146,16 @@ def test_a_set_missing_a_model_is_not_servable(tmp_path):
     shutil.rmtree(repo / F.model_name("content", "hackernews"))
     problem = repository_problem("hackernews", discover(repo)["hackernews"])
     assert "no popscore_hackernews_temporal_content" in problem
+
+
+def test_every_setting_survives_the_environment_the_stack_gives_its_workers(monkeypatch):
+    """The embedded stack starts workers with settings_reference as their environment (unset optional ones
+    empty): the worker must read back the very same settings, the routing ones included."""
+    from popscore.settings import settings_reference
+
+    settings = Settings()
+    settings.serving.platform_aliases = {"hn": "hackernews", "old-reddit": "reddit"}
+    settings.serving.unknown_platform = "reddit"
+    for name, value, _ in settings_reference(settings):
+        monkeypatch.setenv(name, value)
+    assert Settings().model_dump() == settings.model_dump()
