@@ -455,7 +455,8 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         asyncio.run(_produce_all(bootstrap, NAIVE_IN, records))
         processed, seconds = asyncio.run(run_naive(settings, bootstrap, endpoints.redis_url,
                                                    f"{endpoints.host}:{endpoints.triton_grpc_port}", NAIVE_IN,
-                                                   NAIVE_OUT, n, timeout_s=600, platform=BENCH_PLATFORM))
+                                                   NAIVE_OUT, n, timeout_s=600,
+                                                   model_platform=BENCH_PLATFORM))
         results["naive_snapshots_per_s"] = round(processed / seconds) if seconds else 0
         log(f"  {results['naive_snapshots_per_s']:,} snapshots/s")
         naive = max(1, results["naive_snapshots_per_s"])

@@ -47,9 +47,10 @@ async def _infer(triton, kind: str, platform: str, spec: F.FeatureSpec, features
 
 
 async def run_naive(settings: Settings, bootstrap: str, redis_url: str, grpc_url: str, in_topic: str,
-                    out_topic: str, expected: int, timeout_s: float, platform: str = "hackernews") -> tuple[int, float]:
-    """Consume ``expected`` snapshots one at a time, scored by ``platform``'s model set; returns (processed,
-    seconds)."""
+                    out_topic: str, expected: int, timeout_s: float, model_platform: str = "hackernews"
+                    ) -> tuple[int, float]:
+    """Consume ``expected`` snapshots one at a time, scored by ``model_platform``'s model set; returns
+    (processed, seconds)."""
     spec = F.DEFAULT_SPEC
     client = aioredis.Redis.from_url(redis_url)
     triton = grpcaio.InferenceServerClient(grpc_url)
@@ -76,7 +77,7 @@ async def run_naive(settings: Settings, bootstrap: str, redis_url: str, grpc_url
                     platform = meta.get(b"platform", b"unknown").decode()
                     if b"content" not in meta:
                         static = F.build_static_inputs(spec, np.array([created]), [platform])
-                        content = await _infer(triton, "content", platform, spec, static)
+                        content = await _infer(triton, "content", model_platform, spec, static)
                         meta[b"content"] = np.concatenate(
                             [content["content_vector"], content["modality_weights"]], axis=1).tobytes()
                         await client.hset(f"naive-post:{snapshot.post_id}", "content", meta[b"content"])
@@ -84,11 +85,12 @@ async def run_naive(settings: Settings, bootstrap: str, redis_url: str, grpc_url
                     vector, weights = cached[:, :-len(F.MODALITIES)], cached[:, -len(F.MODALITIES):]
                     features = F.build_temporal_inputs(spec, [seq], np.array([created]), [platform],
                                                        settings.score.weights_for, np.array([seq[-1, 0]]), vector)
-                    outputs = {**await _infer(triton, "temporal", platform, spec, features), "modality_weights": weights}
+                    outputs = {**await _infer(triton, "temporal", model_platform, spec, features),
+                               "modality_weights": weights}
                     record = prediction_records([snapshot.post_id], "temporal", "naive", np.array([seq[-1, 0]]),
                                                 int(spec.horizon_s), outputs, time.time(),
-                                                model_name=F.model_name("temporal", platform), platforms=[platform],
-                                                trained_for=platform)[0]
+                                                model_name=F.model_name("temporal", model_platform),
+                                                platforms=[platform], trained_for=model_platform)[0]
                     await producer.send_and_wait(out_topic, key=snapshot.post_id.encode(), value=encode(record))
                     processed += 1
     finally:
