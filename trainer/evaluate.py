@@ -341,16 +341,15 @@ def predict_temporal(head: Graph, content: Graph | None, ex: D.Examples,
 
 
 def szabo_huberman(coefficients: dict, age_h: np.ndarray, log_now: np.ndarray) -> np.ndarray:
-    """log1p(final) = intercept + slope * log1p(now) once a post has a count, the unobserved mean before
-    (baselines.SzaboHuberman), with the coefficients of the nearest fitted age."""
-    ages = np.asarray(coefficients["age_h"], dtype=np.float64)
-    nearest = np.abs(np.asarray(age_h, np.float64)[:, None] - ages[None, :]).argmin(axis=1)
-    log_now = np.asarray(log_now, np.float64)
-    line = np.asarray(coefficients["intercept"], np.float64)[nearest] + \
-        np.asarray(coefficients["slope"], np.float64)[nearest] * log_now
-    if "unobserved" not in coefficients:
-        return line
-    return np.where(log_now > 0, line, np.asarray(coefficients["unobserved"], np.float64)[nearest])
+    """The baseline as the trainer fitted it (baselines.SzaboHuberman), from the coefficients in the metadata."""
+    from popscore.trainer.baselines import SzaboHuberman
+
+    sh = SzaboHuberman()
+    # Older metadata has no unobserved mean: the intercept is the line's value at log1p(now) = 0.
+    unobserved = coefficients.get("unobserved", coefficients["intercept"])
+    sh.coef = {float(a): (float(c), float(b), float(u)) for a, c, b, u in zip(
+        coefficients["age_h"], coefficients["intercept"], coefficients["slope"], unobserved)}
+    return sh.predict(np.asarray(age_h, np.float64), np.asarray(log_now, np.float64))
 
 
 def _row(platform: str, model: str, graph: Graph | None, age: float, metrics: dict, posts: int) -> dict:
