@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 
-from popscore.replay import batch_envelope
+from popscore.tools.replay import batch_envelope
 from popscore.stream.sequence_store import decode_sequence
 from tests.integration.kafka_io import consume_until, partition_of, produce, produce_to_partitions
 

@@ -13,7 +13,7 @@ import pytest
 
 from popscore import features as F
 from popscore.contract import Post, Snapshot, encode_record
-from popscore.replay import ReplayOptions, replay
+from popscore.tools.replay import ReplayOptions, replay
 from popscore.settings import COUNTER_NAMES
 from popscore.stream.online_accuracy import eval_ages_reached
 from tests.integration.kafka_io import consume_until

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from popscore.stack.process import StackError, require_executable
+from popscore.tools.stack.process import StackError, require_executable
 
 
 def _package_dir(package: str, install_hint: str) -> Path:
@@ -234,7 +234,7 @@ def triton_healthy(endpoints: Endpoints) -> bool:
 # --- worker -------------------------------------------------------------------------------------------
 
 def worker_argv() -> list[str]:
-    return [sys.executable, "-m", "popscore.cli", "worker"]
+    return [sys.executable, "-m", "popscore.tools.cli", "worker"]
 
 
 def worker_healthy(endpoints: Endpoints) -> bool:
