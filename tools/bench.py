@@ -272,8 +272,8 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
     from popscore.tools.stack.components import create_topics, recreate_topics
 
     # The bench measures the snapshot path. Titles are embedded on the post path only, by a transformer
-    # that encodes ~270 titles/s on these CPUs when it has them to itself: 100,000 warm-up posts would add
-    # minutes to a phase that is not measured, so it is off.
+    # whose time per title would make the warm-up of 100,000 posts, a phase that is not measured, take
+    # minutes, so it is off.
     settings.serving.text_encoder = False
     sets = discover(settings.stack.model_repo)
     problem = repository_problem(BENCH_PLATFORM, sets[BENCH_PLATFORM]) if BENCH_PLATFORM in sets else "absent"

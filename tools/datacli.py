@@ -170,14 +170,3 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--posts", type=int, default=20000, help="simulated posts to compare with")
     fit.set_defaults(func=cmd_simulator_fit)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m popscore.tools.datacli``) for use before the main CLI wires these in."""
-    parser = argparse.ArgumentParser(prog="popscore-data")
-    add_data_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -178,7 +178,8 @@ def redis_healthy(endpoints: Endpoints) -> bool:
 # --- triton -------------------------------------------------------------------------------------------
 
 def prepare_triton_backends(run_dir: Path) -> Path:
-    """A backend directory whose python backend has the stub for this interpreter (DESIGN.md, verified)."""
+    """A backend directory whose python backend has the stub for this interpreter: pytriton ships one stub per
+    Python version beside tritonserver, and Triton looks for the stub inside the backend's own folder."""
     root = _package_dir("pytriton", EMBEDDED_HINT) / "tritonserver"
     stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / \
         "triton_python_backend_stub"
