@@ -23,10 +23,10 @@ from typing import Callable
 import numpy as np
 import redis
 
-from popscore.tools.replay import batch_envelope, partition_for
 from popscore.settings import Settings
-from popscore.tools.stack.stack import EmbeddedStack
 from popscore.stream.sequence_store import FORMAT_VERSION, RECORD
+from popscore.tools.replay import batch_envelope, partition_for
+from popscore.tools.stack.stack import EmbeddedStack
 
 NAIVE_IN, NAIVE_OUT = "bench-naive-snapshots", "bench-naive-predictions"
 PACING_TICK_S = 0.001
@@ -267,8 +267,8 @@ def _cpu_per_snapshot(before: dict[str, float], after: dict[str, float], snapsho
 
 
 def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
-    from popscore.tools.naive_pipeline import run_naive
     from popscore.serving.model_sets import discover, repository_problem
+    from popscore.tools.naive_pipeline import run_naive
     from popscore.tools.stack.components import create_topics, recreate_topics
 
     # The bench measures the snapshot path. Titles are embedded on the post path only, by a transformer

@@ -72,8 +72,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from popscore.tools.replay import ReplayOptions, replay_file
     from popscore.settings import Settings
+    from popscore.tools.replay import ReplayOptions, replay_file
 
     settings = Settings()
     options = ReplayOptions(

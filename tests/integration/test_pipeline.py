@@ -17,8 +17,8 @@ import redis
 from popscore import features as F
 from popscore.contract import Post, Snapshot, encode_record
 from popscore.stream.sequence_store import content_tag, decode_content
-from popscore.tools.replay import ReplayOptions, replay
 from popscore.stream.sequence_store import decode_sequence
+from popscore.tools.replay import ReplayOptions, replay
 from tests.conftest import SHARED_DATA
 from tests.integration.kafka_io import consume_until, partition_of, produce, produce_to_partitions
 

@@ -14,8 +14,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from popscore import eventfile
-from popscore.tools.replay import ReplayOptions, partition_for, replay_file
 from popscore.settings import TopicSettings
+from popscore.tools.replay import ReplayOptions, partition_for, replay_file
 
 pytestmark = pytest.mark.integration
 
