@@ -19,8 +19,8 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 
-from popscore.replay import batch_envelope
 from popscore.stream.sequence_store import decode_sequence
+from popscore.tools.replay import batch_envelope
 from tests.integration.kafka_io import consume_until, partition_of, produce, produce_to_partitions
 
 

@@ -19,7 +19,7 @@ pytest.importorskip("pandas")
 
 from popscore import datasets  # noqa: E402
 from popscore import features as F  # noqa: E402
-from popscore.cli import main  # noqa: E402
+from popscore.tools.cli import main  # noqa: E402
 from popscore.trainer import data as D  # noqa: E402
 
 SPEC = F.FeatureSpec(train_ages_h=(0.0, 0.5, 1.0, 2.0, 4.0, 8.0), eval_ages_h=(0.5, 1.0, 2.0, 4.0, 8.0))
