@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure throughput, latency and Redis memory on the embedded stack")
     bench.add_argument("--json", action="store_true", help="print the results as one JSON object")
     bench.add_argument("--quick", action="store_true", help="a small run (minutes) instead of the full one")
-    bench.add_argument("--readme", help="write the results table into this README's benchmark section")
+    bench.add_argument("--readme", help="write the results table between the bench markers of this file (docs/benchmarks.md holds them)")
     bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="the main job: start the embedded stack, replay the built-in sample "
