@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from popscore import features as F
+from popscore import features
 from popscore.metrics import regression_metrics
 from popscore.settings import COUNTER_NAMES
 from popscore.trainer import data as D
@@ -71,8 +71,8 @@ class Graph:
         return str(self.meta.get("platform") or self.meta.get("dataset") or "unknown")
 
     @property
-    def spec(self) -> F.FeatureSpec:
-        return F.FeatureSpec.from_dict(self.meta["feature_spec"]) if "feature_spec" in self.meta else F.DEFAULT_SPEC
+    def spec(self) -> features.FeatureSpec:
+        return features.FeatureSpec.from_dict(self.meta["feature_spec"]) if "feature_spec" in self.meta else features.DEFAULT_SPEC
 
     @property
     def label(self) -> str:
