@@ -72,7 +72,9 @@ class Graph:
 
     @property
     def spec(self) -> features.FeatureSpec:
-        return features.FeatureSpec.from_dict(self.meta["feature_spec"]) if "feature_spec" in self.meta else features.DEFAULT_SPEC
+        if "feature_spec" not in self.meta:
+            return features.DEFAULT_SPEC
+        return features.FeatureSpec.from_dict(self.meta["feature_spec"])
 
     @property
     def label(self) -> str:
