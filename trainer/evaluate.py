@@ -31,6 +31,7 @@ from popscore import features
 from popscore.metrics import regression_metrics
 from popscore.settings import COUNTER_NAMES
 from popscore.trainer import data as D
+from popscore.trainer.runtime import default_threads
 
 KINDS = ("static", "content", "temporal")
 TEXT_ENCODER = "popscore_text_encoder"
@@ -45,8 +46,6 @@ class EvaluationError(Exception):
 
 def idle_cores() -> int:
     """Cores nobody else is using right now, at least 1 (as training decides its threads)."""
-    from popscore.trainer.train import default_threads
-
     return default_threads()
 
 
