@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -124,11 +124,10 @@ def train_fold(cfg: TrainConfig, k: int, table: PostTable, titles: TitleEncoding
     intervals = {"mtaf_static": static.test_out["log_interval"], "mtaf_temporal": temporal.test_out["log_interval"]}
     return FoldResult(
         fold=k, window=window, rows=fold_metrics(k, preds, intervals, ex.test), preds=preds, test=ex.test,
-        test_table=table.take(test_idx), models={"static": static.model, "temporal": temporal.model},
+        models={"static": static.model, "temporal": temporal.model},
         val={"static": ex.val_at_upload, "temporal": ex.val},
         bounds={"static": output_bounds(ex.train_at_upload, False), "temporal": output_bounds(ex.train, True)},
         calibration={"static": static.calibration, "temporal": temporal.calibration}, blend=blend,
-        sh={str(a): c for a, c in sh.coef.items()},
         history={"mtaf_static": static.history, "mtaf_temporal": temporal.history},
         explain=explain(table, ex, static, temporal, words=titles is not None and last), pair_protocol=pair_protocol,
     )  # fmt: skip
@@ -298,21 +297,21 @@ def fold_metrics(k: int, preds: dict[str, np.ndarray], intervals: dict[str, np.n
 
 @dataclass
 class FoldResult:
+    """What a fold leaves for the results and, for the latest fold, the export."""
+
     fold: int
     window: dict
     rows: list[dict]  # metrics per model and age on the fold's test window
-    preds: dict[str, np.ndarray]
+    preds: dict[str, np.ndarray]  # model -> predictions on the test window
     test: Examples
-    test_table: PostTable
-    models: dict = field(default_factory=dict)  # kind -> trained MTAF
-    val: dict = field(default_factory=dict)  # kind -> validation examples (export gate)
-    bounds: dict = field(default_factory=dict)  # kind -> output_bounds
-    calibration: dict = field(default_factory=dict)
-    blend: dict = field(default_factory=dict)
-    sh: dict = field(default_factory=dict)
-    history: dict = field(default_factory=dict)
-    explain: dict = field(default_factory=dict)
-    pair_protocol: dict = field(default_factory=dict)
+    models: dict[str, MTAF]  # kind (static, temporal) -> trained model
+    val: dict[str, Examples]  # kind -> validation examples (the export gate's)
+    bounds: dict[str, dict]  # kind -> output_bounds
+    calibration: dict[str, dict]  # kind -> interval calibration
+    blend: dict
+    history: dict[str, list[dict]]
+    explain: dict
+    pair_protocol: dict
 
 
 def summarise_folds(folds: list[FoldResult]) -> list[dict]:
