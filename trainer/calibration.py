@@ -2,7 +2,7 @@
 interval's conformal margins, both per observation age and stored in the model (served inside the graph).
 
 Split-conformal widening of the predicted [q10, q90] interval (conformalized quantile regression,
-Romano et al. 2019): the quantile heads alone covered only 73.5 % at 4 h on the HN test window.
+Romano et al. 2019), because the quantile heads alone cover less than they claim.
 On held-out examples the conformity score is how far the outcome falls outside the interval (negative
 inside); its ``coverage``-quantile, with the finite-sample correction, is the margin added on both sides.
 The margin is fitted per observation age and applied piecewise-constant in age inside the model."""

@@ -55,10 +55,9 @@ def model_inputs(model: MTAF, ex: Examples, rows, temporal: bool, tokens: bool =
 
 def train_mtaf(cfg: TrainConfig, spec: features.FeatureSpec, train: Examples, val: Examples, temporal: bool,
                word_scores_from: MTAF | None = None) -> tuple[MTAF, list[dict]]:
-    """Train one MTAF model; returns (model, history), the model at its best
-    validation epoch. ``word_scores_from``: a trained MTAF whose word-attention scoring is copied and frozen
-    (the temporal model reuses the static model's: learnt freely there, on HN it overfitted, since every
-    post is seen at ten ages, and cost ~1.4 % validation MAE)."""
+    """Train one MTAF model; returns (model, history), the model at its best validation epoch.
+    ``word_scores_from``: a trained MTAF whose word-attention scoring is copied and frozen (the temporal
+    model reuses the static model's: learnt freely there, it overfits, since every post is seen at ten ages)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = build_mtaf(config_for(spec, temporal, d_model=cfg.d_model, gru_hidden=cfg.gru_hidden))

@@ -8,8 +8,8 @@ import time
 
 
 def default_threads() -> int:
-    """The cores not busy when the run starts: on a loaded 2-core machine two torch threads fight the load
-    and each other (ten temporal epochs took 140 s with 2 threads against 22 s with 1)."""
+    """The cores not busy when the run starts: on a loaded machine, threads beyond the idle cores fight the
+    load and each other and make training slower, not faster."""
     cores = os.cpu_count() or 1
     busy = int(round(os.getloadavg()[0])) if hasattr(os, "getloadavg") else 0
     return max(1, min(cores, cores - busy))
