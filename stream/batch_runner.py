@@ -9,7 +9,8 @@
   splits it in halves and processes each half the same way, so the records that still fail alone are found in
   O(log n) steps. Such a record goes to the dead-letter topic with reason ``processing_failed`` and the
   exception; the others are processed. One record can therefore never block a partition.
-While a batch fails, the agent's health check says so (``/readyz`` is not ready).
+While a batch fails, the agent's health check says so (``/readyz`` is not ready). ``run_agent`` is an agent's
+loop around the runner.
 """
 
 from __future__ import annotations
