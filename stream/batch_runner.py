@@ -9,14 +9,18 @@
   splits it in halves and processes each half the same way, so the records that still fail alone are found in
   O(log n) steps. Such a record goes to the dead-letter topic with reason ``processing_failed`` and the
   exception; the others are processed. One record can therefore never block a partition.
-While a batch fails, the agent's health check says so (``/readyz`` is not ready).
+While a batch fails, the agent's health check says so (``/readyz`` is not ready). ``run_agent`` is an agent's
+loop around the runner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import redis.exceptions as redis_errors
 from aiokafka import errors as kafka_errors
@@ -24,6 +28,10 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from popscore.serving.predictor import ModelUnavailable
 from popscore.stream.health import Health
+from popscore.stream.faust_ext.micro_batches import take_batches
+
+if TYPE_CHECKING:
+    from popscore.stream.worker import StreamWorker
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +143,37 @@ class BatchRunner:
         self.health.set(self.check, False, f"a batch of {len(messages)} records failed ({exc!r}); retrying")
         log.warning("%s: a batch of %d records failed (%s, attempt %d): %r", self.name, len(messages), kind,
                     attempt, exc)
+
+
+async def run_agent(stream, topic: str, handle: Callable[[list], Awaitable[None]], worker: StreamWorker) -> None:
+    """An agent's loop: once the worker has started, each micro-batch through a ``BatchRunner``; its health
+    check says whether it runs."""
+    settings = worker.settings.worker
+    runner = BatchRunner(topic, handle, worker.decode.dead_letter_failure, worker.health, worker.metrics,
+                         attempts=settings.batch_attempts, outage_budget_s=settings.outage_budget_s,
+                         max_backoff_s=settings.retry_max_backoff_s)
+    try:
+        await worker.start_when_possible()
+        worker.health.set(runner.check, True, "running")
+        async for events in take_batches(stream, settings.batch_size, within=settings.batch_within_s):
+            await runner.run([event.message for event in events])
+    except OutageTooLong as exc:
+        stop_worker(str(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        worker.metrics.agent_crashes.labels(topic).inc()
+        worker.health.set(runner.check, False, f"crashed: {exc!r}")
+        raise
+    finally:
+        if worker.health.ok(runner.check):
+            worker.health.set(runner.check, False, "stopped")
+
+
+def stop_worker(reason: str) -> None:
+    """Exit at once with code 3, acknowledging nothing more: the batch in hand is redelivered to whoever takes the
+    partition. (A graceful Faust shutdown would wait for that batch to be acknowledged, for ever.)"""
+    log.critical("stopping the worker: %s", reason)
+    print(f"popscore worker stopped: {reason}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(3)

@@ -9,9 +9,12 @@ the ``log1p_score_now`` input the temporal heads read. It has no calibrated inte
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from popscore import features as F
+from popscore.serving.routing import Route
 
 PERSISTENCE_MODEL = "persistence"
 PERSISTENCE_VERSION = "1"  # the baseline's definition; changes only if the definition does
@@ -23,3 +26,9 @@ LOG1P_AGE_H = F.DYNAMIC_FEATURE_NAMES.index("log1p_age_h")
 def persistence_log_score(dynamic_features: np.ndarray) -> np.ndarray:
     """[B, 1] log1p(score now) from the temporal inputs' dynamic features (float64)."""
     return dynamic_features[:, SCORE_NOW:SCORE_NOW + 1].astype(np.float64)
+
+
+def count_fallback(metrics, kind: str, routes: list[Route]) -> None:
+    """Predictions no model set made, by the post's platform (its metric label) and why."""
+    for (label, why), n in Counter((r.label, r.fallback_reason) for r in routes).items():
+        metrics.fallback_predictions.labels(kind, label, why).inc(n)

@@ -1,0 +1,162 @@
+"""The models this worker serves: one model set per platform, the text encoder, and the router between them.
+
+Every post is routed by its platform to the model set trained for it (``serving/routing.py``; one set per
+platform, ``serving/model_sets.py``), or to the fallback (``fallback.py``), never to another platform's set. The
+repository is looked at again at every refresh, so a platform's first set (or a fixed version of a set that was
+not servable) is served without a restart; ``/readyz`` and ``popscore_model_set_servable`` say which sets are
+not servable, and why.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from popscore import features as F
+from popscore.serving.model_repository import list_models
+from popscore.serving.model_sets import ModelSet, discover, repository_problem
+from popscore.serving.predictor import ModelPredictor
+from popscore.serving.routing import PlatformRouter, Route
+from popscore.settings import Settings
+from popscore.stream.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+TEXT_ENCODER = "popscore_text_encoder"
+
+
+class ServedModels:
+    def __init__(self, settings: Settings, metrics: WorkerMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.model_sets: dict[str, ModelSet] = {}  # platform -> the servable set trained for it
+        self.unservable: dict[str, str] = {}  # platform -> why its set in the repository cannot be served
+        self._unservable_versions: dict[str, tuple] = {}  # the repository versions that problem was found in
+        self.router: PlatformRouter[ModelSet] = self._router()
+        # The fallback's horizon is the one the sequences are kept for.
+        self.fallback_spec = F.FeatureSpec(horizon_s=float(settings.score.horizon_s))
+        self.text_encoder: ModelPredictor | None = None
+
+    def temporal_spec(self, route: Route) -> F.FeatureSpec:
+        """The sequence features a route's posts are scored with: its model set's, or the fallback's."""
+        return route.model_set.spec("temporal") if route.model_set is not None else self.fallback_spec
+
+    async def start(self) -> None:
+        settings = self.settings
+        await self.sync_model_sets(load_in_triton=False)  # Triton loads the repository's models at its start
+        served = any(m.name == TEXT_ENCODER and m.versions for m in list_models(settings.stack.model_repo))
+        if served and settings.serving.text_encoder:
+            self.text_encoder = ModelPredictor(TEXT_ENCODER, settings.serving, settings.triton.grpc_url,
+                                               settings.stack.model_repo, settings.serving.python_backend_mirror,
+                                               timeout_s=settings.serving.text_timeout_s)
+            await self.text_encoder.start()
+        else:
+            log.warning("text encoder off or not in %s: titles are not embedded, the text modality is masked",
+                        settings.stack.model_repo)
+
+    async def close(self) -> None:
+        for model_set in self.model_sets.values():
+            await model_set.close()
+        if self.text_encoder is not None:
+            await self.text_encoder.close()
+
+    def _router(self) -> PlatformRouter[ModelSet]:
+        serving = self.settings.serving
+        return PlatformRouter(self.model_sets, self.unservable, serving.platform_aliases, serving.unknown_platform,
+                              known=self.settings.score.platform_weights)
+
+    def _predictor(self, name: str, check_version) -> ModelPredictor:
+        settings = self.settings
+        return ModelPredictor(name, settings.serving, settings.triton.grpc_url, settings.stack.model_repo,
+                              settings.serving.python_backend_mirror, check_version=check_version)
+
+    async def sync_model_sets(self, load_in_triton: bool = True) -> None:
+        """Serve every servable model set of the repository not served yet. A set that cannot be served is logged
+        (once per repository state) with the reason, and its platform gets the fallback."""
+        found = discover(self.settings.stack.model_repo)
+        changed = False
+        for platform, models in found.items():
+            if platform in self.model_sets:
+                continue
+            versions = tuple(sorted((kind, model.versions[-1]) for kind, model in models.items()))
+            if self._unservable_versions.get(platform) == versions:
+                continue  # nothing new since it was found not servable
+            problem, lasting = repository_problem(platform, models), True
+            model_set = None
+            if problem is None:
+                model_set = ModelSet.create(platform, self._predictor)
+                try:
+                    await model_set.start()
+                    problem = model_set.problem()
+                    if problem is None and load_in_triton:
+                        await model_set.load_in_triton()
+                except Exception as exc:  # Triton away, say: tried again at the next refresh
+                    problem, lasting = f"could not start it: {exc!r}", False
+            if problem is not None:
+                if model_set is not None:
+                    await model_set.close()
+                if self.unservable.get(platform) != problem:
+                    log.error("model set %r is not servable, its posts get the fallback: %s", platform, problem)
+                self.unservable[platform] = problem
+                if lasting:  # a problem of the files themselves: looked at again once they change
+                    self._unservable_versions[platform] = versions
+            else:
+                log.info("serving model set %r: %s", platform,
+                         ", ".join(f"{p.name} v{p.version}" for p in model_set.predictors.values()))
+                self.model_sets[platform] = model_set
+                self.unservable.pop(platform, None)
+                self._unservable_versions.pop(platform, None)
+            changed = True
+        for platform in [p for p in self.unservable if p not in found]:  # removed from the repository
+            del self.unservable[platform]
+            self._unservable_versions.pop(platform, None)
+            self.metrics.model_set_servable.remove(platform)
+            changed = True
+        if changed:
+            self.router = self._router()
+        for platform in self.model_sets:
+            self.metrics.model_set_servable.labels(platform).set(1)
+        for platform in self.unservable:
+            self.metrics.model_set_servable.labels(platform).set(0)
+
+    async def refresh(self) -> None:
+        """Newer versions of the served sets (each set's temporal halves switch together), then sets not served
+        yet."""
+        if self.text_encoder is not None:
+            await self.text_encoder.refresh()
+        for platform, model_set in list(self.model_sets.items()):
+            before = {kind: (p.version, p.stats["reload_failures"]) for kind, p in model_set.predictors.items()}
+            switched = await model_set.refresh()
+            for kind, predictor in model_set.predictors.items():
+                old_version, old_failures = before[kind]
+                if switched[kind]:
+                    self.metrics.model_info.remove(kind, platform, str(old_version))
+                    self.metrics.model_reloads.labels(kind, platform, "loaded").inc()
+                elif predictor.stats["reload_failures"] > old_failures:
+                    self.metrics.model_reloads.labels(kind, platform, "failed").inc()
+        await self.sync_model_sets()
+
+    def report(self) -> dict:
+        """What ``/readyz`` shows of the models: every served model, and every model set with whether it is
+        served and, if not, why."""
+        models = {}
+        for platform, model_set in self.model_sets.items():
+            for kind, p in model_set.predictors.items():
+                models[p.name] = {"kind": kind, "platform": platform, "version": p.version,
+                                  "breaker": p.breaker.state.value, **p.stats}
+        sets = {platform: {"servable": True, "problem": None} for platform in self.model_sets}
+        sets.update({platform: {"servable": False, "problem": problem} for platform, problem in self.unservable.items()})
+        serving = self.settings.serving
+        return {"models": models, "model_sets": sets,
+                "routing": {"platform_aliases": serving.platform_aliases,
+                            "unknown_platform": serving.unknown_platform}}
+
+    def export_gauges(self) -> None:
+        """Models served, their circuits to Triton, and the trainer's validation MAE per age (what the online MAE
+        is compared with)."""
+        for platform, model_set in self.model_sets.items():
+            for kind, predictor in model_set.predictors.items():
+                self.metrics.model_info.labels(kind, platform, str(predictor.version)).set(1)
+                self.metrics.triton_up.labels(kind, platform).set(predictor.breaker.state.value == "closed")
+                for row in predictor.metadata.get("metrics", []) if kind != "content" else []:
+                    self.metrics.offline_mae.labels(kind, platform, str(predictor.version),
+                                                    f"{row['age_h']:g}").set(row["mae"])

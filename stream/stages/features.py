@@ -1,0 +1,199 @@
+"""Features: posts, or the updated sequences of posts -> scoring jobs, one per model set the posts route to and
+one for the fallback (which runs no model).
+
+A post's inputs are its static features and title token states; stored with the post go its static features
+(kept for the fallback's posts too, so a model set of their platform that comes later can compute their vectors)
+and its content vector (the per-post half of MTAF-temporal). A sequence's inputs are its dynamic features and the
+post's content vector as the merge returned it; a vector of another content model or version, or of a post that
+never came, is recomputed from the stored inputs and written back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from popscore import features as F
+from popscore.contract import Post
+from popscore.serving.model_sets import ModelSet
+from popscore.serving.routing import Route
+from popscore.settings import Settings
+from popscore.stream.fallback import count_fallback
+from popscore.stream.metrics import WorkerMetrics
+from popscore.stream.sequence_store import SequenceUpdate, SnapshotSequenceStore, content_tag, decode_content, \
+    encode_content
+from popscore.stream.served_models import ServedModels
+
+if TYPE_CHECKING:
+    from popscore.stream.stages.infer import Infer
+
+
+@dataclass
+class ScoringJob:
+    """One model's inputs for a batch of posts of one model set (or of the fallback, which runs no model), and
+    what naming and recording its predictions needs."""
+
+    kind: str  # "static" or "temporal" (popscore.features.MODEL_KINDS)
+    model_set: ModelSet | None  # None: the persistence fallback (temporal only)
+    post_ids: list[str]
+    as_of: np.ndarray
+    inputs: dict[str, np.ndarray]
+    spec: F.FeatureSpec
+    created: np.ndarray
+    routes: list[Route]  # per row: the post's platform after aliasing, and for the fallback why
+    categories: list[str | None] | None = None
+    explanations: dict | None = None  # per row: outputs computed earlier, or what names an output
+    without_post: np.ndarray | None = None  # per row: scored without the post event (None: none was)
+
+
+def group_rows(routes: list[Route]) -> list[tuple[ModelSet | None, list[int] | None]]:
+    """(model set or None for the fallback, rows routed to it; None: every row) in first-seen order. Traffic of
+    one platform is one group and is not copied."""
+    first = routes[0].model_set
+    if all(route.model_set is first for route in routes):
+        return [(first, None)]
+    groups: dict[int, tuple[ModelSet | None, list[int]]] = {}
+    for row, route in enumerate(routes):
+        groups.setdefault(id(route.model_set), (route.model_set, []))[1].append(row)
+    return list(groups.values())
+
+
+def take(items, rows: list[int] | None):
+    """``items`` (a list or an array) at ``rows``; all of them for None."""
+    if rows is None:
+        return items
+    if isinstance(items, np.ndarray):
+        return items[rows]
+    return [items[row] for row in rows]
+
+
+def set_content_tag(model_set: ModelSet) -> bytes:
+    content = model_set.predictors["content"]
+    return content_tag(content.name, content.version)
+
+
+class Features:
+    def __init__(self, settings: Settings, models: ServedModels, infer: Infer, store: SnapshotSequenceStore,
+                 metrics: WorkerMetrics) -> None:
+        self.weights_for = settings.score.weights_for
+        self.models = models
+        self.infer = infer
+        self.store = store
+        self.metrics = metrics
+        self.stream_clock = 0.0  # the latest observation scored: event time, so replays mature posts too
+
+    async def static_jobs(self, posts: list[Post]) -> tuple[list[ScoringJob], list[np.ndarray | None], list[bytes | None]]:
+        """(static jobs, each post's static features, each post's encoded content vector or None)."""
+        routes = [self.models.router.route(p.platform) for p in posts]
+        created = np.array([p.created_at.timestamp() for p in posts])
+        scored = [row for row, route in enumerate(routes) if route.model_set is not None]
+        titles = await self.infer.embed_titles([posts[row].text.title for row in scored]) if scored else None
+        title_row = {row: i for i, row in enumerate(scored)}  # a scored post's row in ``titles``
+        static_features: list[np.ndarray | None] = [None] * len(posts)
+        content: list[bytes | None] = [None] * len(posts)
+        jobs = []
+        for model_set, rows in group_rows(routes):
+            members = range(len(posts)) if rows is None else rows
+            group_routes, group_posts, group_created = take(routes, rows), take(posts, rows), take(created, rows)
+            platforms = [r.platform for r in group_routes]
+            if model_set is None:
+                count_fallback(self.metrics, "static", group_routes)
+                fallback = F.build_static_features(self.models.fallback_spec, group_created, platforms, group_posts)
+                for row, features in zip(members, fallback):
+                    static_features[row] = features
+                continue
+            in_titles = [title_row[row] for row in members]
+            text = {} if titles is None else {k: v[in_titles] for k, v in titles[0].items()}
+            words = None if titles is None else [titles[1][i] for i in in_titles]
+            spec, content_spec = model_set.spec("static"), model_set.spec("content")
+            inputs = F.build_static_inputs(spec, group_created, platforms, group_posts, **text)
+            content_inputs = inputs if content_spec == spec else \
+                F.build_static_inputs(content_spec, group_created, platforms, group_posts, **text)
+            encoded = encode_content(set_content_tag(model_set),
+                                     *await self.infer.content_vectors(model_set, content_inputs))
+            for i, row in enumerate(members):
+                static_features[row], content[row] = content_inputs["static_features"][i], encoded[i]
+            jobs.append(ScoringJob("static", model_set, [p.post_id for p in group_posts], group_created, inputs,
+                                   spec, group_created, group_routes,
+                                   explanations={"words": words} if words else None))
+        self.metrics.content_vectors.labels("post").inc(len(scored))
+        return jobs, static_features, content
+
+    async def temporal_jobs(self, updates: list[SequenceUpdate]) -> list[ScoringJob]:
+        """The temporal jobs of these updates."""
+        if not updates:
+            return []
+        routes = [self.models.router.route(u.post.platform) for u in updates]
+        jobs = []
+        for model_set, rows in group_rows(routes):
+            group = take(updates, rows)
+            job = self._fallback_job(group, take(routes, rows)) if model_set is None else \
+                await self._temporal_job(model_set, group, take(routes, rows))
+            self.stream_clock = max(self.stream_clock, float(job.as_of.max()))
+            jobs.append(job)
+        return jobs
+
+    @staticmethod
+    def _sequences(updates: list[SequenceUpdate]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray,
+                                                           np.ndarray | None]:
+        """(sequences, created, as_of, without_post or None) of the updates' posts. A snapshot may come before its
+        post: then the first observation stands in for the upload time."""
+        seqs = [u.sequence for u in updates]
+        created = np.array([u.post.created_at if u.post.created_at is not None else u.sequence[0, 0]
+                            for u in updates])
+        as_of = np.array([u.sequence[-1, 0] for u in updates])
+        without_post = np.array([u.post.created_at is None for u in updates])
+        return seqs, created, as_of, without_post if without_post.any() else None
+
+    async def _temporal_job(self, model_set: ModelSet, updates: list[SequenceUpdate], routes: list[Route]
+                            ) -> ScoringJob:
+        spec = model_set.spec("temporal")
+        seqs, created, as_of, without_post = self._sequences(updates)
+        platforms = [route.platform for route in routes]
+        vectors, weights = await self._cached_content(model_set, updates, created, platforms)
+        inputs = F.build_temporal_inputs(spec, seqs, created, platforms, self.weights_for, as_of, vectors)
+        return ScoringJob("temporal", model_set, [u.post_id for u in updates], as_of, inputs, spec, created, routes,
+                          [u.post.category for u in updates], {"modality_weights": weights}, without_post)
+
+    def _fallback_job(self, updates: list[SequenceUpdate], routes: list[Route]) -> ScoringJob:
+        """Posts no model set scores: their dynamic features (the persistence baseline's input and the rising
+        board's growth), under their platform's score weights."""
+        spec = self.models.fallback_spec
+        seqs, created, as_of, without_post = self._sequences(updates)
+        weights = F.weight_matrix([route.platform for route in routes], self.weights_for, spec.counters)
+        dynamic = F.build_sequence(spec, seqs, created, as_of, weights)["dynamic_features"]
+        return ScoringJob("temporal", None, [u.post_id for u in updates], as_of, {"dynamic_features": dynamic}, spec,
+                          created, routes, [u.post.category for u in updates], None, without_post)
+
+    async def _cached_content(self, model_set: ModelSet, updates: list[SequenceUpdate], created: np.ndarray,
+                              platforms: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The content vectors the merge returned; stale or missing ones (of another content model or version,
+        or none) are recomputed and stored."""
+        content = model_set.predictors["content"]
+        spec = model_set.spec("content")
+        dim = next(o.dims[0] for o in content.model.config.output if o.name == "content_vector")
+        tag = set_content_tag(model_set)
+        vectors, weights, ok = decode_content([u.post.content for u in updates], tag, dim, len(F.MODALITIES))
+        stale = np.flatnonzero(~ok)
+        if len(stale):
+            self.metrics.content_vectors.labels("recomputed").inc(len(stale))
+            post_ids = [updates[i].post_id for i in stale]
+            stored = await self.store.content_inputs(post_ids)
+            titled = [row for row, (_, title) in enumerate(stored) if title is not None]
+            text = {}
+            embedded = await self.infer.embed_titles([stored[row][1] for row in titled]) if titled else None
+            if embedded is not None:  # rows without a stored title keep an all-zero mask, i.e. text masked
+                tokens, mask = embedded[0]["text_tokens"], embedded[0]["text_token_mask"]
+                text = {"text_tokens": np.zeros((len(stale), *tokens.shape[1:]), np.float32),
+                        "text_token_mask": np.zeros((len(stale), mask.shape[1]), np.float32)}
+                text["text_tokens"][titled], text["text_token_mask"][titled] = tokens, mask
+            # A post that never came has no stored features: its first observation stands in for the upload.
+            inputs = F.build_static_inputs(spec, created[stale], [platforms[i] for i in stale], **text)
+            for row, (static, _) in enumerate(stored):
+                if static is not None and len(static) == 4 * spec.static_dim:
+                    inputs["static_features"][row] = np.frombuffer(static, dtype=np.float32)
+            vectors[stale], weights[stale] = await self.infer.content_vectors(model_set, inputs)
+            await self.store.put_content(post_ids, encode_content(tag, vectors[stale], weights[stale]))
+        return vectors, weights
