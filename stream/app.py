@@ -12,7 +12,6 @@ served and the model sets that are not servable.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ from popscore.settings import COUNTER_NAMES, Settings
 from popscore.stream.batch_runner import BatchRunner, OutageTooLong
 from popscore.stream.health import Probes
 from popscore.stream.micro_batches import take_batches
+from popscore.stream.redis_schema import PostMeta, latest_predictions
 from popscore.stream.worker import StreamWorker
 
 log = logging.getLogger(__name__)
@@ -213,14 +213,12 @@ def create_app(settings: Settings) -> faust.App:
         sequence = await worker.store.get(post_id)
         if not fields and len(sequence) == 0:
             return web.json({"error": f"unknown post {post_id!r}"}, status=404)
-        predictions = {k.decode().split(":", 1)[1]: json.loads(v) for k, v in fields.items()
-                       if k.startswith(b"prediction:")}
         return web.json({
             "post_id": post_id,
-            "platform": fields.get(b"platform", b"").decode() or None,
+            "platform": PostMeta.from_hash(fields).platform,
             "sequence": {"columns": ["observed_at", *COUNTER_NAMES],
                          "rows": [[None if v != v else v for v in row] for row in sequence.tolist()]},
-            "predictions": predictions,
+            "predictions": latest_predictions(fields),
         })
 
     app.popscore_worker = worker  # the web views' and tests' handle on the worker

@@ -47,13 +47,13 @@ from popscore.stream.failpoints import Failpoints
 from popscore.stream.fallback import FALLBACK_PLATFORM_LABEL, LOG1P_AGE_H, PERSISTENCE_MODEL, PERSISTENCE_VERSION, \
     SCORE_NOW, persistence_log_score
 from popscore.stream.health import Health
-from popscore.stream.leaderboard import Leaderboards, RecordedPrediction
+from popscore.stream.leaderboard import Leaderboards
 from popscore.stream.metrics import WorkerMetrics
-from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, eval_ages_reached, eval_field, \
-    model_labels, parse_eval_field
+from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, eval_ages_reached, model_labels
 from popscore.stream.predictions import NO_FLAGS, encode, latest_view, prediction_records
-from popscore.stream.sequence_store import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, SequenceUpdate, \
-    SnapshotSequenceStore, content_tag, count_decreases, decode_content, encode_content, group_by_post, \
+from popscore.stream.redis_schema import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, RecordedPrediction, \
+    content_tag, decode_content, encode_content, eval_field, parse_eval_field
+from popscore.stream.sequence_store import SequenceUpdate, SnapshotSequenceStore, count_decreases, group_by_post, \
     steps_by_post
 
 log = logging.getLogger(__name__)
