@@ -23,6 +23,7 @@ COPY popscore/ popscore/
 COPY stream/ stream/
 COPY serving/ serving/
 COPY trainer/ trainer/
+COPY tools/ tools/
 
 FROM base AS trainer
 RUN pip install ".[stream,serving,train]" \

@@ -5,6 +5,9 @@ to Kafka unchanged. Posts sit at ``created_at``, snapshots at ``observed_at``; l
 event time (a post before its snapshots at a tie). ``.gz`` and ``.xz`` suffixes compress. Writing and
 reading stream (bounded memory); every line read is validated by the same ``decode_record`` the workers
 use, so a user's own file is checked exactly as Kafka input would be.
+
+Core rather than a tool: the trainer (``popscore evaluate --events``) reads event files as well as the tools
+(import, simulate, replay, demo), and the format is the contract's records and nothing else.
 """
 
 from __future__ import annotations

@@ -321,7 +321,7 @@ def build_sequence(
 
 def _build_sequence_chunk(spec, seqs, created_at, as_of, weights) -> dict[str, np.ndarray]:
     # Only the times are padded to [B, N]; the counters stay in one flat table and just the rows the bins read
-    # are gathered from it (at 36 observations a post: 6.9 -> 6.2 us for the whole batch of inputs).
+    # are gathered from it, which spares copying every counter of every padded slot.
     flat, row_of = _flat_rows(seqs)  # row_of [B, N]: each padded slot's row of ``flat`` (its last row: NaN)
     times = flat[row_of, 0] - created_at[:, None]  # ages in seconds; padding and bad times are not finite
     age = as_of - created_at  # [B]

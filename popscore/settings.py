@@ -20,51 +20,59 @@ PLATFORM_NAME = re.compile(r"[a-z][a-z0-9]{0,31}")
 
 
 class TopicSettings(BaseModel):
-    posts: str = "posts"
-    snapshots: str = "snapshots"
-    predictions: str = "predictions"
-    deadletter: str = "deadletter"
-    partitions: int = Field(4, ge=1, le=1024)
+    posts: str = Field("posts", description="input topic of post.v1 records")
+    snapshots: str = Field("snapshots", description="input topic of snapshot.v1 records and snapshot-batch.v1 "
+                           "envelopes")
+    predictions: str = Field("predictions", description="output topic: one prediction.v1 record per prediction")
+    deadletter: str = Field("deadletter", description="output topic: one deadletter.v1 record per rejected input "
+                            "(original bytes and reason)")
+    partitions: int = Field(4, ge=1, le=1024, description="partitions of the topics the embedded stack (and "
+                            "docker-compose's kafka-init) creates, 1-1024: the most worker replicas that get work")
 
 
 class KafkaSettings(BaseModel):
-    bootstrap_servers: str = "127.0.0.1:9092"
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers (host:port, "
+                                   "comma-separated)")
     topics: TopicSettings = TopicSettings()
 
 
 class RedisSettings(BaseModel):
-    url: str = "redis://127.0.0.1:6379/0"
-    key_prefix: str = "ps:"
-    socket_timeout_s: float = Field(5.0, gt=0, description="a Redis reply slower than this fails the batch (which "
-                                    "is retried): a paused or partitioned Redis must not hang the worker")
+    url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the sequences, post metadata and "
+                     "leaderboards (redis:// URL)")
+    key_prefix: str = Field("ps:", description="prefix of every Redis key popscore writes")
+    socket_timeout_s: float = Field(5.0, gt=0, description="seconds; a Redis reply slower than this fails the batch "
+                                    "(which is retried), so a paused or partitioned Redis cannot hang the worker")
 
 
 class TritonSettings(BaseModel):
-    http_url: str = "127.0.0.1:8000"
-    grpc_url: str = "127.0.0.1:8001"
+    http_url: str = Field("127.0.0.1:8000", description="Triton's HTTP endpoint (host:port): health checks and "
+                          "tools; the worker talks gRPC")
+    grpc_url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint (host:port): the worker's inference "
+                          "and model-control calls")
 
 
 class ServingSettings(BaseModel):
     """How the worker calls Triton, and when it gives up and runs the same ONNX file itself."""
 
-    # Not shorter: the static model's full chunk carries 1024 titles' token states (32 x 384 floats each,
-    # ~50 MB), and the chunks of a batch queue behind each other at a Triton with one CPU instance, so a
-    # healthy embedded Triton can take over a second to answer the last of them. A missed deadline opens
-    # the circuit at once, so a frozen Triton costs one deadline per breaker_reset_s, not per batch.
-    timeout_s: float = Field(2.0, gt=0, description="deadline of one Triton request; missing it opens the "
+    # Not shorter: the chunks of a batch of titles (their token states are large) queue behind each other at a
+    # Triton with one CPU instance, so a healthy embedded Triton can take over a second to answer the last one.
+    # A missed deadline opens the circuit at once, so a frozen Triton costs one deadline per breaker_reset_s.
+    timeout_s: float = Field(2.0, gt=0, description="seconds; deadline of one Triton request. Missing it opens the "
                              "circuit at once (no retry)")
     text_encoder: bool = Field(True, description="embed titles with model_repo's popscore_text_encoder when present")
-    text_timeout_s: float = Field(60.0, gt=0, description="deadline of one text-encoder request (a transformer "
-                                  "on the CPU: about 60 titles/s on 2 cores)")
+    text_timeout_s: float = Field(60.0, gt=0, description="seconds; deadline of one text-encoder request (a "
+                                  "transformer, far slower than the other models on a CPU)")
     retries: int = Field(1, ge=0, description="retries of a Triton request after a quick error (UNAVAILABLE, "
                          "connection refused); a missed deadline is not retried")
-    backoff_s: float = Field(0.05, ge=0, description="first retry delay; doubles per retry")
+    backoff_s: float = Field(0.05, ge=0, description="seconds; first retry delay, doubled at each retry")
     breaker_failures: int = Field(3, ge=1, description="failed requests in a row (after their retries) that "
                                   "open the circuit; one missed deadline opens it at once")
-    breaker_reset_s: float = Field(5.0, gt=0, description="how long the circuit stays open before a trial call")
-    local_fallback: bool = Field(True, description="run ONNX Runtime locally when Triton cannot answer")
-    load_timeout_s: float = Field(60.0, gt=0, description="time allowed for Triton to load a new version")
-    refresh_interval_s: float = Field(10.0, gt=0, description="how often the model repository is checked")
+    breaker_reset_s: float = Field(5.0, gt=0, description="seconds the circuit stays open before a trial call")
+    local_fallback: bool = Field(True, description="run the same ONNX file in ONNX Runtime inside the worker while "
+                                 "Triton cannot answer")
+    load_timeout_s: float = Field(60.0, gt=0, description="seconds Triton may take to load a new model version")
+    refresh_interval_s: float = Field(10.0, gt=0, description="seconds between checks of the model repository for "
+                                      "a promoted version or a new model set")
     python_backend_mirror: Path | None = Field(
         None, description="embedded stack only: the Python-backend mirror to refresh before a model load")
     platform_aliases: dict[str, str] = Field(
@@ -101,41 +109,44 @@ class ServingSettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
-    app_id: str = "popscore"
+    app_id: str = Field("popscore", description="Faust app id: the Kafka consumer group every worker replica joins")
     bind_host: str = Field("127.0.0.1", description="address of the web views and /metrics (0.0.0.0 in a container)")
-    web_port: int = 6066
-    metrics_port: int = 9464
-    batch_size: int = Field(1000, ge=1, le=100_000)
+    web_port: int = Field(6066, description="port of the web views (/healthz, /readyz, /leaderboard, /posts/{id})")
+    metrics_port: int = Field(9464, description="port of the Prometheus /metrics endpoint")
+    batch_size: int = Field(1000, ge=1, le=100_000, description="records in a micro-batch at most (1-100,000); a "
+                            "batch goes to the agent when it is full or batch_within_s after its first record")
     gc_threshold: int = Field(100_000, ge=700, description="allocations between young-generation garbage "
-                              "collections; Python's 700 made decoding a batch 3x slower in the worker")
-    batch_within_s: float = Field(0.004, gt=0, le=10, description="how long a micro-batch waits to fill after "
-                                  "its first record; under load batches fill first, while the previous one is "
-                                  "handled. Paced single records arrive in fetches ~20 ms apart, so waiting longer "
-                                  "mostly delays them: p50 44/41 ms with 0.004 against 54/49 ms with 0.01")
-    fetch_max_wait_ms: int = Field(20, ge=1, le=10_000, description="consumer fetch wait; Tansu holds every "
-                                   "fetch this long (Faust's own value is 1500)")
-    producer_batch_bytes: int = Field(512 * 1024, ge=1024, le=1_000_000, description="largest record batch "
-                                      "the worker produces (under Kafka's 1 MB message.max.bytes). Faust's 16 KB "
-                                      "put ~35 predictions in a batch, and Tansu pays per stored batch: broker CPU "
-                                      "per snapshot at 20,000/s fell from 21 to 7 us")
-    leaderboard_size: int = Field(100, ge=1, le=10_000)
+                              "collections in the worker (Python's default: 700); a high value keeps the collector "
+                              "from walking Faust's long-lived objects at every batch")
+    batch_within_s: float = Field(0.004, gt=0, le=10, description="seconds a micro-batch waits to fill after its "
+                                  "first record (at most 10). Under load batches fill while the previous one is "
+                                  "handled, so a longer wait mostly delays paced single records")
+    fetch_max_wait_ms: int = Field(20, ge=1, le=10_000, description="milliseconds (1-10,000) the broker may hold "
+                                   "a consumer fetch that finds no data; Tansu holds every fetch this long, so it "
+                                   "adds to latency at low rates (Faust's own value is 1500)")
+    producer_batch_bytes: int = Field(512 * 1024, ge=1024, le=1_000_000, description="bytes; largest record batch "
+                                      "the worker produces (1,024-1,000,000, under Kafka's 1 MB "
+                                      "message.max.bytes). Fewer, larger batches cost the broker less, which "
+                                      "pays per stored batch (Faust's own value is 16 KB)")
+    leaderboard_size: int = Field(100, ge=1, le=10_000, description="entries kept per leaderboard (1-10,000)")
     max_batch_snapshots: int = Field(4096, ge=1, description="snapshots merged and scored per step "
                                      "(a window is split into steps of about this size, a post's snapshots "
                                      "in one step)")
     window_snapshots: int = Field(500_000, ge=1, description="snapshots of a micro-batch grouped by post before "
                                   "they are merged: a post's snapshots in one window give one merge and one "
                                   "prediction. Bounds what a batch of envelopes holds (~120 B a snapshot)")
-    lanes: int = Field(2, ge=1, le=64, description="windows of one micro-batch scored concurrently, split by "
-                       "partition (a post stays in one lane, in order)")
+    lanes: int = Field(2, ge=1, le=64, description="windows of one micro-batch scored concurrently (1-64), split "
+                       "by partition (a post stays in one lane, in order)")
     lane_min_snapshots: int = Field(512, ge=0, description="a micro-batch with fewer snapshots is scored in "
-                                    "one lane: lanes overlap the round trips of big batches and only add round "
-                                    "trips to small ones (paced single records: worker CPU -8 %, p50 -4 to -9 ms)")
+                                    "one lane: lanes overlap the round trips of big batches but only add round "
+                                    "trips to small ones")
     stream_buffer_records: int = Field(4096, ge=1, description="records buffered per partition before "
                                        "consumption pauses (backpressure)")
     cached_posts: int = Field(200_000, ge=0, description="posts whose metadata (upload time, platform, category, "
                               "content vector; ~0.5 KB each) the worker keeps so merges need not read it back "
                               "from Redis (0: none)")
-    post_ttl_refresh_s: int = Field(3600, ge=0, description="a cached post's hash gets its TTL refreshed by a merge "
+    post_ttl_refresh_s: int = Field(3600, ge=0, description="seconds; a cached post's hash gets its TTL refreshed "
+                                    "by a merge "
                                     "at most this often (not at every merge), so it lives up to this much longer "
                                     "than its sequence")
     online_window: int = Field(5_000, ge=10, description="predictions per (model, version, age) in the "
@@ -143,51 +154,66 @@ class WorkerSettings(BaseModel):
     online_age_tolerance_h: float | None = Field(None, gt=0, description="a prediction made at age a counts for "
                                                  "evaluation age t when t <= a < t + this; default: one sequence "
                                                  "bin of the model's feature spec")
-    post_grace_s: float = Field(10.0, ge=0, description="how long snapshots of a post not seen yet wait for "
+    post_grace_s: float = Field(10.0, ge=0, description="seconds snapshots of a post not seen yet wait for "
                                 "it before they are scored without it (kept in Redis, ps:awaiting)")
-    gauge_interval_s: float = Field(5.0, gt=0, description="refresh interval of lag and tracked-post gauges")
-    awaiting_scan_s: float = Field(1.0, gt=0, description="how often posts whose snapshots waited past "
-                                   "post_grace_s are taken (leased) and scored without their post")
-    awaiting_lease_s: float = Field(60.0, gt=0, description="how long a worker holds a waiting post it took; a "
+    gauge_interval_s: float = Field(5.0, gt=0, description="seconds between refreshes of the lag and tracked-post "
+                                    "gauges")
+    awaiting_scan_s: float = Field(1.0, gt=0, description="seconds between scans for posts whose snapshots "
+                                   "waited past post_grace_s; those are taken (leased) and scored without their post")
+    awaiting_lease_s: float = Field(60.0, gt=0, description="seconds a worker holds a waiting post it took; a "
                                     "worker that dies meanwhile leaves it to be taken again after this")
-    probe_interval_s: float = Field(1.0, gt=0, description="how often readiness probes Redis and the broker")
-    probe_timeout_s: float = Field(2.0, gt=0, description="a probe slower than this counts as unreachable")
+    probe_interval_s: float = Field(1.0, gt=0, description="seconds between readiness probes of Redis and the broker")
+    probe_timeout_s: float = Field(2.0, gt=0, description="seconds; a probe slower than this counts as unreachable")
     batch_attempts: int = Field(2, ge=1, description="tries of a batch failing with a non-transient error before "
                                 "it is split to find the records that fail alone (dead-lettered)")
-    outage_budget_s: float = Field(120.0, gt=0, description="how long a batch is retried while Redis, the broker "
+    outage_budget_s: float = Field(120.0, gt=0, description="seconds a batch is retried while Redis, the broker "
                                    "or Triton is unreachable; after that the worker exits (code 3) without "
                                    "committing it")
-    retry_max_backoff_s: float = Field(5.0, gt=0, description="longest wait between retries of a failed batch")
+    retry_max_backoff_s: float = Field(5.0, gt=0, description="seconds; longest wait between retries of a failed "
+                                       "batch")
     failpoints: str = Field("", description="fault tests only: kill the worker at named points "
                             "(stream/failpoints.py), e.g. after_merge=3")
-    # Tansu holds a group join for half the rebalance timeout; short timeouts make (re)joins quick.
-    rebalance_timeout_s: float = Field(6.0, gt=0)
-    session_timeout_s: float = Field(10.0, gt=0)
-    heartbeat_interval_s: float = Field(1.0, gt=0)
+    # Short defaults for the embedded broker: Tansu holds a group join for half the rebalance timeout, so short
+    # timeouts make (re)joins quick. docker-compose.yml raises them for Apache Kafka (docs/deployment.md).
+    rebalance_timeout_s: float = Field(6.0, gt=0, description="seconds; consumer-group rebalance timeout (Tansu holds "
+                                       "a join for half of it)")
+    session_timeout_s: float = Field(10.0, gt=0, description="seconds; a worker silent this long is dropped from "
+                                     "the consumer group")
+    heartbeat_interval_s: float = Field(1.0, gt=0, description="seconds between consumer-group heartbeats")
 
 
 class LimitSettings(BaseModel):
     """Operational caps at the input boundary. Field-level caps (id, text and list lengths) are part of
     the public contract and live in ``popscore.contract`` so the JSON Schemas publish them."""
 
-    max_record_bytes: int = Field(1_048_576, ge=1_024)
-    max_future_skew_s: int = Field(24 * 3600, ge=0)
-    deadletter_original_bytes: int = Field(262_144, ge=0, le=327_680, description="bytes of a rejected "
-                                           "record's value (and of its key) kept in its dead letter; longer "
-                                           "ones are cut and flagged. Base64 makes them a third larger: the cap "
-                                           "keeps a dead letter under the producer's 1 MB request size")
+    max_record_bytes: int = Field(1_048_576, ge=1_024, description="bytes; a larger input record is rejected "
+                                  "(dead letter, reason too_large)")
+    max_future_skew_s: int = Field(24 * 3600, ge=0, description="seconds; a timestamp further ahead of now is "
+                                   "rejected (dead letter, reason invalid)")
+    deadletter_original_bytes: int = Field(262_144, ge=0, le=327_680, description="bytes (at most "
+                                           "327,680) of a rejected record's value (and of its key) kept in its "
+                                           "dead letter; longer ones are cut and flagged. Base64 makes them a "
+                                           "third larger: the cap keeps a dead letter under the producer's 1 MB "
+                                           "request size")
 
 
 class ScoreSettings(BaseModel):
     """Popularity score = weighted sum of counters; the MTAF paper's weights are the default."""
 
-    default_weights: dict[str, float] = {"favorites": 0.2, "comments": 0.3, "shares": 0.5}
-    platform_weights: dict[str, dict[str, float]] = {
-        "hackernews": {"likes": 1.0},
-        "reddit": {"likes": 1.0},
-        "youtube": {"views": 1.0},
-    }
-    horizon_s: int = 7 * 24 * 3600
+    default_weights: dict[str, float] = Field(
+        {"favorites": 0.2, "comments": 0.3, "shares": 0.5},
+        description="counter weights of the popularity score of a platform without its own (JSON object: counter "
+                    "-> weight)")
+    platform_weights: dict[str, dict[str, float]] = Field(
+        {
+            "hackernews": {"likes": 1.0},
+            "reddit": {"likes": 1.0},
+            "youtube": {"views": 1.0},
+        },
+        description="counter weights of the popularity score per platform (JSON object: platform -> {counter: "
+                    "weight})")
+    horizon_s: int = Field(7 * 24 * 3600, description="seconds; the fallback's prediction horizon, and how long a "
+                           "post's sequence lives in Redis after its last update")
 
     def weights_for(self, platform: str) -> dict[str, float]:
         return self.platform_weights.get(platform, self.default_weights)
@@ -196,15 +222,18 @@ class ScoreSettings(BaseModel):
 class StackSettings(BaseModel):
     """The embedded stack started by ``popscore up``."""
 
-    run_dir: Path = Path(".popscore/run")
-    model_repo: Path = Path("model_repo")
-    host: str = "127.0.0.1"
-    start_timeout_s: float = 120.0
-    stop_timeout_s: float = 20.0
-    workers: int = Field(1, ge=1, le=16, description="worker processes in one consumer group: the partitions "
-                         "are shared out between them. One worker is one Python thread, busy the whole time at "
-                         "~18,000-19,500 envelope snapshots/s here; two reached 19,500-20,000/s (the first "
-                         "serves the stack's web and metrics ports, the others free ones)")
+    run_dir: Path = Field(Path(".popscore/run"), description="directory of the embedded stack's logs, state "
+                          "(stack.json), generated Triton repository and Redis data")
+    model_repo: Path = Field(Path("model_repo"), description="the Triton model repository: what the embedded "
+                             "stack serves, and where the worker looks for model sets and new versions")
+    host: str = Field("127.0.0.1", description="address the embedded stack's components listen on")
+    start_timeout_s: float = Field(120.0, description="seconds a component of the embedded stack may take to "
+                                   "become healthy")
+    stop_timeout_s: float = Field(20.0, description="seconds a component gets to stop before it is killed")
+    workers: int = Field(1, ge=1, le=16, description="worker processes in one consumer group (1-16): the "
+                         "partitions are shared out between them; the first serves the stack's web and metrics "
+                         "ports, the others free ones. One worker is one Python thread, so a sustained load may "
+                         "need two on a small machine (docs/benchmarks.md)")
 
 
 class Settings(BaseSettings):

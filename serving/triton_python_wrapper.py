@@ -4,9 +4,8 @@ The embedded tritonserver has only the Python backend, so ``popscore up`` copies
 each ONNX version as ``model.py``. The requests of one ``execute`` call whose inputs agree in shape apart
 from the batch dimension are concatenated into one ONNX Runtime run (the point of dynamic batching) and the
 outputs split back per request; requests with another shape (a variable dimension such as a title's token
-count) run as their own group. A group is run in slices of at most ``POPSCORE_ORT_MAX_ROWS`` rows (256): the
-temporal head's activations at 1,024 rows outgrow the CPU caches, ~14.8 us a row against ~12.8 at 256 (one
-thread, the same process, 2026-11-25).
+count) run as their own group. A group is run in slices of at most ``POPSCORE_ORT_MAX_ROWS`` rows (256): larger
+slices' activations outgrow the CPU caches (docs/benchmarks.md has the figures).
 """
 
 import json

@@ -20,23 +20,13 @@ import faust
 
 from popscore.settings import COUNTER_NAMES, Settings
 from popscore.stream.batch_runner import BatchRunner, OutageTooLong
+from popscore.stream.faust_ext.app import App
+from popscore.stream.faust_ext.micro_batches import take_batches
 from popscore.stream.health import Probes
-from popscore.stream.micro_batches import take_batches
 from popscore.stream.redis_schema import PostMeta, latest_predictions
 from popscore.stream.worker import StreamWorker
 
 log = logging.getLogger(__name__)
-
-
-class App(faust.App):
-    """Faust's app without its ``Monitor`` sensor. The worker's metrics are its own (stream/metrics.py, on
-    Prometheus); the monitor's bookkeeping for every record in and out was ~2 % of the worker's CPU on
-    single records, for statistics nothing reads."""
-
-    def on_init_dependencies(self):
-        dependencies = super().on_init_dependencies()
-        self.sensors.remove(self.monitor)
-        return dependencies
 
 
 def create_app(settings: Settings) -> faust.App:

@@ -23,18 +23,18 @@ def shared_data() -> Path:
 def stack_class():
     """testcontainers where a Docker engine is reachable, the embedded stack otherwise (or as
     POPSCORE_TEST_STACK=embedded|containers says)."""
-    from popscore.stack.stack import EmbeddedStack
+    from popscore.tools.stack.stack import EmbeddedStack
 
     choice = os.environ.get("POPSCORE_TEST_STACK", "auto")
     if choice == "containers" or (choice == "auto" and _docker_available()):
-        from popscore.stack.containers import ContainerStack
+        from popscore.tools.stack.containers import ContainerStack
 
         return ContainerStack
     return EmbeddedStack
 
 
 def _docker_available() -> bool:
-    from popscore.stack.containers import docker_available
+    from popscore.tools.stack.containers import docker_available
 
     try:
         import testcontainers  # noqa: F401

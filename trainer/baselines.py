@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from popscore import features as F
+from popscore import features
 
 
 def persistence(log_now: np.ndarray) -> np.ndarray:
@@ -73,7 +73,7 @@ class GBT:
     def _base(self, inputs):
         if not self.temporal:
             return 0.0
-        return inputs["dynamic_features"][:, F.DYNAMIC_FEATURE_NAMES.index("log1p_score_now")].astype(float)
+        return inputs["dynamic_features"][:, features.DYNAMIC_FEATURE_NAMES.index("log1p_score_now")].astype(float)
 
     def fit(self, inputs: dict[str, np.ndarray], y: np.ndarray) -> "GBT":
         self.model.fit(tabular(inputs, self.temporal, self.text), y - self._base(inputs))

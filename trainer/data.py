@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from popscore import features as F
+from popscore import features
 from popscore.settings import COUNTER_NAMES, ScoreSettings
 
 HN_DIR = "hackernews-frontpage-30min-2020-2022"
@@ -175,10 +175,10 @@ class Examples:
         b = len(out["static_features"])
         post = self.post_index[rows]
         out["text_embedding"] = (self.titles.pooled[post] if self.titles is not None
-                                 else np.zeros((b, F.TEXT_DIM), np.float32))
+                                 else np.zeros((b, features.TEXT_DIM), np.float32))
         if tokens:
             titles = (self.titles.tokens[post], self.titles.mask[post]) if self.titles is not None else ()
-            out.update(F.embedding_inputs(b, *titles))
+            out.update(features.embedding_inputs(b, *titles))
         if not temporal:
             for k in ("sequence", "sequence_mask", "dynamic_features"):
                 out.pop(k, None)
@@ -186,7 +186,7 @@ class Examples:
 
 
 def make_examples(
-    spec: F.FeatureSpec,
+    spec: features.FeatureSpec,
     table: PostTable,
     ages_h: Sequence[float],
     titles: TitleEncodings | None = None,
@@ -194,13 +194,13 @@ def make_examples(
 ) -> Examples:
     """Cut every post at every age with the serving feature code (the pieces of build_temporal_inputs)."""
     score = score or ScoreSettings()
-    w = F.weight_matrix(table.platform, score.weights_for, spec.counters)
-    target = F.target_log_score(spec, table.seqs, table.created_at, w)
+    w = features.weight_matrix(table.platform, score.weights_for, spec.counters)
+    target = features.target_log_score(spec, table.seqs, table.created_at, w)
     ok = np.isfinite(target)
-    static = F.build_static_features(spec, table.created_at, table.platform, table.posts)
+    static = features.build_static_features(spec, table.created_at, table.platform, table.posts)
     parts = []
     for age in ages_h:
-        seq = F.build_sequence(spec, table.seqs, table.created_at, table.created_at + age * 3600.0, w)
+        seq = features.build_sequence(spec, table.seqs, table.created_at, table.created_at + age * 3600.0, w)
         seq.pop("score_now")
         seq["static_features"] = static
         parts.append(seq)
@@ -209,6 +209,6 @@ def make_examples(
     inputs = {k: np.concatenate([p[k] for p in parts])[sel] for k in parts[0]}
     age_arr = np.repeat(np.asarray(ages_h, dtype=np.float64), n)[sel]
     post_index = np.tile(np.arange(n), len(ages_h))[sel]
-    log_now = inputs["dynamic_features"][:, F.DYNAMIC_FEATURE_NAMES.index("log1p_score_now")].astype(np.float64)
+    log_now = inputs["dynamic_features"][:, features.DYNAMIC_FEATURE_NAMES.index("log1p_score_now")].astype(np.float64)
     return Examples(inputs, np.tile(target, len(ages_h))[sel], age_arr, post_index, log_now,
                     np.tile(table.created_at, len(ages_h))[sel], titles)

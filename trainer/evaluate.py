@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from array import array
 from collections import Counter
@@ -27,10 +26,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from popscore import features as F
+from popscore import features
 from popscore.metrics import regression_metrics
 from popscore.settings import COUNTER_NAMES
 from popscore.trainer import data as D
+from popscore.trainer.runtime import default_threads
 
 KINDS = ("static", "content", "temporal")
 TEXT_ENCODER = "popscore_text_encoder"
@@ -45,8 +45,6 @@ class EvaluationError(Exception):
 
 def idle_cores() -> int:
     """Cores nobody else is using right now, at least 1 (as training decides its threads)."""
-    from popscore.trainer.train import default_threads
-
     return default_threads()
 
 
@@ -71,8 +69,10 @@ class Graph:
         return str(self.meta.get("platform") or self.meta.get("dataset") or "unknown")
 
     @property
-    def spec(self) -> F.FeatureSpec:
-        return F.FeatureSpec.from_dict(self.meta["feature_spec"]) if "feature_spec" in self.meta else F.DEFAULT_SPEC
+    def spec(self) -> features.FeatureSpec:
+        if "feature_spec" not in self.meta:
+            return features.DEFAULT_SPEC
+        return features.FeatureSpec.from_dict(self.meta["feature_spec"])
 
     @property
     def label(self) -> str:

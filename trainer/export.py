@@ -1,4 +1,5 @@
-"""ONNX export, PyTorch parity check, Triton model repository layout and the promotion gate.
+"""The graphs each MTAF model is served as, ONNX export, PyTorch parity check, Triton model repository
+layout and the promotion gate.
 
 Layout (Triton, onnxruntime backend; the embedded stack wraps the same files in a Python backend):
     model_repo/<name>/config.pbtxt           names/dtypes/dims from popscore.features (the serving contract)
@@ -6,9 +7,9 @@ Layout (Triton, onnxruntime backend; the embedded stack wraps the same files in 
     model_repo/<name>/<n>/metadata.json      metrics, data window, feature spec + hash, code version, git sha
 One model set per platform: ``popscore_<platform>_static``, ``popscore_<platform>_temporal_content`` and
 ``popscore_<platform>_temporal`` (features.model_name). MTAF-temporal is two graphs (the content encoder,
-then the head) promoted together under one version number; the head's metadata names its content encoder. Candidates are first written
-under .popscore/candidates/<name>/<stamp>/; one becomes the next version only if its MAE on the
-validation window is not worse than the serving (highest) version's MAE on the same inputs.
+then the head) promoted together under one version number; the head's metadata names its content encoder.
+Candidates are first written under .popscore/candidates/<name>/<stamp>/; one becomes the next version only if
+its MAE on the validation window is not worse than the serving (highest) version's MAE on the same inputs.
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ import json
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+import torch
+from torch import nn
 
-from popscore import features as F
+from popscore import features
+from popscore.trainer.data import Examples
+from popscore.trainer.models import MTAF, MTAFStatic
 
 PARITY_TOL = 1e-4
 CANDIDATES = Path(".popscore/candidates")
@@ -50,17 +56,64 @@ def git_version() -> dict[str, Any]:
 
 def dynamic_axes(names: list[str]) -> dict[str, dict[int, str]]:
     """A dynamic batch axis on every tensor, plus the variable (-1) dims of the serving contract (tokens)."""
-    contract = {t.name: t for kind in F.MODEL_KINDS for group in F.model_tensors(kind, F.DEFAULT_SPEC) for t in group}
+    contract = {t.name: t for kind in features.MODEL_KINDS
+                for group in features.model_tensors(kind, features.DEFAULT_SPEC) for t in group}
     return {n: {0: "batch", **{i + 1: "tokens" for i, d in enumerate(contract[n].dims if n in contract else ())
                                 if d == -1}} for n in names}
 
 
-def export_onnx(graph, path: Path, example: dict[str, np.ndarray], gru_steps: int, opset: int = 17) -> None:
-    """Export one ``models.OnnxGraph`` with a dynamic batch dimension on every input and output, and a
-    dynamic token dimension on the title's tensors. A GRU is written unrolled over its ``gru_steps`` steps
-    (``onnx_gru``: ~40 % less ORT CPU for the temporal head, the parity check below covers it)."""
+@dataclass(frozen=True)
+class OnnxGraph:
+    """One exported graph: which served model it becomes, the module to trace, its I/O names."""
+
+    kind: str  # one of popscore.features.MODEL_KINDS
+    module: nn.Module
+    input_names: list[str]
+    output_names: list[str]
+
+
+class _PositionalOutputs(nn.Module):
+    """Positional inputs in contract order, tuple outputs in contract order (what torch.onnx.export wants)."""
+
+    def __init__(self, fn: Callable[..., dict[str, torch.Tensor]], input_names: list[str], output_names: list[str],
+                 owner: nn.Module) -> None:
+        super().__init__()
+        self.owner = owner
+        self.fn, self.input_names, self.output_names = fn, input_names, output_names
+
+    def forward(self, *args: torch.Tensor):
+        out = self.fn(**dict(zip(self.input_names, args)))
+        return tuple(out[n] for n in self.output_names)
+
+
+def onnx_graphs(model: MTAF) -> list[OnnxGraph]:
+    """MTAF-static is one graph. MTAF-temporal is two, served side by side with the same version: the
+    content encoder (once per post) and the head (per snapshot, from the cached content vector), so a
+    snapshot carries a 64-d content vector to Triton instead of ~2,200 embedding floats."""
+    if isinstance(model, MTAFStatic):
+        names, outs = model.input_names(), model.output_names()
+        return [OnnxGraph("static", _PositionalOutputs(model, names, outs, model), names, outs)]
+
+    def encode(**inputs):
+        content_vector, modality_weights, word_attention = model.encoder(**inputs)
+        return {"content_vector": content_vector, "modality_weights": modality_weights,
+                "word_attention": word_attention}
+
+    content_in = [t.name for t in features.STATIC_INPUTS]
+    content_out = [t.name for t in features.content_outputs(model.cfg.d_model)]
+    head_in = [t.name for t in features.temporal_inputs(features.DEFAULT_SPEC, model.cfg.d_model)]
+    head_out = [t.name for t in features.TEMPORAL_OUTPUTS]
+    return [
+        OnnxGraph("content", _PositionalOutputs(encode, content_in, content_out, model), content_in, content_out),
+        OnnxGraph("temporal", _PositionalOutputs(model.predict, head_in, head_out, model), head_in, head_out),
+    ]
+
+
+def export_onnx(graph: OnnxGraph, path: Path, example: dict[str, np.ndarray], gru_steps: int, opset: int = 17) -> None:
+    """Export one graph with a dynamic batch dimension on every input and output, and a dynamic token
+    dimension on the title's tensors. A GRU is written unrolled over its ``gru_steps`` steps (``onnx_gru``:
+    ONNX Runtime runs that faster; export_and_promote's parity check covers it)."""
     import onnx
-    import torch
 
     from popscore.trainer.onnx_gru import unroll_grus
 
@@ -106,26 +159,24 @@ def pipeline_predict(paths: list[Path], inputs: dict[str, np.ndarray]) -> dict[s
     return outs
 
 
-def parity(model, paths: list[Path], inputs: dict[str, np.ndarray]) -> float:
+def parity(model: MTAF, paths: list[Path], inputs: dict[str, np.ndarray]) -> float:
     """Max abs difference between PyTorch and the exported graphs run by onnxruntime, over all outputs."""
-    import torch
-
     with torch.no_grad():
         ref = model(**{k: torch.from_numpy(np.ascontiguousarray(inputs[k])) for k in model.input_names()})
     got = pipeline_predict(paths, inputs)
     return max(float(np.abs(ref[k].numpy() - got[k]).max()) for k in model.output_names())
 
 
-def config_pbtxt(name: str, kind: str, spec: F.FeatureSpec, max_batch_size: int = 1024,
-                 content_dim: int = F.CONTENT_DIM) -> str:
-    ins, outs = F.model_tensors(kind, spec, content_dim)
+def config_pbtxt(name: str, kind: str, spec: features.FeatureSpec, max_batch_size: int = 1024,
+                 content_dim: int = features.CONTENT_DIM) -> str:
+    ins, outs = features.model_tensors(kind, spec, content_dim)
 
-    def block(t: F.TensorSpec) -> str:
+    def block(t: features.TensorSpec) -> str:
         dims = ", ".join(str(d) for d in t.dims)
         return f'  {{\n    name: "{t.name}"\n    data_type: {t.data_type}\n    dims: [ {dims} ]\n  }}'
 
     # The worker batches its requests itself (a micro-batch's rows in one request), so waiting for more only
-    # adds latency: a 2 ms queue delay cost ~3 ms of p50 on paced single records.
+    # adds latency: the queue delay stays at 100 us.
     return (
         f'name: "{name}"\n'
         'platform: "onnxruntime_onnx"\n'
@@ -158,13 +209,23 @@ def served_graphs(repo: Path, name: str, version: int) -> list[Path]:
     return first + [head / "model.onnx"]
 
 
+def output_bounds(train: Examples, temporal: bool) -> dict:
+    """The ranges the training data supports, declared in the exported metadata: the worker clamps scores and
+    intervals into ``log_score`` and flags predictions whose inputs fall outside the others."""
+    bounds = {"log_score": [float(train.target.min()), float(train.target.max())]}
+    if temporal:
+        bounds["age_h"] = [float(train.age_h.min()), float(train.age_h.max())]
+        bounds["log1p_score_now"] = [float(train.log_now.min()), float(train.log_now.max())]
+    return bounds
+
+
 def export_and_promote(
-    model,
+    model: MTAF,
     kind: str,
-    ex,
+    ex: Examples,
     repo: Path,
     *,
-    spec: F.FeatureSpec,
+    spec: features.FeatureSpec,
     metrics: list[dict],
     window: dict,
     dataset: str,
@@ -176,11 +237,9 @@ def export_and_promote(
     extra_metadata: dict | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` (``kind`` static or temporal) as a candidate, check parity, and promote it into
-    ``repo`` if the gate passes. ``ex`` are the validation-window examples (trainer.data.Examples): the
-    gate compares the candidate's MAE on them with the serving version's on the same inputs."""
-    from popscore.trainer.models import onnx_graphs
-
-    name = F.model_name(kind, platform)
+    ``repo`` if the gate passes. ``ex`` are the validation-window examples: the gate compares the
+    candidate's MAE on them with the serving version's on the same inputs."""
+    name = features.model_name(kind, platform)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     cand_dir = CANDIDATES / name / stamp
     graphs = onnx_graphs(model)
@@ -188,7 +247,7 @@ def export_and_promote(
     example = dict(inputs)
     paths = []
     for graph in graphs:
-        path = cand_dir / F.model_name(graph.kind, platform) / "model.onnx"
+        path = cand_dir / features.model_name(graph.kind, platform) / "model.onnx"
         export_onnx(graph, path, example, gru_steps=spec.n_bins)
         example.update(onnx_predict(path, {k: v[:2] for k, v in example.items()}))  # the next graph's inputs
         paths.append(path)
@@ -221,7 +280,7 @@ def export_and_promote(
         promote = True
     gate["promoted"] = promote
     # One number for every graph of the model, so the head and its content encoder always pair by version.
-    version = 1 + max([0, *(v for g in graphs for v in versions(Path(repo) / F.model_name(g.kind, platform)))])
+    version = 1 + max([0, *(v for g in graphs for v in versions(Path(repo) / features.model_name(g.kind, platform)))])
     base_meta = {
         "dataset": dataset,
         "platform": platform,
@@ -240,16 +299,16 @@ def export_and_promote(
     }
     metas = []
     for graph, path in zip(graphs, paths):
-        meta = {"model": F.model_name(graph.kind, platform), "kind": graph.kind, **base_meta,
+        meta = {"model": features.model_name(graph.kind, platform), "kind": graph.kind, **base_meta,
                 "inputs": graph.input_names, "outputs": graph.output_names}
         if graph.kind == "temporal" and len(graphs) > 1:
-            meta["content_model"] = {"name": F.model_name("content", platform), "version": version}
+            meta["content_model"] = {"name": features.model_name("content", platform), "version": version}
         (path.parent / "metadata.json").write_text(json.dumps(meta, indent=1))
         metas.append(meta)
     info = {"candidate": str(cand_dir), "parity_max_abs_diff": diff, **gate}
     if promote:
         for graph, path, meta in zip(graphs, paths, metas):  # the head last: its version appears when complete
-            model_dir = Path(repo) / F.model_name(graph.kind, platform)
+            model_dir = Path(repo) / features.model_name(graph.kind, platform)
             model_dir.mkdir(parents=True, exist_ok=True)
             (model_dir / "config.pbtxt").write_text(
                 config_pbtxt(model_dir.name, graph.kind, spec, max_batch_size, model.cfg.d_model))

@@ -1,10 +1,9 @@
 """Exported GRUs rewritten as plain matrix products, the same function in a form ONNX Runtime runs faster.
 
-ONNX Runtime's CPU GRU kernel was ~72 % of the temporal head's time (13.9 of 19 us a row, batch 256, one
-thread). Unrolled over its 16 steps, with each gate's input projection done for all steps in one Gemm and
-the recurrent one as a Gemm per step, the head costs ~13-15 us a row at batches of 64 and more, outputs within
-~1e-5 (an ORT profile and A/B runs in one process, 2026-11-25). Below ~32 rows a call it is slower (more
-nodes to dispatch), which the worker's micro-batches and Triton's dynamic batching rarely meet. The graph
+ONNX Runtime's CPU GRU kernel takes most of the temporal head's time. Unrolled over its steps, with each
+gate's input projection done for all steps in one Gemm and the recurrent one as a Gemm per step, the head
+runs faster at the batch sizes the worker's micro-batches and Triton's dynamic batching send (tens of rows
+and more; a call of a few rows is slower, having more nodes to dispatch), with outputs within ~1e-5. The graph
 around the GRU is unchanged: ``Y`` and ``Y_h`` keep the ONNX layouts, so the exporter's transposes still apply.
 """
 

@@ -48,14 +48,14 @@ def train_pairwise(spec, table: D.PostTable, ex0: D.Examples, cfg: PairConfig | 
     """``ex0``: the training examples at age 0 (one per post, static inputs). Returns (model, calib, info)."""
     import torch
 
-    from popscore.trainer.models import MTAF, config_for
+    from popscore.trainer.models import MTAFStatic, config_for
 
     cfg = cfg or PairConfig()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     authors = _authors(table, ex0.post_index)
     pairs = discriminable_pairs(authors, ex0.created_at, ex0.target, cfg)
-    model = MTAF(config_for(spec, temporal=False))
+    model = MTAFStatic(config_for(spec, temporal=False))
     names = model.input_names()
 
     def tensors(rows):

@@ -1,10 +1,10 @@
-"""The training recipe, as named stages over the components in this package (data, baselines, models,
-calibration, export):
+"""The training recipe: ``run`` is a short sequence of named stages over the components of this package
+(data, baselines, models, fitting, calibration, export):
 
-    load_table -> encode_titles -> for each rolling-origin fold: train_fold
-        (examples -> baselines -> MTAF-static -> MTAF-temporal -> blend with Szabo-Huberman -> interval
-         calibration -> evaluate on the fold's test window)
-    -> summarise the folds -> export the latest fold's model set for the data set's platform
+    load_table -> encode_titles -> for each rolling-origin fold, train_fold:
+        fold_examples -> baselines -> MTAF-static -> [pairwise ranker] -> MTAF-temporal (blended with
+        Szabo-Huberman, interval calibrated) -> fold_metrics on the fold's test window
+    -> summarise the folds -> write the results -> export the latest fold's model set
 
 A data set is one platform (Hacker News, Reddit, YouTube), and each platform gets its own model set: the
 platforms differ in units (points, upvotes, views), in how early a post is first observed and in cadence
@@ -14,17 +14,23 @@ platforms differ in units (points, upvotes, views), in how early a post is first
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from popscore import features as F
-from popscore.trainer import baselines as B
-from popscore.trainer import data as D
+from popscore import features
 from popscore.metrics import regression_metrics
+from popscore.trainer import data
+from popscore.trainer.baselines import GBT, SzaboHuberman, persistence
+from popscore.trainer.calibration import calibrate_interval, fit_blend
+from popscore.trainer.data import Examples, PostTable, TitleEncodings
+from popscore.trainer.export import export_and_promote, output_bounds
+from popscore.trainer.fitting import predict_mtaf, train_mtaf
+from popscore.trainer.models import MTAF, MTAFStatic
+from popscore.trainer.runtime import default_threads, log
 
 
 @dataclass
@@ -56,41 +62,92 @@ class TrainConfig:
     model_repo: Path | None = Path("model_repo")  # None: no export
     force: bool = False  # promote even if the gate says no
     progress: bool = True
-    spec: F.FeatureSpec | None = None  # None: spec_for(dataset)
+    spec: features.FeatureSpec | None = None  # None: spec_for(dataset)
 
 
 # Observation ages and bins per platform family: HN/Reddit snapshots are ~30-60 min apart, YouTube's
 # trending lists are daily (observed_at = end of the trending day).
-SPEC_PRESETS: dict[str, F.FeatureSpec] = {
-    "default": F.FeatureSpec(),
-    "youtube": F.FeatureSpec(
+SPEC_PRESETS: dict[str, features.FeatureSpec] = {
+    "default": features.FeatureSpec(),
+    "youtube": features.FeatureSpec(
         bin_s=6 * 3600.0, n_bins=16, train_ages_h=(0.0, 12.0, 24.0, 36.0, 48.0, 72.0, 96.0, 144.0),
         eval_ages_h=(24.0, 48.0, 96.0),
     ),
 }
 
 
-def spec_for(dataset: str) -> F.FeatureSpec:
+STATIC_MODELS = ("mtaf_static", "gbt_static", "pairwise_static")  # evaluated at upload only
+
+
+def spec_for(dataset: str) -> features.FeatureSpec:
     return SPEC_PRESETS["youtube" if dataset.startswith("youtube") else "default"]
 
 
-def default_threads() -> int:
-    """The cores not busy when training starts: on a loaded 2-core machine two torch threads fight the load
-    and each other (ten temporal epochs took 140 s with 2 threads against 22 s with 1)."""
-    cores = os.cpu_count() or 1
-    busy = int(round(os.getloadavg()[0])) if hasattr(os, "getloadavg") else 0
-    return max(1, min(cores, cores - busy))
+# ------------------------------------------------------------------------------------------------ recipe
 
 
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+def run(cfg: TrainConfig) -> dict:
+    """The whole recipe; returns the results dict (also written as JSON under the report dir)."""
+    started = time.time()
+    prepare(cfg)
+    log(f"loading {cfg.dataset} ({cfg.threads} threads)")
+    table = load_table(cfg)
+    platform = platform_of(table)
+    titles = encode_titles(cfg, table)
+    splits = data.rolling_origin_folds(table, cfg.folds, cfg.test_frac, cfg.embargo_h * 3600.0)
+    folds = [train_fold(cfg, k, table, titles, *split, last=k == len(splits) - 1) for k, split in enumerate(splits)]
+    results = summarise_run(cfg, table, platform, titles, folds, train_seconds=time.time() - started)
+    out_dir = write_results(cfg, results, folds[-1])
+    log(f"trained in {results['train_seconds']:.0f} s; results in {out_dir}")
+    if cfg.model_repo is not None:
+        results["export"] = export_model_set(cfg, platform, folds[-1])
+        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    return results
 
 
-def load_table(cfg: TrainConfig) -> D.PostTable:
-    return D.load_dataset(cfg.dataset, limit=cfg.limit, data_dir=cfg.data_dir)
+def train_fold(cfg: TrainConfig, k: int, table: PostTable, titles: TitleEncodings | None,
+               train_idx: np.ndarray, test_idx: np.ndarray, window: dict, last: bool) -> FoldResult:
+    """One rolling-origin fold, every model evaluated on its test window; the pairwise ranker and the word
+    attention summaries in the last fold only."""
+    ex = fold_examples(cfg, k, table, titles, train_idx, test_idx)
+    sh = SzaboHuberman().fit(ex.train.age_h, ex.train.log_now, ex.train.target)
+    preds = {"persistence": persistence(ex.test.log_now), "szabo_huberman": sh.predict(ex.test.age_h, ex.test.log_now)}
+    if cfg.gbt:
+        preds.update(fit_trees(cfg, ex, text=titles is not None))
+    static = train_static(cfg, ex)
+    preds["mtaf_static"] = static.test_out["log_score"]
+    pair_protocol = {}
+    if last and cfg.pairwise:
+        preds["pairwise_static"], pair_protocol = train_pair_ranker(cfg, table, ex, preds)
+    temporal, blend, preds["mtaf_temporal_alone"] = train_temporal(cfg, ex, sh, static.model)
+    preds["mtaf_temporal"] = temporal.test_out["log_score"]
+    intervals = {"mtaf_static": static.test_out["log_interval"], "mtaf_temporal": temporal.test_out["log_interval"]}
+    return FoldResult(
+        fold=k, window=window, rows=fold_metrics(k, preds, intervals, ex.test), preds=preds, test=ex.test,
+        models={"static": static.model, "temporal": temporal.model},
+        val={"static": ex.val_at_upload, "temporal": ex.val},
+        bounds={"static": output_bounds(ex.train_at_upload, False), "temporal": output_bounds(ex.train, True)},
+        calibration={"static": static.calibration, "temporal": temporal.calibration}, blend=blend,
+        history={"mtaf_static": static.history, "mtaf_temporal": temporal.history},
+        explain=explain(table, ex, static, temporal, words=titles is not None and last), pair_protocol=pair_protocol,
+    )  # fmt: skip
 
 
-def platform_of(table: D.PostTable) -> str:
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def prepare(cfg: TrainConfig) -> None:
+    """Fill in what the configuration leaves to the run: threads (also torch's) and the feature spec."""
+    cfg.threads = cfg.threads or default_threads()
+    torch.set_num_threads(cfg.threads)
+    cfg.spec = cfg.spec or spec_for(cfg.dataset)
+
+
+def load_table(cfg: TrainConfig) -> PostTable:
+    return data.load_dataset(cfg.dataset, limit=cfg.limit, data_dir=cfg.data_dir)
+
+
+def platform_of(table: PostTable) -> str:
     """The one platform a data set's posts are on: the model set it trains."""
     platforms = sorted(set(table.platform))
     if len(platforms) != 1:
@@ -98,300 +155,163 @@ def platform_of(table: D.PostTable) -> str:
     return platforms[0]
 
 
-# ----------------------------------------------------------------------------------------------- training
-
-
-def _loss_fn(name: str):
-    import torch.nn.functional as Fn
-
-    if name == "mse":
-        return Fn.mse_loss
-    if name == "l1":
-        return Fn.l1_loss
-    return lambda a, b: Fn.huber_loss(a, b, delta=0.5)
-
-
-def _pinball(pred, y, q: float):
-    d = y - pred
-    return (q * d).clamp_min(0).mean() + ((q - 1) * d).clamp_min(0).mean()
-
-
-def train_mtaf(
-    cfg: TrainConfig, train: D.Examples, val: D.Examples, temporal: bool, word_scores_from=None
-):
-    """Train one MTAF model; returns (model, history). ``word_scores_from``: a trained MTAF whose word-attention
-    scoring is copied and frozen (the temporal model reuses the static model's: learnt freely there, on HN it
-    overfitted, since every post is seen at ten ages, and cost ~1.4 % validation MAE)."""
-    import torch
-
-    from popscore.trainer.models import MTAF, config_for
-
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    model = MTAF(config_for(cfg.spec or spec_for(cfg.dataset), temporal, d_model=cfg.d_model, gru_hidden=cfg.gru_hidden))
-    if word_scores_from is not None:
-        scoring = model.encoder.text.attention
-        scoring.load_state_dict(word_scores_from.encoder.text.attention.state_dict())
-        scoring.requires_grad_(False)
-    names = model.input_names()
-
-    def tensors(ex: D.Examples, rows, tokens: bool = True) -> dict:
-        return {k: torch.from_numpy(np.ascontiguousarray(v))
-                for k, v in ex.inputs_at(rows, temporal, tokens).items() if k in names}
-
-    fit_rows = rng.choice(len(train), size=min(len(train), 50_000), replace=False)
-    model.fit_normalisers(tensors(train, fit_rows, tokens=False))  # no token states: nothing fits on them
-    model.init_output_bias(float(np.mean(train.target - (train.log_now if temporal else 0.0))))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_epoch = int(np.ceil(len(train) / cfg.batch_size))
-    if cfg.epochs is not None:  # asked for: honoured exactly
-        epochs = cfg.epochs
-    else:
-        epochs = max(6, min(200, int(np.ceil(cfg.min_steps / max(per_epoch, 1)))))
-    steps = epochs * per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
-    loss_fn = _loss_fn(cfg.loss)
-    y_all = torch.from_numpy(train.target.astype(np.float32))
-    best, best_epoch, best_state, history = np.inf, 0, None, []
-    from tqdm import tqdm
-
-    for epoch in range(epochs):
-        model.train()
-        perm = rng.permutation(len(train))
-        total, seen = 0.0, 0
-        bar = tqdm(range(0, len(perm), cfg.batch_size), disable=not cfg.progress, leave=False,
-                   desc=f"{'temporal' if temporal else 'static'} epoch {epoch + 1}/{epochs}")  # fmt: skip
-        for lo in bar:
-            rows = np.sort(perm[lo : lo + cfg.batch_size])
-            out = model(**tensors(train, rows))
-            y = y_all[rows].unsqueeze(1)
-            loss = loss_fn(out["log_score"], y)
-            loss = loss + 0.5 * (_pinball(out["log_interval"][:, :1], y, 0.1) + _pinball(out["log_interval"][:, 1:], y, 0.9))
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(rows)
-            seen += len(rows)
-        pred = predict_mtaf(model, val, temporal)["log_score"]
-        val_mae = float(np.abs(pred - val.target).mean()) if len(val) else float("nan")
-        history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_mae": val_mae})
-        if epochs <= 20 or (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
-            _log(f"{'temporal' if temporal else 'static'} epoch {epoch + 1}/{epochs}: loss {total / max(seen, 1):.4f} val MAE {val_mae:.4f}")
-        if not len(val) or val_mae < best:
-            best, best_epoch = val_mae, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch - best_epoch >= cfg.patience:  # small data sets overfit long before their step budget
-            _log(f"{'temporal' if temporal else 'static'}: no better validation MAE for {cfg.patience} epochs, "
-                 f"best at epoch {best_epoch + 1}")
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return model, history
-
-
-def calibrate_interval(model, val: D.Examples, temporal: bool, coverage: float = 0.8) -> dict:
-    """Fit the conformal interval margins on the validation window and store them in the model."""
-    from popscore.trainer.calibration import margins_by_age
-
-    out = predict_mtaf(model, val, temporal)
-    lo, hi = out["log_interval"][:, 0], out["log_interval"][:, 1]
-    age = val.age_h if temporal else np.zeros(len(val))
-    edges, margins = margins_by_age(lo, hi, val.target, age, coverage)
-    model.set_interval_margin(edges, margins)
-    return {"age_edges_h": edges, "margins": margins, "n": int(len(val))}
-
-
-def predict_mtaf(model, ex: D.Examples, temporal: bool, batch: int = 8192) -> dict[str, np.ndarray]:
-    import torch
-
-    model.eval()
-    names = model.input_names()
-    outs: dict[str, list] = {}
-    with torch.no_grad():
-        for lo in range(0, len(ex), batch):
-            rows = slice(lo, lo + batch)
-            inp = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ex.inputs_at(rows, temporal).items() if k in names}
-            for k, v in model(**inp).items():
-                outs.setdefault(k, []).append(v.numpy())
-    if "word_attention" in outs:  # each batch is cut to its longest title: pad to the longest of all
-        width = max(v.shape[1] for v in outs["word_attention"])
-        outs["word_attention"] = [np.pad(v, ((0, 0), (0, width - v.shape[1]))) for v in outs["word_attention"]]
-    res = {k: np.concatenate(v) for k, v in outs.items()}
-    if "log_score" in res:
-        res["log_score"] = res["log_score"][:, 0].astype(np.float64)
-    else:
-        res["log_score"] = np.zeros(0)
-    return res
-
-
-# ------------------------------------------------------------------------------------------------ recipe
-
-
-def encode_titles(cfg: TrainConfig, table: D.PostTable) -> D.TitleEncodings | None:
+def encode_titles(cfg: TrainConfig, table: PostTable) -> TitleEncodings | None:
     if not cfg.text:
         return None
     from popscore.trainer.encoders import cached_title_encodings, text_encoder_available
 
     if not text_encoder_available():
-        _log("no served text encoder or onnxruntime: training without text (masked)")
+        log("no served text encoder or onnxruntime: training without text (masked)")
         return None
-    _log("title token states and embeddings (served all-MiniLM-L6-v2, cached)")
+    log("title token states and embeddings (served all-MiniLM-L6-v2, cached)")
     return cached_title_encodings(table.title, progress=cfg.progress)
 
 
-def fit_blend(model, val: D.Examples, sh: B.SzaboHuberman, evidence_se: float = 2.0) -> dict:
-    """Per training age, the weight w of MTAF against Szabo-Huberman, stored in the model (served inside the
-    graph). w minimises the MAE on the validation window, but MTAF must earn it: unless the blend beats the
-    baseline there by more than ``evidence_se`` standard errors of the paired difference, the baseline serves
-    alone. On
-    small data sets (Reddit's validation window has ~50 posts) the best w is mostly noise, and where MTAF
-    cannot know more than the baseline (no observation yet) it must not do worse."""
-    raw = predict_mtaf(model, val, temporal=True)["log_score"]
-    baseline = sh.predict(val.age_h, val.log_now)
-    ages = sorted(np.unique(val.age_h).tolist())
-    grid = np.linspace(0.0, 1.0, 21)
-    weights, coefs, gains = [], [], []
-    for age in ages:
-        m = val.age_h == age
-        err_sh = np.abs(baseline[m] - val.target[m])
-        maes = [np.abs(w * raw[m] + (1 - w) * baseline[m] - val.target[m]).mean() for w in grid]
-        w = float(grid[int(np.argmin(maes))])
-        diff = np.abs(w * raw[m] + (1 - w) * baseline[m] - val.target[m]) - err_sh
-        standard_error = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.inf
-        if diff.mean() + evidence_se * standard_error >= 0:
-            w = 0.0
-        weights.append(w)
-        gains.append(float(np.abs(w * raw[m] + (1 - w) * baseline[m] - val.target[m]).mean() - err_sh.mean()))
-        coefs.append(sh.coefficients_at(age))
-    from popscore.trainer.calibration import age_edges
+@dataclass
+class FoldExamples:
+    """A fold's examples at the spec's ages: training, validation (the training window's last posts) and
+    test windows, and the first two at upload only (what MTAF-static and the static baselines see)."""
 
-    edges = age_edges(ages)
-    intercepts, slopes, unobserved = ([c[i] for c in coefs] for i in range(3))
-    model.set_blend(edges, weights, intercepts, slopes, unobserved)
-    return {"ages_h": ages, "age_edges_h": edges, "mtaf_weight": weights, "sh_intercept": intercepts,
-            "sh_slope": slopes, "sh_unobserved": unobserved, "val_mae_change_vs_sh": gains, "n": int(len(val))}
+    fit_idx: np.ndarray  # the training posts, without the validation ones
+    test_idx: np.ndarray
+    train: Examples
+    val: Examples
+    test: Examples  # at upload and at the spec's evaluation ages
+    train_at_upload: Examples
+    val_at_upload: Examples
 
 
-def output_bounds(train: D.Examples, temporal: bool) -> dict:
-    """The ranges the training data supports, declared in the exported metadata: the worker clamps scores and
-    intervals into ``log_score`` and flags predictions whose inputs fall outside the others."""
-    bounds = {"log_score": [float(train.target.min()), float(train.target.max())]}
-    if temporal:
-        bounds["age_h"] = [float(train.age_h.min()), float(train.age_h.max())]
-        bounds["log1p_score_now"] = [float(train.log_now.min()), float(train.log_now.max())]
-    return bounds
+def fold_examples(cfg: TrainConfig, k: int, table: PostTable, titles: TitleEncodings | None,
+                  train_idx: np.ndarray, test_idx: np.ndarray) -> FoldExamples:
+    spec = cfg.spec
+    n_val = int(round(cfg.val_frac * len(train_idx)))
+    fit_idx, val_idx = train_idx[: len(train_idx) - n_val], train_idx[len(train_idx) - n_val :]
+    log(f"fold {k + 1}/{cfg.folds}: train {len(fit_idx)} / val {len(val_idx)} / test {len(test_idx)} posts")
+
+    def examples(idx: np.ndarray, ages: tuple[float, ...]) -> Examples:
+        return data.make_examples(spec, table.take(idx), ages, None if titles is None else titles.take(idx))
+
+    train = examples(fit_idx, tuple(spec.train_ages_h))
+    val = examples(val_idx, tuple(spec.train_ages_h))
+    test = examples(test_idx, (0.0,) + tuple(spec.eval_ages_h))
+    return FoldExamples(fit_idx, test_idx, train, val, test, train.subset(train.age_h == 0.0),
+                        val.subset(val.age_h == 0.0))
+
+
+def fit_trees(cfg: TrainConfig, ex: FoldExamples, text: bool) -> dict[str, np.ndarray]:
+    """Gradient-boosted trees on the same features: static (at upload, with the title embedding) and
+    temporal (on a sample of the training examples); their predictions on the test window."""
+    log("gradient-boosted trees (static, temporal)")
+    static = GBT(temporal=False, text=text, seed=cfg.seed, num_threads=cfg.threads)
+    static.fit(ex.train_at_upload.inputs_at(None, False, tokens=False), ex.train_at_upload.target)
+    rows = np.sort(np.random.default_rng(cfg.seed).choice(len(ex.train), size=min(len(ex.train), cfg.gbt_max_rows),
+                                                          replace=False))
+    temporal = GBT(temporal=True, text=False, seed=cfg.seed, num_threads=cfg.threads)
+    temporal.fit(ex.train.subset(rows).inputs_at(None, True, tokens=False), ex.train.target[rows])
+    return {"gbt_static": static.predict(ex.test.inputs_at(None, False, tokens=False)),
+            "gbt_temporal": temporal.predict(ex.test.inputs_at(None, True, tokens=False))}
+
+
+@dataclass
+class Trained:
+    """One trained MTAF model and what the fold learnt about it."""
+
+    model: MTAF
+    history: list[dict]
+    calibration: dict
+    test_out: dict[str, np.ndarray]  # every output on the fold's test window, as served
+
+
+def train_static(cfg: TrainConfig, ex: FoldExamples) -> Trained:
+    log("MTAF-static")
+    model, history = train_mtaf(cfg, cfg.spec, ex.train_at_upload, ex.val_at_upload, temporal=False)
+    calibration = calibrate_interval(model, ex.val_at_upload, temporal=False)
+    return Trained(model, history, calibration, predict_mtaf(model, ex.test, temporal=False))
+
+
+def train_pair_ranker(cfg: TrainConfig, table: PostTable, ex: FoldExamples,
+                      preds: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
+    """The intrinsic-popularity ranker's predictions on the test window, and every static model's accuracy
+    on the test window's discriminable pairs."""
+    log("pairwise intrinsic-popularity ranker")
+    from popscore.trainer.pairwise import discriminable_pair_accuracy, train_pairwise
+
+    ranker, (intercept, slope), info = train_pairwise(cfg.spec, table.take(ex.fit_idx), ex.train_at_upload,
+                                                      seed=cfg.seed)
+    ranked = intercept + slope * predict_mtaf(ranker, ex.test, temporal=False)["log_score"]
+    at_upload = ex.test.age_h == 0.0
+    scored = {**preds, "pairwise_static": ranked}
+    protocol = {"train": info}
+    for name in STATIC_MODELS:
+        if name in scored:
+            protocol[name] = discriminable_pair_accuracy(table.take(ex.test_idx), ex.test.subset(at_upload),
+                                                         scored[name][at_upload])
+    return ranked, protocol
+
+
+def train_temporal(cfg: TrainConfig, ex: FoldExamples, sh: SzaboHuberman,
+                   static: MTAFStatic) -> tuple[Trained, dict, np.ndarray]:
+    """MTAF-temporal (reusing the static model's word-attention scores), then its blend with Szabo-Huberman
+    and its interval calibration; also returns its test predictions before the blend."""
+    log("MTAF-temporal")
+    model, history = train_mtaf(cfg, cfg.spec, ex.train, ex.val, temporal=True, word_scores_from=static)
+    alone = predict_mtaf(model, ex.test, temporal=True)["log_score"]
+    blend = fit_blend(model, ex.val, sh, cfg.blend_evidence_se)
+    calibration = calibrate_interval(model, ex.val, temporal=True)
+    log(f"blend weights of MTAF by age {dict(zip(blend['ages_h'], blend['mtaf_weight']))}")
+    return Trained(model, history, calibration, predict_mtaf(model, ex.test, temporal=True)), blend, alone
+
+
+def explain(table: PostTable, ex: FoldExamples, static: Trained, temporal: Trained, words: bool) -> dict:
+    """Mean modality and time attention of the served temporal model on the test window; with ``words``,
+    what both models' word attention reads in the test titles."""
+    out = temporal.test_out
+    summary = {"modality_weights_mean": out["modality_weights"].mean(0).tolist(),
+               "time_attention_mean": out["time_attention"].mean(0).tolist()}
+    if words:
+        from popscore.trainer.encoders import title_wordpieces
+        from popscore.trainer.explain import word_attention_summary
+
+        at_upload = np.flatnonzero(ex.test.age_h == 0.0)  # one row per test post
+        titles = title_wordpieces([table.posts[i].text.title for i in ex.test_idx[ex.test.post_index[at_upload]]])
+        summary["word_attention"] = {
+            "mtaf_static": word_attention_summary(titles, static.test_out["word_attention"][at_upload]),
+            "mtaf_temporal": word_attention_summary(titles, out["word_attention"][at_upload]),
+        }
+    return summary
+
+
+def fold_metrics(k: int, preds: dict[str, np.ndarray], intervals: dict[str, np.ndarray], test: Examples) -> list[dict]:
+    """Metrics per model and age on the test window: the static models at upload, the temporal ones at the
+    evaluation ages, the served MTAF-temporal at both."""
+    rows = []
+    for name, pred in preds.items():
+        for age in sorted(np.unique(test.age_h)):
+            if (name in STATIC_MODELS) != (age == 0.0) and not (name == "mtaf_temporal" and age == 0.0):
+                continue
+            m = test.age_h == age
+            r = regression_metrics(test.target[m], pred[m], intervals[name][m] if name in intervals else None)
+            rows.append({"fold": k, "model": name, "age_h": float(age), **r})
+    return rows
 
 
 @dataclass
 class FoldResult:
+    """What a fold leaves for the results and, for the latest fold, the export."""
+
     fold: int
     window: dict
     rows: list[dict]  # metrics per model and age on the fold's test window
-    preds: dict[str, np.ndarray]
-    test: D.Examples
-    test_table: D.PostTable
-    models: dict = field(default_factory=dict)  # kind -> trained MTAF
-    val: dict = field(default_factory=dict)  # kind -> validation examples (export gate)
-    bounds: dict = field(default_factory=dict)  # kind -> output_bounds
-    calibration: dict = field(default_factory=dict)
-    blend: dict = field(default_factory=dict)
-    sh: dict = field(default_factory=dict)
-    history: dict = field(default_factory=dict)
-    explain: dict = field(default_factory=dict)
-    pair_protocol: dict = field(default_factory=dict)
-
-
-STATIC_MODELS = ("mtaf_static", "gbt_static", "pairwise_static")
-
-
-def train_fold(cfg: TrainConfig, k: int, table: D.PostTable, titles: D.TitleEncodings | None,
-               train_idx: np.ndarray, test_idx: np.ndarray, window: dict, last: bool) -> FoldResult:
-    spec = cfg.spec
-    n_val = int(round(cfg.val_frac * len(train_idx)))
-    fit_idx, val_idx = train_idx[: len(train_idx) - n_val], train_idx[len(train_idx) - n_val :]
-    _log(f"fold {k + 1}/{cfg.folds}: train {len(fit_idx)} / val {len(val_idx)} / test {len(test_idx)} posts")
-    sub = lambda idx: table.take(idx)  # noqa: E731
-    emb = lambda idx: None if titles is None else titles.take(idx)  # noqa: E731
-    ages = tuple(spec.train_ages_h)
-    tr = D.make_examples(spec, sub(fit_idx), ages, emb(fit_idx))
-    va = D.make_examples(spec, sub(val_idx), ages, emb(val_idx))
-    te = D.make_examples(spec, sub(test_idx), (0.0,) + tuple(spec.eval_ages_h), emb(test_idx))
-    tr0, va0 = tr.subset(tr.age_h == 0.0), va.subset(va.age_h == 0.0)
-
-    preds: dict[str, np.ndarray] = {"persistence": B.persistence(te.log_now)}
-    sh = B.SzaboHuberman().fit(tr.age_h, tr.log_now, tr.target)
-    preds["szabo_huberman"] = sh.predict(te.age_h, te.log_now)
-    intervals: dict[str, np.ndarray] = {}
-    if cfg.gbt:
-        _log("gradient-boosted trees (static, temporal)")
-        g_static = B.GBT(temporal=False, text=titles is not None, seed=cfg.seed, num_threads=cfg.threads)
-        g_static.fit(tr0.inputs_at(None, False, tokens=False), tr0.target)
-        preds["gbt_static"] = g_static.predict(te.inputs_at(None, False, tokens=False))
-        rows = np.sort(np.random.default_rng(cfg.seed).choice(len(tr), size=min(len(tr), cfg.gbt_max_rows),
-                                                              replace=False))
-        g_temp = B.GBT(temporal=True, text=False, seed=cfg.seed, num_threads=cfg.threads)
-        g_temp.fit(tr.subset(rows).inputs_at(None, True, tokens=False), tr.target[rows])
-        preds["gbt_temporal"] = g_temp.predict(te.inputs_at(None, True, tokens=False))
-
-    _log("MTAF-static")
-    m_static, hist_static = train_mtaf(cfg, tr0, va0, temporal=False)
-    calibration = {"static": calibrate_interval(m_static, va0, temporal=False)}
-    out = predict_mtaf(m_static, te, temporal=False)
-    preds["mtaf_static"], intervals["mtaf_static"] = out["log_score"], out["log_interval"]
-    static_words = out["word_attention"]
-    pair_protocol = {}
-    if last and cfg.pairwise:
-        _log("pairwise intrinsic-popularity ranker")
-        from popscore.trainer.pairwise import discriminable_pair_accuracy, train_pairwise
-
-        m_pair, (pa, pb), pair_info = train_pairwise(spec, sub(fit_idx), tr0, seed=cfg.seed)
-        preds["pairwise_static"] = pa + pb * predict_mtaf(m_pair, te, temporal=False)["log_score"]
-        at0 = te.age_h == 0.0
-        pair_protocol = {"train": pair_info}
-        for name in STATIC_MODELS:
-            if name in preds:
-                pair_protocol[name] = discriminable_pair_accuracy(sub(test_idx), te.subset(at0), preds[name][at0])
-
-    _log("MTAF-temporal")
-    m_temp, hist_temp = train_mtaf(cfg, tr, va, temporal=True, word_scores_from=m_static)
-    preds["mtaf_temporal_alone"] = predict_mtaf(m_temp, te, temporal=True)["log_score"]
-    blend = fit_blend(m_temp, va, sh, cfg.blend_evidence_se)
-    calibration["temporal"] = calibrate_interval(m_temp, va, temporal=True)
-    _log(f"blend weights of MTAF by age {dict(zip(blend['ages_h'], blend['mtaf_weight']))}")
-    out = predict_mtaf(m_temp, te, temporal=True)
-    preds["mtaf_temporal"], intervals["mtaf_temporal"] = out["log_score"], out["log_interval"]
-    explain = {"modality_weights_mean": out["modality_weights"].mean(0).tolist(),
-               "time_attention_mean": out["time_attention"].mean(0).tolist()}
-    if titles is not None and last:
-        from popscore.trainer.encoders import title_wordpieces
-        from popscore.trainer.explain import word_attention_summary
-
-        at_upload = np.flatnonzero(te.age_h == 0.0)  # one row per test post
-        words = title_wordpieces([table.posts[i].text.title for i in test_idx[te.post_index[at_upload]]])
-        explain["word_attention"] = {
-            "mtaf_static": word_attention_summary(words, static_words[at_upload]),
-            "mtaf_temporal": word_attention_summary(words, out["word_attention"][at_upload]),
-        }
-
-    rows_out = []
-    for name, p in preds.items():
-        for age in sorted(np.unique(te.age_h)):
-            if (name in STATIC_MODELS) != (age == 0.0) and not (name == "mtaf_temporal" and age == 0.0):
-                continue
-            m = te.age_h == age
-            r = regression_metrics(te.target[m], p[m], intervals[name][m] if name in intervals else None)
-            rows_out.append({"fold": k, "model": name, "age_h": float(age), **r})
-    return FoldResult(
-        fold=k, window=window, rows=rows_out, preds=preds, test=te, test_table=sub(test_idx),
-        models={"static": m_static, "temporal": m_temp}, val={"static": va0, "temporal": va},
-        bounds={"static": output_bounds(tr0, False), "temporal": output_bounds(tr, True)},
-        calibration=calibration, blend=blend, sh={str(a): c for a, c in sh.coef.items()},
-        history={"mtaf_static": hist_static, "mtaf_temporal": hist_temp}, explain=explain,
-        pair_protocol=pair_protocol,
-    )  # fmt: skip
+    preds: dict[str, np.ndarray]  # model -> predictions on the test window
+    test: Examples
+    models: dict[str, MTAF]  # kind (static, temporal) -> trained model
+    val: dict[str, Examples]  # kind -> validation examples (the export gate's)
+    bounds: dict[str, dict]  # kind -> output_bounds
+    calibration: dict[str, dict]  # kind -> interval calibration
+    blend: dict
+    history: dict[str, list[dict]]
+    explain: dict
+    pair_protocol: dict
 
 
 def summarise_folds(folds: list[FoldResult]) -> list[dict]:
@@ -418,34 +338,27 @@ def summarise_folds(folds: list[FoldResult]) -> list[dict]:
     return summary
 
 
-def run(cfg: TrainConfig) -> dict:
-    """The whole recipe; returns the results dict (also written as JSON under the report dir)."""
-    import torch
+def config_record(cfg: TrainConfig) -> dict:
+    """The configuration as JSON (the feature spec is recorded on its own)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "spec"}
 
-    t0 = time.time()
-    cfg.threads = cfg.threads or default_threads()
-    torch.set_num_threads(cfg.threads)
-    spec = cfg.spec = cfg.spec or spec_for(cfg.dataset)
-    _log(f"loading {cfg.dataset} ({cfg.threads} threads)")
-    table = load_table(cfg)
-    platform = platform_of(table)
-    titles = encode_titles(cfg, table)
-    splits = D.rolling_origin_folds(table, cfg.folds, cfg.test_frac, cfg.embargo_h * 3600.0)
-    folds = [train_fold(cfg, k, table, titles, *split, last=k == len(splits) - 1) for k, split in enumerate(splits)]
+
+def summarise_run(cfg: TrainConfig, table: PostTable, platform: str, titles: TitleEncodings | None,
+                  folds: list[FoldResult], train_seconds: float) -> dict:
+    """The results: the latest fold's (the exported models') in full, every fold's metrics and blend."""
     latest = folds[-1]
-    elapsed = time.time() - t0
-    results = {
+    return {
         "dataset": cfg.dataset,
         "platform": platform,
         "source": table.source,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "spec"},
+        "config": config_record(cfg),
         "gate_window": "validation window: the last 10% of the latest fold's training posts (also early stopping, "
                        "the baseline blend and the interval calibration); the test windows are only reported",
         "interval_calibration": latest.calibration,
         "blend": latest.blend,
         "bounds": latest.bounds,
-        "feature_spec": spec.to_dict(),
-        "feature_spec_hash": spec.hash(),
+        "feature_spec": cfg.spec.to_dict(),
+        "feature_spec_hash": cfg.spec.hash(),
         "window": latest.window,
         "n_posts": len(table),
         "text": titles is not None,
@@ -455,25 +368,23 @@ def run(cfg: TrainConfig) -> dict:
         "history": latest.history,
         "explain": latest.explain,
         "pairwise_protocol": latest.pair_protocol,
-        "train_seconds": elapsed,
+        "train_seconds": train_seconds,
     }
+
+
+def write_results(cfg: TrainConfig, results: dict, latest: FoldResult) -> Path:
+    """results.json and the latest fold's test predictions (predictions.npz) under the report dir."""
     out_dir = Path(cfg.report_dir) / cfg.dataset
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     te = latest.test
     np.savez_compressed(out_dir / "predictions.npz", target=te.target, age_h=te.age_h,
                         **{f"pred_{k}": v for k, v in latest.preds.items()})
-    _log(f"trained in {elapsed:.0f} s; results in {out_dir}")
-    if cfg.model_repo is not None:
-        results["export"] = export_model_set(cfg, platform, latest)
-        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    return results
+    return out_dir
 
 
 def export_model_set(cfg: TrainConfig, platform: str, fold: FoldResult) -> dict:
     """The latest fold's static and temporal models -> candidates -> promotion gate -> ``model_repo``."""
-    from popscore.trainer.export import export_and_promote
-
     exported = {}
     for kind in ("static", "temporal"):
         metrics = [r for r in fold.rows if r["model"] == f"mtaf_{kind}"]
@@ -486,9 +397,8 @@ def export_model_set(cfg: TrainConfig, platform: str, fold: FoldResult) -> dict:
         info = export_and_promote(
             fold.models[kind], kind, fold.val[kind], Path(cfg.model_repo), spec=cfg.spec, metrics=metrics,
             window=fold.window, dataset=cfg.dataset, platform=platform, seed=cfg.seed, force=cfg.force,
-            train_config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "spec"},
-            extra_metadata=extra,
+            train_config=config_record(cfg), extra_metadata=extra,
         )  # fmt: skip
         exported[kind] = info
-        _log(f"export {kind}: {info}")
+        log(f"export {kind}: {info}")
     return exported

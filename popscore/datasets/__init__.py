@@ -6,6 +6,10 @@ module's docstring documents its mapping. The files are read in place, never cop
 ``load_source(name, path, limit)`` reads the same formats from anywhere: a file of the data set, a folder
 holding its files, or a folder laid out like ``../shared/data``. A source that is missing, unreadable or in
 another format raises ``SourceError`` with a one-line reason.
+
+Core rather than a tool: the adapters only parse public data sets into the contract's records, and both the
+trainer and the tools (import, simulator fit) read them. They need pandas (the ``train`` extra), so nothing
+on the worker's path imports this package.
 """
 
 from __future__ import annotations

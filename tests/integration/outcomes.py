@@ -19,8 +19,8 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 
-from popscore.replay import batch_envelope
 from popscore.stream.redis_schema import RedisKeys, decode_sequence, platform_board, prediction_field
+from popscore.tools.replay import batch_envelope
 from tests.integration.kafka_io import consume_until, partition_of, produce, produce_to_partitions
 
 

@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from popscore.stack.process import group_alive
+from popscore.tools.stack.process import group_alive
 from tests.conftest import MODEL_REPO
 
 pytestmark = pytest.mark.integration
 
 
 def popscore(run_dir, *args: str) -> list[str]:
-    return [sys.executable, "-m", "popscore.cli", "--run-dir", str(run_dir), "--model-repo", str(MODEL_REPO), *args]
+    return [sys.executable, "-m", "popscore.tools.cli", "--run-dir", str(run_dir), "--model-repo", str(MODEL_REPO), *args]
 
 
 def stack_pids(run_dir) -> list[int]:

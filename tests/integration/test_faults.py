@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
-from popscore.stack.process import group_alive
 from popscore.stream.redis_schema import PREDICTED_TO, RedisKeys
+from popscore.tools.stack.process import group_alive
 from tests.integration.outcomes import Traffic, check_nothing_lost, metric, send_posts, send_snapshots
 
 pytestmark = pytest.mark.integration

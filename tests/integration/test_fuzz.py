@@ -13,7 +13,7 @@ from datetime import datetime
 
 import pytest
 
-from popscore.stack.process import group_alive
+from popscore.tools.stack.process import group_alive
 from tests.fuzz_corpus import corpus
 from tests.integration.kafka_io import consume_until, partition_of, produce_each
 from tests.integration.outcomes import check_outputs, metric

@@ -13,9 +13,9 @@ import pytest
 
 from popscore import features as F
 from popscore.contract import Post, Snapshot, encode_record
-from popscore.replay import ReplayOptions, replay
 from popscore.settings import COUNTER_NAMES
 from popscore.stream.online_accuracy import eval_ages_reached
+from popscore.tools.replay import ReplayOptions, replay
 from tests.integration.kafka_io import consume_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.data]

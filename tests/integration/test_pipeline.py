@@ -16,9 +16,9 @@ import redis
 
 from popscore import features as F
 from popscore.contract import Post, Snapshot, encode_record
-from popscore.replay import ReplayOptions, replay
 from popscore.stream.redis_schema import CONTENT as CONTENT_FIELD, RedisKeys, content_tag, decode_content, \
     decode_sequence
+from popscore.tools.replay import ReplayOptions, replay
 from tests.conftest import SHARED_DATA
 from tests.integration.kafka_io import consume_until, partition_of, produce, produce_to_partitions
 
@@ -35,7 +35,7 @@ def real_slice(prefix: str, n_posts: int) -> list[tuple[bytes, Post | Snapshot]]
 
         events = list(datasets.load("hackernews", SHARED_DATA, limit=n_posts).events())
     else:
-        from popscore.demo import read_events, sample_path
+        from popscore.tools.demo import read_events, sample_path
 
         events = [event for _, event in read_events(sample_path())]
     renamed = [event.model_copy(update={"post_id": prefix + event.post_id}) for event in events]
@@ -370,7 +370,7 @@ def test_several_snapshots_of_a_post_in_one_window_give_one_prediction(private_s
     """One envelope holding three snapshots of each post, out of order (one window of the private stack's 40
     snapshots, two steps of 16): every snapshot is stored, and each post gets one temporal prediction, as of
     its latest snapshot."""
-    from popscore.replay import batch_envelope
+    from popscore.tools.replay import batch_envelope
 
     settings, endpoints = private_stack.settings, private_stack.state.endpoints_obj()
     events = real_slice("fold-", n_posts=30)

@@ -14,8 +14,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from popscore import eventfile
-from popscore.replay import ReplayOptions, partition_for, replay_file
 from popscore.settings import TopicSettings
+from popscore.tools.replay import ReplayOptions, partition_for, replay_file
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 def broker_bootstrap(tmp_path_factory):
     """A broker of its own (Tansu, started by the stack's own helpers), not the whole embedded stack:
     replay needs only Kafka, and its own broker keeps the worker's consumers off these records."""
-    from popscore.stack import components as c
-    from popscore.stack.process import ManagedProcess, free_port
+    from popscore.tools.stack import components as c
+    from popscore.tools.stack.process import ManagedProcess, free_port
 
     endpoints = c.Endpoints("127.0.0.1", free_port(), 0, 0, 0, 0, 0, 0)
     log = tmp_path_factory.mktemp("broker") / "tansu.log"
@@ -54,7 +54,7 @@ def slice_file(tmp_path_factory) -> Path:
 
         eventfile.write(path, load("reddit", SHARED_DATA, limit=40).events())
     else:
-        path.write_bytes((REPO / "popscore" / "sample" / "demo.jsonl").read_bytes())
+        path.write_bytes((REPO / "tools" / "sample" / "demo.jsonl").read_bytes())
     return path
 
 

@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from popscore.settings import Settings
-from popscore.stack.process import StackError, group_alive
-from popscore.stack.stack import COMPONENTS, EmbeddedStack
+from popscore.tools.stack.process import StackError, group_alive
+from popscore.tools.stack.stack import COMPONENTS, EmbeddedStack
 from tests.conftest import MODEL_REPO
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ def test_two_workers_share_the_partitions_and_score_every_snapshot_once(tmp_path
     import asyncio
     import urllib.request
 
-    from popscore.bench import Workload
+    from popscore.tools.bench import Workload
     from tests.integration.kafka_io import consume_until, produce
 
     settings = settings_in(tmp_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import tomllib
 from urllib.parse import urlparse
 
 import pytest
@@ -243,7 +244,7 @@ def test_worker_runs_the_worker_command_and_scales_within_the_partitions():
 
 
 def test_trainer_is_a_one_shot_profile_whose_command_popscore_accepts():
-    from popscore.cli import build_parser
+    from popscore.tools.cli import build_parser
 
     trainer = load()["services"]["trainer"]
     assert trainer["profiles"] == ["train"]
@@ -280,7 +281,8 @@ def test_dockerfile_targets_and_pinned_base():
     assert 'ENTRYPOINT ["popscore"]' in text and 'CMD ["worker"]' in text
     assert "USER popscore" in text
     # everything the installed package maps (pyproject package-dir) is copied into the image
-    for folder in ("popscore", "stream", "serving", "trainer"):
+    package_dir = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for folder in package_dir.values():
         assert f"COPY {folder}/ {folder}/" in text
 
 

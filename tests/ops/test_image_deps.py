@@ -27,7 +27,7 @@ PROBE = textwrap.dedent("""
             return None
 
     sys.meta_path.insert(0, Block())
-    from popscore.cli import build_parser
+    from popscore.tools.cli import build_parser
     build_parser().parse_args(["worker"])
     build_parser().parse_args(["config"])
     import popscore.stream.app, popscore.serving.predictor  # what `popscore worker` imports

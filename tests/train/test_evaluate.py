@@ -18,11 +18,11 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("pandas")
 
 from popscore import datasets  # noqa: E402
-from popscore import features as F  # noqa: E402
-from popscore.cli import main  # noqa: E402
+from popscore import features  # noqa: E402
+from popscore.tools.cli import main  # noqa: E402
 from popscore.trainer import data as D  # noqa: E402
 
-SPEC = F.FeatureSpec(train_ages_h=(0.0, 0.5, 1.0, 2.0, 4.0, 8.0), eval_ages_h=(0.5, 1.0, 2.0, 4.0, 8.0))
+SPEC = features.FeatureSpec(train_ages_h=(0.0, 0.5, 1.0, 2.0, 4.0, 8.0), eval_ages_h=(0.5, 1.0, 2.0, 4.0, 8.0))
 AGES = (0.0,) + tuple(SPEC.eval_ages_h)
 N_POSTS, TEST_FROM_POST = 150, 100
 T0 = 1_600_000_000
@@ -47,15 +47,15 @@ def write_hn_source(folder: Path, seed: int = 0) -> None:
 
 
 def tiny_model(temporal: bool, examples: D.Examples, seed: int):
-    from popscore.trainer.models import MTAF, config_for
+    from popscore.trainer.models import build_mtaf, config_for
 
     torch.manual_seed(seed)
-    model = MTAF(config_for(SPEC, temporal, d_model=16, gru_hidden=8))
+    model = build_mtaf(config_for(SPEC, temporal, d_model=16, gru_hidden=8))
     inputs = examples.inputs_at(None, temporal, tokens=False)
     model.fit_normalisers({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()})
     model.init_output_bias(float(np.mean(examples.target - (examples.log_now if temporal else 0.0))))
     if temporal:
-        model.set_interval_margin([0.75, 3.0], [0.1, 0.2, 0.3])
+        model.set_interval_margins([0.75, 3.0], [0.1, 0.2, 0.3])
     return model.eval()
 
 
@@ -91,7 +91,7 @@ def write_version(repo: Path, name: str, version: int | None, graph, example, me
 def world(tmp_path_factory):
     """Synthetic HN source, its event file, a model repository (HN set v2 over an older static v1, plus a
     legacy-named static without ``platform`` for "reddit"), a candidate folder, and the models themselves."""
-    from popscore.trainer.models import onnx_graphs
+    from popscore.trainer.export import onnx_graphs
 
     root = tmp_path_factory.mktemp("evaluate")
     source = root / "hn"
@@ -105,7 +105,7 @@ def world(tmp_path_factory):
     example = train.inputs_at(slice(0, 8), True)
     with torch.no_grad():
         example["content_vector"] = temporal.encoder(**{k: torch.from_numpy(example[k]) for k in
-                                                        [t.name for t in F.STATIC_INPUTS]})[0].numpy()
+                                                        [t.name for t in features.STATIC_INPUTS]})[0].numpy()
     test_from = float(table.created_at[TEST_FROM_POST])
     meta = {"dataset": "hackernews", "platform": "hackernews", "feature_spec": SPEC.to_dict(),
             "train_config": {"text": False}, "data_window": {"test_from": test_from}}

@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("pandas")
 
-from popscore.cli import main  # noqa: E402
+from popscore.tools.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.data
 

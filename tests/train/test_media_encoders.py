@@ -174,7 +174,7 @@ def test_image_files_cache_and_errors(ie, image_model, tmp_path, monkeypatch):
 def test_image_onnx_export(ie, image_model, tmp_path):
     ort = _needs("onnxruntime", "runs the exported graph")
     _needs("onnx", "writes the exported graph")
-    from popscore.trainer.cli import main
+    from popscore.tools.traincli import main
 
     assert main(["export-image-encoder", "--model-repo", str(tmp_path)]) == 0
     model_dir = tmp_path / "popscore_image_encoder"
@@ -346,7 +346,7 @@ def test_audio_files_cache_and_errors(ae, audio_model, tmp_path, monkeypatch):
 def test_audio_onnx_export(ae, audio_model, tmp_path):
     ort = _needs("onnxruntime", "runs the exported graph")
     _needs("onnx", "writes the exported graph")
-    from popscore.trainer.cli import main
+    from popscore.tools.traincli import main
 
     assert main(["export-audio-encoder", "--model-repo", str(tmp_path)]) == 0
     model_dir = tmp_path / "popscore_audio_encoder"

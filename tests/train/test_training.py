@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from popscore import features as F  # noqa: E402
+from popscore import features  # noqa: E402
 from popscore.trainer import data as D  # noqa: E402
 
 pytestmark = pytest.mark.data
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.data
 if not (D.shared_data_dir() / D.HN_DIR).exists():
     pytest.skip("../shared/data (Hacker News) is absent", allow_module_level=True)
 
-SPEC = F.FeatureSpec()
+SPEC = features.FeatureSpec()
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +54,12 @@ def examples(table, split, titles):
 
 @pytest.fixture(scope="module")
 def temporal_model(examples):
-    from popscore.trainer.train import TrainConfig, train_mtaf
+    from popscore.trainer.fitting import train_mtaf
+    from popscore.trainer.train import TrainConfig
 
     tr, te = examples
     cfg = TrainConfig(epochs=2, progress=False, seed=0)
-    model, history = train_mtaf(cfg, tr, te.subset(te.age_h == 1.0), temporal=True)
+    model, history = train_mtaf(cfg, SPEC, tr, te.subset(te.age_h == 1.0), temporal=True)
     return model, history
 
 
@@ -82,7 +82,7 @@ def test_examples_use_only_the_past(table, examples):
 
 def test_baselines_and_temporal_model_learn(examples, temporal_model):
     from popscore.trainer.baselines import SzaboHuberman
-    from popscore.trainer.train import predict_mtaf
+    from popscore.trainer.fitting import predict_mtaf
 
     tr, te = examples
     model, history = temporal_model
@@ -124,11 +124,11 @@ def test_export_parity_config_and_promotion_gate(tmp_path, monkeypatch, examples
     cdir = repo / "popscore_hackernews_temporal_content"
     meta = json.loads((mdir / "1" / "metadata.json").read_text())
     assert meta["feature_spec_hash"] == SPEC.hash() and meta["version"] == 1
-    assert meta["inputs"] == [t.name for t in F.TEMPORAL_INPUTS]
+    assert meta["inputs"] == [t.name for t in features.TEMPORAL_INPUTS]
     assert meta["content_model"] == {"name": "popscore_hackernews_temporal_content", "version": 1}
     assert meta["platform"] == "hackernews"
     content_meta = json.loads((cdir / "1" / "metadata.json").read_text())
-    assert content_meta["inputs"] == [t.name for t in F.STATIC_INPUTS]
+    assert content_meta["inputs"] == [t.name for t in features.STATIC_INPUTS]
     assert content_meta["outputs"] == ["content_vector", "modality_weights", "word_attention"]
 
     # parity on real inputs, at a batch size other than the export example's (dynamic batch dim): the
@@ -147,7 +147,7 @@ def test_export_parity_config_and_promotion_gate(tmp_path, monkeypatch, examples
     cfg = (mdir / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in cfg and "dynamic_batching" in cfg
     assert re.findall(r'name: "([a-z_]+)"', cfg) == ["popscore_hackernews_temporal"] + [
-        t.name for t in F.TEMPORAL_INPUTS + F.TEMPORAL_OUTPUTS
+        t.name for t in features.TEMPORAL_INPUTS + features.TEMPORAL_OUTPUTS
     ]
     assert "TYPE_FP32" in cfg and "TYPE_FP64" not in cfg
     assert "dims: [ 64 ]" in cfg  # the content vector, not the 2,200 embedding floats
@@ -178,7 +178,8 @@ def test_export_parity_config_and_promotion_gate(tmp_path, monkeypatch, examples
 
 def test_conformal_margins_reach_the_coverage_on_held_out_data(examples, temporal_model):
     from popscore.metrics import regression_metrics
-    from popscore.trainer.train import calibrate_interval, predict_mtaf
+    from popscore.trainer.calibration import calibrate_interval
+    from popscore.trainer.fitting import predict_mtaf
 
     import copy
 
@@ -215,7 +216,8 @@ def test_served_blend_follows_the_validation_window_and_keeps_the_point_inside(e
     import copy
 
     from popscore.trainer.baselines import SzaboHuberman
-    from popscore.trainer.train import fit_blend, predict_mtaf
+    from popscore.trainer.calibration import fit_blend
+    from popscore.trainer.fitting import predict_mtaf
 
     tr, te = examples
     model = copy.deepcopy(temporal_model[0])
@@ -230,6 +232,6 @@ def test_served_blend_follows_the_validation_window_and_keeps_the_point_inside(e
         np.testing.assert_allclose(served["log_score"][m], w * alone[m] + (1 - w) * baseline[m], atol=1e-4)
         mae = lambda p: np.abs(p[m] - te.target[m]).mean()  # noqa: E731
         assert mae(served["log_score"]) <= min(mae(alone), mae(baseline)) + 1e-6
-    model.set_interval_margin([], [-5.0])  # a margin that would cut through any point
+    model.set_interval_margins([], [-5.0])  # a margin that would cut through any point
     out = predict_mtaf(model, te, temporal=True)
     assert np.all(out["log_interval"][:, 0] <= out["log_score"]) and np.all(out["log_score"] <= out["log_interval"][:, 1])

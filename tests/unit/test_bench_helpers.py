@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from popscore.bench import Workload, _cpu_per_snapshot, _cpu_seconds, _envelopes, kept_up, render_table
-from popscore.replay import partition_for
+from popscore.tools.bench import Workload, _cpu_per_snapshot, _cpu_seconds, _envelopes, kept_up, render_table
+from popscore.tools.replay import partition_for
 
 
 def test_envelope_of_names_the_envelope_that_carries_each_snapshot():

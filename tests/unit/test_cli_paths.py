@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from popscore.cli import main
+from popscore.tools.cli import main
 
 pytest.importorskip("pandas")
 
@@ -125,7 +125,7 @@ def test_import_limit_must_be_positive(capsys):
 
 
 def test_train_defaults_and_missing_data_dir(tmp_path: Path, capsys):
-    from popscore.cli import build_parser
+    from popscore.tools.cli import build_parser
 
     args = build_parser().parse_args(["train"])
     assert args.epochs is None and args.threads is None and args.data_dir is None

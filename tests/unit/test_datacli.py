@@ -6,7 +6,7 @@ import json
 import lzma
 from pathlib import Path
 
-from popscore.cli import main
+from popscore.tools.cli import main
 
 
 def write_hn(root: Path) -> None:

@@ -136,7 +136,7 @@ def test_unknown_dataset_name(tmp_path: Path):
 
 
 def test_cli_dataset_names_match_registry():
-    from popscore.datacli import DATASET_NAMES
     from popscore.datasets import DATASETS
+    from popscore.tools.datacli import DATASET_NAMES
 
     assert sorted(DATASET_NAMES) == sorted(DATASETS)

@@ -6,7 +6,7 @@ import time
 
 import faust
 
-from popscore.stream.micro_batches import take_batches
+from popscore.stream.faust_ext.micro_batches import take_batches
 
 
 def run_agent(tmp_path, max_, within, handling_s, feed):

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from popscore.stream.kafka_transport import RecordHandoff
+from popscore.stream.faust_ext.transport import RecordHandoff
 
 
 def test_a_callback_that_completes_is_delivered():

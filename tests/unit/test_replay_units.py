@@ -8,7 +8,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 
 from popscore.contract import SnapshotBatch, decode_record
-from popscore.replay import Pacer, ReplayOptions, batch_envelope, partition_for
+from popscore.tools.replay import Pacer, ReplayOptions, batch_envelope, partition_for
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 

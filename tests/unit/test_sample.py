@@ -6,7 +6,7 @@ from pathlib import Path
 
 from popscore import eventfile
 
-SAMPLE = Path(__file__).resolve().parents[2] / "popscore" / "sample" / "demo.jsonl"
+SAMPLE = Path(__file__).resolve().parents[2] / "tools" / "sample" / "demo.jsonl"
 
 
 def test_demo_sample_is_a_valid_event_file():

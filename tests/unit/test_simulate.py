@@ -11,12 +11,12 @@ import pytest
 
 from popscore import eventfile
 from popscore.contract import Post, Snapshot
-from popscore.simulate import QUANTILE_LEVELS, SimulatorParams, sample_quantile, simulate
+from popscore.tools.simulate import QUANTILE_LEVELS, SimulatorParams, sample_quantile, simulate
 
 
 @pytest.fixture(scope="module")
 def params() -> SimulatorParams:
-    return SimulatorParams.load()  # the JSON shipped in popscore/sample: no real data needed
+    return SimulatorParams.load()  # the JSON shipped in tools/sample: no real data needed
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import time
 from dataclasses import asdict
 
 from popscore.settings import Settings
-from popscore.stack import components as c
-from popscore.stack.process import StackError, free_port
-from popscore.stack.stack import EmbeddedStack, StackState
+from popscore.tools.stack import components as c
+from popscore.tools.stack.process import StackError, free_port
+from popscore.tools.stack.stack import EmbeddedStack, StackState
 
 KAFKA_IMAGE = "apache/kafka:3.9.0"
 REDIS_IMAGE = "redis:7.4.2-bookworm"

@@ -26,7 +26,7 @@ def _print(message: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from popscore.stack.stack import EmbeddedStack
+    from popscore.tools.stack.stack import EmbeddedStack
 
     stack = EmbeddedStack(_settings(args), fixed_ports=_fixed_ports(args), log=_print)
     state = stack.start(with_worker=not args.no_worker)
@@ -65,7 +65,7 @@ def _fixed_ports(args: argparse.Namespace) -> dict[str, int]:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from popscore.stack.stack import EmbeddedStack
+    from popscore.tools.stack.stack import EmbeddedStack
 
     EmbeddedStack(_settings(args)).stop()
     _print("stack stopped")
@@ -73,7 +73,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from popscore.stack.stack import EmbeddedStack
+    from popscore.tools.stack.stack import EmbeddedStack
 
     status = EmbeddedStack(_settings(args)).status()
     if args.json:
@@ -123,7 +123,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from popscore.bench import BenchConfig, render_table, run_bench
+    from popscore.tools.bench import BenchConfig, render_table, run_bench
 
     config = BenchConfig()
     if args.quick:
@@ -138,7 +138,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         print(table)
     if args.readme:
-        from popscore.bench import write_into_readme
+        from popscore.tools.bench import write_into_readme
 
         note = (f"Measured {time.strftime('%Y-%m-%d')} on this 2-core machine, everything (broker, Redis, Triton, "
                 f"worker, load generator) on it at once.")
@@ -147,7 +147,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from popscore.demo import run_demo
+    from popscore.tools.demo import run_demo
 
     return run_demo(_settings(args), data=Path(args.data) if args.data else None, seconds=args.seconds, log=_print)
 
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure throughput, latency and Redis memory on the embedded stack")
     bench.add_argument("--json", action="store_true", help="print the results as one JSON object")
     bench.add_argument("--quick", action="store_true", help="a small run (minutes) instead of the full one")
-    bench.add_argument("--readme", help="write the results table into this README's benchmark section")
+    bench.add_argument("--readme", help="write the results table between the bench markers of this file (docs/benchmarks.md holds them)")
     bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="the main job: start the embedded stack, replay the built-in sample "
@@ -194,10 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", help="an event file (JSON Lines of v1 events) instead of the built-in sample")
     demo.add_argument("--seconds", type=float, default=10.0, help="replay the sample's time span in this long")
     demo.set_defaults(func=cmd_demo)
-    from popscore.datacli import add_data_commands
+    from popscore.tools.datacli import add_data_commands
 
     add_data_commands(sub)
-    from popscore.trainer.cli import add_train_commands
+    from popscore.tools.traincli import add_train_commands
 
     add_train_commands(sub)
     return parser
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from popscore.stack.process import StackError
+    from popscore.tools.stack.process import StackError
 
     try:
         return args.func(args)

@@ -2,17 +2,18 @@
 
 Faust's ``Stream.take_events(max_, within)`` stops filling its buffer while the agent handles a batch and,
 once the agent is back, waits up to ``within`` again however long the waiting events have waited. The worker
-spends much of a batch waiting on Redis, Triton and Kafka round trips, and Faust's per-event path costs
-~30 us, so on single records its batches were cut by the window at ~290 events with the worker ~40 % idle.
-``take_batches`` keeps a second buffer filling in the meantime (bounded by ``max_``, after which the stream
-waits) and yields a batch when it is full or ``within`` after its first event: under load the next batch
-is ready when the agent returns, and events that waited during the last batch do not wait again.
+spends much of a batch waiting on Redis, Triton and Kafka round trips, so with ``take_events`` the records
+that arrive meanwhile wait for that batch and then for a whole window more: batches cut short by the window,
+and an agent idle between them. ``take_batches`` keeps a second buffer filling in the meantime (bounded by
+``max_``, after which the stream waits) and yields a batch when it is full or ``within`` after its first
+event: under load the next batch is ready when the agent returns, and events that waited during the last
+batch do not wait again.
 
 A batch's events are acked only when the agent asks for the next batch, i.e. after it handled this one: an
 agent that raises (or stops) out of the loop acks nothing of the batch it held, so those offsets are never
 committed and the records are redelivered (``take_events`` acks in a ``finally``, committing a batch that
 failed). Events of the batch still filling are not acked. It uses the same ``Stream`` internals as
-``take_events`` (faust-streaming 0.15.3 is pinned).
+``take_events`` (listed in the package docstring, ``popscore.stream.faust_ext``).
 """
 
 from __future__ import annotations

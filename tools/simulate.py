@@ -18,7 +18,7 @@ the generator samples by inverse CDF, so each marginal matches the real data by 
 
 Memory is bounded by the posts still being observed (a heap of their pending snapshots), never by the
 number of posts, so millions of posts stream straight to disk. The fitted parameters are a small JSON
-file in ``popscore/sample/`` so ``popscore simulate`` works without ``../shared/data``.
+file in ``tools/sample/`` so ``popscore simulate`` works without ``../shared/data``.
 """
 
 from __future__ import annotations

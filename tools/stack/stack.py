@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from popscore.settings import Settings, settings_reference
-from popscore.stack import components as c
-from popscore.stack.process import ManagedProcess, StackError, ensure_port_free, free_port, group_alive, kill_group, \
+from popscore.tools.stack import components as c
+from popscore.tools.stack.process import ManagedProcess, StackError, ensure_port_free, free_port, group_alive, kill_group, \
     signal_group, stop_group
 
 STATE_FILE = "stack.json"

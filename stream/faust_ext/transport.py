@@ -1,15 +1,15 @@
-"""Faust's aiokafka transport (URL scheme ``popscore-kafka://``) with a configurable consumer fetch wait
-and a producer that sends a micro-batch's outputs as record batches.
+"""Faust's aiokafka transport under the URL scheme ``popscore-kafka://`` (the ``faust.transports`` entry point
+in pyproject.toml), changed in three places; each override is listed, with what it relies on, in the
+package docstring (``popscore.stream.faust_ext``).
 
-Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Apache Kafka answers a fetch as
-soon as data arrives, so the value only matters when a topic is idle; Tansu holds every fetch for the
-whole wait. Measured on the embedded stack: median latency 590 ms at 10 snapshots/s with Faust's value,
-49 ms with 20 ms. The wait is read from ``app.fetch_max_wait_ms`` (set by ``create_app`` from the
-settings); registered for Faust through the ``faust.transports`` entry point in pyproject.toml.
-
-``Producer.send_many`` fills one aiokafka ``BatchBuilder`` per partition instead of calling ``send`` per
-record (a ``send`` each was ~7 % of the worker's time under load). Records are partitioned by key with
-aiokafka's default partitioner, exactly where ``send`` would have put them.
+- The worker consumer's fetch wait is ``app.fetch_max_wait_ms`` (set by ``create_app`` from the settings)
+  instead of Faust's fixed 1500 ms. Apache Kafka answers a fetch as soon as data arrives, so the wait only
+  matters on an idle topic; Tansu holds every fetch for the whole wait, so there it is latency added to
+  every record of a quiet stream.
+- A record reaches its agent's queue inline (``RecordHandoff``) instead of through mode's generic
+  ``wait_first``, which starts four tasks per record and cancels three of them.
+- The producer sends a micro-batch's outputs as one record batch per partition (``Producer.send_many``):
+  they are all known at once, and a ``send`` each pays Faust's and aiokafka's per-record bookkeeping.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import functools
 import time
 from collections import defaultdict
 
-from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
@@ -38,10 +37,10 @@ class RecordHandoff:
     Faust's consumer delivers every record as ``wait_first(callback(record), suspend_flow.wait())``: the
     callback (a put into the agent's queue, which waits only when the queue is full) runs until it is done
     or until flow is suspended for a rebalance, whichever comes first. mode's generic ``wait_first`` does
-    that with a task for each argument and for the service's stopped and crashed events, three of them
-    cancelled again: ~29 us a record, on a worker that then spent ~140 us per single record. Here the callback
-    runs in the consumer's own task, and an interruption cancels that task and is absorbed again, the way
-    ``asyncio.timeout`` absorbs its own cancellation (``Task.uncancel``).
+    that with a task for each argument and for the service's stopped and crashed events; the hand-off is on
+    every record's path, so here the callback runs in the consumer's own task instead, and an interruption
+    cancels that task and is absorbed again, the way ``asyncio.timeout`` absorbs its own cancellation
+    (``Task.uncancel``).
     """
 
     def __init__(self) -> None:
@@ -111,12 +110,11 @@ class Consumer(faust_aiokafka.Consumer):
 
 
 class Producer(faust_aiokafka.Producer):
-    partitioner = DefaultPartitioner()
     partition_cache = 1 << 18  # keys whose partition is kept: the worker scores the same posts again and again
 
     @functools.cached_property
     def _partition_of(self):
-        """``partitioner`` per (key, partitions), cached: aiokafka's murmur2 is pure Python (~2 % of the worker)."""
+        """The producer's partitioner per (key, partitions), cached: aiokafka's murmur2 is pure Python."""
         return functools.lru_cache(maxsize=self.partition_cache)(
             lambda key, partitions: self.partitioner(key, partitions, partitions))
 

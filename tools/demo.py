@@ -20,10 +20,10 @@ import redis
 
 from popscore.contract import DeadLetter, Snapshot
 from popscore.eventfile import event_time
-from popscore.replay import ReplayOptions, replay
 from popscore.settings import Settings
-from popscore.stack.stack import EmbeddedStack
 from popscore.stream.redis_schema import RISING_BOARD, TOP_BOARD, RedisKeys, decode_sequence
+from popscore.tools.replay import ReplayOptions, replay
+from popscore.tools.stack.stack import EmbeddedStack
 
 BROKEN_RECORDS: list[tuple[bytes, bytes]] = [
     (b"demo-broken-1", b"{this is not json"),
@@ -35,7 +35,7 @@ BROKEN_RECORDS: list[tuple[bytes, bytes]] = [
 
 
 def sample_path() -> Path:
-    return Path(str(resources.files("popscore.sample").joinpath("demo.jsonl")))
+    return Path(str(resources.files("popscore.tools.sample").joinpath("demo.jsonl")))
 
 
 def read_events(path: Path):

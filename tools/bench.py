@@ -23,10 +23,10 @@ from typing import Callable
 import numpy as np
 import redis
 
-from popscore.replay import batch_envelope, partition_for
 from popscore.settings import Settings
-from popscore.stack.stack import EmbeddedStack
 from popscore.stream.redis_schema import RECORD, RedisKeys, encode_sequence
+from popscore.tools.replay import batch_envelope, partition_for
+from popscore.tools.stack.stack import EmbeddedStack
 
 NAIVE_IN, NAIVE_OUT = "bench-naive-snapshots", "bench-naive-predictions"
 PACING_TICK_S = 0.001
@@ -268,13 +268,13 @@ def _cpu_per_snapshot(before: dict[str, float], after: dict[str, float], snapsho
 
 
 def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
-    from popscore.naive_pipeline import run_naive
     from popscore.serving.model_sets import discover, repository_problem
-    from popscore.stack.components import create_topics, recreate_topics
+    from popscore.tools.naive_pipeline import run_naive
+    from popscore.tools.stack.components import create_topics, recreate_topics
 
     # The bench measures the snapshot path. Titles are embedded on the post path only, by a transformer
-    # that encodes ~270 titles/s on these CPUs when it has them to itself: 100,000 warm-up posts would add
-    # minutes to a phase that is not measured, so it is off.
+    # whose time per title would make the warm-up of 100,000 posts, a phase that is not measured, take
+    # minutes, so it is off.
     settings.serving.text_encoder = False
     sets = discover(settings.stack.model_repo)
     problem = repository_problem(BENCH_PLATFORM, sets[BENCH_PLATFORM]) if BENCH_PLATFORM in sets else "absent"

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from popscore.stack.process import StackError, require_executable
+from popscore.tools.stack.process import StackError, require_executable
 
 
 def _package_dir(package: str, install_hint: str) -> Path:
@@ -178,7 +178,8 @@ def redis_healthy(endpoints: Endpoints) -> bool:
 # --- triton -------------------------------------------------------------------------------------------
 
 def prepare_triton_backends(run_dir: Path) -> Path:
-    """A backend directory whose python backend has the stub for this interpreter (DESIGN.md, verified)."""
+    """A backend directory whose python backend has the stub for this interpreter: pytriton ships one stub per
+    Python version beside tritonserver, and Triton looks for the stub inside the backend's own folder."""
     root = _package_dir("pytriton", EMBEDDED_HINT) / "tritonserver"
     stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / \
         "triton_python_backend_stub"
@@ -234,7 +235,7 @@ def triton_healthy(endpoints: Endpoints) -> bool:
 # --- worker -------------------------------------------------------------------------------------------
 
 def worker_argv() -> list[str]:
-    return [sys.executable, "-m", "popscore.cli", "worker"]
+    return [sys.executable, "-m", "popscore.tools.cli", "worker"]
 
 
 def worker_healthy(endpoints: Endpoints) -> bool:

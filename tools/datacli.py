@@ -1,6 +1,6 @@
 """The data subcommands of ``popscore``: import, inspect, replay, simulate, simulator-fit.
 
-``add_data_commands(subparsers)`` registers them on the main parser (``popscore/cli.py``); each command
+``add_data_commands(subparsers)`` registers them on the main parser (``tools/cli.py``); each command
 is ``func(args) -> exit code`` like the others. Heavy imports happen inside the commands so that
 ``popscore --help`` stays fast.
 """
@@ -72,8 +72,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from popscore.replay import ReplayOptions, replay_file
     from popscore.settings import Settings
+    from popscore.tools.replay import ReplayOptions, replay_file
 
     settings = Settings()
     options = ReplayOptions(
@@ -88,7 +88,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from popscore import eventfile
-    from popscore.simulate import SimulatorParams, simulate
+    from popscore.tools.simulate import SimulatorParams, simulate
 
     params = SimulatorParams.load(args.params)
     mix = {platform: 1.0 for platform in args.platforms.split(",")} if args.platforms else None
@@ -99,7 +99,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_simulator_fit(args: argparse.Namespace) -> int:
-    from popscore.simulate import compare_report, fit_params
+    from popscore.tools.simulate import compare_report, fit_params
 
     params = fit_params(args.data_dir)
     params.save(args.params_out)
@@ -159,7 +159,7 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--rate-per-hour", type=float, help="new posts per hour (default: fitted)")
     sim.add_argument("--platforms", help="comma-separated platforms to simulate, in equal shares "
                                          "(default: the fitted mix of hackernews, reddit and youtube)")
-    sim.add_argument("--params", help="fitted parameter JSON (default: the one shipped in popscore/sample)")
+    sim.add_argument("--params", help="fitted parameter JSON (default: the one shipped in tools/sample)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=cmd_simulate)
 
@@ -170,14 +170,3 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--posts", type=int, default=20000, help="simulated posts to compare with")
     fit.set_defaults(func=cmd_simulator_fit)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m popscore.datacli``) for use before the main CLI wires these in."""
-    parser = argparse.ArgumentParser(prog="popscore-data")
-    add_data_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,7 @@
-"""``popscore train`` and ``popscore evaluate`` (trainer/evaluate.py): argparse wiring called by popscore/cli.py through
-:func:`add_train_commands`. Also runnable alone: ``python -m popscore.trainer.cli train ...``."""
+"""``popscore train``, ``popscore evaluate`` and ``popscore export-*-encoder``: the trainer's commands, registered on
+the main parser (tools/cli.py) by :func:`add_train_commands`. Also runnable alone:
+``python -m popscore.tools.traincli train ...``. The argparse wiring lives with the other commands in tools, so the
+trainer package stays a library that imports no tool."""
 
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from popscore.tools.datacli import DATASET_NAMES, fail, positive_int
+
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from popscore.datacli import DATASET_NAMES  # not popscore.datasets: building the parser must not need pandas
-
     p.add_argument("--dataset", default="hackernews", choices=DATASET_NAMES, help="data set (popscore.datasets)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="folder of the real data sets (default ../shared/data, or $POPSCORE_SHARED_DATA)")
@@ -39,8 +41,6 @@ def add_train_commands(subparsers) -> None:
                    help="gap between the training and test windows (default 48 h; 12 h for reddit, which spans 41 h)")
     p.add_argument("--model-repo", dest="train_model_repo", type=Path, default=None,
                    help="Triton model repository to export into (default: the global --model-repo or model_repo/)")
-    from popscore.datacli import positive_int
-
     p.add_argument("--folds", type=positive_int, default=3,
                    help="rolling-origin folds; the latest fold's models are exported (default 3)")
     p.add_argument("--test-frac", type=float, default=0.3,
@@ -73,8 +73,6 @@ def add_train_commands(subparsers) -> None:
 
 def add_evaluate_command(subparsers) -> None:
     """``popscore evaluate``: the served ONNX models of a repository or candidate on a data set or event file."""
-    from popscore.datacli import DATASET_NAMES, positive_int
-
     p = subparsers.add_parser(
         "evaluate", help="score a model repository (or candidate) on a data set or event file: per-age table",
         description="Runs the exported ONNX models of every model set (or --platform's) with onnxruntime on "
@@ -143,7 +141,6 @@ def _model_repo(args: argparse.Namespace) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from popscore.datacli import fail
     from popscore.trainer.data import shared_data_dir
 
     data_dir = args.data_dir or shared_data_dir()
@@ -170,8 +167,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Load the data, score every model set, print the table or JSON. A bad path, file or model repository
     is one line on stderr and exit code 2."""
-    from popscore.datacli import fail
-
     if args.events is not None and (args.data_dir is not None or args.source is not None):
         return fail("evaluate", "--data-dir and --source go with --dataset, not --events")
     if args.data_dir is not None and args.source is not None:
