@@ -1,12 +1,12 @@
 """Online accuracy: each prediction compared with the score the post really reached at the horizon.
 
-While a post is live, the first prediction of each model at each evaluation age (``age <= a < age +
-tolerance``, the static model at age 0) is kept in the post's hash. A sorted set orders posts by the
-moment they mature (created_at + horizon). The stream's clock is the latest ``observed_at`` seen, so a
-replay of old data matures posts as its event time advances. A matured post's realised log1p(score at
-the horizon) is computed with the trainer's own target function from its stored sequence, compared with
-each kept prediction, and the pairs feed a sliding window per (model, version, age) from which live MAE
-and Spearman correlation are exported, labelled by the model set's platform (``model_labels``).
+While a post is live, the first prediction of each model at each evaluation age (``age <= a < age + tolerance``,
+the static model at age 0) is kept in the post's hash (``redis_schema.eval_field``). A sorted set orders posts
+by the moment they mature (created_at + horizon). The stream's clock is the latest ``observed_at`` seen, so a
+replay of old data matures posts as its event time advances. A matured post's realised log1p(score at the
+horizon) is computed with the trainer's own target function from its stored sequence, compared with each kept
+prediction, and the pairs feed a sliding window per (model, version, age) from which live MAE and Spearman
+correlation are exported, labelled by the model set's platform (``model_labels``).
 """
 
 from __future__ import annotations
@@ -19,19 +19,6 @@ import numpy as np
 from popscore.metrics import spearman
 from popscore.serving.model_sets import parse_model_name
 from popscore.stream.fallback import FALLBACK_PLATFORM_LABEL, PERSISTENCE_MODEL
-
-EVAL_FIELD = "eval:"
-
-
-def eval_field(model_name: str, version: str, age_h: float) -> str:
-    """``model_name`` is the served model's name, which names its platform (``popscore_reddit_temporal``), or
-    ``persistence`` for the fallback."""
-    return f"{EVAL_FIELD}{model_name}:{version}:{age_h:g}"
-
-
-def parse_eval_field(name: str) -> tuple[str, str, str]:
-    model, version, age = name[len(EVAL_FIELD):].split(":")
-    return model, version, age
 
 
 def model_labels(model_name: str) -> tuple[str, str] | None:

@@ -1,24 +1,18 @@
 """Each post's early-popularity sequence in Redis: compact, idempotent, out-of-order safe, batched.
 
-A sequence is one Redis string: a version byte, then fixed-width records sorted by time. A record is
-``observed_at`` (uint32, big-endian, so byte order is time order) followed by one float64 per counter of
-``COUNTER_NAMES`` (NaN where the platform lacks the counter; float64 is exact below 2**53, the contract's
-cap). A Lua script merges new records into place atomically: a record already present is a no-op
-(redelivery changes nothing), an older one is inserted in order, a different record at the same time
-replaces the old one and is reported as a correction. The script returns the merged sequence so that
-features are computed from exactly what is stored, in the same round trip. Post metadata (created_at,
-platform, ...) lives in a small hash beside it. The sequence expires ``ttl_s`` after its last update, the hash
-up to ``post_ttl_refresh_s`` later (``PostMetaCache``: the script reads a post's hash only where the worker does
-not hold it, and refreshes its TTL only every ``post_ttl_refresh_s``).
+A sequence is one Redis string of fixed-width records sorted by time (the layout of this and every other key
+is in ``redis_schema``). merge_snapshots.lua merges new records into place atomically: a record already present
+is a no-op (redelivery changes nothing), an older one is inserted in order, a different record at the same time
+replaces the old one and is reported as a correction. The script returns the merged sequence so that features
+are computed from exactly what is stored, in the same round trip. Post metadata (created_at, platform, ...)
+lives in a small hash beside it. The sequence expires ``ttl_s`` after its last update, the hash up to
+``post_ttl_refresh_s`` later (``PostMetaCache``: the script reads a post's hash only where the worker does not
+hold it, and refreshes its TTL only every ``post_ttl_refresh_s``).
 """
 
 from __future__ import annotations
 
-import json
-import operator
-import struct
 import time
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -26,109 +20,11 @@ import numpy as np
 import redis.asyncio as redis
 
 from popscore.contract import Post, Snapshot
-from popscore.settings import COUNTER_NAMES
+from popscore.stream.redis_schema import CLAIM_AWAITING, CONTENT, CONTENT_INPUT_FIELDS, DUPLICATE, KEEP_META, \
+    META_FIELDS, MERGE_SNAPSHOTS, READ_META, REFRESH_TTL, PostMeta, RedisKeys, claim_awaiting_call, \
+    decode_sequence, decode_sequences, encode_post, encode_snapshot, kept_predictions, lua_source, \
+    merge_snapshots_call, post_ttl_s, record_time
 from popscore.stream.redis_script import PipelinedScript
-
-FORMAT_VERSION = b"\x01"
-RECORD = struct.Struct(">I" + "d" * len(COUNTER_NAMES))
-RECORD_DTYPE = np.dtype([("t", ">u4")] + [(name, ">f8") for name in COUNTER_NAMES])
-
-APPENDED, DUPLICATE, CORRECTED, OUT_OF_ORDER = 1, 0, 2, 3
-
-# Many posts per call. KEYS: sequence and metadata key of each post, in pairs. ARGV: header, record width,
-# ttl seconds, META_FIELDS as a JSON list, the metadata hash's ttl, one byte per post saying what to do with
-# its hash (READ_META '1': read it and refresh its TTL, REFRESH_TTL '2': refresh its TTL, KEEP_META '0':
-# nothing), then per post its records concatenated (one argument per post: redis-py's packing costs per
-# argument). Returns per post {statuses, merged sequence, values of META_FIELDS or nil, predicted mark or nil}: the
-# mark (the hash's ``predicted_to``, the observation time of the post's latest published temporal prediction,
-# written by leaderboard.RECORD_SCRIPT) is read only when no record changed the sequence, i.e. on redelivery,
-# so that a post whose prediction was lost in a crash is scored again.
-MERGE_SCRIPT = """
-local header, width, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local meta_fields = cjson.decode(ARGV[4])
-local meta_ttl, meta_actions = tonumber(ARGV[5]), ARGV[6]
-local hlen = #header
-local out = {}
-local a = 7
-for p = 1, #KEYS, 2 do
-  local key, meta_key = KEYS[p], KEYS[p + 1]
-  local stored = redis.call('GET', key)
-  local seq = stored or header
-  local statuses = {}
-  local changed, rewrite = false, not stored  -- rewrite: more than records appended at the end
-  local records = ARGV[a]
-  for start = 1, #records, width do
-    local rec = string.sub(records, start, start + width - 1)
-    local t = string.sub(rec, 1, 4)
-    local n = (#seq - hlen) / width
-    if n == 0 or string.sub(seq, -width, -width + 3) < t then
-      seq = seq .. rec  -- the usual case, a newer snapshot: no search (Lua interns every substring it makes)
-      statuses[#statuses + 1] = 1
-      changed = true
-    else
-      local lo, hi = 0, n
-      while lo < hi do
-        local mid = math.floor((lo + hi) / 2)
-        local off = hlen + mid * width
-        if string.sub(seq, off + 1, off + 4) < t then lo = mid + 1 else hi = mid end
-      end
-      local off = hlen + lo * width
-      if lo < n and string.sub(seq, off + 1, off + 4) == t then
-        if string.sub(seq, off + 1, off + width) == rec then
-          statuses[#statuses + 1] = 0
-        else
-          seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + width + 1)
-          statuses[#statuses + 1] = 2
-          changed, rewrite = true, true
-        end
-      else
-        seq = string.sub(seq, 1, off) .. rec .. string.sub(seq, off + 1)
-        statuses[#statuses + 1] = (lo < n) and 3 or 1
-        changed, rewrite = true, true
-      end
-    end
-  end
-  a = a + 1
-  if rewrite then
-    redis.call('SET', key, seq, 'EX', ttl)
-  elseif changed then
-    -- Only newer records: APPEND them, so the append-only file (and a replica) gets tens of bytes, not the
-    -- whole sequence again.
-    redis.call('APPEND', key, string.sub(seq, #stored + 1))
-    redis.call('EXPIRE', key, ttl)
-  end
-  local action = string.byte(meta_actions, (p + 1) / 2)  -- 48 KEEP_META, 49 READ_META, 50 REFRESH_TTL
-  if action ~= 48 then redis.call('EXPIRE', meta_key, meta_ttl) end
-  out[#out + 1] = statuses
-  out[#out + 1] = seq
-  if action == 49 then
-    out[#out + 1] = redis.call('HMGET', meta_key, unpack(meta_fields))
-  else
-    out[#out + 1] = false
-  end
-  out[#out + 1] = (not changed) and redis.call('HGET', meta_key, 'predicted_to') or false
-end
-return out
-"""
-
-
-# Posts whose snapshots wait for their post event (``ps:awaiting``: member post_id, score the wall time from
-# which it may be scored without its post). KEYS[1]: the set; ARGV: now, lease end, limit. Takes the due posts
-# and moves them to the lease end, atomically, so one worker scores each while it holds the lease, and a worker
-# that dies before it removed one leaves it to be taken again when the lease ends.
-CLAIM_AWAITING_SCRIPT = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, post in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], post) end
-return due
-"""
-
-_COUNTS = operator.attrgetter(*COUNTER_NAMES)
-_NAN = float("nan")
-
-
-def encode_snapshot(snapshot: Snapshot) -> bytes:
-    return RECORD.pack(int(snapshot.observed_at.timestamp()),
-                       *[_NAN if v is None else v for v in _COUNTS(snapshot.counts)])
 
 
 def group_by_post(snapshots: Iterable[Snapshot], into: dict[str, list[bytes]] | None = None
@@ -160,31 +56,6 @@ def steps_by_post(by_post: dict[str, list[bytes]], max_snapshots: int) -> list[d
     return steps
 
 
-def decode_sequence(blob: bytes) -> np.ndarray:
-    """Stored bytes -> float64 array [n, 1 + len(COUNTER_NAMES)]: observed_at epoch seconds, counters."""
-    return decode_sequences([blob])[0]
-
-
-def decode_sequences(blobs: list[bytes | None]) -> list[np.ndarray]:
-    """Many stored sequences at once: one ``frombuffer`` and one float64 conversion for the whole micro-batch
-    (per-post numpy calls were ~10 % of the worker's time). The arrays returned are views of one table."""
-    bodies, lengths = [], []
-    for blob in blobs:
-        if not blob:
-            lengths.append(0)
-            continue
-        if blob[:1] != FORMAT_VERSION:
-            raise ValueError(f"unknown sequence format version {blob[:1]!r}")
-        body = memoryview(blob)[1:]
-        bodies.append(body)
-        lengths.append(len(body) // RECORD.size)
-    records = np.frombuffer(b"".join(bodies), dtype=RECORD_DTYPE)
-    table = np.empty((len(records), len(RECORD_DTYPE.names)))
-    for column, name in enumerate(RECORD_DTYPE.names):
-        table[:, column] = records[name]
-    return np.split(table, np.cumsum(lengths)[:-1])
-
-
 def count_decreases(sequences: Sequence[np.ndarray], merged_at: Sequence[Sequence[int]]) -> int:
     """Counter decreases a merge brought: over the steps (consecutive observations of one post) with an end
     among the post's just-merged observation times (``merged_at``), the counters that went down. Decreases
@@ -205,70 +76,9 @@ def count_decreases(sequences: Sequence[np.ndarray], merged_at: Sequence[Sequenc
     return int((table[ends, 1:] < table[ends - 1, 1:]).sum())  # NaN (a missing counter) compares False
 
 
-META_FIELDS = ("created_at", "platform", "category", "content")
-"""The post-hash fields read back with every sequence, in ``PostMeta.from_values`` order. The inputs the
-content vector was computed from (``static`` features and the ``title`` the text encoder read) stay in the hash
-but are read only to recompute it."""
-META_FIELDS_JSON = json.dumps(META_FIELDS)
-CONTENT_INPUT_FIELDS = ("static", "title")
-CONTENT_HEADER = struct.Struct("<II")  # which content model made the vector: CRC-32 of its name, its version
-
-
-def content_tag(model_name: str, version: int) -> bytes:
-    """The header of the vectors ``model_name`` version ``version`` makes. The name is in it because every
-    platform's content model counts its versions from 1: a vector of another platform's model, or of a post
-    whose platform now routes elsewhere, is recomputed, not read by the wrong head."""
-    return CONTENT_HEADER.pack(zlib.crc32(model_name.encode()), version)
-
-
-def encode_content(tag: bytes, vectors: np.ndarray, modality_weights: np.ndarray) -> list[bytes]:
-    """Per post: the content model's tag (``content_tag``), then its float32 content vector and modality
-    weights."""
-    rows = np.concatenate([vectors, modality_weights], axis=1).astype("<f4")
-    return [tag + row.tobytes() for row in rows]
-
-
-def decode_content(blobs: list[bytes | None], tag: bytes, dim: int, n_weights: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vectors [B, dim], modality weights [B, n_weights], ok [B]): rows whose blob is absent, of another
-    content model or version (``tag``) or of another size are zero and not ok (they must be recomputed)."""
-    width = CONTENT_HEADER.size + 4 * (dim + n_weights)
-    header = tag
-    ok = np.array([b is not None and len(b) == width and b[:CONTENT_HEADER.size] == header for b in blobs], bool)
-    table = np.zeros((len(blobs), dim + n_weights), np.float32)
-    if ok.any():
-        body = b"".join(memoryview(b)[CONTENT_HEADER.size:] for b, good in zip(blobs, ok) if good)
-        table[ok] = np.frombuffer(body, dtype="<f4").reshape(-1, dim + n_weights)
-    return table[:, :dim], table[:, dim:], ok
-
-
-@dataclass(frozen=True)
-class PostMeta:
-    """What the worker kept of the post event; empty when the snapshot came before (or without) its post."""
-
-    created_at: float | None = None
-    platform: str | None = None
-    category: str | None = None
-    content: bytes | None = None  # encode_content: the post's content vector for the temporal head
-
-    @classmethod
-    def from_values(cls, created_at: bytes | None, platform: bytes | None, category: bytes | None,
-                    content: bytes | None) -> "PostMeta":
-        return cls(created_at=None if created_at is None else float(created_at),
-                   platform=None if platform is None else platform.decode(),
-                   category=None if category is None else category.decode(), content=content)
-
-    @classmethod
-    def from_hash(cls, fields: dict[bytes, bytes]) -> "PostMeta":
-        return cls.from_values(*(fields.get(name.encode()) for name in META_FIELDS))
-
-
-KEEP_META, READ_META, REFRESH_TTL = 48, 49, 50  # b"0", b"1", b"2": what a merge does with a post's hash
-
-
 class PostMetaCache:
-    """The worker's copy of its posts' metadata, so a merge need not read it back (HMGET and its ~300 B reply
-    were ~2 us of Redis per snapshot) nor refresh its TTL every time (``refresh_s``; the hash's TTL is that much
+    """The worker's copy of its posts' metadata, so a merge need not read it back (an HMGET and its ~300 B reply
+    per snapshot) nor refresh its TTL every time (``refresh_s``; the hash's TTL is that much
     longer than the sequence's, so it still outlives it). Entries come from merges, and follow the worker's own
     writes (a post event drops the entry, a recomputed content vector replaces its content); a post not seen
     yet is never cached. Posts and snapshots are keyed and partitioned alike, so one worker writes and reads a
@@ -342,18 +152,12 @@ class SnapshotSequenceStore:
     def __init__(self, client: redis.Redis, key_prefix: str, ttl_s: int, cached_posts: int = 0,
                  post_ttl_refresh_s: int = 3600) -> None:
         self.client = client
-        self.key_prefix = key_prefix
+        self.keys = RedisKeys(key_prefix)
         self.ttl_s = ttl_s
-        self.post_ttl_s = ttl_s + post_ttl_refresh_s  # the post hash outlives its sequence
+        self.post_ttl_s = post_ttl_s(ttl_s, post_ttl_refresh_s)
         self.meta_cache = PostMetaCache(cached_posts, post_ttl_refresh_s)
-        self._merge = PipelinedScript(client, MERGE_SCRIPT)
-        self._claim_awaiting = client.register_script(CLAIM_AWAITING_SCRIPT)
-
-    def sequence_key(self, post_id: str) -> str:
-        return f"{self.key_prefix}seq:{post_id}"
-
-    def post_key(self, post_id: str) -> str:
-        return f"{self.key_prefix}post:{post_id}"
+        self._merge = PipelinedScript(client, lua_source(MERGE_SNAPSHOTS))
+        self._claim_awaiting = client.register_script(lua_source(CLAIM_AWAITING))
 
     async def merge(self, snapshots: list[Snapshot]) -> list[SequenceUpdate]:
         return await self.merge_records(group_by_post(snapshots))
@@ -372,12 +176,8 @@ class SnapshotSequenceStore:
         def queue_calls(pipe) -> None:
             for start in range(0, len(post_ids), posts_per_call):
                 chunk = slice(start, start + posts_per_call)
-                keys, args = [], [FORMAT_VERSION, RECORD.size, self.ttl_s, META_FIELDS_JSON, self.post_ttl_s,
-                                  bytes(actions[chunk])]
-                for post_id in post_ids[chunk]:
-                    keys += [self.sequence_key(post_id), self.post_key(post_id)]
-                    args.append(b"".join(by_post[post_id]))
-                self._merge.call(pipe, keys, args)
+                self._merge.call(pipe, *merge_snapshots_call(self.keys, post_ids[chunk], by_post,
+                                                             bytes(actions[chunk]), self.ttl_s, self.post_ttl_s))
 
         results = await self._merge.run(queue_calls)
         flat = [item for result in results for item in result]
@@ -390,8 +190,7 @@ class SnapshotSequenceStore:
                 self.meta_cache.put(post_id, meta, now)
             statuses, mark = flat[4 * i], flat[4 * i + 3]
             updates.append(SequenceUpdate(post_id, sequences[i], meta, statuses,
-                                          [int.from_bytes(record[:4], "big")
-                                           for record, status in zip(by_post[post_id], statuses)
+                                          [record_time(record) for record, status in zip(by_post[post_id], statuses)
                                            if status != DUPLICATE], cached[i] is not None,
                                           None if mark is None else float(mark)))
         return updates
@@ -400,8 +199,8 @@ class SnapshotSequenceStore:
         """The stored sequence and metadata of posts that have a sequence (nothing merged)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for post_id in post_ids:
-                pipe.get(self.sequence_key(post_id))
-                pipe.hmget(self.post_key(post_id), *META_FIELDS)
+                pipe.get(self.keys.sequence(post_id))
+                pipe.hmget(self.keys.post(post_id), *META_FIELDS)
             rows = await pipe.execute()
         sequences = decode_sequences(rows[0::2])
         return [SequenceUpdate(post_id, sequences[i], PostMeta.from_values(*rows[2 * i + 1]))
@@ -409,26 +208,14 @@ class SnapshotSequenceStore:
 
     async def put_posts(self, posts: list[Post], static_features: Sequence[np.ndarray],
                         content: Sequence[bytes | None], embedded_titles: bool = False) -> None:
-        """Keep what the temporal model needs from the post event: its age, platform, category, its content
-        vector (``encode_content``; None for a post no model set scores, which has none), and the inputs that
-        vector came from, to compute it for a new model: the static features (one row per post; model sets may
-        differ in width) and, if titles are embedded (``embedded_titles``), the title itself (tens of bytes;
-        its token states would be ~20 KB)."""
+        """Keep what the temporal model needs from the post events (``encode_post``); ``static_features`` has
+        one row per post (model sets may differ in width)."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for i, (post, features) in enumerate(zip(posts, static_features)):
-                key = self.post_key(post.post_id)
-                fields = {"created_at": str(int(post.created_at.timestamp())), "platform": post.platform,
-                          "static": np.asarray(features, dtype=np.float32).tobytes()}
-                if content[i] is not None:
-                    fields["content"] = content[i]
-                else:  # a post event sent again after its platform lost its model set: no stale vector stays
-                    pipe.hdel(key, "content")
-                if embedded_titles:
-                    fields["title"] = post.text.title or ""
-                category = post.attributes.get("category")
-                if category is not None:
-                    fields["category"] = str(category)
-                pipe.hset(key, mapping=fields)
+            for post, features, blob in zip(posts, static_features, content):
+                key = self.keys.post(post.post_id)
+                if blob is None:  # a post event sent again after its platform lost its model set: no stale vector
+                    pipe.hdel(key, CONTENT)
+                pipe.hset(key, mapping=encode_post(post, features, blob, embedded_titles))
                 pipe.expire(key, self.post_ttl_s)
             await pipe.execute()
         for post in posts:  # the next merge reads the hash as it now is
@@ -438,15 +225,15 @@ class SnapshotSequenceStore:
         """(static features blob, embedded title) per post, for recomputing stale content vectors."""
         async with self.client.pipeline(transaction=False) as pipe:
             for post_id in post_ids:
-                pipe.hmget(self.post_key(post_id), *CONTENT_INPUT_FIELDS)
+                pipe.hmget(self.keys.post(post_id), *CONTENT_INPUT_FIELDS)
             rows = await pipe.execute()
         return [(static, None if title is None else title.decode("utf-8", "replace")) for static, title in rows]
 
     async def put_content(self, post_ids: list[str], content: list[bytes]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             for post_id, blob in zip(post_ids, content):
-                key = self.post_key(post_id)
-                pipe.hset(key, "content", blob)
+                key = self.keys.post(post_id)
+                pipe.hset(key, CONTENT, blob)
                 pipe.expire(key, self.post_ttl_s)
             await pipe.execute()
         for post_id, blob in zip(post_ids, content):
@@ -454,53 +241,46 @@ class SnapshotSequenceStore:
 
     # --- snapshots waiting for their post: kept in Redis, so a restart does not forget them -----------------
 
-    @property
-    def awaiting_key(self) -> str:
-        return f"{self.key_prefix}awaiting"
-
     async def await_posts(self, post_ids: list[str], due: float) -> None:
         """Posts whose sequence changed before their post event came; a post already waiting keeps its time."""
-        await self.client.zadd(self.awaiting_key, {post_id: due for post_id in post_ids}, nx=True)
+        await self.client.zadd(self.keys.awaiting, {post_id: due for post_id in post_ids}, nx=True)
 
     async def claim_overdue(self, now: float, lease_s: float, limit: int) -> list[str]:
         """Waiting posts due by ``now``, leased to the caller for ``lease_s``."""
-        claimed = await self._claim_awaiting(keys=[self.awaiting_key], args=[now, now + lease_s, limit])
+        keys, args = claim_awaiting_call(self.keys, now, now + lease_s, limit)
+        claimed = await self._claim_awaiting(keys=keys, args=args)
         return [post_id.decode() for post_id in claimed]
 
     async def done_waiting(self, post_ids: list[str]) -> None:
         """Called once the posts' predictions are delivered."""
         if post_ids:
-            await self.client.zrem(self.awaiting_key, *post_ids)
+            await self.client.zrem(self.keys.awaiting, *post_ids)
 
     async def get_post(self, post_id: str) -> dict[bytes, bytes]:
-        return await self.client.hgetall(self.post_key(post_id))
+        return await self.client.hgetall(self.keys.post(post_id))
 
     # --- online accuracy: predictions kept until the post matures --------------------------------------
-
-    @property
-    def maturity_key(self) -> str:
-        return f"{self.key_prefix}maturity"  # written by leaderboard.RECORD_SCRIPT
 
     async def matured(self, clock: float, limit: int) -> list[tuple[str, np.ndarray, PostMeta, dict[str, float]]]:
         """Posts whose horizon has passed by ``clock``: (post_id, sequence, metadata, kept predictions).
         They are removed from the maturity set; their kept predictions are deleted."""
-        members = await self.client.zrangebyscore(self.maturity_key, "-inf", clock, start=0, num=limit)
+        members = await self.client.zrangebyscore(self.keys.maturity, "-inf", clock, start=0, num=limit)
         if not members:
             return []
         post_ids = [m.decode() for m in members]
         async with self.client.pipeline(transaction=False) as pipe:
             for post_id in post_ids:
-                pipe.get(self.sequence_key(post_id))
-                pipe.hgetall(self.post_key(post_id))
+                pipe.get(self.keys.sequence(post_id))
+                pipe.hgetall(self.keys.post(post_id))
             rows = await pipe.execute()
         out = []
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.maturity_key, *members)
+            pipe.zrem(self.keys.maturity, *members)
             for i, post_id in enumerate(post_ids):
                 blob, fields = rows[2 * i], rows[2 * i + 1]
-                kept = {k.decode(): float(v) for k, v in fields.items() if k.startswith(b"eval:")}
+                kept = kept_predictions(fields)
                 if kept:
-                    pipe.hdel(self.post_key(post_id), *kept)
+                    pipe.hdel(self.keys.post(post_id), *kept)
                 out.append((post_id, decode_sequence(blob or b""), PostMeta.from_hash(fields), kept))
             await pipe.execute()
         return out
@@ -509,7 +289,7 @@ class SnapshotSequenceStore:
         """Live sequences: counted exactly in small databases, else estimated from random keys (a full
         SCAN of millions of keys would stall Redis for the sake of a gauge)."""
         size = await self.client.dbsize()
-        prefix = f"{self.key_prefix}seq:".encode()
+        prefix = self.keys.sequence_prefix.encode()
         if size <= exact_below:
             return sum([1 async for _ in self.client.scan_iter(match=prefix + b"*", count=10_000)])
         async with self.client.pipeline(transaction=False) as pipe:
@@ -520,5 +300,4 @@ class SnapshotSequenceStore:
         return round(size * hits / sample)
 
     async def get(self, post_id: str) -> np.ndarray:
-        return decode_sequence(await self.client.get(self.sequence_key(post_id)) or b"")
-
+        return decode_sequence(await self.client.get(self.keys.sequence(post_id)) or b"")

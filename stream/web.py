@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import faust
 
 from popscore.settings import COUNTER_NAMES
+from popscore.stream.redis_schema import PostMeta, latest_predictions
 from popscore.stream.worker import StreamWorker
 
 
@@ -46,12 +45,10 @@ def register_views(app: faust.App, worker: StreamWorker) -> None:
         sequence = await worker.store.get(post_id)
         if not fields and len(sequence) == 0:
             return web.json({"error": f"unknown post {post_id!r}"}, status=404)
-        predictions = {k.decode().split(":", 1)[1]: json.loads(v) for k, v in fields.items()
-                       if k.startswith(b"prediction:")}
         return web.json({
             "post_id": post_id,
-            "platform": fields.get(b"platform", b"").decode() or None,
+            "platform": PostMeta.from_hash(fields).platform,
             "sequence": {"columns": ["observed_at", *COUNTER_NAMES],
                          "rows": [[None if v != v else v for v in row] for row in sequence.tolist()]},
-            "predictions": predictions,
+            "predictions": latest_predictions(fields),
         })

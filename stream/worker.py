@@ -24,8 +24,9 @@ from popscore.stream.failpoints import Failpoints
 from popscore.stream.health import Health
 from popscore.stream.leaderboard import Leaderboards
 from popscore.stream.metrics import WorkerMetrics
-from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, model_labels, parse_eval_field
+from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, model_labels
 from popscore.stream.pipeline import SnapshotPipeline, StepStages
+from popscore.stream.redis_schema import parse_eval_field
 from popscore.stream.sequence_store import SequenceUpdate, SnapshotSequenceStore
 from popscore.stream.served_models import ServedModels
 from popscore.stream.stages.decode import Decode

@@ -24,7 +24,7 @@ import numpy as np
 import redis
 
 from popscore.settings import Settings
-from popscore.stream.sequence_store import FORMAT_VERSION, RECORD
+from popscore.stream.redis_schema import RECORD, RedisKeys, encode_sequence
 from popscore.tools.replay import batch_envelope, partition_for
 from popscore.tools.stack.stack import EmbeddedStack
 
@@ -182,7 +182,7 @@ def _envelopes(workload: Workload, rounds: range, partitions: list[int], size: i
     return records
 
 
-def measure_redis_memory(redis_url: str, posts: int, obs: int, log: Callable[[str], None]) -> dict:
+def measure_redis_memory(redis_url: str, key_prefix: str, posts: int, obs: int, log: Callable[[str], None]) -> dict:
     """Bytes per post of the worker's encoding vs a list of JSON strings, on a scratch database."""
     client = redis.Redis.from_url(redis_url, db=15)
     client.flushdb()
@@ -191,7 +191,8 @@ def measure_redis_memory(redis_url: str, posts: int, obs: int, log: Callable[[st
     t0 = int(time.time()) - 86_400
     counts = np.cumsum(rng.integers(0, 50, size=(obs, 5)), axis=0).astype(float)
     counts[:, [0, 3, 4]] = np.nan  # a platform with likes and comments only
-    blob = FORMAT_VERSION + b"".join(RECORD.pack(t0 + 1800 * j, *counts[j]) for j in range(obs))
+    keys = RedisKeys(key_prefix)  # the worker's key names: their length is part of the memory measured
+    blob = encode_sequence(RECORD.pack(t0 + 1800 * j, *counts[j]) for j in range(obs))
     naive_items = [json.dumps({"post_id": "x" * 14, "observed_at": iso(t0 + 1800 * j),
                                "counts": {"likes": int(counts[j, 1]), "comments": int(counts[j, 2])}})
                    for j in range(obs)]
@@ -199,11 +200,11 @@ def measure_redis_memory(redis_url: str, posts: int, obs: int, log: Callable[[st
     for start in range(0, posts, step):
         pipe = client.pipeline(transaction=False)
         for i in range(start, min(posts, start + step)):
-            pipe.set(f"ps:seq:bench-{i:07d}", blob, ex=86_400)  # what the merge script stores
+            pipe.set(keys.sequence(f"bench-{i:07d}"), blob, ex=86_400)  # what the merge script stores
         pipe.execute()
     ours = client.info("memory")["used_memory"] - base
-    sample_ours = np.mean([client.memory_usage(f"ps:seq:bench-{i:07d}") for i in range(0, posts,
-                                                                                       max(1, posts // 500))])
+    sample_ours = np.mean([client.memory_usage(keys.sequence(f"bench-{i:07d}"))
+                           for i in range(0, posts, max(1, posts // 500))])
     client.flushdb()
     base = client.info("memory")["used_memory"]
     for start in range(0, posts, step):
@@ -463,7 +464,8 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         results["speedup_batch_vs_naive"] = round(results["batch_snapshots_per_s"] / naive, 1)
         results["speedup_record_vs_naive"] = round(results["record_snapshots_per_s"] / naive, 1)
 
-        results.update(measure_redis_memory(endpoints.redis_url, cfg.memory_posts, cfg.memory_obs, log))
+        results.update(measure_redis_memory(endpoints.redis_url, settings.redis.key_prefix, cfg.memory_posts,
+                                            cfg.memory_obs, log))
         results["redis_memory_ratio"] = round(results["naive_redis_bytes_per_post"] /
                                               results["redis_bytes_per_post"], 2)
     finally:

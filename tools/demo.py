@@ -21,7 +21,7 @@ import redis
 from popscore.contract import DeadLetter, Snapshot
 from popscore.eventfile import event_time
 from popscore.settings import Settings
-from popscore.stream.sequence_store import decode_sequence
+from popscore.stream.redis_schema import RISING_BOARD, TOP_BOARD, RedisKeys, decode_sequence
 from popscore.tools.replay import ReplayOptions, replay
 from popscore.tools.stack.stack import EmbeddedStack
 
@@ -70,7 +70,7 @@ async def _follow(bootstrap: str, topics: list[str], stop: asyncio.Event, on_mes
         await consumer.stop()
 
 
-def _leaderboard(web: str, board: str = "top", k: int = 5) -> list[dict]:
+def _leaderboard(web: str, board: str = TOP_BOARD, k: int = 5) -> list[dict]:
     with urllib.request.urlopen(f"{web}/leaderboard?board={board}&k={k}", timeout=5) as response:
         return json.loads(response.read())["entries"]
 
@@ -121,14 +121,14 @@ def run_demo(settings: Settings, data: Path | None = None, seconds: float = 10.0
         endpoints = state.endpoints_obj()
         outcome = asyncio.run(_run(settings, endpoints, events, seconds, log))
         client = redis.Redis.from_url(endpoints.redis_url)
-        prefix = settings.redis.key_prefix
-        stored = sum(len(decode_sequence(client.get(f"{prefix}seq:{p}") or b"")) for p in post_ids)
+        keys = RedisKeys(settings.redis.key_prefix)
+        stored = sum(len(decode_sequence(client.get(keys.sequence(p)) or b"")) for p in post_ids)
         web = endpoints.as_dict()["worker_web"]
         log("leaderboard (predicted score at the horizon):")
         for rank, row in enumerate(_leaderboard(web), 1):
             log(f"  {rank}. {row['post_id']:24} {row['value']:12,.1f}")
         log("rising fastest (log score growth over the last hour):")
-        for rank, row in enumerate(_leaderboard(web, "rising"), 1):
+        for rank, row in enumerate(_leaderboard(web, RISING_BOARD), 1):
             log(f"  {rank}. {row['post_id']:24} {row['value']:12.3f}")
         for letter in outcome["letters"]:
             log(f"dead letter: {letter.reason.value:10} {letter.detail[:90]}")

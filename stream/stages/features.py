@@ -22,8 +22,8 @@ from popscore.serving.routing import Route
 from popscore.settings import Settings
 from popscore.stream.fallback import count_fallback
 from popscore.stream.metrics import WorkerMetrics
-from popscore.stream.sequence_store import SequenceUpdate, SnapshotSequenceStore, content_tag, decode_content, \
-    encode_content
+from popscore.stream.redis_schema import content_tag, decode_content, encode_content
+from popscore.stream.sequence_store import SequenceUpdate, SnapshotSequenceStore
 from popscore.stream.served_models import ServedModels
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from collections import Counter
 
 from popscore.stream.failpoints import Failpoints
 from popscore.stream.metrics import WorkerMetrics
-from popscore.stream.sequence_store import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, SequenceUpdate, \
-    SnapshotSequenceStore, count_decreases
+from popscore.stream.redis_schema import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER
+from popscore.stream.sequence_store import SequenceUpdate, SnapshotSequenceStore, count_decreases
 
 MERGE_OUTCOMES = {APPENDED: "appended", DUPLICATE: "duplicate", CORRECTED: "corrected", OUT_OF_ORDER: "out_of_order"}
 

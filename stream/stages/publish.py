@@ -22,10 +22,11 @@ from popscore.settings import Settings
 from popscore.stream.failpoints import Failpoints
 from popscore.stream.fallback import FALLBACK_PLATFORM_LABEL, LOG1P_AGE_H, PERSISTENCE_MODEL, PERSISTENCE_VERSION, \
     SCORE_NOW, count_fallback, persistence_log_score
-from popscore.stream.leaderboard import Leaderboards, RecordedPrediction
+from popscore.stream.leaderboard import Leaderboards
 from popscore.stream.metrics import WorkerMetrics
-from popscore.stream.online_accuracy import eval_ages_reached, eval_field
+from popscore.stream.online_accuracy import eval_ages_reached
 from popscore.stream.predictions import NO_FLAGS, encode, latest_view, prediction_records
+from popscore.stream.redis_schema import RecordedPrediction, eval_field
 from popscore.stream.stages.features import ScoringJob, take
 from popscore.stream.stages.infer import Inferred
 

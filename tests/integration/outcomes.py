@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 
-from popscore.stream.sequence_store import decode_sequence
+from popscore.stream.redis_schema import RedisKeys, decode_sequence, platform_board, prediction_field
 from popscore.tools.replay import batch_envelope
 from tests.integration.kafka_io import consume_until, partition_of, produce, produce_to_partitions
 
@@ -66,9 +66,9 @@ def send_posts(stack, traffic: Traffic, timeout_s: float = 60.0) -> None:
     endpoints = stack.state.endpoints_obj()
     asyncio.run(produce(endpoints.broker_bootstrap, stack.settings.kafka.topics.posts, traffic.posts))
     client = redis.Redis.from_url(endpoints.redis_url)
-    keys = [f"{stack.settings.redis.key_prefix}post:{p}" for p in traffic.post_ids]
+    keys = list(map(RedisKeys(stack.settings.redis.key_prefix).post, traffic.post_ids))
     deadline = time.monotonic() + timeout_s
-    while not all(client.hexists(key, "prediction:static") for key in keys):
+    while not all(client.hexists(key, prediction_field("static")) for key in keys):
         assert time.monotonic() < deadline, "posts without a static prediction"
         time.sleep(0.2)
 
@@ -100,17 +100,17 @@ def check_outputs(stack, expected: dict[str, list[int]], platform: str | None, t
     """``expected``: the observation times sent per post (each stored once however often it was sent). With
     ``platform``, that platform's leaderboard must list every post."""
     settings, endpoints = stack.settings, stack.state.endpoints_obj()
-    prefix = settings.redis.key_prefix
+    keys = RedisKeys(settings.redis.key_prefix)
     client = redis.Redis.from_url(endpoints.redis_url)
     expected = {p: sorted(set(times)) for p, times in expected.items()}
     latest = {p: max(times) for p, times in expected.items()}
     started = time.monotonic()
 
     def stored_times(post_id: str) -> list[int]:
-        return decode_sequence(client.get(f"{prefix}seq:{post_id}") or b"")[:, 0].astype(int).tolist()
+        return decode_sequence(client.get(keys.sequence(post_id)) or b"")[:, 0].astype(int).tolist()
 
     def predicted_to(post_id: str) -> int | None:
-        view = client.hget(f"{prefix}post:{post_id}", "prediction:temporal")
+        view = client.hget(keys.post(post_id), prediction_field("temporal"))
         if view is None:
             return None
         as_of = json.loads(view)["as_of"]
@@ -119,7 +119,7 @@ def check_outputs(stack, expected: dict[str, list[int]], platform: str | None, t
     def board() -> set[str]:
         if platform is None:
             return set(expected)
-        return {m.decode() for m in client.zrange(f"{prefix}lb:top:platform:{platform}", 0, -1)}
+        return {m.decode() for m in client.zrange(keys.board(platform_board(platform)), 0, -1)}
 
     def done() -> bool:
         return (all(stored_times(p) == expected[p] for p in expected)

@@ -15,6 +15,7 @@ import urllib.request
 
 import pytest
 
+from popscore.stream.redis_schema import PREDICTED_TO, RedisKeys
 from popscore.tools.stack.process import group_alive
 from tests.integration.outcomes import Traffic, check_nothing_lost, metric, send_posts, send_snapshots
 
@@ -103,14 +104,13 @@ def test_snapshots_whose_post_never_comes_are_scored_after_a_restart(private_sta
     run_until_killed(private_stack, "awaiting_post=1", lambda: send_snapshots(private_stack, traffic.snapshots))
     client = __import__("redis").Redis.from_url(private_stack.state.endpoints_obj().redis_url)
     # without their post the platform is unknown: check the topic and the marks, not the platform's board
-    prefix = private_stack.settings.redis.key_prefix
+    keys = RedisKeys(private_stack.settings.redis.key_prefix)
     latest = {}
     for post_id, at, _ in traffic.snapshots:
         latest[post_id] = max(at, latest.get(post_id, 0))
-    waited = wait_for(lambda: all(client.hget(f"{prefix}post:{p}", "predicted_to") == str(t).encode()
+    waited = wait_for(lambda: all(client.hget(keys.post(p), PREDICTED_TO) == str(t).encode()
                                   for p, t in latest.items()), 60, "post-less posts scored after the grace period")
-    assert client.zcard(f"{prefix}awaiting") == 0 or not any(
-        client.zscore(f"{prefix}awaiting", p) for p in latest)
+    assert client.zcard(keys.awaiting) == 0 or not any(client.zscore(keys.awaiting, p) for p in latest)
     assert metric(private_stack, "popscore_predictions_without_post_total") >= len(latest)
     print(f"post never came, worker killed: scored {len(latest)} posts {waited:.1f}s after restart")
 

@@ -16,8 +16,8 @@ import redis
 
 from popscore import features as F
 from popscore.contract import Post, Snapshot, encode_record
-from popscore.stream.sequence_store import content_tag, decode_content
-from popscore.stream.sequence_store import decode_sequence
+from popscore.stream.redis_schema import CONTENT as CONTENT_FIELD, RedisKeys, content_tag, decode_content, \
+    decode_sequence
 from popscore.tools.replay import ReplayOptions, replay
 from tests.conftest import SHARED_DATA
 from tests.integration.kafka_io import consume_until, partition_of, produce, produce_to_partitions
@@ -167,10 +167,10 @@ def test_restarts_lose_no_snapshot_and_count_none_twice(private_stack):
     for _, event in events:
         expected[event.post_id].add(int(event.observed_at.timestamp()))
     client = redis.Redis.from_url(endpoints.redis_url)
-    prefix = settings.redis.key_prefix
+    keys = RedisKeys(settings.redis.key_prefix)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        stored = {p: decode_sequence(client.get(f"{prefix}seq:{p}") or b"") for p in expected}
+        stored = {p: decode_sequence(client.get(keys.sequence(p)) or b"") for p in expected}
         if all(len(s) == len(expected[p]) for p, s in stored.items()):
             break
         time.sleep(0.5)
@@ -194,7 +194,7 @@ def test_a_promoted_version_is_loaded_without_restart_and_a_broken_one_is_refuse
     settings = private_stack.settings
     endpoints = private_stack.state.endpoints_obj()
     client = redis.Redis.from_url(endpoints.redis_url)
-    post_key = f"{settings.redis.key_prefix}post:{{}}".format
+    post_key = RedisKeys(settings.redis.key_prefix).post
     repo = settings.stack.model_repo
     current = max(int(p.name) for p in (repo / HEAD).iterdir() if p.name.isdigit())
     # posts uploaded before the promotion: their cached content vectors are of the old version
@@ -203,10 +203,11 @@ def test_a_promoted_version_is_loaded_without_restart_and_a_broken_one_is_refuse
     asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.posts,
                         [(e.post_id.encode(), raw) for raw, e in posts]))
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not all(client.hexists(post_key(e.post_id), "content") for _, e in posts):
+    while time.monotonic() < deadline and not all(client.hexists(post_key(e.post_id), CONTENT_FIELD)
+                                                  for _, e in posts):
         time.sleep(0.2)
     dim = 64
-    old = decode_content([client.hget(post_key(e.post_id), "content") for _, e in posts],
+    old = decode_content([client.hget(post_key(e.post_id), CONTENT_FIELD) for _, e in posts],
                          content_tag(CONTENT, current), dim, 4)[2]
     assert old.all()
 
@@ -237,7 +238,7 @@ def test_a_promoted_version_is_loaded_without_restart_and_a_broken_one_is_refuse
     grouped = replay_and_collect(private_stack, "ver-", [(raw, e) for raw, e in events if isinstance(e, Snapshot)])
     versions = {r["model_version"] for rs in grouped.values() for r in rs if r["model"] == "temporal"}
     assert versions == {str(current + 1)}
-    fresh = decode_content([client.hget(post_key(e.post_id), "content") for _, e in posts],
+    fresh = decode_content([client.hget(post_key(e.post_id), CONTENT_FIELD) for _, e in posts],
                            content_tag(CONTENT, current + 1), dim, 4)[2]
     assert fresh.all()
 
@@ -402,6 +403,6 @@ def test_several_snapshots_of_a_post_in_one_window_give_one_prediction(private_s
         assert [r["as_of"] for r in temporal] == [latest[post_id]], post_id
     client = redis.Redis.from_url(endpoints.redis_url)
     for post_id in chosen:
-        stored = decode_sequence(client.get(f"{settings.redis.key_prefix}seq:{post_id}") or b"")
+        stored = decode_sequence(client.get(RedisKeys(settings.redis.key_prefix).sequence(post_id)) or b"")
         assert len(stored) == 3, post_id
 

@@ -11,8 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from popscore.contract import Counts, Post, Snapshot
-from popscore.stream.sequence_store import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, SnapshotSequenceStore, \
-    content_tag, decode_content, encode_content
+from popscore.stream.redis_schema import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, PLATFORM, content_tag, \
+    decode_content, encode_content
+from popscore.stream.sequence_store import SnapshotSequenceStore
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,7 @@ def test_merge_is_idempotent_and_keeps_time_order(redis_url):
         late = await store.merge([snap(post, 200, 2)])
         again = await store.merge([snap(post, 200, 2), snap(post, 100, 1)])
         corrected = await store.merge([snap(post, 300, 4)])
-        return first, late, again, corrected, await client.ttl(store.sequence_key(post))
+        return first, late, again, corrected, await client.ttl(store.keys.sequence(post))
 
     first, late, again, corrected, ttl = run(redis_url, scenario)
     assert first[0].statuses == [APPENDED, APPENDED]
@@ -113,7 +114,7 @@ def test_cached_post_metadata_is_not_read_back_and_follows_the_workers_own_write
                               np.zeros((1, 2), np.float32), encode_content(tag(7), np.ones((1, 2)), np.ones((1, 2))))
         first_update = (await store.merge([snap(post, 10, 1)]))[0]
         first = first_update.post
-        await client.hset(store.post_key(post), "platform", "youtube")  # behind the worker's back
+        await client.hset(store.keys.post(post), PLATFORM, "youtube")  # behind the worker's back
         cached_update = (await store.merge([snap(post, 20, 2)]))[0]
         cached = cached_update.post
         assert (first_update.post_from_cache, cached_update.post_from_cache) == (False, True)
@@ -160,13 +161,13 @@ def test_a_cached_posts_hash_ttl_is_refreshed_every_refresh_interval_and_outlive
         await store.put_posts([Post(post_id=post, platform="reddit", created_at=datetime.fromtimestamp(T0, timezone.utc))],
                               np.zeros((1, 2), np.float32), encode_content(tag(7), np.ones((1, 2)), np.ones((1, 2))))
         await store.merge([snap(post, 10, 1)])  # read: the hash's TTL refreshed
-        after_read = await client.ttl(store.post_key(post)), await client.ttl(store.sequence_key(post))
-        await client.expire(store.post_key(post), 50)
+        after_read = await client.ttl(store.keys.post(post)), await client.ttl(store.keys.sequence(post))
+        await client.expire(store.keys.post(post), 50)
         await store.merge([snap(post, 20, 2)])  # cached, refreshed moments ago: TTL left alone
-        kept = await client.ttl(store.post_key(post))
+        kept = await client.ttl(store.keys.post(post))
         store.meta_cache.refresh_s = 0
         await store.merge([snap(post, 30, 3)])  # due: refreshed without being read
-        return after_read, kept, await client.ttl(store.post_key(post))
+        return after_read, kept, await client.ttl(store.keys.post(post))
 
     (post_ttl, seq_ttl), kept, refreshed = run(redis_url, scenario)
     assert 3600 < post_ttl <= 3600 + 3600 and 0 < seq_ttl <= 3600  # the hash outlives the sequence

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from popscore.contract import DeadLetter
-from popscore.stream.sequence_store import decode_sequence
+from popscore.stream.redis_schema import RedisKeys, decode_sequence
 from tests.integration.kafka_io import consume_until, produce
 
 pytestmark = pytest.mark.integration
@@ -71,8 +71,9 @@ def test_valid_snapshots_update_sequences_and_invalid_ones_reach_the_dead_letter
         kafka_bootstrap, topics.deadletter,
         lambda ms: sum(m.key.decode().startswith(prefix) for m in ms if m.key) >= len(bad)))
     client = redis.Redis.from_url(redis_url)
+    keys = RedisKeys(stack_settings.redis.key_prefix)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(client.keys(f"ps:seq:{prefix}-*")) < n_posts:
+    while time.monotonic() < deadline and len(client.keys(keys.sequence(f"{prefix}-*"))) < n_posts:
         time.sleep(0.2)
     time.sleep(1.0)  # anything extra (a duplicate, a stray key) would show up by now
 
@@ -82,10 +83,10 @@ def test_valid_snapshots_update_sequences_and_invalid_ones_reach_the_dead_letter
     assert originals == {value for _, value, _ in bad}
     assert all(letter.topic == topics.snapshots and letter.detail for letter in mine)
 
-    keys = sorted(k.decode() for k in client.keys(f"ps:seq:{prefix}-*"))
-    assert keys == sorted(f"ps:seq:{prefix}-{i}" for i in range(n_posts))
+    stored = sorted(k.decode() for k in client.keys(keys.sequence(f"{prefix}-*")))
+    assert stored == sorted(keys.sequence(f"{prefix}-{i}") for i in range(n_posts))
     for i in range(n_posts):
-        seq = decode_sequence(client.get(f"ps:seq:{prefix}-{i}"))
+        seq = decode_sequence(client.get(keys.sequence(f"{prefix}-{i}")))
         assert seq[:, 2].tolist() == [minute * (i + 1) for minute in range(per_post)]  # likes, in time order
 
     # Counters stay exact: each valid snapshot merged once (appended, or inserted out of order: the records

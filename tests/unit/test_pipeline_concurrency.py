@@ -11,7 +11,7 @@ import pytest
 
 from popscore.contract import Counts, Snapshot
 from popscore.stream.pipeline import SnapshotPipeline, StepStages
-from popscore.stream.sequence_store import RECORD
+from popscore.stream.redis_schema import RECORD
 
 
 class FakeStages:

@@ -8,8 +8,9 @@ import pytest
 
 from popscore.contract import Counts, Snapshot
 from popscore.settings import COUNTER_NAMES
-from popscore.stream.sequence_store import FORMAT_VERSION, RECORD, count_decreases, decode_sequence, decode_sequences, \
-    encode_snapshot
+from popscore.stream.redis_schema import FORMAT_VERSION, RECORD, content_tag, decode_content, decode_sequence, \
+    decode_sequences, encode_content, encode_snapshot
+from popscore.stream.sequence_store import count_decreases, group_by_post, steps_by_post
 
 
 def snap(ts: int, **counts) -> Snapshot:
@@ -79,8 +80,6 @@ def test_count_decreases_does_not_count_the_step_between_two_posts():
 
 
 def test_content_vectors_round_trip_and_stale_ones_are_flagged():
-    from popscore.stream.sequence_store import content_tag, decode_content, encode_content
-
     vectors = np.array([[1.0, -2.0, 3.5], [0.0, 0.25, -0.5]])
     weights = np.array([[0.75, 0.25], [1.0, 0.0]])  # exact in float32
     tag = content_tag("popscore_reddit_temporal_content", 4)
@@ -100,8 +99,6 @@ def test_content_vectors_round_trip_and_stale_ones_are_flagged():
 
 
 def test_a_window_groups_snapshots_by_post_in_arrival_order():
-    from popscore.stream.sequence_store import group_by_post
-
     def of(post_id, ts, likes):
         return Snapshot(post_id=post_id, observed_at=datetime.fromtimestamp(ts, timezone.utc),
                         counts=Counts(likes=likes))
@@ -114,8 +111,6 @@ def test_a_window_groups_snapshots_by_post_in_arrival_order():
 
 
 def test_steps_keep_a_posts_snapshots_together_and_cover_every_snapshot():
-    from popscore.stream.sequence_store import steps_by_post
-
     window = {f"p{i}": [bytes([i, j]) for j in range(1 + i % 3)] for i in range(10)}  # 1, 2 or 3 per post
     steps = steps_by_post(window, max_snapshots=4)
     assert [p for step in steps for p in step] == list(window)  # every post once, in order

@@ -1,0 +1,105 @@
+-- What a batch of predictions leaves in Redis, in one call: the leaderboards, each post's latest prediction and
+-- predicted_to mark, the predictions kept for online accuracy, and the posts' maturity times.
+--
+-- Caller: Leaderboards.record (stream/leaderboard.py), through redis_schema.record_predictions_call, which builds
+-- ARGV. The worker calls it only once the predictions are in Kafka, so a predicted_to mark never claims a lost
+-- prediction.
+--
+-- KEYS: none. The script builds its key names from ARGV[1], as redis_schema.RedisKeys does: <prefix>lb:<board>,
+-- <prefix>post:<post_id>, <prefix>maturity. That is fine on one Redis; Redis Cluster would need a hash tag per post.
+-- ARGV:
+--   ARGV[1]  the key prefix
+--   ARGV[2]  the TTL, seconds, of a post hash this call creates (the merge or the post event gives the others
+--            theirs)
+--   ARGV[3]  the board size: each board keeps its best ARGV[3] members
+--   ARGV[4]  the model kind, 'static' or 'temporal'; only temporal predictions enter the boards and set
+--            predicted_to
+--   ARGV[5]  the predictions, one JSON array of rows [post_id, score, rising, platform, category ('' for none),
+--            latest view (JSON text), maturity time, [[kept eval field, value], ...], as_of] (one argument,
+--            not eight or more per prediction: redis-py's packing costs per argument)
+-- Writes: boards lb:top, lb:top:platform:<platform>, lb:top:category:<category> (score) and lb:rising (rising);
+-- post hash fields prediction:<kind> (the latest view), predicted_to (as_of, temporal only) and each kept eval
+-- field once (HSETNX: the first prediction at that age); ZADD NX of each post at its maturity time.
+-- Returns 0.
+--
+-- A board is written per call, not per prediction: its members among the call's posts are updated (one
+-- ZMSCORE, one ZADD), then newcomers are added only if they reach the board's floor, the ARGV[3]-th best score
+-- after those updates; a newcomer below it would be trimmed at once. The board ends exactly as "add every
+-- prediction, keep the best ARGV[3]" would leave it, without inserting and trimming the predictions that never
+-- make a board. ZADD takes at most ~7,900 arguments from Lua (its C stack): a call must carry fewer than 3,900
+-- predictions.
+local prefix, ttl, size, kind = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local rows = cjson.decode(ARGV[5])
+
+local function write_board(board, posts, scores)
+  local key = prefix .. 'lb:' .. board
+  local current = redis.call('ZMSCORE', key, unpack(posts))
+  local members, newcomers = {}, {}
+  for i, post in ipairs(posts) do
+    local pair = current[i] and members or newcomers
+    pair[#pair + 1] = scores[i]
+    pair[#pair + 1] = post
+  end
+  if #members > 0 then redis.call('ZADD', key, unpack(members)) end
+  if #newcomers == 0 then return end
+  local floor = redis.call('ZREVRANGE', key, size - 1, size - 1, 'WITHSCORES')[2]
+  if floor then
+    floor = tonumber(floor)
+    local kept = {}
+    for i = 1, #newcomers, 2 do
+      if newcomers[i] >= floor then
+        kept[#kept + 1] = newcomers[i]
+        kept[#kept + 1] = newcomers[i + 1]
+      end
+    end
+    newcomers = kept
+  end
+  if #newcomers == 0 then return end
+  redis.call('ZADD', key, unpack(newcomers))
+  redis.call('ZREMRANGEBYRANK', key, 0, -(size + 1))
+end
+
+if kind == 'temporal' then
+  local boards, order = {}, {}
+  local function enter(board, post, score)
+    local entry = boards[board]
+    if not entry then
+      entry = {posts = {}, scores = {}}
+      boards[board] = entry
+      order[#order + 1] = board
+    end
+    entry.posts[#entry.posts + 1] = post
+    entry.scores[#entry.scores + 1] = score
+  end
+  for _, row in ipairs(rows) do
+    local post, score, rising, platform, category = row[1], row[2], row[3], row[4], row[5]
+    enter('top', post, score)
+    enter('top:platform:' .. platform, post, score)
+    if category ~= '' then enter('top:category:' .. category, post, score) end
+    enter('rising', post, rising)
+  end
+  for _, board in ipairs(order) do
+    write_board(board, boards[board].posts, boards[board].scores)
+  end
+end
+
+local due = {}
+for _, row in ipairs(rows) do
+  local post, latest, kept = row[1], row[6], row[8]
+  local post_key = prefix .. 'post:' .. post
+  -- The hash has its TTL from the merge or the post event just before; a hash this creates needs one.
+  local created
+  if kind == 'temporal' then
+    created = redis.call('HSET', post_key, 'prediction:temporal', latest, 'predicted_to', row[9]) == 2
+  else
+    created = redis.call('HSET', post_key, 'prediction:' .. kind, latest) == 1
+  end
+  if created then redis.call('EXPIRE', post_key, ttl) end
+  for _, pair in ipairs(kept) do
+    redis.call('HSETNX', post_key, pair[1], pair[2])
+  end
+  due[#due + 1] = row[7]
+  due[#due + 1] = post
+end
+redis.call('ZADD', prefix .. 'maturity', 'NX', unpack(due))
+return 0

@@ -1,0 +1,311 @@
+"""The worker's Redis schema: every key, hash field, TTL and stored encoding, and the KEYS/ARGV of its Lua scripts.
+
+Nothing else spells a key or a field name. The Lua scripts (``lua/*.lua``, their protocol documented at the
+top of each) build the same names from the prefix, as their headers say; each script's KEYS and ARGV are
+built by one function here. Every key is under ``settings.redis.key_prefix`` (``ps:``); ``horizon`` below is
+``score.horizon_s``, ``refresh`` is ``worker.post_ttl_refresh_s``.
+
+``seq:<post_id>``, string, expires a horizon after its last change
+    ``FORMAT_VERSION``, then one ``RECORD`` per observation, sorted by time. Written by merge_snapshots.lua
+    (``SnapshotSequenceStore.merge_records``). Read from the merge's reply, by ``SnapshotSequenceStore.current``,
+    ``matured``, ``get`` (the ``/posts`` view) and ``estimate_tracked_posts`` (counts the keys).
+``post:<post_id>``, hash, expires a horizon + refresh after the post event; merges refresh that TTL at most
+    every refresh (``PostMetaCache``), so it outlives the sequence; a hash created by record_predictions.lua
+    (a prediction before any post event or merge) expires a horizon after. Fields:
+    ``created_at`` (epoch seconds, decimal), ``platform``, ``category`` (only if the post has one), ``static``
+    (the static features, float32), ``title`` (only when titles are embedded): written by
+    ``SnapshotSequenceStore.put_posts`` (``encode_post``), read back as ``PostMeta`` by every merge that does not
+    hold it (``META_FIELDS``), ``current`` and ``matured``; ``static`` and ``title`` only by ``content_inputs``.
+    ``content`` (``encode_content``: the content model's tag, its vector and modality weights): written by
+    ``put_posts`` and, when the content model changed, ``put_content``; read like ``created_at``.
+    ``prediction:<kind>`` (the latest prediction of ``static`` or ``temporal``, its latest view as JSON) and
+    ``predicted_to`` (epoch seconds: the observation time of the latest temporal prediction in Kafka): written
+    by record_predictions.lua (``Leaderboards.record``); ``prediction:<kind>`` read by the ``/posts`` view
+    (``latest_predictions``), ``predicted_to`` by merge_snapshots.lua on redelivery.
+    ``eval:<model>:<version>:<age_h>`` (a predicted log score kept for online accuracy, the first one made at
+    that evaluation age): written by record_predictions.lua, read and deleted by ``matured``.
+``awaiting``, sorted set, no TTL
+    post_id -> the wall time from which its snapshots are scored without their post. Added by
+    ``SnapshotSequenceStore.await_posts``, leased by claim_awaiting.lua (``claim_overdue``: the score becomes the
+    lease end), removed by ``done_waiting``.
+``maturity``, sorted set, no TTL
+    post_id -> created_at + horizon, the moment its kept predictions can be compared with what it reached.
+    Added by record_predictions.lua, read and removed by ``SnapshotSequenceStore.matured``.
+``lb:top``, ``lb:top:platform:<platform>``, ``lb:top:category:<category>``, ``lb:rising``, sorted sets, no TTL
+    post_id -> predicted score (``top``) or realised log-score growth per hour over the last hour (``rising``),
+    trimmed to ``worker.leaderboard_size``. Written by record_predictions.lua from temporal predictions, read by
+    ``Leaderboards.top`` (the ``/leaderboard`` view).
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import orjson
+
+from popscore.contract import Post, Snapshot
+from popscore.settings import COUNTER_NAMES
+
+
+class RedisKeys:
+    """The key names under one prefix."""
+
+    __slots__ = ("prefix", "sequence_prefix", "awaiting", "maturity")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.sequence_prefix = f"{prefix}seq:"
+        self.awaiting = f"{prefix}awaiting"
+        self.maturity = f"{prefix}maturity"
+
+    def sequence(self, post_id: str) -> str:
+        return f"{self.sequence_prefix}{post_id}"
+
+    def post(self, post_id: str) -> str:
+        return f"{self.prefix}post:{post_id}"
+
+    def board(self, name: str) -> str:
+        return f"{self.prefix}lb:{name}"
+
+
+TOP_BOARD, RISING_BOARD = "top", "rising"
+
+
+def platform_board(platform: str) -> str:
+    return f"top:platform:{platform}"
+
+
+def category_board(category: str) -> str:
+    return f"top:category:{category}"
+
+
+def post_ttl_s(sequence_ttl_s: int, refresh_s: int) -> int:
+    """The post hash outlives its sequence by the refresh interval, since merges refresh its TTL only that
+    often."""
+    return sequence_ttl_s + refresh_s
+
+
+# --- sequences --------------------------------------------------------------------------------------------
+
+FORMAT_VERSION = b"\x01"
+RECORD = struct.Struct(">I" + "d" * len(COUNTER_NAMES))
+"""``observed_at`` (uint32, big-endian, so byte order is time order, which the merge script relies on), then one
+float64 per counter of ``COUNTER_NAMES`` (NaN where the platform lacks the counter; float64 is exact below
+2**53, the contract's cap)."""
+RECORD_DTYPE = np.dtype([("t", ">u4")] + [(name, ">f8") for name in COUNTER_NAMES])
+
+_COUNTS = operator.attrgetter(*COUNTER_NAMES)
+_NAN = float("nan")
+
+
+def encode_snapshot(snapshot: Snapshot) -> bytes:
+    return RECORD.pack(int(snapshot.observed_at.timestamp()),
+                       *[_NAN if v is None else v for v in _COUNTS(snapshot.counts)])
+
+
+def record_time(record: bytes) -> int:
+    """A record's ``observed_at``, epoch seconds."""
+    return int.from_bytes(record[:4], "big")
+
+
+def encode_sequence(records: Iterable[bytes]) -> bytes:
+    """A stored sequence of records already in time order (the merge script sorts them in Redis)."""
+    return FORMAT_VERSION + b"".join(records)
+
+
+def decode_sequence(blob: bytes) -> np.ndarray:
+    """Stored bytes -> float64 array [n, 1 + len(COUNTER_NAMES)]: observed_at epoch seconds, counters."""
+    return decode_sequences([blob])[0]
+
+
+def decode_sequences(blobs: list[bytes | None]) -> list[np.ndarray]:
+    """Many stored sequences at once: one ``frombuffer`` and one float64 conversion for the whole micro-batch,
+    not numpy calls per post. The arrays returned are views of one table."""
+    bodies, lengths = [], []
+    for blob in blobs:
+        if not blob:
+            lengths.append(0)
+            continue
+        if blob[:1] != FORMAT_VERSION:
+            raise ValueError(f"unknown sequence format version {blob[:1]!r}")
+        body = memoryview(blob)[1:]
+        bodies.append(body)
+        lengths.append(len(body) // RECORD.size)
+    records = np.frombuffer(b"".join(bodies), dtype=RECORD_DTYPE)
+    table = np.empty((len(records), len(RECORD_DTYPE.names)))
+    for column, name in enumerate(RECORD_DTYPE.names):
+        table[:, column] = records[name]
+    return np.split(table, np.cumsum(lengths)[:-1])
+
+
+# --- the post hash ------------------------------------------------------------------------------------------
+
+CREATED_AT, PLATFORM, CATEGORY, CONTENT, STATIC, TITLE = "created_at", "platform", "category", "content", \
+    "static", "title"
+PREDICTED_TO = "predicted_to"  # merge_snapshots.lua and record_predictions.lua name it too
+
+META_FIELDS = (CREATED_AT, PLATFORM, CATEGORY, CONTENT)
+"""The post-hash fields read back with every sequence, in ``PostMeta.from_values`` order. The inputs the
+content vector was computed from (``CONTENT_INPUT_FIELDS``) stay in the hash but are read only to recompute it."""
+META_FIELDS_JSON = json.dumps(META_FIELDS)
+CONTENT_INPUT_FIELDS = (STATIC, TITLE)
+
+PREDICTION_FIELD = "prediction:"  # + the model kind; record_predictions.lua writes these
+EVAL_FIELD = "eval:"  # + model:version:age_h; record_predictions.lua writes these
+
+
+def prediction_field(kind: str) -> str:
+    return f"{PREDICTION_FIELD}{kind}"
+
+
+def latest_predictions(fields: dict[bytes, bytes]) -> dict[str, dict]:
+    """A post hash's latest prediction of each model kind, decoded."""
+    prefix = PREDICTION_FIELD.encode()
+    return {name[len(prefix):].decode(): json.loads(value) for name, value in fields.items()
+            if name.startswith(prefix)}
+
+
+def eval_field(model_name: str, version: str, age_h: float) -> str:
+    """``model_name`` is the served model's name, which names its platform (``popscore_reddit_temporal``), or
+    ``persistence`` for the fallback."""
+    return f"{EVAL_FIELD}{model_name}:{version}:{age_h:g}"
+
+
+def parse_eval_field(name: str) -> tuple[str, str, str]:
+    """(model name, version, age_h) of an ``eval_field`` name."""
+    model, version, age = name[len(EVAL_FIELD):].split(":")
+    return model, version, age
+
+
+def kept_predictions(fields: dict[bytes, bytes]) -> dict[str, float]:
+    """A post hash's ``eval_field`` fields and their predicted log scores."""
+    prefix = EVAL_FIELD.encode()
+    return {name.decode(): float(value) for name, value in fields.items() if name.startswith(prefix)}
+
+
+CONTENT_HEADER = struct.Struct("<II")  # which content model made the vector: CRC-32 of its name, its version
+
+
+def content_tag(model_name: str, version: int) -> bytes:
+    """The header of the vectors ``model_name`` version ``version`` makes. The name is in it because every
+    platform's content model counts its versions from 1: a vector of another platform's model, or of a post
+    whose platform now routes elsewhere, is recomputed, not read by the wrong head."""
+    return CONTENT_HEADER.pack(zlib.crc32(model_name.encode()), version)
+
+
+def encode_content(tag: bytes, vectors: np.ndarray, modality_weights: np.ndarray) -> list[bytes]:
+    """Per post: the content model's tag (``content_tag``), then its float32 content vector and modality
+    weights."""
+    rows = np.concatenate([vectors, modality_weights], axis=1).astype("<f4")
+    return [tag + row.tobytes() for row in rows]
+
+
+def decode_content(blobs: list[bytes | None], tag: bytes, dim: int, n_weights: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors [B, dim], modality weights [B, n_weights], ok [B]): rows whose blob is absent, of another
+    content model or version (``tag``) or of another size are zero and not ok (they must be recomputed)."""
+    width = CONTENT_HEADER.size + 4 * (dim + n_weights)
+    ok = np.array([b is not None and len(b) == width and b[:CONTENT_HEADER.size] == tag for b in blobs], bool)
+    table = np.zeros((len(blobs), dim + n_weights), np.float32)
+    if ok.any():
+        body = b"".join(memoryview(b)[CONTENT_HEADER.size:] for b, good in zip(blobs, ok) if good)
+        table[ok] = np.frombuffer(body, dtype="<f4").reshape(-1, dim + n_weights)
+    return table[:, :dim], table[:, dim:], ok
+
+
+def encode_post(post: Post, static_features: np.ndarray, content: bytes | None, embedded_title: bool
+                ) -> dict[str, str | bytes]:
+    """The post-hash fields a post event sets: what the temporal model needs (age, platform, category, content
+    vector) and the inputs the vector came from, to compute it for a new model. ``content`` is None for a post
+    no model set scores; the title (tens of bytes; its token states would be ~20 KB) only if titles are
+    embedded."""
+    fields: dict[str, str | bytes] = {CREATED_AT: str(int(post.created_at.timestamp())), PLATFORM: post.platform,
+                                      STATIC: np.asarray(static_features, dtype=np.float32).tobytes()}
+    if content is not None:
+        fields[CONTENT] = content
+    if embedded_title:
+        fields[TITLE] = post.text.title or ""
+    category = post.attributes.get("category")
+    if category is not None:
+        fields[CATEGORY] = str(category)
+    return fields
+
+
+@dataclass(frozen=True)
+class PostMeta:
+    """What the worker kept of the post event; empty when the snapshot came before (or without) its post."""
+
+    created_at: float | None = None
+    platform: str | None = None
+    category: str | None = None
+    content: bytes | None = None  # encode_content: the post's content vector for the temporal head
+
+    @classmethod
+    def from_values(cls, created_at: bytes | None, platform: bytes | None, category: bytes | None,
+                    content: bytes | None) -> "PostMeta":
+        """From the values of ``META_FIELDS``, in order."""
+        return cls(created_at=None if created_at is None else float(created_at),
+                   platform=None if platform is None else platform.decode(),
+                   category=None if category is None else category.decode(), content=content)
+
+    @classmethod
+    def from_hash(cls, fields: dict[bytes, bytes]) -> "PostMeta":
+        return cls.from_values(*(fields.get(name.encode()) for name in META_FIELDS))
+
+
+# --- the Lua scripts: one function per script builds its KEYS and ARGV ------------------------------------
+
+MERGE_SNAPSHOTS, CLAIM_AWAITING, RECORD_PREDICTIONS = \
+    "merge_snapshots.lua", "claim_awaiting.lua", "record_predictions.lua"
+
+
+def lua_source(script: str) -> str:
+    return resources.files("popscore.stream").joinpath("lua").joinpath(script).read_text()
+
+
+DUPLICATE, APPENDED, CORRECTED, OUT_OF_ORDER = 0, 1, 2, 3  # what the merge did with each record
+KEEP_META, READ_META, REFRESH_TTL = 48, 49, 50  # b"0", b"1", b"2": what a merge does with a post's hash
+
+
+def merge_snapshots_call(keys: RedisKeys, post_ids: Sequence[str], records: dict[str, list[bytes]],
+                         meta_actions: bytes, ttl_s: int, meta_ttl_s: int) -> tuple[list[str], list]:
+    """merge_snapshots.lua's KEYS and ARGV for ``post_ids``: their new ``records``, and per post one of
+    ``KEEP_META``, ``READ_META``, ``REFRESH_TTL``."""
+    call_keys, args = [], [FORMAT_VERSION, RECORD.size, ttl_s, META_FIELDS_JSON, meta_ttl_s, meta_actions]
+    for post_id in post_ids:
+        call_keys += [keys.sequence(post_id), keys.post(post_id)]
+        args.append(b"".join(records[post_id]))
+    return call_keys, args
+
+
+def claim_awaiting_call(keys: RedisKeys, now: float, lease_until: float, limit: int) -> tuple[list[str], list]:
+    return [keys.awaiting], [now, lease_until, limit]
+
+
+@dataclass(frozen=True)
+class RecordedPrediction:
+    """One prediction as record_predictions.lua stores it."""
+
+    post_id: str
+    score: float
+    rising: float
+    platform: str
+    category: str | None
+    latest_view: str  # JSON text
+    matures_at: float
+    kept_for_evaluation: tuple[tuple[str, float], ...] = ()  # (eval_field, predicted log score)
+    as_of: int = 0  # observation time (epoch s) the prediction is as of
+
+
+def record_predictions_call(keys: RedisKeys, ttl_s: int, board_size: int, kind: str,
+                            predictions: Sequence[RecordedPrediction]) -> tuple[list[str], list]:
+    rows = [[p.post_id, p.score, p.rising, p.platform, p.category or "", p.latest_view, p.matures_at,
+             [[name, repr(value)] for name, value in p.kept_for_evaluation], p.as_of] for p in predictions]
+    return [], [keys.prefix, ttl_s, board_size, kind, orjson.dumps(rows)]
