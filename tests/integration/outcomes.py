@@ -232,9 +232,12 @@ def ensure_known_state(stack, timeout_s: float = 120.0) -> None:
             break
         assert time.monotonic() < deadline, f"the worker is not ready: {body}"
         time.sleep(0.25)
-    if restarted or any(m["breaker"] != "closed" for m in body["models"].values()):
+    open_circuits = sorted(name for name, m in body["models"].items() if m["breaker"] != "closed")
+    if restarted or open_circuits:
         stack.restart_worker()  # circuits start closed on a Triton that is up again
         _probe_triton(stack, timeout_s)
+        print(f"known state restored: components restarted {restarted}, open circuits {open_circuits}; "
+              "the worker restarted and a probe scored by Triton")
 
 
 def _probe_triton(stack, timeout_s: float) -> None:
