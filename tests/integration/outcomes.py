@@ -206,12 +206,16 @@ def served_by(stack, server: str, kind: str | None = None) -> float:
                and (kind is None or s.labels["model"] == kind))
 
 
+_TRITON_ERRORS: dict[int, float] = {}  # per stack: the worker's failed Triton calls when the last test started
+
+
 def ensure_known_state(stack, timeout_s: float = 120.0) -> None:
     """What every test on a module's stack starts from: every component running and not paused, the worker
     ready, every model it serves on a closed circuit (Triton answering, not the local runtime). A test that
     stopped a component and failed before its own cleanup, or one that left the circuits open (Triton stopped
     under the worker: they stay open until a trial call succeeds), would otherwise hand the next test a stack
-    that quietly scores with the local runtime or the fallback."""
+    that quietly scores with the local runtime or the fallback. Where Triton failed under the worker since the
+    last check, the worker is restarted and a probe must be scored by Triton."""
     restarted = False
     if hasattr(stack, "status") and hasattr(stack, "start_component"):
         components = stack.status()["components"]
@@ -233,11 +237,15 @@ def ensure_known_state(stack, timeout_s: float = 120.0) -> None:
         assert time.monotonic() < deadline, f"the worker is not ready: {body}"
         time.sleep(0.25)
     open_circuits = sorted(name for name, m in body["models"].items() if m["breaker"] != "closed")
-    if restarted or open_circuits:
+    errors = sum(m.get("triton_errors", 0) for m in body["models"].values())
+    failed_since = errors > _TRITON_ERRORS.get(id(stack), errors)  # (a restarted worker counts from 0)
+    if restarted or open_circuits or failed_since:
         stack.restart_worker()  # circuits start closed on a Triton that is up again
         _probe_triton(stack, timeout_s)
-        print(f"known state restored: components restarted {restarted}, open circuits {open_circuits}; "
-              "the worker restarted and a probe scored by Triton")
+        print(f"known state restored (components restarted: {restarted}, open circuits: {open_circuits}, Triton "
+              f"failed since the last test: {failed_since}): worker restarted, a probe scored by Triton")
+        errors = sum(m.get("triton_errors", 0) for m in web_json(stack, "/readyz")[1]["models"].values())
+    _TRITON_ERRORS[id(stack)] = errors
 
 
 def _probe_triton(stack, timeout_s: float) -> None:
