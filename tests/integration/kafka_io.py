@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 
@@ -54,3 +55,86 @@ async def produce_each(bootstrap: str, records: list[tuple[str, bytes | None, by
         return list(await asyncio.gather(*futures))
     finally:
         await producer.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    """The offset the next record of each partition of ``topic`` will get.
+
+    Not ListOffsets alone: Tansu answers it with the base offset of the partition's last record batch + 1, short
+    of the end whenever that batch holds several records (what the worker and a lingering producer send). The
+    last batch is fetched from there and its last offset taken; with a broker that answers right, the fetch
+    returns the last record and changes nothing."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=50)
+    await consumer.start()
+    try:
+        assigned = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(assigned)
+        reported = await consumer.end_offsets(assigned)
+        ends = {tp.partition: offset for tp, offset in reported.items()}
+        pending = {tp for tp in assigned if reported[tp] > 0}
+        for tp in pending:
+            consumer.seek(tp, reported[tp] - 1)
+        deadline = time.monotonic() + 30
+        while pending:
+            assert time.monotonic() < deadline, f"the last batches of {topic} not fetched: {pending}"
+            for tp, batch in (await consumer.getmany(*pending, timeout_ms=500)).items():
+                if batch:
+                    ends[tp.partition] = max(ends[tp.partition], batch[-1].offset + 1)
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return ends
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The offsets ``group`` has committed on ``topic`` (0 where it has none). Read with the admin client: a
+    consumer in the group would join it and take partitions from the worker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(
+            group, partitions=[TopicPartition(topic, p) for p in range(partitions)])
+    finally:
+        await admin.close()
+    return {p: max(0, offsets[TopicPartition(topic, p)].offset) if TopicPartition(topic, p) in offsets else 0
+            for p in range(partitions)}
+
+
+async def wait_committed(bootstrap: str, group: str, topics: list[str], partitions: int,
+                         timeout_s: float = 120.0) -> None:
+    """Return once ``group`` has committed, on every partition of ``topics``, up to the end offsets taken at the
+    call: every record produced before the call has been consumed and acknowledged."""
+    targets = {topic: await end_offsets(bootstrap, topic, partitions) for topic in topics}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        behind = {}
+        for topic, ends in targets.items():
+            committed = await committed_offsets(bootstrap, group, topic, partitions)
+            behind.update({(topic, p): (committed[p], end) for p, end in ends.items() if committed[p] < end})
+        if not behind:
+            return
+        assert time.monotonic() < deadline, f"not committed within {timeout_s}s: (committed, end) {behind}"
+        await asyncio.sleep(0.25)
+
+
+async def read_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float = 60.0) -> list:
+    """Every record in ``topic`` up to its end offsets at the call, in partition order: a complete read that needs
+    no quiet period to know it has seen everything."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=50)
+    await consumer.start()
+    messages: list = []
+    try:
+        assigned = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = {TopicPartition(topic, p): end for p, end in (await end_offsets(bootstrap, topic, partitions)).items()}
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        deadline = time.monotonic() + timeout_s
+        while [tp for tp in assigned if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, f"{topic} not read to its end offsets within {timeout_s}s"
+            for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
+                messages.extend(m for m in batch if m.offset < ends[tp])
+    finally:
+        await consumer.stop()
+    return messages

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ import redis
 
 from popscore.stream.redis_schema import RedisKeys, decode_sequence, platform_board, prediction_field
 from popscore.tools.replay import batch_envelope
-from tests.integration.kafka_io import consume_until, partition_of, produce, produce_to_partitions
+from tests.integration.kafka_io import (consume_until, partition_of, produce, produce_to_partitions, read_topic,
+                                        wait_committed)
 
 
 def iso(moment: datetime) -> str:
@@ -160,3 +162,109 @@ def metric(stack, name: str) -> float:
         text = response.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and (len(line) > len(name) and line[len(name)] in " {"))
+
+
+# --- barriers and known state -------------------------------------------------------------------------------
+
+def wait_processed(settings, bootstrap: str, timeout_s: float = 120.0) -> None:
+    """The barrier before a negative assertion: returns once the worker's consumer group has committed every
+    record now in the posts and snapshots topics. The worker acknowledges a batch only after its outputs are in
+    Kafka and Redis (predictions, dead letters, sequences, the awaiting set), so whatever those records cause is
+    visible when this returns, however slow the worker was; what is not there then never comes from them. (Timers
+    are not covered: the grace-period scan scores waiting posts on its own clock.)"""
+    topics = settings.kafka.topics
+    asyncio.run(wait_committed(bootstrap, settings.worker.app_id, [topics.posts, topics.snapshots],
+                               topics.partitions, timeout_s))
+
+
+def read_all(settings, bootstrap: str, topic: str) -> list:
+    """Every record now in ``topic`` (after ``wait_processed``: every output of what was sent before it)."""
+    return asyncio.run(read_topic(bootstrap, topic, settings.kafka.topics.partitions))
+
+
+def web_json(stack, path: str, timeout_s: float = 5.0) -> tuple[int, dict]:
+    """(status, body) of a worker web view; (0, {}) while the worker does not answer."""
+    url = stack.state.endpoints_obj().as_dict()["worker_web"] + path
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+    except (OSError, ValueError):
+        return 0, {}
+
+
+def served_by(stack, server: str, kind: str | None = None) -> float:
+    """Predictions the worker made with ``server`` (triton, local, baseline), of one kind or all."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = stack.state.endpoints_obj().as_dict()["worker_metrics"]
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "popscore_predictions_total" and s.labels["served_by"] == server
+               and (kind is None or s.labels["model"] == kind))
+
+
+_TRITON_ERRORS: dict[int, float] = {}  # per stack: the worker's failed Triton calls when the last test started
+
+
+def ensure_known_state(stack, timeout_s: float = 120.0) -> None:
+    """What every test on a module's stack starts from: every component running and not paused, the worker
+    ready, every model it serves on a closed circuit (Triton answering, not the local runtime). A test that
+    stopped a component and failed before its own cleanup, or one that left the circuits open (Triton stopped
+    under the worker: they stay open until a trial call succeeds), would otherwise hand the next test a stack
+    that quietly scores with the local runtime or the fallback. Where Triton failed under the worker since the
+    last check, the worker is restarted and a probe must be scored by Triton."""
+    restarted = False
+    if hasattr(stack, "status") and hasattr(stack, "start_component"):
+        components = stack.status()["components"]
+        for name in ("broker", "redis", "triton"):
+            if name not in components:
+                continue
+            if not components[name]["alive"]:
+                stack.start_component(name)
+                restarted = True
+            else:
+                stack.resume_component(name)  # SIGCONT: nothing unless a test left it paused
+        if "worker" in components and not components["worker"]["alive"]:
+            stack.start_worker()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body = web_json(stack, "/readyz")
+        if status == 200 and body.get("ready"):
+            break
+        assert time.monotonic() < deadline, f"the worker is not ready: {body}"
+        time.sleep(0.25)
+    open_circuits = sorted(name for name, m in body["models"].items() if m["breaker"] != "closed")
+    errors = sum(m.get("triton_errors", 0) for m in body["models"].values())
+    failed_since = errors > _TRITON_ERRORS.get(id(stack), errors)  # (a restarted worker counts from 0)
+    if restarted or open_circuits or failed_since:
+        stack.restart_worker()  # circuits start closed on a Triton that is up again
+        _probe_triton(stack, timeout_s)
+        print(f"known state restored (components restarted: {restarted}, open circuits: {open_circuits}, Triton "
+              f"failed since the last test: {failed_since}): worker restarted, a probe scored by Triton")
+        errors = sum(m.get("triton_errors", 0) for m in web_json(stack, "/readyz")[1]["models"].values())
+    _TRITON_ERRORS[id(stack)] = errors
+
+
+def _probe_triton(stack, timeout_s: float) -> None:
+    """One post and snapshot on Hacker News (a model set every stack serves); returns once its static and
+    temporal predictions were made by Triton."""
+    settings, endpoints = stack.settings, stack.state.endpoints_obj()
+    before = {kind: served_by(stack, "triton", kind) for kind in ("static", "temporal")}
+    post_id = f"probe-{time.monotonic_ns()}"
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    post = {"schema": "post.v1", "post_id": post_id, "platform": "hackernews",
+            "created_at": iso(now - timedelta(minutes=30)), "text": {"title": "is Triton serving"}}
+    snapshot = {"schema": "snapshot.v1", "post_id": post_id, "observed_at": iso(now - timedelta(minutes=1)),
+                "counts": {"comments": 0}}
+    asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.posts,
+                        [(post_id.encode(), json.dumps(post).encode())]))
+    wait_processed(settings, endpoints.broker_bootstrap, timeout_s)  # the post first: no wait for it
+    asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.snapshots,
+                        [(post_id.encode(), json.dumps(snapshot).encode())]))
+    wait_processed(settings, endpoints.broker_bootstrap, timeout_s)
+    after = {kind: served_by(stack, "triton", kind) for kind in ("static", "temporal")}
+    assert all(after[kind] > before[kind] for kind in before), \
+        f"the probe was not scored by Triton: {before} -> {after}, {web_json(stack, '/readyz')[1].get('models')}"

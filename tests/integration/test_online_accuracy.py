@@ -16,7 +16,7 @@ from popscore.contract import Post, Snapshot, encode_record
 from popscore.settings import COUNTER_NAMES
 from popscore.stream.online_accuracy import eval_ages_reached
 from popscore.tools.replay import ReplayOptions, replay
-from tests.integration.kafka_io import consume_until
+from tests.integration.outcomes import read_all, wait_processed
 
 pytestmark = [pytest.mark.integration, pytest.mark.data]
 
@@ -57,13 +57,10 @@ def test_online_mae_matches_the_offline_computation(private_stack, shared_data):
                                            for c in COUNTER_NAMES]])
     clock = max(row[0] for rows in sequences.values() for row in rows)
 
-    # What the worker should have kept: the first prediction per (model, version, evaluation age).
-    n_predictions = sum(len(rows) for rows in sequences.values()) // 2
-    messages = asyncio.run(consume_until(endpoints.broker_bootstrap, settings.kafka.topics.predictions,
-                                         lambda ms: len(ms) >= n_predictions, timeout_s=120))
-    time.sleep(10)  # let the last batches be scored
-    messages = asyncio.run(consume_until(endpoints.broker_bootstrap, settings.kafka.topics.predictions,
-                                         lambda ms: False, timeout_s=5))
+    # What the worker should have kept: the first prediction per (model, version, evaluation age), read once
+    # every replayed record is processed (a prediction missing from the read would be missing from the sums).
+    wait_processed(settings, endpoints.broker_bootstrap, timeout_s=300)
+    messages = read_all(settings, endpoints.broker_bootstrap, settings.kafka.topics.predictions)
     spec = private_stack_spec(settings)
     tolerance = settings.worker.online_age_tolerance_h or spec.bin_s / 3600.0
     kept: dict[tuple[str, str, str, str], float] = {}

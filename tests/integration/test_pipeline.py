@@ -21,10 +21,25 @@ from popscore.stream.redis_schema import CONTENT as CONTENT_FIELD, RedisKeys, co
 from popscore.tools.replay import ReplayOptions, replay
 from tests.conftest import SHARED_DATA
 from tests.integration.kafka_io import consume_until, partition_of, produce, produce_to_partitions
+from tests.integration.outcomes import ensure_known_state, read_all, wait_processed
 
 pytestmark = pytest.mark.integration
 
 CONTENT, HEAD, STATIC = (F.model_name(kind, "hackernews") for kind in ("content", "temporal", "static"))
+POST_GRACE_S = 120.0
+
+
+def configure_private_stack(settings) -> None:
+    # Snapshots that overtake their post wait this long; the test of that checks nothing is scored meanwhile, and
+    # a long grace keeps that check inside it on a slow machine (every other test sends the post first or
+    # waits for it, so none depends on the grace running out).
+    settings.worker.post_grace_s = POST_GRACE_S
+
+
+@pytest.fixture(autouse=True)
+def known_state(private_stack):
+    """Each test starts on a ready worker scoring with Triton, whatever the test before it stopped."""
+    ensure_known_state(private_stack)
 
 
 def real_slice(prefix: str, n_posts: int) -> list[tuple[bytes, Post | Snapshot]]:
@@ -103,6 +118,7 @@ def test_replayed_slice_gives_predictions_and_the_leaderboard_agrees(private_sta
         temporal = [r for r in records if r["model"] == "temporal"]
         assert len(temporal) <= n_snapshots[post_id]  # batching may merge snapshots, never invent predictions
         assert all(r["model_version"] and r["score"] >= 0 and r["interval"][0] <= r["interval"][1] for r in temporal)
+        assert {(r["model_name"], r["trained_for"]) for r in records} <= {(HEAD, "hackernews"), (STATIC, "hackernews")}
 
     latest = {post_id: [r for r in records if r["model"] == "temporal"][-1]["score"]
               for post_id, records in grouped.items() if any(r["model"] == "temporal" for r in records)}
@@ -138,8 +154,7 @@ def test_predictions_are_partitioned_by_post_as_a_keyed_send_would(private_stack
 
     settings, endpoints = private_stack.settings, private_stack.state.endpoints_obj()
     replay_and_collect(private_stack, "part-", real_slice("part-", n_posts=20))
-    messages = asyncio.run(consume_until(endpoints.broker_bootstrap, settings.kafka.topics.predictions,
-                                         lambda ms: False, timeout_s=3))
+    messages = read_all(settings, endpoints.broker_bootstrap, settings.kafka.topics.predictions)
     partitions = list(range(settings.kafka.topics.partitions))
     ours = [m for m in messages if m.key.startswith(b"part-")]
     assert len(ours) > 20
@@ -174,6 +189,8 @@ def test_restarts_lose_no_snapshot_and_count_none_twice(private_stack):
         if all(len(s) == len(expected[p]) for p, s in stored.items()):
             break
         time.sleep(0.5)
+    wait_processed(settings, endpoints.broker_bootstrap)  # redelivered records merged too: none may add a row
+    stored = {p: decode_sequence(client.get(keys.sequence(p)) or b"") for p in expected}
     for post_id, times in expected.items():
         assert sorted(stored[post_id][:, 0].astype(int).tolist()) == sorted(times), post_id
 
@@ -270,7 +287,7 @@ def _post_and_snapshot(settings, endpoints, post_id: str, platform: str, comment
     snapshot = {"schema": "snapshot.v1", "post_id": post_id, "observed_at": _iso(now - 60),
                 "counts": {"comments": comments}}
     asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.posts, [(post_id.encode(), json.dumps(post).encode())]))
-    time.sleep(0.5)
+    wait_processed(settings, endpoints.broker_bootstrap)  # the post is known when its snapshot comes
     asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.snapshots,
                         [(post_id.encode(), json.dumps(snapshot).encode())]))
 
@@ -288,15 +305,14 @@ def test_a_platforms_set_is_served_only_with_declared_bounds_and_picked_up_witho
     settings, endpoints = private_stack.settings, private_stack.state.endpoints_obj()
     repo, platform = settings.stack.model_repo, "lobsters"
 
-    def records_of(post_id: str, done) -> list[dict]:
-        return predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, post_id,
-                                   lambda g: done(g.get(post_id, []))).get(post_id, [])
-
-    def has_temporal(rs):
-        return any(r["model"] == "temporal" for r in rs)
+    def records_of(post_id: str) -> list[dict]:
+        """All the post's predictions, once the worker has processed everything sent (exact lists below)."""
+        wait_processed(settings, endpoints.broker_bootstrap)
+        return _group(read_all(settings, endpoints.broker_bootstrap, settings.kafka.topics.predictions),
+                      post_id).get(post_id, [])
 
     _post_and_snapshot(settings, endpoints, "lob-before", platform, 10)
-    before = records_of("lob-before", has_temporal)
+    before = records_of("lob-before")
     assert [(r["model"], r["model_name"], r["trained_for"], r["flags"]) for r in before] == \
         [("temporal", "persistence", None, ["fallback"])]
     # persistence: the score now, under the platform's weights (the default ones: 0.3 a comment)
@@ -319,7 +335,7 @@ def test_a_platforms_set_is_served_only_with_declared_bounds_and_picked_up_witho
     assert models[F.model_name("temporal", platform)]["version"] == 2
 
     _post_and_snapshot(settings, endpoints, "lob-after", platform, 10)
-    after = records_of("lob-after", lambda rs: has_temporal(rs) and any(r["model"] == "static" for r in rs))
+    after = records_of("lob-after")
     assert {(r["model"], r["model_name"], r["trained_for"], r["model_version"]) for r in after} == {
         ("static", F.model_name("static", platform), platform, "2"),
         ("temporal", F.model_name("temporal", platform), platform, "2")}
@@ -328,16 +344,21 @@ def test_a_platforms_set_is_served_only_with_declared_bounds_and_picked_up_witho
                 "counts": {"comments": 12}}
     asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.snapshots,
                         [(b"lob-before", json.dumps(snapshot).encode())]))
-    later = records_of("lob-before", lambda rs: any(r["trained_for"] == platform for r in rs))
+    later = records_of("lob-before")
     assert any(r["model_name"] == F.model_name("temporal", platform) for r in later)
 
 
 def test_predictions_continue_from_local_onnx_runtime_when_triton_dies(private_stack):
     private_stack.stop_component("triton")
-    events = real_slice("fb-", n_posts=5)
-    replay_and_collect(private_stack, "fb-", events)
-    models = web_json(private_stack, "/readyz")["models"]
+    try:
+        grouped = replay_and_collect(private_stack, "fb-", real_slice("fb-", n_posts=5))
+        models = web_json(private_stack, "/readyz")["models"]
+    finally:
+        private_stack.start_component("triton")  # known_state closes the worker's circuits for the next test
     assert models[HEAD]["local"] > 0 and models[HEAD]["triton_errors"] > 0
+    temporal = [r for rs in grouped.values() for r in rs if r["model"] == "temporal"]
+    assert temporal and all(r["model_name"] == HEAD and r["model_version"] == str(models[HEAD]["version"])
+                            and "fallback" not in r["flags"] for r in temporal)
 
 
 def test_snapshots_that_overtake_their_post_are_scored_when_the_post_arrives(private_stack):
@@ -348,9 +369,14 @@ def test_snapshots_that_overtake_their_post_are_scored_when_the_post_arrives(pri
     posts = [(raw, e) for raw, e in events if isinstance(e, Post)]
     asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.snapshots,
                         [(e.post_id.encode(), raw) for raw, e in snapshots]))
-    time.sleep(3)  # well inside the grace period: nothing may be scored without the post
-    early = _group(asyncio.run(consume_until(endpoints.broker_bootstrap, settings.kafka.topics.predictions,
-                                             lambda ms: False, timeout_s=3)), "late-")
+    wait_processed(settings, endpoints.broker_bootstrap)
+    client = redis.Redis.from_url(endpoints.redis_url)
+    due = {e.post_id: client.zscore(f"{settings.redis.key_prefix}awaiting", e.post_id) for _, e in snapshots}
+    assert all(due.values()), f"not registered as waiting for their post: {due}"
+    early = _group(read_all(settings, endpoints.broker_bootstrap, settings.kafka.topics.predictions), "late-")
+    # Nothing may be scored without the post while its grace period runs (the worker's deadline, wall clock):
+    # read before it ended, an empty topic says so.
+    assert time.time() < min(due.values()), "the grace period ended before the check: it proves nothing"
     assert early == {}
     asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.posts,
                         [(e.post_id.encode(), raw) for raw, e in posts]))
@@ -393,14 +419,11 @@ def test_several_snapshots_of_a_post_in_one_window_give_one_prediction(private_s
     asyncio.run(produce_to_partitions(endpoints.broker_bootstrap, settings.kafka.topics.snapshots,
                                       [(partition, batch_envelope(lines)) for partition, lines in envelopes.items()]))
     latest = {p: whole_seconds(by_post[p][2][1].observed_at) for p in chosen}  # sequences keep whole seconds
-    predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "fold-",
-                        lambda g: covered(g, latest))
-    time.sleep(2)  # anything else the envelope caused is published by now
-    grouped = predictions_by_post(endpoints.broker_bootstrap, settings.kafka.topics.predictions, "fold-",
-                                  lambda g: covered(g, latest))
+    wait_processed(settings, endpoints.broker_bootstrap)
+    grouped = _group(read_all(settings, endpoints.broker_bootstrap, settings.kafka.topics.predictions), "fold-")
     for post_id in chosen:
         temporal = [r for r in grouped[post_id] if r["model"] == "temporal"]
-        assert [r["as_of"] for r in temporal] == [latest[post_id]], post_id
+        assert [(r["as_of"], r["model_name"]) for r in temporal] == [(latest[post_id], HEAD)], post_id
     client = redis.Redis.from_url(endpoints.redis_url)
     for post_id in chosen:
         stored = decode_sequence(client.get(RedisKeys(settings.redis.key_prefix).sequence(post_id)) or b"")

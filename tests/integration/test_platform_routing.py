@@ -15,7 +15,6 @@ import asyncio
 import json
 import math
 import random
-import time
 import urllib.request
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
@@ -26,8 +25,8 @@ from popscore import features as F
 from popscore.contract import MAX_COUNTER
 from popscore.serving.model_repository import list_models, version_metadata
 from popscore.serving.model_sets import discover, repository_problem
-from tests.integration.kafka_io import consume_until, produce
-from tests.integration.outcomes import check_outputs, iso, metric, send_snapshots
+from tests.integration.kafka_io import produce
+from tests.integration.outcomes import check_outputs, iso, metric, read_all, send_snapshots, wait_processed
 
 pytestmark = pytest.mark.integration
 
@@ -106,18 +105,19 @@ def test_platforms_counters_and_ages_fuzzed_through_the_worker_give_honest_predi
     # batches mixing platforms.
     for i in range(3):
         send_snapshots(private_stack, snapshots[i::3], envelopes=i != 1)
-        time.sleep(1)
+        wait_processed(settings, endpoints.broker_bootstrap)  # each round scored before the next comes
     expected_times = defaultdict(list)
     for post_id, at, _ in snapshots:
         expected_times[post_id].append(at)
     # Snapshots of refused posts wait post_grace_s, then are scored without the post.
     check_outputs(private_stack, expected_times, platform=None, timeout_s=180)
-    letters = asyncio.run(consume_until(endpoints.broker_bootstrap, settings.kafka.topics.deadletter,
-                                        lambda ms: len(ms) >= len(refused), timeout_s=30))
+    # Exact comparisons below (one letter per refused post, every record checked, counters equal to the
+    # topic): complete reads once everything sent is processed.
+    wait_processed(settings, endpoints.broker_bootstrap)
+    letters = read_all(settings, endpoints.broker_bootstrap, settings.kafka.topics.deadletter)
     assert sorted(json.loads(m.value)["reason"] for m in letters) == ["invalid"] * len(refused)
 
-    messages = asyncio.run(consume_until(endpoints.broker_bootstrap, settings.kafka.topics.predictions,
-                                         lambda ms: False, timeout_s=5))
+    messages = read_all(settings, endpoints.broker_bootstrap, settings.kafka.topics.predictions)
     records = [json.loads(m.value) for m in messages]
     assert {r["post_id"] for r in records} == set(platform_of)
     flags_seen: Counter = Counter()

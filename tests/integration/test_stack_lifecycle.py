@@ -76,6 +76,9 @@ def test_two_workers_share_the_partitions_and_score_every_snapshot_once(tmp_path
         predictions = asyncio.run(consume_until(bootstrap, topics.predictions, lambda rs: len(temporal(rs)) == 200,
                                                 timeout_s=120))
         assert len(temporal(predictions)) == 200
+        from tests.integration.outcomes import wait_processed
+
+        wait_processed(settings, bootstrap)  # every record acknowledged: a second count would be in by now
 
         def accepted(port: int) -> float:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
