@@ -17,6 +17,9 @@ from popscore.settings import Settings, settings_reference
 from tests.ops.test_compose import COMPOSE, DOCKERFILE, REPO, interpolate, load
 
 LOOPBACK = {"127.0.0.1", "::1", "[::1]", "localhost"}
+# (service, container port) published beyond loopback as a reviewed decision (docs/deployment.md,
+# "Network exposure"). None by default.
+EXPOSED_ON_PURPOSE: set[tuple[str, str]] = set()
 
 
 def published_ports(service: dict) -> list[tuple[str, str, str]]:
@@ -48,7 +51,7 @@ def exposure_problems(compose: dict) -> list[str]:
     found = []
     for name, service in compose["services"].items():
         for address, host_port, container_port in published_ports(service):
-            if address not in LOOPBACK:
+            if address not in LOOPBACK and (name, container_port) not in EXPOSED_ON_PURPOSE:
                 found.append(f"{name}: port {container_port} published on {address or 'every interface'}")
         if name == "triton" and service.get("ports"):
             found.append("triton: published on the host (its HTTP/gRPC APIs include the model repository API)")
