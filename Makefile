@@ -2,21 +2,23 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
+# Every install is pinned by constraints.txt (the versions CI and the images use; `make constraints` regenerates it).
+CONSTRAINTS = -c constraints.txt
 
-.PHONY: demo test up down clean ops-tools
+.PHONY: demo test up down clean ops-tools constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(VENV)/.installed-run: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(CONSTRAINTS) -e '.[dev]'
 	touch $@
 
 # aisfx (the audio encoder's weights) is installed with --no-deps: its wheel pins numpy==1.23 and librosa==0.9.2.
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-run
-	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
-	$(BIN)/python -m pip install --quiet --no-deps aisfx==0.1.2
+$(VENV)/.installed-dev: pyproject.toml constraints.txt $(VENV)/.installed-run
+	$(BIN)/python -m pip install --quiet $(CONSTRAINTS) -e '.[dev,train]'
+	$(BIN)/python -m pip install --quiet $(CONSTRAINTS) --no-deps aisfx==0.1.2
 	touch $@
 
 demo: $(VENV)/.installed-run
@@ -30,6 +32,10 @@ ops-tools:
 	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	   prometheus >/dev/null) || echo "promtool not installed: tests/ops will skip the promtool checks"; }
+
+# After changing a dependency in pyproject.toml: install it into the venv, then pin the new closure.
+constraints: $(VENV)/.installed-dev
+	$(BIN)/python tools/deps.py constraints > constraints.txt
 
 up: $(VENV)/.installed-run
 	$(BIN)/popscore up

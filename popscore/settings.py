@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -226,7 +227,13 @@ class StackSettings(BaseModel):
                           "(stack.json), generated Triton repository and Redis data")
     model_repo: Path = Field(Path("model_repo"), description="the Triton model repository: what the embedded "
                              "stack serves, and where the worker looks for model sets and new versions")
-    host: str = Field("127.0.0.1", description="address the embedded stack's components listen on")
+    host: str = Field("127.0.0.1", description="address the embedded stack's components listen on (the "
+                      "embedded stack only; a worker listens on POPSCORE_WORKER__BIND_HOST)")
+    backend: Literal["embedded", "containers", "auto"] = Field(
+        "auto", description="the stack the test fixtures start: `embedded` (local processes: Tansu, redis-server, "
+        "the bundled tritonserver), `containers` (the images docker-compose.yml runs, through testcontainers; "
+        "needs a Docker engine), `auto` (containers where a Docker engine answers, embedded otherwise). "
+        "`popscore up` always starts the embedded stack")
     start_timeout_s: float = Field(120.0, description="seconds a component of the embedded stack may take to "
                                    "become healthy")
     stop_timeout_s: float = Field(20.0, description="seconds a component gets to stop before it is killed")

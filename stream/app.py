@@ -24,6 +24,8 @@ def create_app(settings: Settings) -> faust.App:
         worker_settings.app_id,
         broker=f"popscore-kafka://{settings.kafka.bootstrap_servers}",
         datadir=str(settings.stack.run_dir / "worker"),
+        # Faust listens on web_bind (default 0.0.0.0); web_host only names the worker in its URL.
+        web_bind=worker_settings.bind_host,
         web_host=worker_settings.bind_host,
         web_port=worker_settings.web_port,
         topic_partitions=topics.partitions,

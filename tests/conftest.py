@@ -21,26 +21,12 @@ def shared_data() -> Path:
 
 
 def stack_class():
-    """testcontainers where a Docker engine is reachable, the embedded stack otherwise (or as
-    POPSCORE_TEST_STACK=embedded|containers says)."""
-    from popscore.tools.stack.stack import EmbeddedStack
+    """The stack class ``stack.backend`` (POPSCORE_STACK__BACKEND) names: testcontainers where a Docker engine
+    answers and the embedded stack otherwise (``auto``), or the one named."""
+    from popscore.settings import Settings
+    from popscore.tools.stack.containers import select_stack_class
 
-    choice = os.environ.get("POPSCORE_TEST_STACK", "auto")
-    if choice == "containers" or (choice == "auto" and _docker_available()):
-        from popscore.tools.stack.containers import ContainerStack
-
-        return ContainerStack
-    return EmbeddedStack
-
-
-def _docker_available() -> bool:
-    from popscore.tools.stack.containers import docker_available
-
-    try:
-        import testcontainers  # noqa: F401
-    except ImportError:
-        return False
-    return docker_available()
+    return select_stack_class(Settings().stack.backend)
 
 
 def pytest_report_header(config):
