@@ -225,7 +225,7 @@ class ModelPredictor:
         model nobody loaded, or one unloaded since), ask it to load it. False, logged, when Triton does not
         answer or the load fails: the calls go to the local runtime meanwhile, and the next refresh asks again."""
         try:
-            if await self.client.is_model_ready(self.name, str(self.version), client_timeout=self.timeout_s):
+            if await self.client.is_model_ready(self.name, str(self.version), client_timeout=self.settings.timeout_s):
                 return True
             log.warning("%s version %s is not loaded in Triton: asking Triton to load it", self.name, self.version)
             await self.load_in_triton(self.version)

@@ -159,3 +159,12 @@ def test_the_embedded_mirror_of_the_same_repository_is_cpu_only(tmp_path):
         assert list(config.input) == list(model.config.input) and list(config.output) == list(model.config.output)
         assert config.dynamic_batching == model.config.dynamic_batching
         assert config.max_batch_size == model.config.max_batch_size
+
+
+def test_the_dashboard_shows_triton_up_for_every_served_model():
+    """The encoder's series (model="text_encoder", platform="all") must not be filtered out of the Triton panel."""
+    dashboard = (REPO / "deploy" / "grafana" / "dashboards" / "popscore.json").read_text()
+    panels = json.loads(dashboard)["panels"]
+    exprs = [t["expr"] for p in panels for t in p.get("targets", []) if "popscore_triton_up" in t.get("expr", "")]
+    assert exprs, "no dashboard panel shows popscore_triton_up"
+    assert all("{" not in e.split("popscore_triton_up", 1)[1][:1] for e in exprs), exprs  # no label filter
