@@ -12,6 +12,7 @@ fallback); ``/readyz`` and ``popscore_triton_up`` show each one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from popscore import features as F
@@ -68,9 +69,11 @@ class ServedModels:
         return models
 
     async def ensure_loaded_in_triton(self) -> None:
-        """Ask Triton to load each served model version it does not have (explicit model control)."""
-        served = self.served()
-        self.triton_ready = {predictor.name: await predictor.ensure_loaded() for _, _, predictor in served}
+        """Ask Triton to load each served model version it does not have (explicit model control). Concurrently:
+        with Triton hung, each check waits out its deadline."""
+        predictors = [predictor for _, _, predictor in self.served()]
+        ready = await asyncio.gather(*(predictor.ensure_loaded() for predictor in predictors))
+        self.triton_ready = {predictor.name: ok for predictor, ok in zip(predictors, ready)}
 
     async def close(self) -> None:
         for model_set in self.model_sets.values():
