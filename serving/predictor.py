@@ -220,6 +220,22 @@ class ModelPredictor:
                 raise ModelUnavailable(f"version {version} of {self.name} not ready after loading")
             await asyncio.sleep(0.2)
 
+    async def ensure_loaded(self) -> bool:
+        """Is the served version ready in Triton? If Triton answers that it is not (explicit model control: a
+        model nobody loaded, or one unloaded since), ask it to load it. False, logged, when Triton does not
+        answer or the load fails: the calls go to the local runtime meanwhile, and the next refresh asks again."""
+        try:
+            if await self.client.is_model_ready(self.name, str(self.version), client_timeout=self.settings.timeout_s):
+                return True
+            log.warning("%s version %s is not loaded in Triton: asking Triton to load it", self.name, self.version)
+            await self.load_in_triton(self.version)
+            log.info("Triton loaded %s version %s", self.name, self.version)
+            return True
+        except Exception as exc:
+            log.error("%s version %s is not ready in Triton and could not be loaded (served locally until it "
+                      "is): %s", self.name, self.version, exc)
+            return False
+
     def switch(self, prepared: "PreparedVersion") -> None:
         self.model, self.version, self.local = prepared.model, prepared.version, prepared.local
         self.metadata = prepared.metadata

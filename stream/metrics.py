@@ -94,7 +94,10 @@ class WorkerMetrics:
                                              ["model", "platform"], buckets=LOG_SCORE_BUCKETS, registry=r)
         self.model_info = Gauge("popscore_model_info", "The model version being served (value 1)",
                                 ["model", "platform", "model_version"], registry=r)
-        self.triton_up = Gauge("popscore_triton_up", "1 while the circuit to Triton is closed for this model",
+        self.triton_up = Gauge("popscore_triton_up", "1 while Triton has this model's served version loaded (checked at "
+                               "every refresh) and the worker's circuit to it is closed; 0 while its calls go to the "
+                               "local ONNX Runtime. Every model the worker uses, the text encoder too "
+                               "(platform=\"all\")",
                                ["model", "platform"], registry=r)
         self.model_reloads = Counter("popscore_model_reloads", "Model version loads, by outcome",
                                      ["model", "platform", "outcome"], registry=r)

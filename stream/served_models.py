@@ -4,11 +4,15 @@ Every post is routed by its platform to the model set trained for it (``serving/
 platform, ``serving/model_sets.py``), or to the fallback (``fallback.py``), never to another platform's set. The
 repository is looked at again at every refresh, so a platform's first set (or a fixed version of a set that was
 not servable) is served without a restart; ``/readyz`` and ``popscore_model_set_servable`` say which sets are
-not servable, and why.
+not servable, and why. Every model it uses, the text encoder too, is checked in Triton at start and at every
+refresh and loaded if Triton does not have it (compose and the embedded stack load the whole repository at
+Triton's start, but a model exported later, or unloaded since, would otherwise fail every call into the local
+fallback); ``/readyz`` and ``popscore_triton_up`` show each one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from popscore import features as F
@@ -22,6 +26,7 @@ from popscore.stream.metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 
 TEXT_ENCODER = "popscore_text_encoder"
+SHARED_PLATFORM = "all"  # the platform label of a model every platform uses (the text encoder)
 
 
 class ServedModels:
@@ -35,6 +40,7 @@ class ServedModels:
         # The fallback's horizon is the one the sequences are kept for.
         self.fallback_spec = F.FeatureSpec(horizon_s=float(settings.score.horizon_s))
         self.text_encoder: ModelPredictor | None = None
+        self.triton_ready: dict[str, bool] = {}  # model name -> its served version was ready in Triton at the last check
 
     def temporal_spec(self, route: Route) -> F.FeatureSpec:
         """The sequence features a route's posts are scored with: its model set's, or the fallback's."""
@@ -42,7 +48,7 @@ class ServedModels:
 
     async def start(self) -> None:
         settings = self.settings
-        await self.sync_model_sets(load_in_triton=False)  # Triton loads the repository's models at its start
+        await self.sync_model_sets(load_in_triton=False)  # loaded below, only where Triton does not have them
         served = any(m.name == TEXT_ENCODER and m.versions for m in list_models(settings.stack.model_repo))
         if served and settings.serving.text_encoder:
             self.text_encoder = ModelPredictor(TEXT_ENCODER, settings.serving, settings.triton.grpc_url,
@@ -52,6 +58,22 @@ class ServedModels:
         else:
             log.warning("text encoder off or not in %s: titles are not embedded, the text modality is masked",
                         settings.stack.model_repo)
+        await self.ensure_loaded_in_triton()
+
+    def served(self) -> list[tuple[str, str, ModelPredictor]]:
+        """(kind, platform, predictor) of every model this worker calls Triton for, the text encoder included."""
+        models = [(kind, platform, predictor) for platform, model_set in self.model_sets.items()
+                  for kind, predictor in model_set.predictors.items()]
+        if self.text_encoder is not None:
+            models.append(("text_encoder", SHARED_PLATFORM, self.text_encoder))
+        return models
+
+    async def ensure_loaded_in_triton(self) -> None:
+        """Ask Triton to load each served model version it does not have (explicit model control). Concurrently:
+        with Triton hung, each check waits out its deadline."""
+        predictors = [predictor for _, _, predictor in self.served()]
+        ready = await asyncio.gather(*(predictor.ensure_loaded() for predictor in predictors))
+        self.triton_ready = {predictor.name: ok for predictor, ok in zip(predictors, ready)}
 
     async def close(self) -> None:
         for model_set in self.model_sets.values():
@@ -134,15 +156,16 @@ class ServedModels:
                 elif predictor.stats["reload_failures"] > old_failures:
                     self.metrics.model_reloads.labels(kind, platform, "failed").inc()
         await self.sync_model_sets()
+        await self.ensure_loaded_in_triton()
 
     def report(self) -> dict:
-        """What ``/readyz`` shows of the models: every served model, and every model set with whether it is
-        served and, if not, why."""
+        """What ``/readyz`` shows of the models: every served model (the text encoder too) with whether Triton
+        had it ready at the last check, and every model set with whether it is served and, if not, why."""
         models = {}
-        for platform, model_set in self.model_sets.items():
-            for kind, p in model_set.predictors.items():
-                models[p.name] = {"kind": kind, "platform": platform, "version": p.version,
-                                  "breaker": p.breaker.state.value, **p.stats}
+        for kind, platform, p in self.served():
+            models[p.name] = {"kind": kind, "platform": platform, "version": p.version,
+                              "triton_ready": self.triton_ready.get(p.name), "breaker": p.breaker.state.value,
+                              **p.stats}
         sets = {platform: {"servable": True, "problem": None} for platform in self.model_sets}
         sets.update({platform: {"servable": False, "problem": problem} for platform, problem in self.unservable.items()})
         serving = self.settings.serving
@@ -151,12 +174,12 @@ class ServedModels:
                             "unknown_platform": serving.unknown_platform}}
 
     def export_gauges(self) -> None:
-        """Models served, their circuits to Triton, and the trainer's validation MAE per age (what the online MAE
-        is compared with)."""
-        for platform, model_set in self.model_sets.items():
-            for kind, predictor in model_set.predictors.items():
-                self.metrics.model_info.labels(kind, platform, str(predictor.version)).set(1)
-                self.metrics.triton_up.labels(kind, platform).set(predictor.breaker.state.value == "closed")
-                for row in predictor.metadata.get("metrics", []) if kind != "content" else []:
-                    self.metrics.offline_mae.labels(kind, platform, str(predictor.version),
-                                                    f"{row['age_h']:g}").set(row["mae"])
+        """Models served (the text encoder too), whether Triton serves each, and the trainer's validation MAE per
+        age (what the online MAE is compared with)."""
+        for kind, platform, predictor in self.served():
+            self.metrics.model_info.labels(kind, platform, str(predictor.version)).set(1)
+            up = self.triton_ready.get(predictor.name, False) and predictor.breaker.state.value == "closed"
+            self.metrics.triton_up.labels(kind, platform).set(up)
+            for row in predictor.metadata.get("metrics", []) if kind in ("static", "temporal") else []:
+                self.metrics.offline_mae.labels(kind, platform, str(predictor.version),
+                                                f"{row['age_h']:g}").set(row["mae"])

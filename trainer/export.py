@@ -29,6 +29,7 @@ from torch import nn
 from popscore import features
 from popscore.trainer.data import Examples
 from popscore.trainer.models import MTAF, MTAFStatic
+from popscore.trainer.triton_config import serving_sections
 
 PARITY_TOL = 1e-4
 CANDIDATES = Path(".popscore/candidates")
@@ -175,17 +176,14 @@ def config_pbtxt(name: str, kind: str, spec: features.FeatureSpec, max_batch_siz
         dims = ", ".join(str(d) for d in t.dims)
         return f'  {{\n    name: "{t.name}"\n    data_type: {t.data_type}\n    dims: [ {dims} ]\n  }}'
 
-    # The worker batches its requests itself (a micro-batch's rows in one request), so waiting for more only
-    # adds latency: the queue delay stays at 100 us.
+    family = "temporal_head" if kind == "temporal" else "head"
     return (
         f'name: "{name}"\n'
         'platform: "onnxruntime_onnx"\n'
         f"max_batch_size: {max_batch_size}\n"
         "input [\n" + ",\n".join(block(t) for t in ins) + "\n]\n"
         "output [\n" + ",\n".join(block(t) for t in outs) + "\n]\n"
-        "dynamic_batching {\n  preferred_batch_size: [ 64, 256, 1024 ]\n  max_queue_delay_microseconds: 100\n}\n"
-        "version_policy: { latest: { num_versions: 1 } }\n"
-        'instance_group [ { count: 1, kind: KIND_CPU } ]\n'
+        + serving_sections(family, max_batch_size, [(t.name, t.dims) for t in ins])
     )
 
 

