@@ -19,8 +19,8 @@ from tests.conftest import MODEL_REPO
 pytestmark = pytest.mark.integration
 
 
-def popscore_up(run_dir: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "popscore.tools.cli", "up", "--run-dir", str(run_dir),
+def popscore_up(run_dir: Path, *args: str, command: str = "up") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "popscore.tools.cli", command, "--run-dir", str(run_dir),
                              "--model-repo", str(MODEL_REPO), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -110,5 +110,29 @@ def test_sigterm_to_a_running_up_stops_every_component(tmp_path):
         assert proc.returncode == 0, "".join(lines) + output
         assert wait_gone(processes, deadline_s=30) == [], "".join(lines) + output
         assert recorded_groups(run_dir) == {}, "stack.json still lists processes after the stop"
+    finally:
+        kill_leftovers(run_dir, proc)
+
+
+def test_sigterm_to_the_demo_while_it_replays_stops_its_stack(tmp_path):
+    """The demo's replay runs in asyncio: the signal must unwind through asyncio.run to the stack's stop."""
+    run_dir = tmp_path / "run"
+    proc = popscore_up(run_dir, "--seconds", "120", command="demo")
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if line.startswith("[popscore] prediction ") or not line:
+                break
+        assert any(line.startswith("[popscore] prediction ") for line in lines), "".join(lines)
+        groups = recorded_groups(run_dir)
+        assert {"broker", "redis", "triton", "worker"} <= set(groups)
+        processes = every_process_of(groups)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGTERM, "".join(lines) + output
+        assert wait_gone(processes, deadline_s=30) == [], "".join(lines) + output
     finally:
         kill_leftovers(run_dir, proc)
