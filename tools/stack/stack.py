@@ -285,7 +285,12 @@ class EmbeddedStack:
         return int(info["pid"])
 
     def stop(self) -> list[str]:
-        """Stop every component; returns the names of those that were still running (none: nothing to stop)."""
+        """Stop every component; returns the names of those that were still running (none: nothing to stop).
+        A stopping signal that arrives meanwhile is raised once all are stopped, not half-way."""
+        with termination_deferred():
+            return self._stop()
+
+    def _stop(self) -> list[str]:
         state = self.state or StackState.load(self.run_dir)
         if state is None:
             return []
