@@ -98,6 +98,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from popscore.stream.app import create_app
 
     settings = _settings(args)
+    # Faust creates its data folder inside the run directory without parents: a fresh run directory would
+    # end the worker in a traceback from deep inside Faust.
+    settings.stack.run_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0

@@ -145,3 +145,11 @@ def test_every_stack_starting_command_is_guarded_against_sigterm():
     """up, bench and demo start a stack; main() stops it on SIGTERM only for the commands listed here."""
     subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
     assert {"up", "bench", "demo"} <= STACK_COMMANDS <= set(subcommands)
+
+
+def test_worker_with_an_unusable_run_dir_is_one_line(tmp_path):
+    """The run directory is created when missing; one that cannot be (under a file) is one line, not Faust's
+    traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert_one_line_error(popscore("worker", "--run-dir", str(blocker / "run"), cwd=tmp_path), str(blocker))
