@@ -40,6 +40,10 @@ def test_missing_file(tmp_path):
         line = assert_one_line_error(popscore(command, str(missing), cwd=tmp_path), str(missing),
                                      "No such file or directory")
         assert line.startswith(f"popscore {command}: error:")
+    # the demo reads its data before it starts a stack: nothing is started for a missing file
+    assert_one_line_error(popscore("demo", "--data", str(missing), "--run-dir", str(tmp_path / "run"), cwd=tmp_path),
+                          str(missing))
+    assert not (tmp_path / "run").exists()
 
 
 def test_unreadable_file(tmp_path):
