@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -200,18 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--out", default="schemas", help="folder to write the schemas into (created)")
     schema.set_defaults(func=cmd_schema)
 
-    config = sub.add_parser("config", parents=stack_options, help="print every setting as the environment variable that sets it")
+    config = sub.add_parser("config", parents=stack_options,
+                            help="print every setting as the environment variable that sets it")
     config.add_argument("--describe", action="store_true", help="add each setting's description")
     config.set_defaults(func=cmd_config)
 
-    bench = sub.add_parser("bench", parents=stack_options, help="measure throughput, latency and Redis memory on the embedded stack")
+    bench = sub.add_parser("bench", parents=stack_options,
+                           help="measure throughput, latency and Redis memory on the embedded stack")
     bench.add_argument("--json", action="store_true", help="print the results as one JSON object")
     bench.add_argument("--quick", action="store_true", help="a small run (minutes) instead of the full one")
     bench.add_argument("--readme", help="write the results table between the bench markers of this file (docs/benchmarks.md holds them)")
     bench.set_defaults(func=cmd_bench)
 
-    demo = sub.add_parser("demo", parents=stack_options, help="the main job: start the embedded stack, replay the built-in sample "
-                                       "(or --data), show live predictions and the leaderboard, stop")
+    demo = sub.add_parser("demo", parents=stack_options,
+                          help="the main job: start the embedded stack, replay the built-in sample (or --data), show "
+                               "live predictions and the leaderboard, stop")
     demo.add_argument("--data", help="an event file (JSON Lines of v1 events) instead of the built-in sample")
     demo.add_argument("--seconds", type=float, default=10.0, help="replay the sample's time span in this long")
     demo.set_defaults(func=cmd_demo)
@@ -249,18 +251,17 @@ def main(argv: list[str] | None = None) -> int:
 def user_error(exc: Exception) -> str | None:
     """The one-line message for an error a user caused or can fix, None for a bug (which keeps its traceback)."""
     from pydantic import ValidationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     from popscore.eventfile import EventFileError
     from popscore.tools.stack.process import StackError
 
     if isinstance(exc, StackError):
         return str(exc)
-    if isinstance(exc, ValidationError):
+    if isinstance(exc, ValidationError) and exc.title == Settings.__name__:  # from the POPSCORE_* environment
         return "invalid setting: " + "; ".join(
             f"POPSCORE_{'__'.join(str(part) for part in error['loc']).upper()}={error.get('input')!r}: {error['msg']}"
             for error in exc.errors())
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
     if isinstance(exc, RedisConnectionError):  # redis-py names the address in the message
         return f"Redis unreachable: {exc}"
     if isinstance(exc, OSError) and exc.filename is not None:
