@@ -17,8 +17,8 @@ from typing import Callable
 
 from popscore.settings import Settings, settings_reference
 from popscore.tools.stack import components as c
-from popscore.tools.stack.process import ManagedProcess, StackError, ensure_port_free, free_port, group_alive, kill_group, \
-    signal_group, stop_group, termination_deferred
+from popscore.tools.stack.process import ManagedProcess, StackError, ensure_port_free, free_port, group_alive, \
+    kill_group, signal_group, stop_group, termination_deferred
 
 STATE_FILE = "stack.json"
 COMPONENTS = ("broker", "redis", "triton", "worker")
