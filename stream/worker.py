@@ -32,7 +32,7 @@ from popscore.stream.served_models import ServedModels
 from popscore.stream.stages.decode import Decode
 from popscore.stream.stages.features import Features, ScoringJob
 from popscore.stream.stages.infer import Infer
-from popscore.stream.stages.merge import Merge
+from popscore.stream.stages.merge import MERGE_OUTCOMES, Merge
 from popscore.stream.stages.publish import Publish
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class StreamWorker:
                               f"agent:{settings.kafka.topics.snapshots}"))
         self.failpoints = Failpoints(settings.worker.failpoints)
         self.metrics = WorkerMetrics()
+        self.metrics.initialise_series(settings.kafka.topics, MERGE_OUTCOMES.values())
         self.models = ServedModels(settings, self.metrics)
         self.decode = Decode(settings, self.metrics, send, partitioner)
         self.online = OnlineAccuracy(settings.worker.online_window)

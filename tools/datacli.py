@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -80,8 +81,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         speed=args.speed, rate=args.rate, batch=args.batch, batch_max=args.batch_max,
         create_topics=not args.no_create_topics, progress=not args.quiet, max_idle_s=args.max_idle,
     )
-    result = replay_file(Path(args.file), args.bootstrap or settings.kafka.bootstrap_servers,
-                         settings.kafka.topics, options)
+    from aiokafka.errors import KafkaConnectionError
+
+    from popscore.tools.stack.process import ServiceUnreachable
+
+    bootstrap = args.bootstrap or settings.kafka.bootstrap_servers
+    # aiokafka logs each refused connection itself; the command reports an unreachable broker in one line
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        result = replay_file(Path(args.file), bootstrap, settings.kafka.topics, options)
+    except KafkaConnectionError:
+        raise ServiceUnreachable("Kafka broker", bootstrap, "no broker answered the bootstrap request") from None
     print(result.render())
     return 0 if result.complete else 1
 
@@ -135,12 +145,12 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     imp.set_defaults(func=cmd_import)
 
     ins = sub.add_parser("inspect", help="summarise an event file: items, observations per item, span, ranges")
-    ins.add_argument("file")
-    ins.add_argument("--json", action="store_true")
+    ins.add_argument("file", help="the event file to check (JSON Lines of v1 events, optionally .gz or .xz)")
+    ins.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     ins.set_defaults(func=cmd_inspect)
 
     rep = sub.add_parser("replay", help="produce an event file to Kafka in event-time order, keyed by post_id")
-    rep.add_argument("file")
+    rep.add_argument("file", help="the event file to publish (JSON Lines of v1 events, optionally .gz or .xz)")
     rep.add_argument("--bootstrap", help="HOST:PORT of the broker (default: settings kafka.bootstrap_servers)")
     pace = rep.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, help="event time runs this many times faster than real time")
@@ -153,9 +163,9 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     rep.set_defaults(func=cmd_replay)
 
     sim = sub.add_parser("simulate", help="write a synthetic event file fitted to the real data (streaming)")
-    sim.add_argument("--posts", type=int, required=True)
-    sim.add_argument("--out", required=True)
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--posts", type=int, required=True, help="number of posts to simulate")
+    sim.add_argument("--out", required=True, help="event file to write (.jsonl, .jsonl.gz or .jsonl.xz)")
+    sim.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same events")
     sim.add_argument("--rate-per-hour", type=float, help="new posts per hour (default: fitted)")
     sim.add_argument("--platforms", help="comma-separated platforms to simulate, in equal shares "
                                          "(default: the fitted mix of hackernews, reddit and youtube)")
@@ -165,7 +175,8 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
 
     fit = sub.add_parser("simulator-fit", help="fit the simulator to the real data; optionally plot the fit")
     fit.add_argument("--data-dir", help="folder of the real data sets (default ../shared/data)")
-    fit.add_argument("--params-out", default=str(Path(__file__).parent / "sample" / "simulator_params.json"))
+    fit.add_argument("--params-out", default=str(Path(__file__).parent / "sample" / "simulator_params.json"),
+                     help="where to write the fitted parameters (default: the packaged ones)")
     fit.add_argument("--docs", help="write the comparison PNG and quantile table into this folder (e.g. docs)")
     fit.add_argument("--posts", type=int, default=20000, help="simulated posts to compare with")
     fit.set_defaults(func=cmd_simulator_fit)

@@ -20,8 +20,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=None,
                    help="folder of the real data sets (default ../shared/data, or $POPSCORE_SHARED_DATA)")
     p.add_argument("--limit", type=int, default=None, help="only the first N posts by first appearance")
-    p.add_argument("--report-dir", type=Path, default=Path("reports"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report-dir", type=Path, default=Path("reports"), help="folder for the training report")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the split and the training")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -32,7 +32,7 @@ def add_train_commands(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs of each MTAF model (default: 6 epochs, at least 1,500 optimiser steps on "
                         "small data sets); an explicit value is honoured exactly")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=512, help="training batch size (sequences)")
     p.add_argument("--no-text", action="store_true", help="do not use MiniLM title embeddings")
     p.add_argument("--no-gbt", action="store_true", help="skip the gradient-boosted tree baselines")
     p.add_argument("--threads", type=int, default=None,
@@ -67,7 +67,7 @@ def add_train_commands(subparsers) -> None:
         p.add_argument("--model-repo", dest="train_model_repo", type=Path, default=None,
                        help="Triton model repository to export into (default: the global --model-repo or model_repo/)")
         p.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size in config.pbtxt")
-        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--threads", type=int, default=2, help="CPU threads of the export")
         p.set_defaults(func=cmd_export_media_encoder, encoder_kind=kind)
 
 

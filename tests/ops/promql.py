@@ -19,6 +19,16 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "popscore.json"
 # Series Prometheus itself creates for every scrape target.
 PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 
+# Triton's own metrics (job "triton"). The nv_inference_* and nv_cpu_* names are those the embedded tritonserver
+# exports (test_dashboard.py's live test reads them); nv_gpu_* appear only on a GPU (Triton's metrics docs).
+TRITON_METRICS = {"nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
+                  "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
+                  "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
+                  "nv_inference_compute_output_duration_us", "nv_inference_pending_request_count",
+                  "nv_cpu_utilization", "nv_cpu_memory_total_bytes", "nv_cpu_memory_used_bytes"}
+TRITON_GPU_METRICS = {"nv_gpu_utilization", "nv_gpu_memory_total_bytes", "nv_gpu_memory_used_bytes",
+                      "nv_gpu_power_usage", "nv_gpu_power_limit", "nv_energy_consumption"}
+
 SUFFIXES = {
     "counter": ("_total",),
     "histogram": ("_bucket", "_sum", "_count"),

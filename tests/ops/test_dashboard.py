@@ -9,7 +9,10 @@ import subprocess
 
 import yaml
 
-from tests.ops.promql import DASHBOARD, DEPLOY, PROMETHEUS_SYNTHETIC, exported_metric_names, metric_names, promtool
+import pytest
+
+from tests.ops.promql import DASHBOARD, DEPLOY, PROMETHEUS_SYNTHETIC, TRITON_GPU_METRICS, TRITON_METRICS, \
+    exported_metric_names, metric_names, promtool
 
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
 
@@ -24,11 +27,14 @@ REQUIRED = {
     "online accuracy": {"popscore_online_mae", "popscore_online_srcc", "popscore_offline_mae"},
     "fallback and flagged predictions": {"popscore_fallback_predictions_total", "popscore_flagged_predictions_total"},
     "model sets servable": {"popscore_model_set_servable"},
+    "triton queue and compute": {"nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
+                                 "nv_inference_pending_request_count"},
+    "gpu": {"nv_gpu_utilization", "nv_gpu_memory_used_bytes"},
 }
 
 # Grafana's built-in variables, replaced by plausible values to hand the expressions to promtool.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$model": ".*",
-                     "$platform": ".*"}
+                     "$platform": ".*", "$instance": ".*"}
 
 
 def load() -> dict:
@@ -61,7 +67,7 @@ def expressions(dashboard: dict) -> list[tuple[str, str]]:
 
 
 def unknown_metrics(dashboard: dict) -> dict[str, set[str]]:
-    known = exported_metric_names() | PROMETHEUS_SYNTHETIC
+    known = exported_metric_names() | PROMETHEUS_SYNTHETIC | TRITON_METRICS | TRITON_GPU_METRICS
     found = {}
     for where, expr in expressions(dashboard):
         unknown = metric_names(expr) - known
@@ -161,3 +167,44 @@ def test_model_panels_tell_model_sets_apart():
             labels = set(grouping.replace(" ", "").split(","))
             if "model" in labels:
                 assert "platform" in labels, f"{where}: by ({grouping}) in {expr}"
+
+
+# --- issue 21 item 6: Faust's assignor topic, the per-replica variable, Triton's panels ----------------------
+
+SELECTOR = re.compile(r"\b(popscore_[a-z0-9_]+)(\{[^}]*\})?")
+
+
+def test_lag_queries_leave_out_faust_assignor_topic():
+    """Faust's internal `<app id>-__assignor-__leader` topic is consumed by every worker but is not input."""
+    lag = [(where, m) for where, expr in expressions(load()) for m in SELECTOR.finditer(expr)
+           if m.group(1) == "popscore_consumer_lag_records"]
+    assert lag, "no panel shows the consumer lag"
+    for where, match in lag:
+        assert 'topic!~".*__assignor-__leader"' in (match.group(2) or ""), f"{where}: {match.group(0)}"
+
+
+def test_every_worker_query_follows_the_replica_variable():
+    dashboard = load()
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "instance")
+    assert variable["query"]["query"] == 'label_values(up{job="popscore-worker"}, instance)'
+    assert variable["includeAll"] and variable["allValue"] == ".*"
+    for where, expr in expressions(dashboard):
+        if where.startswith("variable"):
+            continue
+        for match in SELECTOR.finditer(expr):
+            assert 'instance=~"$instance"' in (match.group(2) or ""), f"{where}: {match.group(0)}"
+
+
+@pytest.mark.integration
+def test_triton_panels_query_names_the_embedded_triton_exports(endpoints):
+    """The nv_inference_* names the dashboard uses are what the real (CPU) tritonserver exports."""
+    import urllib.request
+
+    url = endpoints.as_dict()["triton_metrics"]
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    used = set().union(*(metric_names(expr) for _, expr in expressions(load())))
+    triton_used = {name for name in used if name.startswith("nv_") and name not in TRITON_GPU_METRICS}
+    assert triton_used and triton_used <= exported, sorted(triton_used - exported)
+    assert TRITON_METRICS <= exported, sorted(TRITON_METRICS - exported)

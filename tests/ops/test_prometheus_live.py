@@ -24,12 +24,14 @@ pytestmark = pytest.mark.integration
 
 # Panels that must show data once the worker has consumed one valid and one broken snapshot.
 MUST_HAVE_DATA = {
-    "sum by (topic) (rate(popscore_records_consumed_total[$__rate_interval]))",
-    "sum by (topic, reason) (rate(popscore_dead_letters_total[$__rate_interval]))",
-    "count by (model, platform, model_version) (popscore_model_info == 1)",
-    "min by (platform) (popscore_model_set_servable)",
-    "max by (topic, partition) (popscore_consumer_lag_records)",
-    "histogram_quantile(0.99, sum by (operation, le) (rate(popscore_redis_seconds_bucket[$__rate_interval])))",
+    'sum by (topic) (rate(popscore_records_consumed_total{instance=~"$instance"}[$__rate_interval]))',
+    'sum by (topic, reason) (rate(popscore_dead_letters_total{instance=~"$instance"}[$__rate_interval]))',
+    'count by (model, platform, model_version) (popscore_model_info{instance=~"$instance"} == 1)',
+    'min by (platform) (popscore_model_set_servable{instance=~"$instance"})',
+    'max by (topic, partition) (popscore_consumer_lag_records{instance=~"$instance", topic!~".*__assignor-__leader"})',
+    'histogram_quantile(0.99, sum by (operation, le) (rate(popscore_redis_seconds_bucket{instance=~"$instance"}'
+    '[$__rate_interval])))',
+    "sum by (model) (nv_inference_pending_request_count)",
 }
 
 
@@ -50,10 +52,12 @@ def prometheus(endpoints, tmp_path):
     if binary is None:
         pytest.skip("prometheus not on PATH: install Debian's `prometheus` package (apt-get install -y prometheus)")
     target = urllib.parse.urlparse(endpoints.as_dict()["worker_metrics"]).netloc
+    triton = urllib.parse.urlparse(endpoints.as_dict()["triton_metrics"]).netloc
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": "popscore-worker", "static_configs": [{"targets": [target]}]}],
+        "scrape_configs": [{"job_name": "popscore-worker", "static_configs": [{"targets": [target]}]},
+                           {"job_name": "triton", "static_configs": [{"targets": [triton]}]}],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
@@ -98,7 +102,8 @@ def test_real_prometheus_evaluates_the_rules_and_answers_the_dashboard(prometheu
 
     # A rate needs two scrapes that differ: feed records while Prometheus scrapes, until the panels fill.
     def fill(expr: str) -> str:
-        return expr.replace("$__rate_interval", "20s").replace("$model", ".*").replace("$platform", ".*")
+        return (expr.replace("$__rate_interval", "20s").replace("$model", ".*").replace("$platform", ".*")
+                .replace("$instance", ".*"))
 
     empty = set(MUST_HAVE_DATA)
     deadline = time.monotonic() + 60
@@ -127,3 +132,8 @@ def test_real_prometheus_evaluates_the_rules_and_answers_the_dashboard(prometheu
     assert len(rules) == len(expected)
     failing = {rule["name"]: rule.get("lastError") for rule in rules if rule["health"] != "ok"}
     assert not failing, f"rules failing at evaluation: {failing}"
+
+    # The fleet rules count the one live worker, and on the healthy stack its availability alerts are not even
+    # pending (every rule has been evaluated by now, Triton scraped).
+    assert [r["value"][1] for r in query(prometheus, "popscore:workers_up:count")] == ["1"]
+    assert query(prometheus, 'ALERTS{alertname=~"PopscoreWorkerDown|PopscoreTritonDown"}') == []

@@ -12,12 +12,90 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 
 class StackError(RuntimeError):
     """A component could not be started or checked; the message says what to do about it."""
+
+
+class ServiceUnreachable(StackError):
+    """A service a command needs (the Kafka broker, Redis, Triton) did not answer at its address."""
+
+    def __init__(self, service: str, address: str, reason: object) -> None:
+        super().__init__(f"{service} unreachable at {address} ({' '.join(str(reason).split())}); "
+                         f"is it running, and is the address right?")
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when a command that owns a stack gets SIGTERM, SIGHUP or SIGINT.
+
+    Its children run in sessions of their own (so a detached stack survives its shell), so nothing but the
+    command itself can stop them: the exception unwinds through the ``finally`` and ``except BaseException``
+    blocks that stop the stack. A BaseException, so that no ``except Exception`` on the way swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class _Termination:
+    """The state behind ``stop_on_termination`` and ``termination_deferred``: the first signal raises
+    ``Terminated`` (later ones are ignored, so they cannot interrupt the stack's stop), except inside a
+    deferred section, where it is raised when the section ends."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self.deferring = 0
+        self.pending: int | None = None
+
+    def handle(self, signum: int, _frame) -> None:
+        if self.raised or self.pending is not None:
+            return
+        if self.deferring:
+            self.pending = signum
+            return
+        self.raised = True
+        raise Terminated(signum)
+
+
+_termination: _Termination | None = None
+TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+@contextmanager
+def stop_on_termination():
+    """While active, SIGTERM, SIGHUP and SIGINT raise ``Terminated`` in the main thread (see there)."""
+    global _termination
+    _termination = _Termination()
+    previous = {sig: signal.signal(sig, _termination.handle) for sig in TERMINATING_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _termination = None
+
+
+@contextmanager
+def termination_deferred():
+    """A signal that arrives inside is raised at its end: a child spawned inside is recorded in the stack's
+    state before the unwinding stops the stack, so it is stopped with the others, not left behind."""
+    termination = _termination
+    if termination is None:
+        yield
+        return
+    termination.deferring += 1
+    try:
+        yield
+    finally:
+        termination.deferring -= 1
+        if not termination.deferring and termination.pending is not None and not termination.raised:
+            termination.raised = True
+            raise Terminated(termination.pending)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

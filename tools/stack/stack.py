@@ -17,8 +17,8 @@ from typing import Callable
 
 from popscore.settings import Settings, settings_reference
 from popscore.tools.stack import components as c
-from popscore.tools.stack.process import ManagedProcess, StackError, ensure_port_free, free_port, group_alive, kill_group, \
-    signal_group, stop_group
+from popscore.tools.stack.process import ManagedProcess, StackError, ensure_port_free, free_port, group_alive, \
+    kill_group, signal_group, stop_group, termination_deferred
 
 STATE_FILE = "stack.json"
 COMPONENTS = ("broker", "redis", "triton", "worker")
@@ -163,10 +163,11 @@ class EmbeddedStack:
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
                log_name: str | None = None) -> None:
-        process = ManagedProcess.spawn(name, argv, self.run_dir / "logs" / f"{log_name or name}.log", env=env,
-                                       cwd=self.run_dir)
-        self.state.processes[name] = {"pid": process.pid, "log": str(process.log_path)}
-        self.state.save()
+        with termination_deferred():  # a SIGTERM now would leave the child unrecorded, hence unstopped
+            process = ManagedProcess.spawn(name, argv, self.run_dir / "logs" / f"{log_name or name}.log", env=env,
+                                           cwd=self.run_dir)
+            self.state.processes[name] = {"pid": process.pid, "log": str(process.log_path)}
+            self.state.save()
 
     def _start_workers(self, endpoints: c.Endpoints, adapt_env: Callable[[dict], dict] = lambda env: env) -> None:
         """``stack.workers`` worker processes in one consumer group (the partitions are shared out between
@@ -283,22 +284,32 @@ class EmbeddedStack:
             raise StackError(f"no component {name!r} in this stack")
         return int(info["pid"])
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
+        """Stop every component; returns the names of those that were still running (none: nothing to stop).
+        A stopping signal that arrives meanwhile is raised once all are stopped, not half-way."""
+        with termination_deferred():
+            return self._stop()
+
+    def _stop(self) -> list[str]:
         state = self.state or StackState.load(self.run_dir)
         if state is None:
-            return
+            return []
+        running = []
         for name in _extra_workers(state) + list(reversed(COMPONENTS)):  # workers first: they commit and leave
             info = state.processes.get(name)
             if info:
+                if _alive(info):
+                    running.append(name)
                 stop_group(int(info["pid"]), self.settings.stack.stop_timeout_s)
         state.processes.clear()
         state.save()
+        return running
 
     # --- inspection ------------------------------------------------------------------------------------
 
     def status(self) -> dict:
         state = self.state or StackState.load(self.run_dir)
-        if state is None:
+        if state is None or not state.processes:  # never started, or stopped: its endpoints are stale
             return {"running": False, "run_dir": str(self.run_dir), "components": {}}
         endpoints = state.endpoints_obj()
         components = {}
