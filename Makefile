@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: demo test up down clean ops-tools
+.PHONY: demo test up down clean ops-tools browser-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-run
 demo: $(VENV)/.installed-run
 	$(BIN)/popscore demo
 
-test: $(VENV)/.installed-dev ops-tools
+test: $(VENV)/.installed-dev ops-tools browser-tools
 	$(BIN)/python -m pytest
 
 # promtool and prometheus (Debian's prometheus package) for tests/ops; those tests skip, saying why, without them.
@@ -30,6 +30,13 @@ ops-tools:
 	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	   prometheus >/dev/null) || echo "promtool not installed: tests/ops will skip the promtool checks"; }
+
+# Debian's chromium and chromedriver for the live board's browser test (tests/integration/test_board.py), which
+# skips, saying why, without them; selenium drives them (no browser download).
+browser-tools:
+	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   chromium chromium-driver >/dev/null) || echo "chromium not installed: the board's browser test will skip"; }
 
 up: $(VENV)/.installed-run
 	$(BIN)/popscore up
