@@ -145,7 +145,14 @@ function drawExplanation(post) {
   const words = stat.word_attention || temporal.word_attention;
   $("words-block").hidden = !words;
   if (words) {
-    const shown = words.filter(([w]) => w !== "[CLS]" && w !== "[SEP]");
+    // wordpieces back into words ("##" continues the previous one); a word weighs what its pieces weigh
+    const shown = [];
+    for (const [piece, a] of words.filter(([w]) => w !== "[CLS]" && w !== "[SEP]")) {
+      if (piece.startsWith("##") && shown.length) {
+        shown[shown.length - 1][0] += piece.slice(2);
+        shown[shown.length - 1][1] += a;
+      } else shown.push([piece, a]);
+    }
     const top = Math.max(...shown.map(([, a]) => a), 1e-9);
     $("words").replaceChildren(...shown.map(([w, a]) => {
       const span = el("span", { title: a.toFixed(4) }, w);
