@@ -44,5 +44,5 @@ def register_views(app: faust.App, worker: StreamWorker) -> None:
         return web.json({"ready": ready, "failing": failing, "checks": worker.health.report(),
                          **worker.models.report()}, status=200 if ready else 503)
 
-    add_board_routes(app.web.web_app.router, board_reader, settings.worker.leaderboard_size,
+    add_board_routes(app.web.web_app, board_reader, settings.worker.leaderboard_size,
                      settings.worker.board_poll_interval_s, settings.worker.board_max_posts)

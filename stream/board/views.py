@@ -47,10 +47,27 @@ async def _open_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def add_board_routes(router: web.UrlDispatcher, reader: Callable[[], BoardReader | None], board_size: int,
+def add_board_routes(application: web.Application, reader: Callable[[], BoardReader | None], board_size: int,
                      poll_s: float, max_posts: int) -> None:
     """``reader()`` is None until the worker has its Redis client: the views answer 503 meanwhile."""
     page = static_dir()
+    router = application.router
+    stopping = asyncio.Event()
+
+    async def end_feeds(_) -> None:
+        """Feeds end when the server shuts down: aiohttp would otherwise wait for them (its shutdown timeout)
+        before the worker can stop."""
+        stopping.set()
+
+    application.on_shutdown.append(end_feeds)
+
+    async def next_poll() -> bool:
+        """Wait one poll interval; False once the server is shutting down."""
+        try:
+            await asyncio.wait_for(stopping.wait(), poll_s)
+        except asyncio.TimeoutError:
+            return True
+        return False
 
     def ready_reader() -> BoardReader:
         current = reader()
@@ -116,15 +133,19 @@ def add_board_routes(router: web.UrlDispatcher, reader: Callable[[], BoardReader
             return _bad(error)
         response = await _open_stream(request)
         last, last_sent = None, time.monotonic()
-        while True:
-            ranking = await board_reader.ranking(name, k)
-            if ranking != last:
-                await response.write(_event("board", await board_reader.board(name, k, ranking)))
-                last, last_sent = ranking, time.monotonic()
-            elif time.monotonic() - last_sent > KEEPALIVE_S:
-                await response.write(b": keepalive\n\n")
-                last_sent = time.monotonic()
-            await asyncio.sleep(poll_s)
+        try:
+            while True:
+                ranking = await board_reader.ranking(name, k)
+                if ranking != last:
+                    await response.write(_event("board", await board_reader.board(name, k, ranking)))
+                    last, last_sent = ranking, time.monotonic()
+                elif time.monotonic() - last_sent > KEEPALIVE_S:
+                    await response.write(b": keepalive\n\n")
+                    last_sent = time.monotonic()
+                if not await next_poll():
+                    return response
+        except ConnectionResetError:  # the subscriber left
+            return response
 
     async def prediction_feed(request: web.Request) -> web.StreamResponse:
         """``prediction`` events, one per post: its latest predictions at once (posts Redis holds) and whenever
@@ -137,19 +158,23 @@ def add_board_routes(router: web.UrlDispatcher, reader: Callable[[], BoardReader
         response = await _open_stream(request)
         last: list[tuple] = [(None, None)] * len(post_ids)
         last_sent = time.monotonic()
-        while True:
-            current = await board_reader.latest_raw(post_ids)
-            changed = [i for i, (now, before) in enumerate(zip(current, last)) if now != before]
-            for i in changed:
-                kinds = {kind: json.loads(value) for kind, value in zip(PREDICTION_KINDS, current[i])
-                         if value is not None}
-                await response.write(_event("prediction", {"post_id": post_ids[i], "predictions": kinds}))
-            if changed:
-                last, last_sent = current, time.monotonic()
-            elif time.monotonic() - last_sent > KEEPALIVE_S:
-                await response.write(b": keepalive\n\n")
-                last_sent = time.monotonic()
-            await asyncio.sleep(poll_s)
+        try:
+            while True:
+                current = await board_reader.latest_raw(post_ids)
+                changed = [i for i, (now, before) in enumerate(zip(current, last)) if now != before]
+                for i in changed:
+                    kinds = {kind: json.loads(value) for kind, value in zip(PREDICTION_KINDS, current[i])
+                             if value is not None}
+                    await response.write(_event("prediction", {"post_id": post_ids[i], "predictions": kinds}))
+                if changed:
+                    last, last_sent = current, time.monotonic()
+                elif time.monotonic() - last_sent > KEEPALIVE_S:
+                    await response.write(b": keepalive\n\n")
+                    last_sent = time.monotonic()
+                if not await next_poll():
+                    return response
+        except ConnectionResetError:  # the subscriber left
+            return response
 
     router.add_get("/", index)
     router.add_get("/static/{name}", static)

@@ -309,3 +309,27 @@ def test_the_page_updates_without_reload_and_draws_the_post_chart(private_stack,
     assert browser.execute_script("return window.__notReloaded === true")
     browser.set_window_size(1400, 1250)  # the chart and the explanation in one picture
     browser.save_screenshot(str(REPO / "docs" / "board-post.png"))
+
+
+def test_a_worker_stops_promptly_with_a_feed_open(private_stack):
+    """Last in the module: it stops the second worker. An open feed must not hold the worker's graceful stop
+    for aiohttp's shutdown timeout (60 s): the feed ends when the server shuts down."""
+    from popscore.tools.stack.process import pid_alive, stop_group
+
+    pid = private_stack.state.processes["worker-2"]["pid"]
+
+    async def scenario():
+        async with BoardClient(worker_urls(private_stack)[1]) as client:
+            feed = client.follow_board("top", 5)
+            await anext(feed)  # connected, the first event in
+            started = time.monotonic()
+            stopper = asyncio.get_running_loop().run_in_executor(None, stop_group, pid, 90.0)
+            with pytest.raises(StopAsyncIteration):  # the server ended the stream
+                while True:
+                    await asyncio.wait_for(anext(feed), timeout=90)
+            await stopper
+            return time.monotonic() - started
+
+    stopped_in = asyncio.run(scenario())
+    assert not pid_alive(pid)
+    assert stopped_in < 30, f"the worker took {stopped_in:.1f} s to stop with a feed open"
