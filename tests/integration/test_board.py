@@ -314,7 +314,7 @@ def test_the_page_updates_without_reload_and_draws_the_post_chart(private_stack,
 def test_a_worker_stops_promptly_with_a_feed_open(private_stack):
     """Last in the module: it stops the second worker. An open feed must not hold the worker's graceful stop
     for aiohttp's shutdown timeout (60 s): the feed ends when the server shuts down."""
-    from popscore.tools.stack.process import pid_alive, stop_group
+    from popscore.tools.stack.process import group_alive, stop_group
 
     pid = private_stack.state.processes["worker-2"]["pid"]
 
@@ -331,5 +331,5 @@ def test_a_worker_stops_promptly_with_a_feed_open(private_stack):
             return time.monotonic() - started
 
     stopped_in = asyncio.run(scenario())
-    assert not pid_alive(pid)
+    assert not group_alive(pid)  # the worker process group, as the stack itself judges it gone
     assert stopped_in < 30, f"the worker took {stopped_in:.1f} s to stop with a feed open"
