@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 # Every install is pinned by constraints.txt (the versions CI and the images use; `make constraints` regenerates it).
 CONSTRAINTS = -c constraints.txt
 
-.PHONY: demo test up down clean ops-tools constraints
+.PHONY: demo test up down clean ops-tools browser-tools constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ $(VENV)/.installed-dev: pyproject.toml constraints.txt $(VENV)/.installed-run
 demo: $(VENV)/.installed-run
 	$(BIN)/popscore demo
 
-test: $(VENV)/.installed-dev ops-tools
+test: $(VENV)/.installed-dev ops-tools browser-tools
 	$(BIN)/python -m pytest
 
 # promtool and prometheus (Debian's prometheus package) for tests/ops; those tests skip, saying why, without them.
@@ -36,6 +36,13 @@ ops-tools:
 # After changing a dependency in pyproject.toml: install it into the venv, then pin the new closure.
 constraints: $(VENV)/.installed-dev
 	$(BIN)/python tools/deps.py constraints > constraints.txt
+
+# Debian's chromium and chromedriver for the live board's browser test (tests/integration/test_board.py), which
+# skips, saying why, without them; selenium drives them (no browser download).
+browser-tools:
+	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   chromium chromium-driver >/dev/null) || echo "chromium not installed: the board's browser test will skip"; }
 
 up: $(VENV)/.installed-run
 	$(BIN)/popscore up

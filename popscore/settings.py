@@ -130,6 +130,11 @@ class WorkerSettings(BaseModel):
                                       "message.max.bytes). Fewer, larger batches cost the broker less, which "
                                       "pays per stored batch (Faust's own value is 16 KB)")
     leaderboard_size: int = Field(100, ge=1, le=10_000, description="entries kept per leaderboard (1-10,000)")
+    board_poll_interval_s: float = Field(0.25, gt=0, le=5, description="seconds between a push feed's reads of "
+                                         "its board or posts in Redis (at most 5): a change reaches a feed's "
+                                         "subscribers within about this, from whichever worker they are connected to")
+    board_max_posts: int = Field(500, ge=1, le=10_000, description="post ids one batch lookup (POST /predictions) "
+                                 "or one prediction feed may name (1-10,000)")
     max_batch_snapshots: int = Field(4096, ge=1, description="snapshots merged and scored per step "
                                      "(a window is split into steps of about this size, a post's snapshots "
                                      "in one step)")

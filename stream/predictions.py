@@ -72,10 +72,10 @@ def encode(record: dict) -> bytes:
     return orjson.dumps(record)
 
 
-LATEST_VIEW_FIELDS = ("model_name", "model_version", "as_of", "score", "log_score", "interval", "flags")
+LATEST_VIEW_FIELDS = ("model_name", "model_version", "as_of", "score", "log_score", "interval", "flags", "explanation")
 
 
 def latest_view(record: dict) -> dict:
-    """The part of a prediction kept per post in Redis for ``/posts/{post_id}`` (the full record, with its
-    explanation, is on the predictions topic)."""
+    """The part of a prediction kept per post in Redis for ``/posts/{post_id}``, the explanation included so
+    the post view can show it (a few hundred bytes: word and time attention)."""
     return {k: record[k] for k in LATEST_VIEW_FIELDS if k in record}

@@ -34,7 +34,10 @@ built by one function here. Every key is under ``settings.redis.key_prefix`` (``
 ``lb:top``, ``lb:top:platform:<platform>``, ``lb:top:category:<category>``, ``lb:rising``, sorted sets, no TTL
     post_id -> predicted score (``top``) or realised log-score growth per hour over the last hour (``rising``),
     trimmed to ``worker.leaderboard_size``. Written by record_predictions.lua from temporal predictions, read by
-    ``Leaderboards.top`` (the ``/leaderboard`` view).
+    ``Leaderboards.top`` and ``board.queries.BoardReader`` (the board views and feeds).
+``boards``, set, no TTL
+    the names of the boards above a prediction has written (``top:platform:reddit``...), so they can be listed
+    without scanning the keyspace. Added to by record_predictions.lua, read by ``BoardReader`` (``/boards``).
 """
 
 from __future__ import annotations
@@ -57,13 +60,14 @@ from popscore.settings import COUNTER_NAMES
 class RedisKeys:
     """The key names under one prefix."""
 
-    __slots__ = ("prefix", "sequence_prefix", "awaiting", "maturity")
+    __slots__ = ("prefix", "sequence_prefix", "awaiting", "maturity", "boards")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.sequence_prefix = f"{prefix}seq:"
         self.awaiting = f"{prefix}awaiting"
         self.maturity = f"{prefix}maturity"
+        self.boards = f"{prefix}boards"
 
     def sequence(self, post_id: str) -> str:
         return f"{self.sequence_prefix}{post_id}"

@@ -1,11 +1,12 @@
-"""The worker's web views, on Faust's web server: liveness, readiness, the leaderboards and one post's state."""
+"""The worker's web views, on Faust's web server: liveness, readiness, and the live board (``stream/board/``:
+the page, the JSON views and the push feeds)."""
 
 from __future__ import annotations
 
 import faust
 
-from popscore.settings import COUNTER_NAMES
-from popscore.stream.redis_schema import PostMeta, latest_predictions
+from popscore.stream.board.queries import BoardReader, reader_for
+from popscore.stream.board.views import add_board_routes
 from popscore.stream.worker import StreamWorker
 
 
@@ -18,7 +19,18 @@ def readiness(app: faust.App, worker: StreamWorker) -> tuple[bool, dict]:
 
 
 def register_views(app: faust.App, worker: StreamWorker) -> None:
-    leaderboard_size = worker.settings.worker.leaderboard_size
+    settings = worker.settings
+    current: list[BoardReader] = []
+
+    def board_reader() -> BoardReader | None:
+        """The reader of the worker's Redis client, once the worker has one (it connects after the web server
+        starts)."""
+        if worker.redis is None:
+            return None
+        if not current or current[0].client is not worker.redis:
+            current[:] = [reader_for(worker.redis, settings.redis.key_prefix, settings.worker.leaderboard_size,
+                                     settings.score.horizon_s, settings.score.weights_for)]
+        return current[0]
 
     @app.page("/healthz")
     async def healthz(web, request):
@@ -32,23 +44,5 @@ def register_views(app: faust.App, worker: StreamWorker) -> None:
         return web.json({"ready": ready, "failing": failing, "checks": worker.health.report(),
                          **worker.models.report()}, status=200 if ready else 503)
 
-    @app.page("/leaderboard")
-    async def leaderboard(web, request):
-        board = request.query.get("board", "top")
-        k = min(int(request.query.get("k", "10")), leaderboard_size)
-        rows = await worker.boards.top(board, k)
-        return web.json({"board": board, "entries": [{"post_id": p, "value": v} for p, v in rows]})
-
-    @app.page("/posts/{post_id}")
-    async def post(web, request, post_id):
-        fields = await worker.store.get_post(post_id)
-        sequence = await worker.store.get(post_id)
-        if not fields and len(sequence) == 0:
-            return web.json({"error": f"unknown post {post_id!r}"}, status=404)
-        return web.json({
-            "post_id": post_id,
-            "platform": PostMeta.from_hash(fields).platform,
-            "sequence": {"columns": ["observed_at", *COUNTER_NAMES],
-                         "rows": [[None if v != v else v for v in row] for row in sequence.tolist()]},
-            "predictions": latest_predictions(fields),
-        })
+    add_board_routes(app.web.web_app, board_reader, settings.worker.leaderboard_size,
+                     settings.worker.board_poll_interval_s, settings.worker.board_max_posts)

@@ -17,7 +17,8 @@
 --   ARGV[5]  the predictions, one JSON array of rows [post_id, score, rising, platform, category ('' for none),
 --            latest view (JSON text), maturity time, [[kept eval field, value], ...], as_of] (one argument,
 --            not eight or more per prediction: redis-py's packing costs per argument)
--- Writes: boards lb:top, lb:top:platform:<platform>, lb:top:category:<category> (score) and lb:rising (rising);
+-- Writes: boards lb:top, lb:top:platform:<platform>, lb:top:category:<category> (score) and lb:rising (rising),
+-- and each board's name to the set <prefix>boards;
 -- post hash fields prediction:<kind> (the latest view), predicted_to (as_of, temporal only) and each kept eval
 -- field once (HSETNX: the first prediction at that age); ZADD NX of each post at its maturity time.
 -- Returns 0.
@@ -81,6 +82,7 @@ if kind == 'temporal' then
   for _, board in ipairs(order) do
     write_board(board, boards[board].posts, boards[board].scores)
   end
+  redis.call('SADD', prefix .. 'boards', unpack(order))
 end
 
 local due = {}
