@@ -22,6 +22,7 @@ from popscore.stream.metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 
 TEXT_ENCODER = "popscore_text_encoder"
+IMAGE_ENCODER = "popscore_image_encoder"
 
 
 class ServedModels:
@@ -35,6 +36,7 @@ class ServedModels:
         # The fallback's horizon is the one the sequences are kept for.
         self.fallback_spec = F.FeatureSpec(horizon_s=float(settings.score.horizon_s))
         self.text_encoder: ModelPredictor | None = None
+        self.image_encoder: ModelPredictor | None = None  # None: pictures are not encoded, the visual modality is masked
 
     def temporal_spec(self, route: Route) -> F.FeatureSpec:
         """The sequence features a route's posts are scored with: its model set's, or the fallback's."""
@@ -52,12 +54,21 @@ class ServedModels:
         else:
             log.warning("text encoder off or not in %s: titles are not embedded, the text modality is masked",
                         settings.stack.model_repo)
+        if any(m.name == IMAGE_ENCODER and m.versions for m in list_models(settings.stack.model_repo)):
+            self.image_encoder = ModelPredictor(IMAGE_ENCODER, settings.serving, settings.triton.grpc_url,
+                                                settings.stack.model_repo, settings.serving.python_backend_mirror,
+                                                timeout_s=settings.serving.text_timeout_s)
+            await self.image_encoder.start()
+        else:
+            log.warning("no %s in %s: pictures are not encoded, the visual modality is masked", IMAGE_ENCODER,
+                        settings.stack.model_repo)
 
     async def close(self) -> None:
         for model_set in self.model_sets.values():
             await model_set.close()
-        if self.text_encoder is not None:
-            await self.text_encoder.close()
+        for encoder in (self.text_encoder, self.image_encoder):
+            if encoder is not None:
+                await encoder.close()
 
     def _router(self) -> PlatformRouter[ModelSet]:
         serving = self.settings.serving
@@ -121,8 +132,9 @@ class ServedModels:
     async def refresh(self) -> None:
         """Newer versions of the served sets (each set's temporal halves switch together), then sets not served
         yet."""
-        if self.text_encoder is not None:
-            await self.text_encoder.refresh()
+        for encoder in (self.text_encoder, self.image_encoder):
+            if encoder is not None:
+                await encoder.refresh()
         for platform, model_set in list(self.model_sets.items()):
             before = {kind: (p.version, p.stats["reload_failures"]) for kind, p in model_set.predictors.items()}
             switched = await model_set.refresh()

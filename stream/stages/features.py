@@ -10,6 +10,7 @@ never came, is recomputed from the stored inputs and written back.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from popscore import features as F
 from popscore.contract import Post
+from popscore.media import LocalMediaStore, MediaProblem, MediaStore, PostPictures, has_pictures, load_pictures
 from popscore.serving.model_sets import ModelSet
 from popscore.serving.routing import Route
 from popscore.settings import Settings
@@ -78,6 +80,8 @@ class Features:
     def __init__(self, settings: Settings, models: ServedModels, infer: Infer, store: SnapshotSequenceStore,
                  metrics: WorkerMetrics) -> None:
         self.weights_for = settings.score.weights_for
+        self.media = settings.media
+        self.media_store: MediaStore = LocalMediaStore(settings.media.roots)
         self.models = models
         self.infer = infer
         self.store = store
@@ -89,7 +93,11 @@ class Features:
         routes = [self.models.router.route(p.platform) for p in posts]
         created = np.array([p.created_at.timestamp() for p in posts])
         scored = [row for row, route in enumerate(routes) if route.model_set is not None]
-        titles = await self.infer.embed_titles([posts[row].text.title for row in scored]) if scored else None
+        if not scored:
+            titles, (visual, media_notes) = None, (None, {})
+        else:
+            titles, (visual, media_notes) = await asyncio.gather(
+                self.infer.embed_titles([posts[row].text.title for row in scored]), self._pictures(posts, scored))
         title_row = {row: i for i, row in enumerate(scored)}  # a scored post's row in ``titles``
         static_features: list[np.ndarray | None] = [None] * len(posts)
         content: list[bytes | None] = [None] * len(posts)
@@ -108,6 +116,8 @@ class Features:
             text = {} if titles is None else {k: v[in_titles] for k, v in titles[0].items()}
             words = None if titles is None else [titles[1][i] for i in in_titles]
             spec, content_spec = model_set.spec("static"), model_set.spec("content")
+            if visual is not None:
+                text["visual_embedding"] = take(visual, rows)
             inputs = F.build_static_inputs(spec, group_created, platforms, group_posts, **text)
             content_inputs = inputs if content_spec == spec else \
                 F.build_static_inputs(content_spec, group_created, platforms, group_posts, **text)
@@ -115,11 +125,62 @@ class Features:
                                      *await self.infer.content_vectors(model_set, content_inputs))
             for i, row in enumerate(members):
                 static_features[row], content[row] = content_inputs["static_features"][i], encoded[i]
+            explanations = {"words": words} if words else {}
+            explanations.update({name: take(notes, rows) for name, notes in media_notes.items()})
             jobs.append(ScoringJob("static", model_set, [p.post_id for p in group_posts], group_created, inputs,
-                                   spec, group_created, group_routes,
-                                   explanations={"words": words} if words else None))
+                                   spec, group_created, group_routes, explanations=explanations or None))
         self.metrics.content_vectors.labels("post").inc(len(scored))
         return jobs, static_features, content
+
+    def _load_pictures(self, media: list) -> list[PostPictures | MediaProblem]:
+        limits = self.media
+        out: list[PostPictures | MediaProblem] = []
+        for item in media:
+            try:
+                out.append(load_pictures(item, self.media_store, limits.max_image_bytes, limits.max_image_pixels,
+                                         limits.thumbnail_px))
+            except MediaProblem as problem:
+                out.append(problem)
+        return out
+
+    async def _pictures(self, posts: list[Post], scored: list[int]) -> tuple[np.ndarray | None, dict[str, list]]:
+        """(visual embeddings [len(posts), VISUAL_DIM], NaN where a post has no usable picture; per-row notes for
+        the explanation: ``media_problem`` and ``frame_attention``). (None, {}) when no scored post carries media,
+        so posts without pictures cost nothing here. Pictures are read and decoded off the event loop, then all
+        of them (a video's frames too) encoded in one batch; a video's frame embeddings are pooled by their mean
+        (uniform frame attention: no frame-attention weights have been learnt, there is no video data with
+        popularity to learn them from)."""
+        with_media = [row for row in scored if has_pictures(posts[row].media)]
+        if not with_media or not self.infer.encodes_pictures:
+            return None, {}
+        loaded = await asyncio.to_thread(self._load_pictures, [posts[row].media for row in with_media])
+        pictures = [picture for item in loaded if isinstance(item, PostPictures) for picture in item.pictures]
+        embedded = await self.infer.embed_pictures(pictures) if pictures else None
+        visual = np.full((len(posts), F.VISUAL_DIM), np.nan, np.float32)
+        problems: list[str | None] = [None] * len(posts)
+        frame_attention: list[list[float] | None] = [None] * len(posts)
+        thumbnails: dict[str, bytes] = {}
+        offset = 0
+        for row, item in zip(with_media, loaded):
+            if isinstance(item, MediaProblem):
+                problems[row] = item.reason
+                self.metrics.media_rejected.labels(item.reason).inc()
+                continue
+            n = len(item.pictures)
+            visual[row] = embedded[offset:offset + n].mean(axis=0)
+            offset += n
+            if item.is_video:
+                frame_attention[row] = [round(1.0 / n, 4)] * n
+            thumbnails[posts[row].post_id] = item.thumbnail
+            self.metrics.media_posts.labels("video" if item.is_video else "image").inc()
+        if thumbnails:
+            await self.store.put_thumbnails(thumbnails, self.media.thumbnail_ttl_s)
+        notes: dict[str, list] = {}
+        if any(p is not None for p in problems):
+            notes["media_problem"] = problems
+        if any(a is not None for a in frame_attention):
+            notes["frame_attention"] = frame_attention
+        return visual, notes
 
     async def temporal_jobs(self, updates: list[SequenceUpdate]) -> list[ScoringJob]:
         """The temporal jobs of these updates."""
