@@ -201,7 +201,7 @@ class MediaSettings(BaseModel):
     """Where the worker may read pictures from, and how much of one it decodes (``popscore/media.py``). A
     picture outside these bounds costs its post the visual modality (flag ``media_rejected``), never the post."""
 
-    roots: list[Path] = Field([], description="allow-listed local directories (JSON list): a file:// reference "
+    roots: list[str] = Field([], description="allow-listed local directories (JSON list of paths): a file:// reference "
                               "(image_uris, frames) is read only if it resolves, symlinks followed, under one of "
                               "them; other references are rejected as disallowed")
     max_image_bytes: int = Field(524_288, ge=1_024, description="bytes; a larger picture (inline after base64 "

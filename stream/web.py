@@ -5,6 +5,7 @@ from __future__ import annotations
 import faust
 
 from popscore.settings import COUNTER_NAMES
+from popscore.stream.heatmap import NoHeatmap, post_heatmap
 from popscore.stream.redis_schema import PostMeta, latest_predictions
 from popscore.stream.worker import StreamWorker
 
@@ -52,3 +53,12 @@ def register_views(app: faust.App, worker: StreamWorker) -> None:
                          "rows": [[None if v != v else v for v in row] for row in sequence.tolist()]},
             "predictions": latest_predictions(fields),
         })
+
+    @app.page("/posts/{post_id}/heatmap.png")
+    async def heatmap(web, request, post_id):
+        """Occlusion sensitivity of the post's picture through the models serving it (stream/heatmap.py)."""
+        try:
+            png, _ = await post_heatmap(worker, post_id)
+        except NoHeatmap as exc:
+            return web.json({"error": str(exc)}, status=404)
+        return web.bytes(png, content_type="image/png")

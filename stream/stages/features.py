@@ -127,8 +127,26 @@ class Features:
                 static_features[row], content[row] = content_inputs["static_features"][i], encoded[i]
             explanations = {"words": words} if words else {}
             explanations.update({name: take(notes, rows) for name, notes in media_notes.items()})
-            jobs.append(ScoringJob("static", model_set, [p.post_id for p in group_posts], group_created, inputs,
-                                   spec, group_created, group_routes, explanations=explanations or None))
+            image_set = self.models.image_sets.get(model_set.platform) if visual is not None else None
+            seen = np.flatnonzero(inputs["modality_mask"][:, 2] > 0) if image_set is not None else ()
+            if len(seen) == 0:
+                jobs.append(ScoringJob("static", model_set, [p.post_id for p in group_posts], group_created, inputs,
+                                       spec, group_created, group_routes, explanations=explanations or None))
+                continue
+            # Posts whose picture was used go to the platform's image static model, the others to its static model.
+            unseen = np.flatnonzero(inputs["modality_mask"][:, 2] == 0)
+            for part_set, part in ((image_set, seen), (model_set, unseen)):
+                if len(part) == 0:
+                    continue
+                part = part.tolist()
+                part_spec = part_set.spec("static")
+                part_inputs = {k: v[part] for k, v in inputs.items()} if part_spec == spec else \
+                    F.build_static_inputs(part_spec, group_created[part], take(platforms, part),
+                                          take(group_posts, part), **{k: v[part] for k, v in text.items()})
+                jobs.append(ScoringJob("static", part_set, [group_posts[i].post_id for i in part],
+                                       group_created[part], part_inputs, part_spec, group_created[part],
+                                       take(group_routes, part),
+                                       explanations={k: take(v, part) for k, v in explanations.items()} or None))
         self.metrics.content_vectors.labels("post").inc(len(scored))
         return jobs, static_features, content
 
