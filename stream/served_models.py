@@ -203,6 +203,10 @@ class ServedModels:
             for kind, p in model_set.predictors.items():
                 models[p.name] = {"kind": kind, "platform": platform, "version": p.version,
                                   "breaker": p.breaker.state.value, **p.stats}
+        for platform, image_set in self.image_sets.items():
+            p = image_set.predictors["static"]
+            models[p.name] = {"kind": "image_static", "platform": platform, "version": p.version,
+                              "breaker": p.breaker.state.value, **p.stats}
         sets = {platform: {"servable": True, "problem": None} for platform in self.model_sets}
         sets.update({platform: {"servable": False, "problem": problem} for platform, problem in self.unservable.items()})
         serving = self.settings.serving
