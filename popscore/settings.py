@@ -201,9 +201,9 @@ class MediaSettings(BaseModel):
     """Where the worker may read pictures from, and how much of one it decodes (``popscore/media.py``). A
     picture outside these bounds costs its post the visual modality (flag ``media_rejected``), never the post."""
 
-    roots: list[str] = Field([], description="allow-listed local directories (JSON list of paths): a file:// reference "
-                              "(image_uris, frames) is read only if it resolves, symlinks followed, under one of "
-                              "them; other references are rejected as disallowed")
+    roots: list[str] = Field([], description="allow-listed local directories (JSON list of paths): a file:// "
+                             "reference (image_uris, frames) is read only if it resolves, symlinks followed, under "
+                             "one of them; other references are rejected as disallowed")
     max_image_bytes: int = Field(524_288, ge=1_024, description="bytes; a larger picture (inline after base64 "
                                  "decoding, or a referenced file) is rejected as oversized without being decoded")
     max_image_pixels: int = Field(16_000_000, ge=1, description="pixels (width x height, read from the header "

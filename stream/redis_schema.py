@@ -25,7 +25,7 @@ built by one function here. Every key is under ``settings.redis.key_prefix`` (``
     ``eval:<model>:<version>:<age_h>`` (a predicted log score kept for online accuracy, the first one made at
     that evaluation age): written by record_predictions.lua, read and deleted by ``matured``.
 ``thumb:<post_id>``, string, expires ``media.thumbnail_ttl_s`` after the post event
-    A PNG of the post's picture (of a video's first frame), its longest side ``media.thumbnail_px``: what the
+    A JPEG of the post's picture (of a video's first frame), its longest side ``media.thumbnail_px``: what the
     heat map is computed on and drawn over. Written by ``SnapshotSequenceStore.put_thumbnails`` (the features
     stage, for posts whose picture was used), read by ``get_thumbnail`` (the ``/posts/{id}/heatmap.png`` view).
 ``awaiting``, sorted set, no TTL

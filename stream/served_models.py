@@ -50,7 +50,7 @@ class ServedModels:
         # The fallback's horizon is the one the sequences are kept for.
         self.fallback_spec = F.FeatureSpec(horizon_s=float(settings.score.horizon_s))
         self.text_encoder: ModelPredictor | None = None
-        self.image_encoder: ModelPredictor | None = None  # None: pictures are not encoded, the visual modality is masked
+        self.image_encoder: ModelPredictor | None = None  # None: pictures are not encoded, visual masked
         # platform -> a set holding only "static": its image_static model, for posts whose picture was used
         self.image_sets: dict[str, ModelSet] = {}
         self._image_problems: dict[str, tuple[int, str]] = {}  # model name -> (newest version, why not servable)

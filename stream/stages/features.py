@@ -164,16 +164,26 @@ class Features:
     async def _pictures(self, posts: list[Post], scored: list[int]) -> tuple[np.ndarray | None, dict[str, list]]:
         """(visual embeddings [len(posts), VISUAL_DIM], NaN where a post has no usable picture; per-row notes for
         the explanation: ``media_problem`` and ``frame_attention``). (None, {}) when no scored post carries media,
-        so posts without pictures cost nothing here. Pictures are read and decoded off the event loop, then all
-        of them (a video's frames too) encoded in one batch; a video's frame embeddings are pooled by their mean
+        so posts without pictures cost nothing here. Pictures are read and decoded off the event loop, and
+        encoded in batches of the encoder's ``max_batch_size`` posts (a video's frames in its post's batch), one
+        batch encoded while the next is decoded; a video's frame embeddings are pooled by their mean
         (uniform frame attention: no frame-attention weights have been learnt, there is no video data with
         popularity to learn them from)."""
         with_media = [row for row in scored if has_pictures(posts[row].media)]
         if not with_media or not self.infer.encodes_pictures:
             return None, {}
-        loaded = await asyncio.to_thread(self._load_pictures, [posts[row].media for row in with_media])
-        pictures = [picture for item in loaded if isinstance(item, PostPictures) for picture in item.pictures]
-        embedded = await self.infer.embed_pictures(pictures) if pictures else None
+        # Posts are read and decoded a chunk at a time, each chunk's pictures sent to the encoder at once, so
+        # Triton encodes one chunk while the next is decoded.
+        loaded: list[PostPictures | MediaProblem] = []
+        requests = []
+        step = self.infer.picture_batch
+        for lo in range(0, len(with_media), step):
+            part = await asyncio.to_thread(self._load_pictures, [posts[row].media for row in with_media[lo:lo + step]])
+            loaded += part
+            pictures = [picture for item in part if isinstance(item, PostPictures) for picture in item.pictures]
+            if pictures:
+                requests.append(asyncio.ensure_future(self.infer.embed_pictures(pictures)))
+        embedded = np.concatenate(await asyncio.gather(*requests)) if requests else None
         visual = np.full((len(posts), F.VISUAL_DIM), np.nan, np.float32)
         problems: list[str | None] = [None] * len(posts)
         frame_attention: list[list[float] | None] = [None] * len(posts)

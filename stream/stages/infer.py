@@ -47,6 +47,11 @@ class Infer:
     def encodes_pictures(self) -> bool:
         return self.models.image_encoder is not None
 
+    @property
+    def picture_batch(self) -> int:
+        """Pictures per encoder request: the served encoder's ``max_batch_size``."""
+        return self.models.image_encoder.max_batch_size
+
     async def embed_pictures(self, pictures: list[np.ndarray]) -> np.ndarray:
         """[N, 1280] embeddings of preprocessed pictures ([3, 224, 224] each) from the served image encoder: one
         batch for all the pictures and frames of a micro-batch's posts."""

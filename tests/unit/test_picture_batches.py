@@ -22,7 +22,8 @@ class CountingEncoder:
 
     encodes_pictures = True
 
-    def __init__(self) -> None:
+    def __init__(self, picture_batch: int = 8) -> None:
+        self.picture_batch = picture_batch
         self.requests: list[int] = []
 
     async def embed_pictures(self, pictures):
@@ -45,7 +46,8 @@ def png(red: int) -> str:
 
 
 def post(i: int, media: Media | None = None) -> Post:
-    return Post(post_id=f"p{i}", platform="reddit", created_at=datetime(2025, 1, 1, tzinfo=timezone.utc), media=media or Media())
+    return Post(post_id=f"p{i}", platform="reddit", created_at=datetime(2025, 1, 1, tzinfo=timezone.utc),
+                media=media or Media())
 
 
 def features(encoder, store) -> Features:
@@ -71,6 +73,14 @@ def test_all_pictures_and_frames_of_a_batch_in_one_request_frames_pooled():
     assert notes["media_problem"] == [None, None, None, "undecodable", None]
     assert notes["frame_attention"][2] == [0.3333] * 3 and notes["frame_attention"][0] is None
     assert set(store.kept) == {"p0", "p2", "p4"}
+
+
+def test_a_large_batch_is_sent_in_chunks_of_the_encoder_batch():
+    encoder, store = CountingEncoder(picture_batch=4), Thumbnails()
+    posts = [post(i, Media(image=png(20 * i))) for i in range(10)]
+    visual, _ = asyncio.run(features(encoder, store)._pictures(posts, list(range(10))))
+    assert encoder.requests == [4, 4, 2]
+    assert np.allclose(visual[:, 0], [(20 * i / 255 - 0.5) / 0.5 for i in range(10)], atol=0.01)  # in order
 
 
 def test_only_scored_posts_are_decoded():
