@@ -358,11 +358,13 @@ def write_triton_model(repo: Path, name: str, onnx_file: Path, config: str, meta
     return model_dir / str(version)
 
 
-def export_image_encoder(repo: Path = Path("model_repo"), *, max_batch_size: int = 64, threads: int = 2,
+def export_image_encoder(repo: Path = Path("model_repo"), *, max_batch_size: int = 8, threads: int = 2,
                          log=print) -> dict[str, Any]:
     """Export EfficientNet-Lite0 (pooled features) to ONNX, check it against the PyTorch module on synthetic
     pictures (max abs diff <= 1e-4, any batch size) and add it as a new version of repo/popscore_image_encoder.
-    Raises RuntimeError (writing nothing into ``repo``) if the check fails."""
+    Raises RuntimeError (writing nothing into ``repo``) if the check fails. ``max_batch_size`` 8: the worker
+    decodes the next request's pictures while Triton encodes one, and on a CPU a picture costs the same in a
+    batch of 8 as of 64 (docs/benchmarks.md, *Pictures*)."""
     torch.set_num_threads(threads)
     model = load_model()
     images = np.stack([preprocess_image(a) for a in synthetic_images(12)])
