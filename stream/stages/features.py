@@ -11,6 +11,7 @@ never came, is recomputed from the stored inputs and written back.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,8 @@ import numpy as np
 
 from popscore import features as F
 from popscore.contract import Post
-from popscore.media import LocalMediaStore, MediaProblem, MediaStore, PostPictures, has_pictures, load_pictures
+from popscore.media import (UNDECODABLE, LocalMediaStore, MediaProblem, MediaStore, PostPictures, has_pictures,
+                            load_pictures)
 from popscore.serving.model_sets import ModelSet
 from popscore.serving.routing import Route
 from popscore.settings import Settings
@@ -30,6 +32,8 @@ from popscore.stream.served_models import ServedModels
 
 if TYPE_CHECKING:
     from popscore.stream.stages.infer import Infer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -159,6 +163,9 @@ class Features:
                                          limits.thumbnail_px))
             except MediaProblem as problem:
                 out.append(problem)
+            except Exception as exc:  # noqa: BLE001  a decoder's surprise costs the picture, never the post
+                log.warning("a post's picture could not be used: %r", exc)
+                out.append(MediaProblem(UNDECODABLE, f"decoding failed ({type(exc).__name__})"))
         return out
 
     async def _pictures(self, posts: list[Post], scored: list[int]) -> tuple[np.ndarray | None, dict[str, list]]:

@@ -88,3 +88,19 @@ def test_only_scored_posts_are_decoded():
     posts = [post(0, Media(image=png(255))), post(1, Media(image=png(0)))]
     visual, _ = asyncio.run(features(encoder, store)._pictures(posts, [1]))
     assert encoder.requests == [1] and np.isnan(visual[0]).all() and set(store.kept) == {"p1"}
+
+
+def test_a_decoder_surprise_costs_the_picture_not_the_batch(monkeypatch):
+    import popscore.stream.stages.features as stage
+
+    def explode(media, *args):
+        if media.image == "boom":
+            raise RuntimeError("a decoder bug")
+        return real(media, *args)
+
+    real = stage.load_pictures
+    monkeypatch.setattr(stage, "load_pictures", explode)
+    encoder, store = CountingEncoder(), Thumbnails()
+    posts = [post(0, Media(image="boom")), post(1, Media(image=png(255)))]
+    visual, notes = asyncio.run(features(encoder, store)._pictures(posts, [0, 1]))
+    assert notes["media_problem"] == ["undecodable", None] and np.isnan(visual[0]).all() and visual[1, 0] > 0.9
