@@ -58,7 +58,9 @@ def register_views(app: faust.App, worker: StreamWorker) -> None:
     async def heatmap(web, request, post_id):
         """Occlusion sensitivity of the post's picture through the models serving it (stream/heatmap.py)."""
         try:
-            png, _ = await post_heatmap(worker, post_id)
+            png, heat = await post_heatmap(worker, post_id)
         except NoHeatmap as exc:
             return web.json({"error": str(exc)}, status=404)
+        if request.query.get("format") == "json":  # the grid itself: row-major, the drop in predicted log score
+            return web.json({"post_id": post_id, "grid": heat.tolist()})
         return web.bytes(png, content_type="image/png")

@@ -94,6 +94,11 @@ def build_posts() -> tuple[list[tuple[bytes, bytes]], dict[str, str | None], dic
     cases["bad-https"] = ({"image_uris": ["https://img.example/1.jpg"]}, "disallowed")
     cases["bad-frame"] = ({"frames": [{"image": b64(picture(40))}, {"uri": f"file://{MEDIA_ROOT}/none.jpg"}]},
                           "missing")
+    corner = np.full((240, 240, 3), 128, np.uint8)  # mean grey, what occlusion fills in, but for one corner
+    corner[:40, :40] = np.indices((40, 40)).sum(0)[..., None] % 2 * 255  # a sharp checkerboard in the top left
+    corner_png = io.BytesIO()
+    Image.fromarray(corner).save(corner_png, format="PNG")
+    cases["corner"] = ({"image": b64(corner_png.getvalue())}, None)
     cases["plain-0"] = ({}, "none")
     cases["plain-1"] = ({"video_uri": "https://v.example/1.mp4"}, "none")
     records, expected, frames = [], {}, {}
@@ -154,7 +159,7 @@ def test_pictures_frames_and_broken_media_through_the_worker(private_stack):
     want = Counter(p for p in expected.values() if p not in (None, "none"))
     assert rejected == Counter({(reason,): n for reason, n in want.items()})
     used = counts(samples["popscore_media_posts_total"], "kind")
-    assert used == Counter({("image",): 7, ("video",): 2})
+    assert used == Counter({("image",): 8, ("video",): 2})
     flagged = counts(samples["popscore_flagged_predictions_total"], "kind", "flag")
     assert flagged[("static", "media_rejected")] == sum(want.values())
 
@@ -162,6 +167,12 @@ def test_pictures_frames_and_broken_media_through_the_worker(private_stack):
     status, content_type, body = get(f"{web}/posts/media-inline-0/heatmap.png")
     assert status == 200 and content_type.startswith("image/png"), body[:200]
     assert Image.open(io.BytesIO(body)).size == (224, 224)
+    # The picture is grey but for a checkerboard in its top-left corner: hiding that corner changes the served
+    # prediction most (grey cells are hidden by grey, and change nothing).
+    status, _, body = get(f"{web}/posts/media-corner/heatmap.png?format=json")
+    grid = np.abs(np.array(json.loads(body)["grid"]))
+    print(f"corner heat map (|drop in log score|):\n{np.round(grid, 5)}")
+    assert status == 200 and np.unravel_index(np.argmax(grid), grid.shape) == (0, 0)
     status, _, body = get(f"{web}/posts/media-plain-0/heatmap.png")
     assert status == 404 and b"no picture" in body
     print(f"media: {len(static)} posts scored at upload, rejected by reason {dict(want)}, "
