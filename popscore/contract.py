@@ -61,6 +61,8 @@ MAX_TAG_CHARS = 100
 MAX_URIS = 16
 MAX_URI_CHARS = 2_048
 MAX_OPEN_KEYS = 64
+MAX_INLINE_IMAGE_CHARS = 700_000  # base64 of a ~512 KB picture; the worker's media limits decide what it decodes
+MAX_FRAMES = 32  # a video's sampled frames in one post
 MAX_OPEN_STR_CHARS = 256
 MAX_BATCH_SNAPSHOTS = 10_000
 MAX_COUNTER = 2**53 - 1  # exact in a float64, which is how sequences and models see counters
@@ -155,11 +157,35 @@ class Text(_Strict):
     ] = []
 
 
+InlineImage = Annotated[str, StringConstraints(min_length=1, max_length=MAX_INLINE_IMAGE_CHARS)]
+"""A picture's file bytes (JPEG, PNG, WebP, GIF...) in base64. Not checked here: a picture the worker cannot
+decode costs the post its visual modality, never the post (``popscore.media``)."""
+
+
+class Frame(_Strict):
+    """One frame of a video: inline, or a reference the worker resolves through its media store."""
+
+    image: InlineImage | None = None
+    uri: Uri | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Frame":
+        if (self.image is None) == (self.uri is None):
+            raise ValueError("a frame has exactly one of image (base64) and uri")
+        return self
+
+
 class Media(_Strict):
+    """``image`` (inline), ``image_uris`` (references: the worker reads the first through its media store) and
+    ``frames`` (a video's sampled frames, encoded together and pooled) feed the visual modality; ``frames`` wins
+    over ``image``, which wins over ``image_uris``. ``image`` and ``frames`` came after the first producers."""
+
     image_uris: Annotated[list[Uri], Field(max_length=MAX_URIS)] = []
     video_uri: Uri | None = None
     audio_uri: Uri | None = None
     duration_s: Annotated[float, Field(ge=0, le=MAX_DURATION_S)] | None = None
+    image: InlineImage | None = None
+    frames: Annotated[list[Frame], Field(max_length=MAX_FRAMES)] = []
 
 
 class Post(_Strict):
@@ -222,6 +248,8 @@ class PredictionFlag(StrEnum):
     FALLBACK = "fallback"  # not a model's output: the baseline for a platform without a servable model set
     OUT_OF_RANGE = "out_of_range"  # an input outside the model's training range, or an output clamped into it
     WITHOUT_POST = "without_post"  # scored before (or without) the post event: no title, age from first sighting
+    MEDIA_REJECTED = "media_rejected"  # the post's picture or frames could not be used: scored without the visual
+    # modality; explanation.media_problem says why (popscore.media.MediaProblem reasons)
 
 
 class Prediction(_Strict):

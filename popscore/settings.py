@@ -203,6 +203,25 @@ class LimitSettings(BaseModel):
                                            "request size")
 
 
+class MediaSettings(BaseModel):
+    """Where the worker may read pictures from, and how much of one it decodes (``popscore/media.py``). A
+    picture outside these bounds costs its post the visual modality (flag ``media_rejected``), never the post."""
+
+    roots: list[str] = Field([], description="allow-listed local directories (JSON list of paths): a file:// "
+                             "reference (image_uris, frames) is read only if it resolves, symlinks followed, under "
+                             "one of them; other references are rejected as disallowed")
+    max_image_bytes: int = Field(524_288, ge=1_024, description="bytes; a larger picture (inline after base64 "
+                                 "decoding, or a referenced file) is rejected as oversized without being decoded")
+    max_image_pixels: int = Field(16_000_000, ge=1, description="pixels (width x height, read from the header "
+                                  "before decoding); a larger picture is rejected as oversized")
+    thumbnail_px: int = Field(224, ge=32, le=1024, description="pixels; longest side of the thumbnail kept in Redis "
+                              "for the heat map of an image post")
+    thumbnail_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="seconds the heat map's thumbnail of a post is "
+                                 "kept in Redis")
+    heatmap_grid: int = Field(6, ge=2, le=16, description="occlusion cells per side of the heat map: grid^2 + 1 "
+                              "pictures are encoded and scored per heat map")
+
+
 class ScoreSettings(BaseModel):
     """Popularity score = weighted sum of counters; the MTAF paper's weights are the default."""
 
@@ -260,6 +279,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     worker: WorkerSettings = WorkerSettings()
     limits: LimitSettings = LimitSettings()
+    media: MediaSettings = MediaSettings()
     score: ScoreSettings = ScoreSettings()
     stack: StackSettings = StackSettings()
 

@@ -95,6 +95,11 @@ class WorkerMetrics:
                                         "repository is served, 0 while it is not servable (the worker log and "
                                         "/readyz say why) and its platform gets the fallback", ["platform"],
                                         registry=r)
+        self.media_posts = Counter("popscore_media_posts", "Posts scored with the visual modality, by what they "
+                                   "carried ('image' or 'video' frames)", ["kind"], registry=r)
+        self.media_rejected = Counter("popscore_media_rejected", "Posts whose picture or frames could not be used "
+                                      "(scored without the visual modality, flag media_rejected), by reason "
+                                      "(popscore.media.REASONS)", ["reason"], registry=r)
         self.content_vectors = Counter("popscore_content_vectors",
                                        "Content vectors computed: at upload ('post') or for a post whose cached "
                                        "vector was missing or of another model version ('recomputed')",

@@ -46,6 +46,8 @@ def prediction_records(post_ids: list[str], model: str, model_version: str, as_o
     words = outputs.get("words")  # the title's wordpieces, where the model read the title
     word_weights = outputs.get("word_attention") if words is not None else None
     word_weights = None if word_weights is None else np.round(word_weights.astype(np.float64), 4).tolist()
+    media_problem = outputs.get("media_problem")  # per row: why the post's picture was not used, or None
+    frame_attention = outputs.get("frame_attention")  # per row: the weights of a video's frames, or None
     as_of_iso = _iso_all(as_of)
     produced = _iso(produced_at)
     log_score = log_score.tolist()
@@ -58,6 +60,10 @@ def prediction_records(post_ids: list[str], model: str, model_version: str, as_o
             explanation["time_attention"] = attention[i]
         if word_weights is not None:
             explanation["word_attention"] = [[w, a] for w, a in zip(words[i], word_weights[i])]
+        if media_problem is not None and media_problem[i] is not None:
+            explanation["media_problem"] = media_problem[i]
+        if frame_attention is not None and frame_attention[i] is not None:
+            explanation["frame_attention"] = frame_attention[i]
         records.append({
             "schema": "prediction.v1", "post_id": post_id, "model": model, "model_version": model_version,
             "as_of": as_of_iso[i], "horizon_s": int(horizon_s), "score": score[i], "log_score": log_score[i],

@@ -24,6 +24,10 @@ built by one function here. Every key is under ``settings.redis.key_prefix`` (``
     (``latest_predictions``), ``predicted_to`` by merge_snapshots.lua on redelivery.
     ``eval:<model>:<version>:<age_h>`` (a predicted log score kept for online accuracy, the first one made at
     that evaluation age): written by record_predictions.lua, read and deleted by ``matured``.
+``thumb:<post_id>``, string, expires ``media.thumbnail_ttl_s`` after the post event
+    A JPEG of the post's picture (of a video's first frame), its longest side ``media.thumbnail_px``: what the
+    heat map is computed on and drawn over. Written by ``SnapshotSequenceStore.put_thumbnails`` (the features
+    stage, for posts whose picture was used), read by ``get_thumbnail`` (the ``/posts/{id}/heatmap.png`` view).
 ``awaiting``, sorted set, no TTL
     post_id -> the wall time from which its snapshots are scored without their post. Added by
     ``SnapshotSequenceStore.await_posts``, leased by claim_awaiting.lua (``claim_overdue``: the score becomes the
@@ -74,6 +78,9 @@ class RedisKeys:
 
     def post(self, post_id: str) -> str:
         return f"{self.prefix}post:{post_id}"
+
+    def thumbnail(self, post_id: str) -> str:
+        return f"{self.prefix}thumb:{post_id}"
 
     def board(self, name: str) -> str:
         return f"{self.prefix}lb:{name}"

@@ -229,6 +229,15 @@ class SnapshotSequenceStore:
             rows = await pipe.execute()
         return [(static, None if title is None else title.decode("utf-8", "replace")) for static, title in rows]
 
+    async def put_thumbnails(self, thumbnails: dict[str, bytes], ttl_s: int) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for post_id, png in thumbnails.items():
+                pipe.set(self.keys.thumbnail(post_id), png, ex=ttl_s)
+            await pipe.execute()
+
+    async def get_thumbnail(self, post_id: str) -> bytes | None:
+        return await self.client.get(self.keys.thumbnail(post_id))
+
     async def put_content(self, post_ids: list[str], content: list[bytes]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             for post_id, blob in zip(post_ids, content):

@@ -17,7 +17,7 @@ import logging
 
 from popscore import features as F
 from popscore.serving.model_repository import list_models
-from popscore.serving.model_sets import ModelSet, discover, repository_problem
+from popscore.serving.model_sets import ModelSet, discover, repository_problem, version_problem
 from popscore.serving.predictor import ModelPredictor
 from popscore.serving.routing import PlatformRouter, Route
 from popscore.settings import Settings
@@ -26,7 +26,22 @@ from popscore.stream.metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 
 TEXT_ENCODER = "popscore_text_encoder"
-SHARED_PLATFORM = "all"  # the platform label of a model every platform uses (the text encoder)
+SHARED_PLATFORM = "all"  # the platform label of a model every platform uses (the encoders)
+IMAGE_ENCODER = "popscore_image_encoder"
+
+
+def image_static_name(platform: str) -> str:
+    """A static model trained on pictures for ``platform``: it scores that platform's posts whose picture was
+    used, beside the platform's set (which scores the others and keeps the temporal halves)."""
+    return f"popscore_{platform}_image_static"
+
+
+def image_static_problem(platform: str, metadata: dict) -> str | None:
+    """Why a version of ``popscore_<platform>_image_static`` must not be served (None: it may)."""
+    problem = version_problem("static", platform, metadata)
+    if problem is None and "visual" not in metadata.get("modalities", ()):
+        problem = "its metadata does not declare the visual modality (modalities)"
+    return problem
 
 
 class ServedModels:
@@ -41,6 +56,10 @@ class ServedModels:
         self.fallback_spec = F.FeatureSpec(horizon_s=float(settings.score.horizon_s))
         self.text_encoder: ModelPredictor | None = None
         self.triton_ready: dict[str, bool] = {}  # model name -> its served version was ready in Triton at the last check
+        self.image_encoder: ModelPredictor | None = None  # None: pictures are not encoded, visual masked
+        # platform -> a set holding only "static": its image_static model, for posts whose picture was used
+        self.image_sets: dict[str, ModelSet] = {}
+        self._image_problems: dict[str, tuple[int, str]] = {}  # model name -> (newest version, why not servable)
 
     def temporal_spec(self, route: Route) -> F.FeatureSpec:
         """The sequence features a route's posts are scored with: its model set's, or the fallback's."""
@@ -58,14 +77,25 @@ class ServedModels:
         else:
             log.warning("text encoder off or not in %s: titles are not embedded, the text modality is masked",
                         settings.stack.model_repo)
+        if any(m.name == IMAGE_ENCODER and m.versions for m in list_models(settings.stack.model_repo)):
+            self.image_encoder = ModelPredictor(IMAGE_ENCODER, settings.serving, settings.triton.grpc_url,
+                                                settings.stack.model_repo, settings.serving.python_backend_mirror,
+                                                timeout_s=settings.serving.text_timeout_s)
+            await self.image_encoder.start()
+        else:
+            log.warning("no %s in %s: pictures are not encoded, the visual modality is masked", IMAGE_ENCODER,
+                        settings.stack.model_repo)
         await self.ensure_loaded_in_triton()
 
     def served(self) -> list[tuple[str, str, ModelPredictor]]:
-        """(kind, platform, predictor) of every model this worker calls Triton for, the text encoder included."""
+        """(kind, platform, predictor) of every model this worker calls Triton for, the encoders included."""
         models = [(kind, platform, predictor) for platform, model_set in self.model_sets.items()
                   for kind, predictor in model_set.predictors.items()]
-        if self.text_encoder is not None:
-            models.append(("text_encoder", SHARED_PLATFORM, self.text_encoder))
+        models += [("image_static", platform, image_set.predictors["static"])
+                   for platform, image_set in self.image_sets.items()]
+        for kind, encoder in (("text_encoder", self.text_encoder), ("image_encoder", self.image_encoder)):
+            if encoder is not None:
+                models.append((kind, SHARED_PLATFORM, encoder))
         return models
 
     async def ensure_loaded_in_triton(self) -> None:
@@ -76,10 +106,11 @@ class ServedModels:
         self.triton_ready = {predictor.name: ok for predictor, ok in zip(predictors, ready)}
 
     async def close(self) -> None:
-        for model_set in self.model_sets.values():
+        for model_set in [*self.model_sets.values(), *self.image_sets.values()]:
             await model_set.close()
-        if self.text_encoder is not None:
-            await self.text_encoder.close()
+        for encoder in (self.text_encoder, self.image_encoder):
+            if encoder is not None:
+                await encoder.close()
 
     def _router(self) -> PlatformRouter[ModelSet]:
         serving = self.settings.serving
@@ -135,16 +166,48 @@ class ServedModels:
             changed = True
         if changed:
             self.router = self._router()
+        await self._sync_image_sets(load_in_triton)
         for platform in self.model_sets:
             self.metrics.model_set_servable.labels(platform).set(1)
         for platform in self.unservable:
             self.metrics.model_set_servable.labels(platform).set(0)
 
+    async def _sync_image_sets(self, load_in_triton: bool) -> None:
+        """Serve the image static model of every served platform that has a servable one and none yet."""
+        newest = {m.name: m.versions[-1] for m in list_models(self.settings.stack.model_repo) if m.versions}
+        for platform in self.model_sets:
+            name = image_static_name(platform)
+            if platform in self.image_sets or name not in newest:
+                continue
+            if self._image_problems.get(name, (None,))[0] == newest[name]:
+                continue  # that version was found not servable: looked at again once a newer one comes
+            check = lambda version, meta, platform=platform: image_static_problem(platform, meta)  # noqa: E731
+            predictor = self._predictor(name, check)
+            try:
+                await predictor.start()
+                problem = check(predictor.version, predictor.metadata)
+                if problem is None and load_in_triton:
+                    await predictor.load_in_triton(predictor.version)
+            except Exception as exc:  # noqa: BLE001  Triton away, say: tried again at the next refresh
+                problem = f"could not start it: {exc!r}"
+            if problem is not None:
+                await predictor.close()
+                log.error("%s is not servable, image posts of %r get the platform's static model: %s", name,
+                          platform, problem)
+                if not problem.startswith("could not start"):
+                    self._image_problems[name] = (newest[name], problem)
+                continue
+            log.info("serving %s v%s for %r posts with a picture", name, predictor.version, platform)
+            self.image_sets[platform] = ModelSet(platform, {"static": predictor})
+
     async def refresh(self) -> None:
         """Newer versions of the served sets (each set's temporal halves switch together), then sets not served
         yet."""
-        if self.text_encoder is not None:
-            await self.text_encoder.refresh()
+        for encoder in (self.text_encoder, self.image_encoder):
+            if encoder is not None:
+                await encoder.refresh()
+        for image_set in self.image_sets.values():
+            await image_set.predictors["static"].refresh()
         for platform, model_set in list(self.model_sets.items()):
             before = {kind: (p.version, p.stats["reload_failures"]) for kind, p in model_set.predictors.items()}
             switched = await model_set.refresh()

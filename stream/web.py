@@ -7,6 +7,7 @@ import faust
 
 from popscore.stream.board.queries import BoardReader, reader_for
 from popscore.stream.board.views import add_board_routes
+from popscore.stream.heatmap import NoHeatmap, post_heatmap
 from popscore.stream.worker import StreamWorker
 
 
@@ -46,3 +47,14 @@ def register_views(app: faust.App, worker: StreamWorker) -> None:
 
     add_board_routes(app.web.web_app, board_reader, settings.worker.leaderboard_size,
                      settings.worker.board_poll_interval_s, settings.worker.board_max_posts)
+
+    @app.page("/posts/{post_id}/heatmap.png")
+    async def heatmap(web, request, post_id):
+        """Occlusion sensitivity of the post's picture through the models serving it (stream/heatmap.py)."""
+        try:
+            png, heat = await post_heatmap(worker, post_id)
+        except NoHeatmap as exc:
+            return web.json({"error": str(exc)}, status=404)
+        if request.query.get("format") == "json":  # the grid itself: row-major, the drop in predicted log score
+            return web.json({"post_id": post_id, "grid": heat.tolist()})
+        return web.bytes(png, content_type="image/png")

@@ -6,7 +6,10 @@ run (the naive per-record pipeline, the naive Redis encoding), and ratios are wh
 
 Phases: warm-up (``live_posts`` posts, one snapshot each) -> snapshot-batch envelopes at full speed ->
 one snapshot per record at full speed -> latency at half the record rate -> the naive pipeline ->
-Redis bytes per post for ``memory_posts`` posts with ``memory_obs`` observations each.
+Redis bytes per post for ``memory_posts`` posts with ``memory_obs`` observations each -> image posts
+(``image_posts`` posts with an inline picture: throughput and post -> static prediction latency through the served
+image encoder and static model, against the naive one-request-per-picture baseline; ``popscore bench --images``
+runs this phase alone).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from popscore.tools.replay import batch_envelope, partition_for
 from popscore.tools.stack.stack import EmbeddedStack
 
 NAIVE_IN, NAIVE_OUT = "bench-naive-snapshots", "bench-naive-predictions"
+NAIVE_IMAGES_IN, NAIVE_IMAGES_OUT = "bench-naive-image-posts", "bench-naive-image-predictions"
 PACING_TICK_S = 0.001
 
 
@@ -45,6 +49,7 @@ class BenchConfig:
     memory_obs: int = 24
     envelope_snapshots: int = 1_000
     scale_out_workers: int = 2  # the sustained phase again with this many workers (1: not run)
+    image_posts: int = 2_000  # posts with an inline picture in the image phase, and as many for its baseline
 
 
 def iso(epoch_s: float) -> str:
@@ -182,6 +187,90 @@ def _envelopes(workload: Workload, rounds: range, partitions: list[int], size: i
     return records
 
 
+def image_post(post_id: str, created: float, picture: bytes) -> bytes:
+    import base64
+
+    return json.dumps({"schema": "post.v1", "post_id": post_id, "platform": BENCH_PLATFORM, "created_at": iso(created),
+                       "text": {"title": f"picture post {post_id}"},
+                       "media": {"image": base64.b64encode(picture).decode()}}).encode()
+
+
+def bench_pictures(n: int = 16) -> list[bytes]:
+    """Distinct JPEGs of 320 x 240 (a few KB to tens of KB): what a post's thumbnail might weigh."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(20)
+    out = []
+    for _ in range(n):
+        blocks = rng.integers(0, 256, (15, 20, 3), dtype=np.uint8)
+        image = Image.fromarray(blocks).resize((320, 240), Image.BILINEAR)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        out.append(buffer.getvalue())
+    return out
+
+
+def image_phase(settings: Settings, endpoints, n: int, log: Callable[[str], None]) -> dict:
+    """Posts with an inline picture at full speed through the worker (throughput; latency from a post's send to its
+    static prediction), then as many through the naive baseline (one Triton request per picture, one per post)."""
+    from popscore.tools.naive_pipeline import run_naive_images
+
+    bootstrap, topics = endpoints.broker_bootstrap, settings.kafka.topics
+    pictures = bench_pictures()
+    created = time.time() - 3600
+    records = [(f"benchimg-{i:06d}".encode(), image_post(f"benchimg-{i:06d}", created, pictures[i % len(pictures)]),
+                None) for i in range(n)]
+    log(f"image posts: {n:,} posts with an inline picture ({np.mean([len(p) for p in pictures]) / 1024:.0f} KB "
+        f"each on average)")
+    sent_at: dict = {}
+    latencies: list[float] = []
+    visual_on = [0]
+
+    def on_message(message, now: float) -> None:
+        if message.key in sent_at:
+            latencies.append(now - sent_at[message.key])
+            visual_on[0] += json.loads(message.value)["explanation"]["modality_weights"]["visual"] > 0
+
+    hits, seconds, _ = asyncio.run(_through(bootstrap, settings, records, b'"post_id":"benchimg-', n,
+                                            timeout_s=max(600.0, n / 5), topic=topics.posts, on_message=on_message,
+                                            sent_at=sent_at))
+    results = {"image_posts": n, "image_posts_per_s": round(n / seconds, 1) if hits == n else 0,
+               "image_seconds": round(seconds, 1), "image_visual_on": visual_on[0],
+               "image_latency_p50_ms": round(1000 * _percentile(latencies, 50)) if latencies else None,
+               "image_latency_p95_ms": round(1000 * _percentile(latencies, 95)) if latencies else None}
+    log(f"  {results['image_posts_per_s']:,} image posts/s ({seconds:.1f} s), visual modality on in "
+        f"{visual_on[0]:,}, post -> static prediction p50 {results['image_latency_p50_ms']} ms, "
+        f"p95 {results['image_latency_p95_ms']} ms")
+    naive = [(f"naiveimg-{i:06d}".encode(), image_post(f"naiveimg-{i:06d}", created, pictures[i % len(pictures)]),
+              None) for i in range(n)]
+    asyncio.run(_produce_all(bootstrap, NAIVE_IMAGES_IN, naive))
+    processed, naive_seconds = asyncio.run(run_naive_images(settings, bootstrap,
+                                                            f"{endpoints.host}:{endpoints.triton_grpc_port}",
+                                                            NAIVE_IMAGES_IN, NAIVE_IMAGES_OUT, n,
+                                                            timeout_s=max(600.0, n / 2)))
+    results["naive_image_posts_per_s"] = round(processed / naive_seconds, 1) if processed == n else 0
+    log(f"  naive, one request per picture: {results['naive_image_posts_per_s']:,} image posts/s "
+        f"({naive_seconds:.1f} s)")
+    return results
+
+
+def run_image_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+    """The image phase alone, on a stack of its own."""
+    from popscore.tools.stack.components import create_topics
+
+    settings.serving.text_encoder = False  # as in the other phases: the phase measures the pictures
+    stack = EmbeddedStack(settings, log=log)
+    state = stack.start(with_worker=True)
+    try:
+        endpoints = state.endpoints_obj()
+        create_topics(endpoints, [NAIVE_IMAGES_IN, NAIVE_IMAGES_OUT], 1)
+        return {"config": asdict(cfg), "text_encoder": False, **image_phase(settings, endpoints, cfg.image_posts, log)}
+    finally:
+        stack.stop()
+
+
 def measure_redis_memory(redis_url: str, key_prefix: str, posts: int, obs: int, log: Callable[[str], None]) -> dict:
     """Bytes per post of the worker's encoding vs a list of JSON strings, on a scratch database."""
     client = redis.Redis.from_url(redis_url, db=15)
@@ -288,7 +377,7 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         pids = {name: int(info["pid"]) for name, info in state.processes.items()}
         bootstrap = endpoints.broker_bootstrap
         topics = settings.kafka.topics
-        create_topics(endpoints, [NAIVE_IN, NAIVE_OUT], 1)
+        create_topics(endpoints, [NAIVE_IN, NAIVE_OUT, NAIVE_IMAGES_IN, NAIVE_IMAGES_OUT], 1)
         workload = Workload(cfg.live_posts)
         partitions = list(range(topics.partitions))
 
@@ -464,6 +553,8 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         results["speedup_batch_vs_naive"] = round(results["batch_snapshots_per_s"] / naive, 1)
         results["speedup_record_vs_naive"] = round(results["record_snapshots_per_s"] / naive, 1)
 
+        if cfg.image_posts:
+            results.update(image_phase(settings, endpoints, cfg.image_posts, log))
         results.update(measure_redis_memory(endpoints.redis_url, settings.redis.key_prefix, cfg.memory_posts,
                                             cfg.memory_obs, log))
         results["redis_memory_ratio"] = round(results["naive_redis_bytes_per_post"] /
@@ -473,7 +564,19 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
     return results
 
 
+def image_rows(results: dict) -> list[tuple[str, str, str]]:
+    if "image_posts_per_s" not in results:
+        return []
+    return [(f"posts with an inline picture ({results['image_posts']:,}), produced -> static prediction published",
+             f"{results['image_posts_per_s']:,} posts/s; latency p50 {results['image_latency_p50_ms']} ms, "
+             f"p95 {results['image_latency_p95_ms']} ms; visual modality on in {results['image_visual_on']:,}",
+             f"naive, one Triton request per picture: {results['naive_image_posts_per_s']:,} posts/s")]
+
+
 def render_table(results: dict, command: str) -> str:
+    if "batch_snapshots_per_s" not in results:  # the image phase alone
+        lines = [f"`{command}`", "", "| measure | popscore | baseline in the same run |", "|---|---|---|"]
+        return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in image_rows(results)])
     rows = [
         ("snapshot-batch input, produced -> prediction published", f"{results['batch_snapshots_per_s']:,} snapshots/s",
          f"naive {results['naive_snapshots_per_s']:,}/s (x{results['speedup_batch_vs_naive']})"),
@@ -500,6 +603,7 @@ def render_table(results: dict, command: str) -> str:
          f"{results.get('latency_to_publish_p50_ms', 'n/a')} ms, p99 {results.get('latency_to_publish_p99_ms', 'n/a')} ms"),
         ("Redis bytes per post", f"{results['redis_bytes_per_post']:,}",
          f"naive JSON list {results['naive_redis_bytes_per_post']:,} (x{results['redis_memory_ratio']})"),
+        *image_rows(results),
     ]
     lines = [f"`{command}`", "", "| measure | popscore | baseline in the same run |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]

@@ -99,3 +99,55 @@ async def run_naive(settings: Settings, bootstrap: str, redis_url: str, grpc_url
         await triton.close()
         await client.aclose()
     return processed, (time.monotonic() - started) if started else 0.0
+
+
+async def run_naive_images(settings: Settings, bootstrap: str, grpc_url: str, in_topic: str, out_topic: str,
+                           expected: int, timeout_s: float, model_platform: str = "hackernews") -> tuple[int, float]:
+    """The image posts' baseline: consume ``expected`` posts one at a time; per post its picture is decoded, sent
+    to the image encoder in a request of its own, then the post to the static model in another, and its
+    prediction produced and awaited. Returns (processed, seconds)."""
+    from tritonclient.grpc import InferRequestedOutput
+
+    from popscore.media import LocalMediaStore, load_pictures
+
+    spec, media = F.DEFAULT_SPEC, settings.media
+    store = LocalMediaStore(media.roots)
+    triton = grpcaio.InferenceServerClient(grpc_url)
+    consumer = AIOKafkaConsumer(in_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                group_id="popscore-naive-images", enable_auto_commit=True,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await producer.start()
+    processed, started = 0, None
+    deadline = time.monotonic() + timeout_s
+    try:
+        while processed < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200, max_records=1)
+            for messages in batch.values():
+                for message in messages:
+                    started = started or time.monotonic()
+                    post = decode_record(message.value, accept=("post.v1",))
+                    loaded = load_pictures(post.media, store, media.max_image_bytes, media.max_image_pixels,
+                                           media.thumbnail_px)
+                    embeddings = []
+                    for picture in loaded.pictures:  # one request per picture
+                        image = InferInput("image", [1, *picture.shape], "FP32")
+                        image.set_data_from_numpy(picture[None].astype(np.float32))
+                        result = await triton.infer("popscore_image_encoder", [image],
+                                                    outputs=[InferRequestedOutput("image_embedding")])
+                        embeddings.append(result.as_numpy("image_embedding"))
+                    created = np.array([post.created_at.timestamp()])
+                    features = F.build_static_inputs(spec, created, [post.platform], [post],
+                                                     visual_embedding=np.mean(embeddings, axis=0))
+                    outputs = await _infer(triton, "static", model_platform, spec, features)
+                    record = prediction_records([post.post_id], "static", "naive", created, int(spec.horizon_s),
+                                                outputs, time.time(), model_name=F.model_name("static", model_platform),
+                                                platforms=[post.platform], trained_for=model_platform)[0]
+                    await producer.send_and_wait(out_topic, key=post.post_id.encode(), value=encode(record))
+                    processed += 1
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await triton.close()
+    return processed, (time.monotonic() - started) if started else 0.0

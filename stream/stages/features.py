@@ -10,6 +10,8 @@ never came, is recomputed from the stored inputs and written back.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +19,8 @@ import numpy as np
 
 from popscore import features as F
 from popscore.contract import Post
+from popscore.media import (UNDECODABLE, LocalMediaStore, MediaProblem, MediaStore, PostPictures, has_pictures,
+                            load_pictures)
 from popscore.serving.model_sets import ModelSet
 from popscore.serving.routing import Route
 from popscore.settings import Settings
@@ -28,6 +32,8 @@ from popscore.stream.served_models import ServedModels
 
 if TYPE_CHECKING:
     from popscore.stream.stages.infer import Infer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,6 +84,8 @@ class Features:
     def __init__(self, settings: Settings, models: ServedModels, infer: Infer, store: SnapshotSequenceStore,
                  metrics: WorkerMetrics) -> None:
         self.weights_for = settings.score.weights_for
+        self.media = settings.media
+        self.media_store: MediaStore = LocalMediaStore(settings.media.roots)
         self.models = models
         self.infer = infer
         self.store = store
@@ -89,7 +97,11 @@ class Features:
         routes = [self.models.router.route(p.platform) for p in posts]
         created = np.array([p.created_at.timestamp() for p in posts])
         scored = [row for row, route in enumerate(routes) if route.model_set is not None]
-        titles = await self.infer.embed_titles([posts[row].text.title for row in scored]) if scored else None
+        if not scored:
+            titles, (visual, media_notes) = None, (None, {})
+        else:
+            titles, (visual, media_notes) = await asyncio.gather(
+                self.infer.embed_titles([posts[row].text.title for row in scored]), self._pictures(posts, scored))
         title_row = {row: i for i, row in enumerate(scored)}  # a scored post's row in ``titles``
         static_features: list[np.ndarray | None] = [None] * len(posts)
         content: list[bytes | None] = [None] * len(posts)
@@ -108,6 +120,8 @@ class Features:
             text = {} if titles is None else {k: v[in_titles] for k, v in titles[0].items()}
             words = None if titles is None else [titles[1][i] for i in in_titles]
             spec, content_spec = model_set.spec("static"), model_set.spec("content")
+            if visual is not None:
+                text["visual_embedding"] = take(visual, rows)
             inputs = F.build_static_inputs(spec, group_created, platforms, group_posts, **text)
             content_inputs = inputs if content_spec == spec else \
                 F.build_static_inputs(content_spec, group_created, platforms, group_posts, **text)
@@ -115,11 +129,93 @@ class Features:
                                      *await self.infer.content_vectors(model_set, content_inputs))
             for i, row in enumerate(members):
                 static_features[row], content[row] = content_inputs["static_features"][i], encoded[i]
-            jobs.append(ScoringJob("static", model_set, [p.post_id for p in group_posts], group_created, inputs,
-                                   spec, group_created, group_routes,
-                                   explanations={"words": words} if words else None))
+            explanations = {"words": words} if words else {}
+            explanations.update({name: take(notes, rows) for name, notes in media_notes.items()})
+            image_set = self.models.image_sets.get(model_set.platform) if visual is not None else None
+            seen = np.flatnonzero(inputs["modality_mask"][:, 2] > 0) if image_set is not None else ()
+            if len(seen) == 0:
+                jobs.append(ScoringJob("static", model_set, [p.post_id for p in group_posts], group_created, inputs,
+                                       spec, group_created, group_routes, explanations=explanations or None))
+                continue
+            # Posts whose picture was used go to the platform's image static model, the others to its static model.
+            unseen = np.flatnonzero(inputs["modality_mask"][:, 2] == 0)
+            for part_set, part in ((image_set, seen), (model_set, unseen)):
+                if len(part) == 0:
+                    continue
+                part = part.tolist()
+                part_spec = part_set.spec("static")
+                part_inputs = {k: v[part] for k, v in inputs.items()} if part_spec == spec else \
+                    F.build_static_inputs(part_spec, group_created[part], take(platforms, part),
+                                          take(group_posts, part), **{k: v[part] for k, v in text.items()})
+                jobs.append(ScoringJob("static", part_set, [group_posts[i].post_id for i in part],
+                                       group_created[part], part_inputs, part_spec, group_created[part],
+                                       take(group_routes, part),
+                                       explanations={k: take(v, part) for k, v in explanations.items()} or None))
         self.metrics.content_vectors.labels("post").inc(len(scored))
         return jobs, static_features, content
+
+    def _load_pictures(self, media: list) -> list[PostPictures | MediaProblem]:
+        limits = self.media
+        out: list[PostPictures | MediaProblem] = []
+        for item in media:
+            try:
+                out.append(load_pictures(item, self.media_store, limits.max_image_bytes, limits.max_image_pixels,
+                                         limits.thumbnail_px))
+            except MediaProblem as problem:
+                out.append(problem)
+            except Exception as exc:  # noqa: BLE001  a decoder's surprise costs the picture, never the post
+                log.warning("a post's picture could not be used: %r", exc)
+                out.append(MediaProblem(UNDECODABLE, f"decoding failed ({type(exc).__name__})"))
+        return out
+
+    async def _pictures(self, posts: list[Post], scored: list[int]) -> tuple[np.ndarray | None, dict[str, list]]:
+        """(visual embeddings [len(posts), VISUAL_DIM], NaN where a post has no usable picture; per-row notes for
+        the explanation: ``media_problem`` and ``frame_attention``). (None, {}) when no scored post carries media,
+        so posts without pictures cost nothing here. Pictures are read and decoded off the event loop, and
+        encoded in batches of the encoder's ``max_batch_size`` posts (a video's frames in its post's batch), one
+        batch encoded while the next is decoded; a video's frame embeddings are pooled by their mean
+        (uniform frame attention: no frame-attention weights have been learnt, there is no video data with
+        popularity to learn them from)."""
+        with_media = [row for row in scored if has_pictures(posts[row].media)]
+        if not with_media or not self.infer.encodes_pictures:
+            return None, {}
+        # Posts are read and decoded a chunk at a time, each chunk's pictures sent to the encoder at once, so
+        # Triton encodes one chunk while the next is decoded.
+        loaded: list[PostPictures | MediaProblem] = []
+        requests = []
+        step = self.infer.picture_batch
+        for lo in range(0, len(with_media), step):
+            part = await asyncio.to_thread(self._load_pictures, [posts[row].media for row in with_media[lo:lo + step]])
+            loaded += part
+            pictures = [picture for item in part if isinstance(item, PostPictures) for picture in item.pictures]
+            if pictures:
+                requests.append(asyncio.ensure_future(self.infer.embed_pictures(pictures)))
+        embedded = np.concatenate(await asyncio.gather(*requests)) if requests else None
+        visual = np.full((len(posts), F.VISUAL_DIM), np.nan, np.float32)
+        problems: list[str | None] = [None] * len(posts)
+        frame_attention: list[list[float] | None] = [None] * len(posts)
+        thumbnails: dict[str, bytes] = {}
+        offset = 0
+        for row, item in zip(with_media, loaded):
+            if isinstance(item, MediaProblem):
+                problems[row] = item.reason
+                self.metrics.media_rejected.labels(item.reason).inc()
+                continue
+            n = len(item.pictures)
+            visual[row] = embedded[offset:offset + n].mean(axis=0)
+            offset += n
+            if item.is_video:
+                frame_attention[row] = [round(1.0 / n, 4)] * n
+            thumbnails[posts[row].post_id] = item.thumbnail
+            self.metrics.media_posts.labels("video" if item.is_video else "image").inc()
+        if thumbnails:
+            await self.store.put_thumbnails(thumbnails, self.media.thumbnail_ttl_s)
+        notes: dict[str, list] = {}
+        if any(p is not None for p in problems):
+            notes["media_problem"] = problems
+        if any(a is not None for a in frame_attention):
+            notes["frame_attention"] = frame_attention
+        return visual, notes
 
     async def temporal_jobs(self, updates: list[SequenceUpdate]) -> list[ScoringJob]:
         """The temporal jobs of these updates."""

@@ -44,6 +44,22 @@ class Infer:
                 np.concatenate([r.outputs["modality_weights"] for r in results]))
 
     @property
+    def encodes_pictures(self) -> bool:
+        return self.models.image_encoder is not None
+
+    @property
+    def picture_batch(self) -> int:
+        """Pictures per encoder request: the served encoder's ``max_batch_size``."""
+        return self.models.image_encoder.max_batch_size
+
+    async def embed_pictures(self, pictures: list[np.ndarray]) -> np.ndarray:
+        """[N, 1280] embeddings of preprocessed pictures ([3, 224, 224] each) from the served image encoder: one
+        batch for all the pictures and frames of a micro-batch's posts."""
+        encoder = self.models.image_encoder
+        results = await encoder.infer({"image": np.stack(pictures).astype(np.float32, copy=False)})
+        return np.concatenate([r.outputs["image_embedding"] for r in results])
+
+    @property
     def embeds_titles(self) -> bool:
         return self.models.text_encoder is not None
 

@@ -34,6 +34,7 @@ RISING_INDEX = F.DYNAMIC_FEATURE_NAMES.index("dlog_score_last_h")
 NON_FINITE = "non_finite"  # fallback reason: the model set's output was NaN or infinite
 FALLBACK, OUT_OF_RANGE, WITHOUT_POST = (PredictionFlag.FALLBACK.value, PredictionFlag.OUT_OF_RANGE.value,
                                         PredictionFlag.WITHOUT_POST.value)
+MEDIA_REJECTED = PredictionFlag.MEDIA_REJECTED.value
 
 
 class Publish:
@@ -146,7 +147,16 @@ class Publish:
                             (WITHOUT_POST, int(without_post.sum()))):
             if count:
                 self.metrics.flagged_predictions.labels(job.kind, label, flag).inc(count)
-        return [combos[pair] for pair in zip(out_of_range.tolist(), without_post.tolist())]
+        flags = [combos[pair] for pair in zip(out_of_range.tolist(), without_post.tolist())]
+        problems = (job.explanations or {}).get("media_problem")
+        if problems is not None:
+            row_ids = range(len(job.post_ids))[rows] if isinstance(rows, slice) else rows.tolist()
+            rejected = [i for i, row in enumerate(row_ids) if problems[row] is not None]
+            for i in rejected:
+                flags[i] = (*flags[i], MEDIA_REJECTED)
+            if rejected:
+                self.metrics.flagged_predictions.labels(job.kind, label, MEDIA_REJECTED).inc(len(rejected))
+        return flags
 
     def _fallback_records(self, job: ScoringJob, rows: list[int], reasons: list[str] | None, now: float
                           ) -> list[dict]:

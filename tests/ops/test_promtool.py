@@ -158,6 +158,8 @@ def populated_exposition() -> bytes:
     m.model_set_servable.labels("youtube").set(0)
     m.predicted_log_score.labels("temporal", "hackernews").observe(3.2)
     m.content_vectors.labels("post").inc(10)
+    m.media_posts.labels("image").inc(4)
+    m.media_rejected.labels("undecodable").inc()
     m.model_info.labels("temporal", "hackernews", "1").set(1)
     m.triton_up.labels("temporal", "hackernews").set(1)
     m.model_reloads.labels("temporal", "hackernews", "loaded").inc()
