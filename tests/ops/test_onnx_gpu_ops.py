@@ -40,6 +40,8 @@ CUDA_KERNELS: dict[str, tuple[int, int | None, set[int]]] = {
     "Equal": (13, None, COMPARE | {T.BOOL}), "Greater": (13, None, COMPARE), "GreaterOrEqual": (16, None, COMPARE),
     "Erf": (13, None, FLOATS), "Sigmoid": (13, None, FLOATS), "Tanh": (13, None, FLOATS), "Sqrt": (13, None, FLOATS),
     "Softplus": (1, None, FLOATS - {T.BFLOAT16}), "Softmax": (13, None, FLOATS),
+    "Conv": (11, None, {T.FLOAT, T.FLOAT16, T.DOUBLE}), "Pad": (13, 17, {T.BOOL, T.FLOAT, T.FLOAT16, T.DOUBLE}),
+    "ReduceMean": (13, 17, {T.FLOAT, T.FLOAT16, T.DOUBLE, T.INT32}),
     "Gemm": (13, None, FLOATS), "MatMul": (13, None, FLOATS), "LayerNormalization": (17, None, FLOATS),
     "Max": (13, None, COMPARE | {T.BFLOAT16}), "Min": (13, None, COMPARE | {T.BFLOAT16}),
     "ReduceL2": (1, 17, {T.FLOAT, T.FLOAT16, T.DOUBLE, T.INT32}),

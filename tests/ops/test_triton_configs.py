@@ -132,12 +132,15 @@ def test_tensorrt_profiles_cover_the_batch_range_with_the_onnx_shapes(model):
 def test_the_shipped_config_is_what_the_trainer_writes(model):
     """A new export must be configured like the shipped repository: same writer, same text."""
     pytest.importorskip("torch")  # the trainer's exporters import it
-    from popscore.trainer import text_export
+    from popscore.trainer import image_encoder, text_export
     from popscore.trainer.export import config_pbtxt
 
     config = model.config
     if model.name == text_export.MODEL_NAME:
         written = text_export.config_pbtxt(config.input[0].dims[0], config.max_batch_size)
+    elif model.name == image_encoder.MODEL_NAME:
+        written = image_encoder.config_pbtxt(model.name, config.input[0].name, list(config.input[0].dims),
+                                             config.output[0].name, config.output[0].dims[0], config.max_batch_size)
     else:
         kind, _ = parse_model_name(model.name)
         meta = json.loads((model.path / str(model.versions[-1]) / "metadata.json").read_text())
