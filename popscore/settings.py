@@ -62,9 +62,12 @@ class ServingSettings(BaseModel):
     text_encoder: bool = Field(True, description="embed titles with model_repo's popscore_text_encoder when present")
     text_timeout_s: float = Field(60.0, gt=0, description="seconds; deadline of one text-encoder request (a "
                                   "transformer, far slower than the other models on a CPU)")
-    retries: int = Field(1, ge=0, description="retries of a Triton request after a quick error (UNAVAILABLE, "
-                         "connection refused); a missed deadline is not retried")
-    backoff_s: float = Field(0.05, ge=0, description="seconds; first retry delay, doubled at each retry")
+    retries: int = Field(1, ge=0, description="retries of a Triton request after a transient error (UNAVAILABLE: "
+                         "unreachable, connection refused; RESOURCE_EXHAUSTED: its queue full); a bad request "
+                         "(INVALID_ARGUMENT, NOT_FOUND, ...) and a missed deadline are not retried")
+    backoff_s: float = Field(0.05, ge=0, description="seconds; the wait before retry n (from 1) is random "
+                             "between 0 and backoff_s * 2**(n-1) (full jitter), at most max_backoff_s")
+    max_backoff_s: float = Field(1.0, ge=0, description="seconds; longest wait before a retry of a Triton request")
     breaker_failures: int = Field(3, ge=1, description="failed requests in a row (after their retries) that "
                                   "open the circuit; one missed deadline opens it at once")
     breaker_reset_s: float = Field(5.0, gt=0, description="seconds the circuit stays open before a trial call")
