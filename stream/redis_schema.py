@@ -31,10 +31,18 @@ built by one function here. Every key is under ``settings.redis.key_prefix`` (``
 ``maturity``, sorted set, no TTL
     post_id -> created_at + horizon, the moment its kept predictions can be compared with what it reached.
     Added by record_predictions.lua, read and removed by ``SnapshotSequenceStore.matured``.
-``lb:top``, ``lb:top:platform:<platform>``, ``lb:top:category:<category>``, ``lb:rising``, sorted sets, no TTL
+``lb:top``, ``lb:top:platform:<platform>``, ``lb:top:category:<category>``, ``lb:rising``, sorted sets, expire
+    ``worker.leaderboard_ttl_s`` after their last write
     post_id -> predicted score (``top``) or realised log-score growth per hour over the last hour (``rising``),
     trimmed to ``worker.leaderboard_size``. Written by record_predictions.lua from temporal predictions, read by
-    ``Leaderboards.top`` (the ``/leaderboard`` view).
+    ``Leaderboards.top`` (the ``/leaderboard`` view). Bounded in number: ``<platform>`` is a platform the
+    deployment knows (``Route.label``), one of at most ``worker.max_platform_boards`` others in ``lb:platforms``,
+    or ``other`` for the rest; ``<category>`` one of ``worker.leaderboard_categories`` or, without that list, one
+    of at most ``worker.max_category_boards`` in ``lb:categories`` (the rest have no category board).
+``lb:categories``, ``lb:platforms``, sorted sets, expire ``worker.leaderboard_ttl_s`` after their last write
+    category / unknown platform -> when its board was last written (epoch s): the boards that exist. Written by
+    record_predictions.lua, which drops the entries whose board has expired and admits a new one only while
+    there are fewer than the bound.
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ class RedisKeys:
 
 
 TOP_BOARD, RISING_BOARD = "top", "rising"
+CATEGORY_REGISTRY = "categories"  # lb:categories, the category boards that exist
 
 
 def platform_board(platform: str) -> str:
@@ -302,10 +311,27 @@ class RecordedPrediction:
     matures_at: float
     kept_for_evaluation: tuple[tuple[str, float], ...] = ()  # (eval_field, predicted log score)
     as_of: int = 0  # observation time (epoch s) the prediction is as of
+    known_platform: bool = False  # a platform the deployment knows (``Route.label``): its board is not counted
+
+
+@dataclass(frozen=True)
+class BoardLimits:
+    """What bounds the leaderboards: how long a board outlives its last write, and which categories get one."""
+
+    ttl_s: int = 7 * 24 * 3600
+    max_categories: int = 100  # category boards at once, first come (when ``categories`` is empty)
+    max_platforms: int = 100  # boards of platforms the deployment does not know, first come
+    categories: frozenset[str] = frozenset()  # the allow-list; empty: any category, up to ``max_categories``
 
 
 def record_predictions_call(keys: RedisKeys, ttl_s: int, board_size: int, kind: str,
-                            predictions: Sequence[RecordedPrediction]) -> tuple[list[str], list]:
-    rows = [[p.post_id, p.score, p.rising, p.platform, p.category or "", p.latest_view, p.matures_at,
-             [[name, repr(value)] for name, value in p.kept_for_evaluation], p.as_of] for p in predictions]
-    return [], [keys.prefix, ttl_s, board_size, kind, orjson.dumps(rows)]
+                            predictions: Sequence[RecordedPrediction], limits: BoardLimits, now: float
+                            ) -> tuple[list[str], list]:
+    allowed = limits.categories
+    rows = [[p.post_id, p.score, p.rising, p.platform,
+             p.category if p.category and (not allowed or p.category in allowed) else "", p.latest_view,
+             p.matures_at, [[name, repr(value)] for name, value in p.kept_for_evaluation], p.as_of,
+             int(p.known_platform)] for p in predictions]
+    max_categories = len(allowed) if allowed else limits.max_categories
+    return [], [keys.prefix, ttl_s, board_size, kind, orjson.dumps(rows), limits.ttl_s, max_categories,
+                limits.max_platforms, int(now)]
