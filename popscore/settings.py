@@ -51,7 +51,7 @@ class RedisSettings(BaseModel):
                                 "memory_headroom + memory_base_bytes (docs/deployment.md, 'Redis memory')")
     observations_per_post: int = Field(336, ge=1, description="observations a post's sequence reaches within "
                                        "score.horizon_s, for the budget (336: one every 30 min for 7 days)")
-    post_extra_bytes: int = Field(2_048, ge=0, description="bytes per post besides its sequence, for the budget: "
+    post_extra_bytes: int = Field(2_560, ge=0, description="bytes per post besides its sequence, for the budget: "
                                   "the post hash (metadata, content vector, latest predictions, kept evaluation "
                                   "fields) and its entry in the maturity set")
     memory_headroom: float = Field(1.25, ge=1, description="factor over the estimated data for allocator "

@@ -77,7 +77,8 @@ class ModelPredictor:
         self.repository = repository
         self.python_backend_mirror = python_backend_mirror
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
-        self.retry_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the wait before a retry (tests record it)
+        # The wait before a retry; tests replace it to record the waits.
+        self.retry_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.client: grpcaio.InferenceServerClient | None = None
         self.model: RepositoryModel | None = None
         self.version: int | None = None

@@ -4,10 +4,10 @@ prediction per post, and the predictions kept for online accuracy.
 Leaderboards are sorted sets: top-K by predicted score (overall, per platform, per category) and
 "rising fastest" (realised score growth over the last hour, in log units per hour). Each board is
 trimmed to ``size`` members after every batch so it stays small however many posts are live; a post
-leaving the top returns when it rises again. The boards are bounded in number too (``BoardLimits``: platform
-boards only for known platforms, category boards for an allow-list or the first few) and expire when no
-prediction has entered them for a while, since producers choose the platform and category strings. One script call per batch instead of five commands per
-prediction is what keeps Redis off the worker's profile.
+leaving the top returns when it rises again. The boards are bounded in number too (``BoardLimits``: boards of
+known platforms, of a few others, of an allow-list or a few categories) and expire when no prediction has
+entered them for a while, since producers choose the platform and category strings. One script call per batch
+instead of five commands per prediction is what keeps Redis off the worker's profile.
 """
 
 from __future__ import annotations

@@ -36,10 +36,12 @@ built by one function here. Every key is under ``settings.redis.key_prefix`` (``
     post_id -> predicted score (``top``) or realised log-score growth per hour over the last hour (``rising``),
     trimmed to ``worker.leaderboard_size``. Written by record_predictions.lua from temporal predictions, read by
     ``Leaderboards.top`` (the ``/leaderboard`` view). Bounded in number: ``<platform>`` is a platform the
-    deployment knows (``Route.label``), one of at most ``worker.max_platform_boards`` others in ``lb:platforms``,
-    or ``other`` for the rest; ``<category>`` one of ``worker.leaderboard_categories`` or, without that list, one
-    of at most ``worker.max_category_boards`` in ``lb:categories`` (the rest have no category board).
-``lb:categories``, ``lb:platforms``, sorted sets, expire ``worker.leaderboard_ttl_s`` after their last write
+    deployment knows (``Route.label``), one of at most ``worker.max_platform_boards`` others in
+    ``boards:platforms``, or ``other`` for the rest; ``<category>`` one of ``worker.leaderboard_categories`` or,
+    without that list, one of at most ``worker.max_category_boards`` in ``boards:categories`` (the rest have no
+    category board).
+``boards:categories``, ``boards:platforms``, sorted sets, expire ``worker.leaderboard_ttl_s`` after their last
+    write
     category / unknown platform -> when its board was last written (epoch s): the boards that exist. Written by
     record_predictions.lua, which drops the entries whose board has expired and admits a new one only while
     there are fewer than the bound.
@@ -82,9 +84,13 @@ class RedisKeys:
     def board(self, name: str) -> str:
         return f"{self.prefix}lb:{name}"
 
+    def board_names(self, family: str) -> str:
+        """The registry of the category or unknown-platform boards that exist (record_predictions.lua)."""
+        return f"{self.prefix}boards:{family}"
+
 
 TOP_BOARD, RISING_BOARD = "top", "rising"
-CATEGORY_REGISTRY = "categories"  # lb:categories, the category boards that exist
+CATEGORY_BOARDS, PLATFORM_BOARDS = "categories", "platforms"  # boards:<family>: which of those boards exist
 
 
 def platform_board(platform: str) -> str:

@@ -18,17 +18,17 @@
 --            latest view (JSON text), maturity time, [[kept eval field, value], ...], as_of, known (1: the
 --            platform is one the deployment knows, its board is not counted)] (one argument,
 --            not eight or more per prediction: redis-py's packing costs per argument)
---   ARGV[6]  the boards' TTL, seconds: every board written (and lb:categories, lb:platforms) expires this long
---            after
---   ARGV[7]  category boards at most: a category not in lb:categories enters it only while it has fewer members
---            (the caller has already blanked the categories outside its allow-list)
---   ARGV[8]  boards of unknown platforms at most (rows whose "known" flag is 0), likewise with lb:platforms; a
---            prediction of an unknown platform beyond them enters lb:top:platform:other
+--   ARGV[6]  the boards' TTL, seconds: every board written (and boards:categories, boards:platforms) expires
+--            this long after
+--   ARGV[7]  category boards at most: a category not in boards:categories enters it only while it has fewer
+--            members (the caller has already blanked the categories outside its allow-list)
+--   ARGV[8]  boards of unknown platforms at most (rows whose "known" flag is 0), likewise with boards:platforms;
+--            a prediction of an unknown platform beyond them enters lb:top:platform:other
 --   ARGV[9]  now, epoch seconds: the registries' scores; entries older than ARGV[6] are dropped (their board
 --            expired)
 -- Writes: boards lb:top, lb:top:platform:<platform>, lb:top:category:<category> (score) and lb:rising (rising),
--- each given the TTL ARGV[6]; lb:categories (category -> now) and lb:platforms (unknown platform -> now) for each
--- such board written;
+-- each given the TTL ARGV[6]; boards:categories (category -> now) and boards:platforms (unknown platform -> now)
+-- for each such board written;
 -- post hash fields prediction:<kind> (the latest view), predicted_to (as_of, temporal only) and each kept eval
 -- field once (HSETNX: the first prediction at that age); ZADD NX of each post at its maturity time.
 -- Returns 0.
@@ -87,7 +87,7 @@ if kind == 'temporal' then
   -- Which categories and unknown platforms have a board: those in their registry whose board has not expired,
   -- then newcomers while there is room. Producers choose these strings, so their number is bounded here.
   local function registry(name, limit)
-    local key = prefix .. 'lb:' .. name
+    local key = prefix .. 'boards:' .. name
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - board_ttl)
     local self = {key = key, admitted = {}, count = redis.call('ZCARD', key), touched = false}
     function self.has_board(value)
