@@ -22,7 +22,7 @@ from popscore.stream.leaderboard import Leaderboards
 from popscore.stream.redis_schema import CATEGORY_BOARDS, PLATFORM_BOARDS, BoardLimits, RecordedPrediction, \
     RedisKeys, prediction_field
 from tests.integration.kafka_io import produce
-from tests.integration.outcomes import iso, send_snapshots
+from tests.integration.outcomes import iso, metric, send_snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -103,6 +103,12 @@ def test_a_thousand_platforms_and_categories_make_few_boards_and_every_key_is_bo
     memory = client.config_get("maxmemory")
     assert int(memory["maxmemory"]) == settings.redis.memory_budget_bytes() > 0
     assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    # The worker exports Redis's memory figures for PopscoreRedisMemoryHigh (its gauges timer).
+    deadline = time.monotonic() + 4 * settings.worker.gauge_interval_s
+    while metric(private_stack, "popscore_redis_maxmemory_bytes") == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert metric(private_stack, "popscore_redis_maxmemory_bytes") == settings.redis.memory_budget_bytes()
+    assert 0 < metric(private_stack, "popscore_redis_used_memory_bytes") < settings.redis.memory_budget_bytes()
     # The budget's per-post figure for what is not the sequence covers a real post hash (a model-scored one
     # holds its content vector and both predictions).
     hash_bytes = max(client.memory_usage(keys.post(post_id), samples=0) for post_id in post_ids[::50])
