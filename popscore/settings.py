@@ -11,11 +11,15 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 COUNTER_NAMES: tuple[str, ...] = ("views", "likes", "comments", "shares", "favorites")
 """The counters kept in a post's sequence, in storage order. Other counters are validated, not stored."""
+RECORD_BYTES = 4 + 8 * len(COUNTER_NAMES)
+"""A stored observation: observed_at (uint32), one float64 per counter (stream/redis_schema.py's RECORD)."""
+SEQUENCE_KEY_BYTES = 352
+"""Redis's own cost of one sequence key beyond its value (docs/benchmarks.md's bytes per post, less the value)."""
 PLATFORM_NAME = re.compile(r"[a-z][a-z0-9]{0,31}")
 """The platform of a model set (``popscore_<platform>_<kind>``): lower-case letters and digits."""
 
@@ -43,6 +47,33 @@ class RedisSettings(BaseModel):
     key_prefix: str = Field("ps:", description="prefix of every Redis key popscore writes")
     socket_timeout_s: float = Field(5.0, gt=0, description="seconds; a Redis reply slower than this fails the batch "
                                     "(which is retried), so a paused or partitioned Redis cannot hang the worker")
+    capacity_posts: int = Field(100_000, ge=1, description="live posts (sequence not yet expired) Redis's memory "
+                                "budget is sized for: maxmemory = capacity_posts x bytes per post x "
+                                "memory_headroom + memory_base_bytes (docs/deployment.md, 'Redis memory')")
+    observations_per_post: int = Field(336, ge=1, description="observations a post's sequence reaches within "
+                                       "score.horizon_s, for the budget (336: one every 30 min for 7 days)")
+    post_extra_bytes: int = Field(2_560, ge=0, description="bytes per post besides its sequence, for the budget: "
+                                  "the post hash (metadata, content vector, latest predictions, kept evaluation "
+                                  "fields) and its entry in the maturity set")
+    memory_headroom: float = Field(1.25, ge=1, description="factor over the estimated data for allocator "
+                                   "fragmentation and the append-only file's rewrite buffer")
+    memory_base_bytes: int = Field(64 * 1024 ** 2, ge=0, description="bytes Redis needs with no post: its own "
+                                   "use, the leaderboards, client buffers")
+    maxmemory_bytes: int | None = Field(None, ge=1024 ** 2, description="Redis's maxmemory, overriding the budget "
+                                        "derived from capacity_posts (the embedded stack sets it; compose's redis "
+                                        "command line must match it)")
+
+    def sequence_bytes(self) -> int:
+        """A full sequence key: the per-key cost (key name, TTL entry, allocation) measured with 24 observations
+        (docs/benchmarks.md: 1,409 B = 352 B + 1 + 24 x 44 B), then 44 B a record."""
+        return SEQUENCE_KEY_BYTES + 1 + RECORD_BYTES * self.observations_per_post
+
+    def memory_budget_bytes(self) -> int:
+        """The ``maxmemory`` Redis runs with: what ``capacity_posts`` live posts need, unless set outright."""
+        if self.maxmemory_bytes is not None:
+            return self.maxmemory_bytes
+        per_post = self.sequence_bytes() + self.post_extra_bytes
+        return int(self.capacity_posts * per_post * self.memory_headroom) + self.memory_base_bytes
 
 
 class TritonSettings(BaseModel):
@@ -63,9 +94,12 @@ class ServingSettings(BaseModel):
     text_encoder: bool = Field(True, description="embed titles with model_repo's popscore_text_encoder when present")
     text_timeout_s: float = Field(60.0, gt=0, description="seconds; deadline of one text-encoder request (a "
                                   "transformer, far slower than the other models on a CPU)")
-    retries: int = Field(1, ge=0, description="retries of a Triton request after a quick error (UNAVAILABLE, "
-                         "connection refused); a missed deadline is not retried")
-    backoff_s: float = Field(0.05, ge=0, description="seconds; first retry delay, doubled at each retry")
+    retries: int = Field(1, ge=0, description="retries of a Triton request after a transient error (UNAVAILABLE: "
+                         "unreachable, connection refused; RESOURCE_EXHAUSTED: its queue full); a bad request "
+                         "(INVALID_ARGUMENT, NOT_FOUND, ...) and a missed deadline are not retried")
+    backoff_s: float = Field(0.05, ge=0, description="seconds; the wait before retry n (from 1) is random "
+                             "between 0 and backoff_s * 2**(n-1) (full jitter), at most max_backoff_s")
+    max_backoff_s: float = Field(1.0, ge=0, description="seconds; longest wait before a retry of a Triton request")
     breaker_failures: int = Field(3, ge=1, description="failed requests in a row (after their retries) that "
                                   "open the circuit; one missed deadline opens it at once")
     breaker_reset_s: float = Field(5.0, gt=0, description="seconds the circuit stays open before a trial call")
@@ -135,6 +169,18 @@ class WorkerSettings(BaseModel):
                                          "subscribers within about this, from whichever worker they are connected to")
     board_max_posts: int = Field(500, ge=1, le=10_000, description="post ids one batch lookup (POST /predictions) "
                                  "or one prediction feed may name (1-10,000)")
+    leaderboard_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="seconds a leaderboard lives after its last "
+                                   "write (refreshed by every write): a board of a platform or category that "
+                                   "stopped posting goes")
+    leaderboard_categories: list[str] = Field([], description="categories with a leaderboard of their own (JSON "
+                                              "list); empty: the first max_category_boards categories seen, each "
+                                              "until its board expires")
+    max_category_boards: int = Field(100, ge=0, le=10_000, description="category leaderboards at most (0-10,000); "
+                                     "a prediction of a category beyond them enters only the overall and platform "
+                                     "boards")
+    max_platform_boards: int = Field(100, ge=0, le=10_000, description="leaderboards of platforms the deployment "
+                                     "does not know (no model set, alias or score weights) at most (0-10,000); "
+                                     "predictions of further ones enter the board of platform 'other'")
     max_batch_snapshots: int = Field(4096, ge=1, description="snapshots merged and scored per step "
                                      "(a window is split into steps of about this size, a post's snapshots "
                                      "in one step)")
@@ -186,6 +232,13 @@ class WorkerSettings(BaseModel):
     session_timeout_s: float = Field(10.0, gt=0, description="seconds; a worker silent this long is dropped from "
                                      "the consumer group")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="seconds between consumer-group heartbeats")
+
+    @model_validator(mode="after")
+    def _allow_list_within_the_bound(self) -> "WorkerSettings":
+        if len(self.leaderboard_categories) > self.max_category_boards:
+            raise ValueError(f"leaderboard_categories names {len(self.leaderboard_categories)} categories, more "
+                             f"than max_category_boards ({self.max_category_boards})")
+        return self
 
 
 class LimitSettings(BaseModel):

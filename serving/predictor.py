@@ -1,10 +1,13 @@
 """One served model: Triton first, ONNX Runtime on the same file when Triton cannot answer.
 
 Triton calls carry a deadline and go through a circuit breaker so that a dead Triton costs one fast
-local inference instead of a timeout per batch. Quick errors (UNAVAILABLE, connection refused) are
-retried with exponential backoff; a missed deadline is not, and opens the circuit at once: a server that
-let the whole deadline pass (frozen, overloaded) will do it again, and every retry, or every further
-failure needed to open the circuit, would cost another deadline per batch. Every result names the model
+local inference instead of a timeout per batch. Only errors a second try can cure are retried
+(``RETRYABLE_STATUSES``: Triton unreachable or shedding load), with jittered exponential waits so that the
+worker's concurrent chunks do not come back in step. A bad request (invalid argument, model not found, ...)
+would fail the same way again: it goes to the local runtime at once. A missed deadline is not retried
+either, and opens the circuit at once: a server that let the whole deadline pass (frozen, overloaded) will do
+it again, and every retry, or every further failure needed to open the circuit, would cost another deadline
+per batch. Every result names the model
 version that produced it and whether Triton or the local runtime served it. ``refresh`` picks up a
 version promoted into the model repository through Triton's explicit model-control API: check its metadata,
 load, check readiness, then switch; if any of it fails the old version keeps serving. A model set whose halves
@@ -18,10 +21,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import grpc
 import numpy as np
+import tenacity
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc import model_config_pb2
@@ -39,6 +43,9 @@ TRITON_DTYPES = {model_config_pb2.TYPE_FP32: "FP32", model_config_pb2.TYPE_INT64
 # The gRPC deadline ends a call to a frozen server; this guard on top of it ends a call whose client never
 # gives up (a connection that hangs before the deadline is armed, a client that ignores it).
 DEADLINE_GUARD_S = 0.25
+RETRYABLE_STATUSES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+"""Triton unreachable (refused, reset, restarting) or out of capacity (its queue full): transient. Every other
+status is the same again on a retry, and a missed deadline has its own handling (``deadline_exceeded``)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,10 @@ class Inference:
 
 class ModelUnavailable(RuntimeError):
     pass
+
+
+class CircuitOpened(RuntimeError):
+    """Raised in place of a retry: the circuit opened while the retry waited."""
 
 
 class ModelPredictor:
@@ -66,6 +77,8 @@ class ModelPredictor:
         self.repository = repository
         self.python_backend_mirror = python_backend_mirror
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
+        # The wait before a retry; tests replace it to record the waits.
+        self.retry_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.client: grpcaio.InferenceServerClient | None = None
         self.model: RepositoryModel | None = None
         self.version: int | None = None
@@ -125,28 +138,44 @@ class ModelPredictor:
 
     async def _triton_with_retries(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """Triton's answer, or None once it has failed (recorded in the breaker)."""
-        for attempt in range(self.settings.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.settings.backoff_s * 2 ** (attempt - 1))
-                if self.breaker.state is BreakerState.OPEN:  # another call found Triton down meanwhile
-                    break
-            try:
-                outputs = await self._triton(inputs)
-            except Exception as exc:  # any transport or server error: retry, then fall back
-                self.stats["triton_errors"] += 1
-                if deadline_exceeded(exc):
-                    self.stats["triton_timeouts"] += 1
-                    self.breaker.trip()
-                    log.warning("triton %s missed its %.2fs deadline: circuit open, serving locally for %.0fs",
-                                self.name, self.timeout_s, self.breaker.reset_after_s)
-                    return None
-                log.warning("triton %s attempt %d failed: %s", self.name, attempt + 1, exc)
-                continue
-            self.breaker.record_success()
-            self.stats["triton"] += 1
-            return outputs
-        self.breaker.record_failure()
-        return None
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(retryable),
+            stop=tenacity.stop_after_attempt(self.settings.retries + 1),
+            wait=tenacity.wait_random_exponential(multiplier=self.settings.backoff_s,
+                                                  max=self.settings.max_backoff_s),
+            before_sleep=self._log_retry, sleep=self.retry_sleep, reraise=True)
+        try:
+            outputs = await retrying(self._triton_attempt, inputs)
+        except CircuitOpened:
+            return None
+        except Exception as exc:  # any transport or server error: fall back
+            if deadline_exceeded(exc):
+                self.stats["triton_timeouts"] += 1
+                self.breaker.trip()
+                log.warning("triton %s missed its %.2fs deadline: circuit open, serving locally for %.0fs",
+                            self.name, self.timeout_s, self.breaker.reset_after_s)
+            else:
+                self.breaker.record_failure()
+                log.warning("triton %s failed (%s): %s", self.name,
+                            "retries exhausted" if retryable(exc) else "not retried", exc)
+            return None
+        self.breaker.record_success()
+        self.stats["triton"] += 1
+        return outputs
+
+    def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
+        log.warning("triton %s attempt %d failed, retrying in %.3fs: %s", self.name, retry_state.attempt_number,
+                    retry_state.upcoming_sleep, retry_state.outcome.exception())
+
+    async def _triton_attempt(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One try; a retry is not sent once another call has opened the circuit during the wait before it."""
+        if self.breaker.state is BreakerState.OPEN:
+            raise CircuitOpened(self.name)
+        try:
+            return await self._triton(inputs)
+        except Exception:
+            self.stats["triton_errors"] += 1
+            raise
 
     async def _triton(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = []
@@ -253,12 +282,23 @@ class PreparedVersion:
     metadata: dict
 
 
+def grpc_status(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status code of a failed Triton call, if it has one."""
+    if isinstance(exc, InferenceServerException):  # tritonclient's wrapping of a grpc.RpcError: "StatusCode.X"
+        name = str(exc.status()).rsplit(".", 1)[-1]
+        return grpc.StatusCode.__members__.get(name)
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return exc.code()
+    return None
+
+
+def retryable(exc: BaseException) -> bool:
+    """Is the error transient (``RETRYABLE_STATUSES``), so that the same request may succeed on a retry?"""
+    return grpc_status(exc) in RETRYABLE_STATUSES
+
+
 def deadline_exceeded(exc: BaseException) -> bool:
     """Did the call end because its deadline passed (rather than a quick error worth retrying)?"""
     if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError
         return True
-    if isinstance(exc, InferenceServerException):  # tritonclient's wrapping of a grpc.RpcError
-        return str(exc.status()).rsplit(".", 1)[-1] == grpc.StatusCode.DEADLINE_EXCEEDED.name
-    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        return exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    return False
+    return grpc_status(exc) == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -119,6 +119,10 @@ class WorkerMetrics:
         self.consumer_lag = Gauge("popscore_consumer_lag_records", "High watermark minus position, by partition",
                                   ["topic", "partition"], registry=r)
         self.tracked_posts = Gauge("popscore_tracked_posts", "Posts with a live sequence in Redis", registry=r)
+        self.redis_used_memory = Gauge("popscore_redis_used_memory_bytes", "Redis INFO memory used_memory",
+                                       registry=r)
+        self.redis_maxmemory = Gauge("popscore_redis_maxmemory_bytes", "Redis INFO memory maxmemory (0: unbounded); "
+                                     "past it every write fails (noeviction)", registry=r)
         self.in_flight = Gauge("popscore_in_flight_batches", "Snapshot micro-batches being processed", registry=r)
         self.online_mae = Gauge("popscore_online_mae", "Live MAE of log1p predictions whose horizon has passed",
                                 ["model", "platform", "model_version", "age_h"], registry=r)

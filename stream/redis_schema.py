@@ -35,13 +35,24 @@ built by one function here. Every key is under ``settings.redis.key_prefix`` (``
 ``maturity``, sorted set, no TTL
     post_id -> created_at + horizon, the moment its kept predictions can be compared with what it reached.
     Added by record_predictions.lua, read and removed by ``SnapshotSequenceStore.matured``.
-``lb:top``, ``lb:top:platform:<platform>``, ``lb:top:category:<category>``, ``lb:rising``, sorted sets, no TTL
+``lb:top``, ``lb:top:platform:<platform>``, ``lb:top:category:<category>``, ``lb:rising``, sorted sets, expire
+    ``worker.leaderboard_ttl_s`` after their last write
     post_id -> predicted score (``top``) or realised log-score growth per hour over the last hour (``rising``),
     trimmed to ``worker.leaderboard_size``. Written by record_predictions.lua from temporal predictions, read by
-    ``Leaderboards.top`` and ``board.queries.BoardReader`` (the board views and feeds).
-``boards``, set, no TTL
-    the names of the boards above a prediction has written (``top:platform:reddit``...), so they can be listed
-    without scanning the keyspace. Added to by record_predictions.lua, read by ``BoardReader`` (``/boards``).
+    ``Leaderboards.top`` and ``board.queries.BoardReader`` (the board views and feeds). Bounded in number: ``<platform>`` is a platform the
+    deployment knows (``Route.label``), one of at most ``worker.max_platform_boards`` others in
+    ``boards:platforms``, or ``other`` for the rest; ``<category>`` one of ``worker.leaderboard_categories`` or,
+    without that list, one of at most ``worker.max_category_boards`` in ``boards:categories`` (the rest have no
+    category board).
+``boards:categories``, ``boards:platforms``, sorted sets, expire ``worker.leaderboard_ttl_s`` after their last
+    write
+    category / unknown platform -> when its board was last written (epoch s): the boards that exist. Written by
+    record_predictions.lua, which drops the entries whose board has expired and admits a new one only while
+    there are fewer than the bound.
+``boards``, sorted set, expires ``worker.leaderboard_ttl_s`` after its last write
+    board name (``top:platform:reddit``...) -> when a prediction last wrote it (epoch s), so the boards can be
+    listed without scanning the keyspace; entries older than the TTL are dropped at every write (their board
+    expired). Written by record_predictions.lua, read by ``BoardReader`` (``/boards``).
 """
 
 from __future__ import annotations
@@ -85,8 +96,13 @@ class RedisKeys:
     def board(self, name: str) -> str:
         return f"{self.prefix}lb:{name}"
 
+    def board_names(self, family: str) -> str:
+        """The registry of the category or unknown-platform boards that exist (record_predictions.lua)."""
+        return f"{self.prefix}boards:{family}"
+
 
 TOP_BOARD, RISING_BOARD = "top", "rising"
+CATEGORY_BOARDS, PLATFORM_BOARDS = "categories", "platforms"  # boards:<family>: which of those boards exist
 
 
 def platform_board(platform: str) -> str:
@@ -313,10 +329,27 @@ class RecordedPrediction:
     matures_at: float
     kept_for_evaluation: tuple[tuple[str, float], ...] = ()  # (eval_field, predicted log score)
     as_of: int = 0  # observation time (epoch s) the prediction is as of
+    known_platform: bool = False  # a platform the deployment knows (``Route.label``): its board is not counted
+
+
+@dataclass(frozen=True)
+class BoardLimits:
+    """What bounds the leaderboards: how long a board outlives its last write, and which categories get one."""
+
+    ttl_s: int = 7 * 24 * 3600
+    max_categories: int = 100  # category boards at once, first come (when ``categories`` is empty)
+    max_platforms: int = 100  # boards of platforms the deployment does not know, first come
+    categories: frozenset[str] = frozenset()  # the allow-list; empty: any category, up to ``max_categories``
 
 
 def record_predictions_call(keys: RedisKeys, ttl_s: int, board_size: int, kind: str,
-                            predictions: Sequence[RecordedPrediction]) -> tuple[list[str], list]:
-    rows = [[p.post_id, p.score, p.rising, p.platform, p.category or "", p.latest_view, p.matures_at,
-             [[name, repr(value)] for name, value in p.kept_for_evaluation], p.as_of] for p in predictions]
-    return [], [keys.prefix, ttl_s, board_size, kind, orjson.dumps(rows)]
+                            predictions: Sequence[RecordedPrediction], limits: BoardLimits, now: float
+                            ) -> tuple[list[str], list]:
+    allowed = limits.categories
+    rows = [[p.post_id, p.score, p.rising, p.platform,
+             p.category if p.category and (not allowed or p.category in allowed) else "", p.latest_view,
+             p.matures_at, [[name, repr(value)] for name, value in p.kept_for_evaluation], p.as_of,
+             int(p.known_platform)] for p in predictions]
+    max_categories = len(allowed) if allowed else limits.max_categories
+    return [], [keys.prefix, ttl_s, board_size, kind, orjson.dumps(rows), limits.ttl_s, max_categories,
+                limits.max_platforms, int(now)]

@@ -30,7 +30,8 @@ def register_views(app: faust.App, worker: StreamWorker) -> None:
             return None
         if not current or current[0].client is not worker.redis:
             current[:] = [reader_for(worker.redis, settings.redis.key_prefix, settings.worker.leaderboard_size,
-                                     settings.score.horizon_s, settings.score.weights_for)]
+                                     settings.score.horizon_s, settings.score.weights_for,
+                                     settings.worker.leaderboard_ttl_s)]
         return current[0]
 
     @app.page("/healthz")

@@ -26,7 +26,7 @@ from popscore.stream.leaderboard import Leaderboards
 from popscore.stream.metrics import WorkerMetrics
 from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, model_labels
 from popscore.stream.pipeline import SnapshotPipeline, StepStages
-from popscore.stream.redis_schema import parse_eval_field
+from popscore.stream.redis_schema import BoardLimits, parse_eval_field
 from popscore.stream.sequence_store import SequenceUpdate, SnapshotSequenceStore
 from popscore.stream.served_models import ServedModels
 from popscore.stream.stages.decode import Decode
@@ -84,7 +84,9 @@ class StreamWorker:
         self.store = SnapshotSequenceStore(self.redis, settings.redis.key_prefix, settings.score.horizon_s,
                                            worker.cached_posts, worker.post_ttl_refresh_s)
         self.boards = Leaderboards(self.redis, settings.redis.key_prefix, worker.leaderboard_size,
-                                   settings.score.horizon_s)
+                                   settings.score.horizon_s,
+                                   BoardLimits(worker.leaderboard_ttl_s, worker.max_category_boards,
+                                               worker.max_platform_boards, frozenset(worker.leaderboard_categories)))
         await self.models.start()
         self.merge = Merge(self.store, self.metrics, self.failpoints, worker.post_grace_s)
         self.infer = Infer(self.models)
@@ -215,3 +217,6 @@ class StreamWorker:
                 lag = max(0, consumer.highwater(tp) - position)
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
         self.metrics.tracked_posts.set(await self.store.estimate_tracked_posts())
+        memory = await self.redis.info("memory")
+        self.metrics.redis_used_memory.set(memory["used_memory"])
+        self.metrics.redis_maxmemory.set(memory["maxmemory"])

@@ -90,15 +90,19 @@ class BoardReader:
     board_size: int
     horizon_s: int
     weights_for: Callable[[str], dict[str, float]]
+    board_ttl_s: float
 
     async def board_names(self) -> list[str]:
-        """``top`` and ``rising``, then every board a prediction has written (``RedisKeys.boards``), sorted."""
-        written = {member.decode() for member in await self.client.smembers(self.keys.boards)}
+        """``top`` and ``rising``, then every board a prediction has written (``RedisKeys.boards``) that has not
+        expired, sorted."""
+        written = {member.decode() for member in
+                   await self.client.zrangebyscore(self.keys.boards, time.time() - self.board_ttl_s, "+inf")}
         return [TOP_BOARD, RISING_BOARD] + sorted(written - {TOP_BOARD, RISING_BOARD})
 
     async def check_board(self, name: str | None) -> str:
         name = TOP_BOARD if name is None else name
-        if name in (TOP_BOARD, RISING_BOARD) or await self.client.sismember(self.keys.boards, name):
+        written = await self.client.zscore(self.keys.boards, name)
+        if name in (TOP_BOARD, RISING_BOARD) or (written is not None and written >= time.time() - self.board_ttl_s):
             return name
         raise BadQuery(f"unknown board {name!r}: GET /boards lists the boards")
 
@@ -180,5 +184,5 @@ class BoardReader:
 
 
 def reader_for(client: redis.Redis, key_prefix: str, board_size: int, horizon_s: int,
-               weights_for: Callable[[str], dict[str, float]]) -> BoardReader:
-    return BoardReader(client, RedisKeys(key_prefix), board_size, horizon_s, weights_for)
+               weights_for: Callable[[str], dict[str, float]], board_ttl_s: float) -> BoardReader:
+    return BoardReader(client, RedisKeys(key_prefix), board_size, horizon_s, weights_for, board_ttl_s)

@@ -15,10 +15,21 @@
 --   ARGV[4]  the model kind, 'static' or 'temporal'; only temporal predictions enter the boards and set
 --            predicted_to
 --   ARGV[5]  the predictions, one JSON array of rows [post_id, score, rising, platform, category ('' for none),
---            latest view (JSON text), maturity time, [[kept eval field, value], ...], as_of] (one argument,
+--            latest view (JSON text), maturity time, [[kept eval field, value], ...], as_of, known (1: the
+--            platform is one the deployment knows, its board is not counted)] (one argument,
 --            not eight or more per prediction: redis-py's packing costs per argument)
+--   ARGV[6]  the boards' TTL, seconds: every board written (and boards:categories, boards:platforms) expires
+--            this long after
+--   ARGV[7]  category boards at most: a category not in boards:categories enters it only while it has fewer
+--            members (the caller has already blanked the categories outside its allow-list)
+--   ARGV[8]  boards of unknown platforms at most (rows whose "known" flag is 0), likewise with boards:platforms;
+--            a prediction of an unknown platform beyond them enters lb:top:platform:other
+--   ARGV[9]  now, epoch seconds: the registries' scores; entries older than ARGV[6] are dropped (their board
+--            expired)
 -- Writes: boards lb:top, lb:top:platform:<platform>, lb:top:category:<category> (score) and lb:rising (rising),
--- and each board's name to the set <prefix>boards;
+-- each given the TTL ARGV[6]; boards:categories (category -> now) and boards:platforms (unknown platform -> now)
+-- for each such board written; <prefix>boards (board name -> now, every board written, entries older than
+-- ARGV[6] dropped, same TTL: the boards that exist, listed by GET /boards);
 -- post hash fields prediction:<kind> (the latest view), predicted_to (as_of, temporal only) and each kept eval
 -- field once (HSETNX: the first prediction at that age); ZADD NX of each post at its maturity time.
 -- Returns 0.
@@ -31,6 +42,8 @@
 -- predictions.
 local prefix, ttl, size, kind = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local rows = cjson.decode(ARGV[5])
+local board_ttl, max_categories, max_platforms, now = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]),
+  tonumber(ARGV[9])
 
 local function write_board(board, posts, scores)
   local key = prefix .. 'lb:' .. board
@@ -72,17 +85,52 @@ if kind == 'temporal' then
     entry.posts[#entry.posts + 1] = post
     entry.scores[#entry.scores + 1] = score
   end
+  -- Which categories and unknown platforms have a board: those in their registry whose board has not expired,
+  -- then newcomers while there is room. Producers choose these strings, so their number is bounded here.
+  local function registry(name, limit)
+    local key = prefix .. 'boards:' .. name
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - board_ttl)
+    local self = {key = key, admitted = {}, count = redis.call('ZCARD', key), touched = false}
+    function self.has_board(value)
+      local known = self.admitted[value]
+      if known == nil then
+        known = redis.call('ZSCORE', key, value) ~= false
+        if not known and self.count < limit then
+          known, self.count = true, self.count + 1
+        end
+        self.admitted[value] = known
+        if known then
+          redis.call('ZADD', key, now, value)
+          self.touched = true
+        end
+      end
+      return known
+    end
+    return self
+  end
+  local categories, platforms = registry('categories', max_categories), registry('platforms', max_platforms)
   for _, row in ipairs(rows) do
-    local post, score, rising, platform, category = row[1], row[2], row[3], row[4], row[5]
+    local post, score, rising, platform, category, known = row[1], row[2], row[3], row[4], row[5], row[10]
     enter('top', post, score)
-    enter('top:platform:' .. platform, post, score)
-    if category ~= '' then enter('top:category:' .. category, post, score) end
+    if known == 1 or platforms.has_board(platform) then
+      enter('top:platform:' .. platform, post, score)
+    else
+      enter('top:platform:other', post, score)
+    end
+    if category ~= '' and categories.has_board(category) then enter('top:category:' .. category, post, score) end
     enter('rising', post, rising)
   end
   for _, board in ipairs(order) do
     write_board(board, boards[board].posts, boards[board].scores)
+    redis.call('EXPIRE', prefix .. 'lb:' .. board, board_ttl)
   end
-  redis.call('SADD', prefix .. 'boards', unpack(order))
+  for _, names in ipairs({categories, platforms}) do
+    if names.touched then redis.call('EXPIRE', names.key, board_ttl) end
+  end
+  local written = prefix .. 'boards'
+  redis.call('ZREMRANGEBYSCORE', written, '-inf', now - board_ttl)
+  for _, board in ipairs(order) do redis.call('ZADD', written, now, board) end
+  redis.call('EXPIRE', written, board_ttl)
 end
 
 local due = {}

@@ -17,7 +17,7 @@ import numpy as np
 from popscore import features as F
 from popscore.contract import PredictionFlag
 from popscore.serving.output_bounds import bound_outputs
-from popscore.serving.routing import Route
+from popscore.serving.routing import OTHER_LABEL, Route
 from popscore.settings import Settings
 from popscore.stream.failpoints import Failpoints
 from popscore.stream.fallback import FALLBACK_PLATFORM_LABEL, LOG1P_AGE_H, PERSISTENCE_MODEL, PERSISTENCE_VERSION, \
@@ -80,7 +80,7 @@ class Publish:
             recorded.append(RecordedPrediction(
                 r["post_id"], r["score"], 0.0 if rising is None else float(rising[i]), job.routes[i].platform,
                 categories[i] if categories else None, encode(latest_view(r)).decode(),
-                float(created[i]) + spec.horizon_s, kept, int(as_of[i])))
+                float(created[i]) + spec.horizon_s, kept, int(as_of[i]), job.routes[i].label != OTHER_LABEL))
         self.metrics.records_out.labels(self.topic).inc(len(records))
         self.failpoints.hit("before_publish")
         deliveries = await self.send_many(self.topic, [(r["post_id"].encode(), encode(r)) for r in records])

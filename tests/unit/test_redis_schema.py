@@ -89,7 +89,8 @@ CALLS = {  # script -> (number of items) -> the KEYS and ARGV its Python caller 
     schema.CLAIM_AWAITING: lambda n: schema.claim_awaiting_call(RedisKeys("ps:"), 100.0, 130.0, 50),
     schema.RECORD_PREDICTIONS: lambda n: schema.record_predictions_call(
         RedisKeys("ps:"), 3600, 100, "temporal",
-        [RecordedPrediction(p, 1.0, 0.0, "reddit", None, "{}", 0.0) for p in posts(n)]),
+        [RecordedPrediction(p, 1.0, 0.0, "reddit", None, "{}", 0.0) for p in posts(n)], schema.BoardLimits(),
+        1_700_000_000.0),
 }
 
 

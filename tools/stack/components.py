@@ -142,7 +142,7 @@ def redis_server_binary() -> str:
     return str(bundled)
 
 
-def redis_argv(endpoints: Endpoints, data_dir: Path) -> list[str]:
+def redis_argv(endpoints: Endpoints, data_dir: Path, maxmemory_bytes: int) -> list[str]:
     """Redis with its append-only file in ``data_dir``: the sequences are state that Kafka will not replay
     (the offsets are committed), so a restarted Redis must come back with them; started again with the same
     ``data_dir`` it reloads the file.
@@ -154,11 +154,16 @@ def redis_argv(endpoints: Endpoints, data_dir: Path) -> list[str]:
     forked child that serialises the whole data set) once it has grown past 1 GB and doubled, not Redis' 64 MB:
     a stream at full speed writes ~16 MB/s of AOF, and on a machine that runs the whole stack a rewrite every
     few seconds takes the cores the stack needs.
+
+    ``maxmemory`` (``RedisSettings.memory_budget_bytes``) with ``noeviction``: past the budget writes fail (the
+    worker retries the batch and, after its outage budget, exits without committing) instead of Redis
+    evicting sequences silently or growing until the machine swaps.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     return [redis_server_binary(), "--port", str(endpoints.redis_port), "--bind", endpoints.host,
             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
             "--auto-aof-rewrite-min-size", "1gb", "--dir", str(data_dir),
+            "--maxmemory", str(maxmemory_bytes), "--maxmemory-policy", "noeviction",
             "--protected-mode", "no"]
 
 

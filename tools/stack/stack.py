@@ -146,7 +146,8 @@ class EmbeddedStack:
         if name == "broker":
             self._spawn(name, c.broker_argv(endpoints), log_name=log_name)
         elif name == "redis":
-            self._spawn(name, c.redis_argv(endpoints, self.run_dir / "redis"), log_name=log_name)
+            self._spawn(name, c.redis_argv(endpoints, self.run_dir / "redis",
+                                           self.settings.redis.memory_budget_bytes()), log_name=log_name)
         elif name == "triton":
             backends = c.prepare_triton_backends(self.run_dir)
             self._spawn(name, c.triton_argv(endpoints, self.run_dir / "triton_repository", backends,
