@@ -28,8 +28,8 @@
 --            expired)
 -- Writes: boards lb:top, lb:top:platform:<platform>, lb:top:category:<category> (score) and lb:rising (rising),
 -- each given the TTL ARGV[6]; boards:categories (category -> now) and boards:platforms (unknown platform -> now)
--- for each such board written; <prefix>boards (board name -> now, every board written, entries older than
--- ARGV[6] dropped, same TTL: the boards that exist, listed by GET /boards);
+-- for each such board written; <prefix>boards (board name -> now for every board written, the entries older
+-- than the boards' TTL dropped, the same TTL: the boards that exist, listed by GET /boards);
 -- post hash fields prediction:<kind> (the latest view), predicted_to (as_of, temporal only) and each kept eval
 -- field once (HSETNX: the first prediction at that age); ZADD NX of each post at its maturity time.
 -- Returns 0.
