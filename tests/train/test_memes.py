@@ -100,7 +100,7 @@ def recipe(memes_root, tmp_path_factory):
     except Exception as exc:  # the EfficientNet-Lite0 weights package is not installed
         pytest.skip(f"no image encoder weights: {exc}")
     tmp = tmp_path_factory.mktemp("memes")
-    cfg = memes.MemesConfig(data_dir=memes_root.parent, limit=300, epochs=4, folds=1, pair_epochs=3, heatmaps=1,
+    cfg = memes.MemesConfig(data_dir=memes_root.parent, limit=300, epochs=4, folds=1, pair_steps=20, heatmaps=1,
                             occlusion_stride=56, threads=1, model_repo=tmp / "repo", report_dir=tmp / "reports",
                             heatmap_dir=tmp / "maps")
     return cfg, memes.run(cfg)
@@ -141,8 +141,13 @@ def test_recipe_exports_the_image_static_model(recipe):
     assert "margins" in meta["interval_calibration"]
     assert meta["inputs"] == [t.name for t in features.STATIC_INPUTS]
 
-    # the served graph reads the picture: the same post with two different images scores differently
+    # the models were fed the pictures: the examples' inputs carry each post's embedding, the visual modality on
     table = memes.load_table(memes.MemesConfig(data_dir=cfg.data_dir, limit=300))
+    idx = np.arange(10, 20)
+    fed = memes.examples(table, idx, text=False, visual=True).inputs_at(None, temporal=False)
+    assert np.array_equal(fed["visual_embedding"], table.images[idx])
+    assert fed["modality_mask"][:, 2].tolist() == [1.0] * 10 and fed["modality_mask"][:, 1].max() == 0.0
+    # the served graph reads the picture: the same post with two different images scores differently
     i = np.arange(2)
     inputs = {"static_features": table.static[[0, 0]],
               **features.embedding_inputs(2, table.titles.tokens[[0, 0]].astype(np.float32),
