@@ -221,6 +221,7 @@ def lightgbm(cfg: MemesConfig, x_fit, y_fit, x_val, y_val):
 
 MTAF_VARIANTS = {
     # name: (title, image, overrides of the training config)
+    "mtaf_content": (False, False, {}),  # upload-time features alone: what the title and the picture add to them
     "mtaf_title": (True, False, {}),
     "mtaf_image": (False, True, {}),
     "mtaf_image_title": (True, True, {}),
