@@ -15,8 +15,13 @@ from pathlib import Path
 from popscore.tools.datacli import DATASET_NAMES, fail, positive_int
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="hackernews", choices=DATASET_NAMES, help="data set (popscore.datasets)")
+MEMES = "reddit-memes"  # images + titles + final upvotes: the static image models (popscore.trainer.memes)
+
+
+def _add_common(p: argparse.ArgumentParser, extra_datasets: tuple[str, ...] = ()) -> None:
+    p.add_argument("--dataset", default="hackernews", choices=DATASET_NAMES + extra_datasets,
+                   help="data set (popscore.datasets)" + (f"; {MEMES}: the memes recipe, static image+title models, "
+                                                          "exported as popscore_reddit_image_static" if extra_datasets else ""))
     p.add_argument("--data-dir", type=Path, default=None,
                    help="folder of the real data sets (default ../shared/data, or $POPSCORE_SHARED_DATA)")
     p.add_argument("--limit", type=int, default=None, help="only the first N posts by first appearance")
@@ -28,7 +33,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def add_train_commands(subparsers) -> None:
     """Register ``train``, ``evaluate`` and ``export-{text,image,audio}-encoder`` on an argparse subparsers object."""
     p = subparsers.add_parser("train", help="train a platform's model set (baselines + MTAF static/temporal) on rolling-origin folds, evaluate, export to model_repo")
-    _add_common(p)
+    _add_common(p, extra_datasets=(MEMES,))
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs of each MTAF model (default: 6 epochs, at least 1,500 optimiser steps on "
                         "small data sets); an explicit value is honoured exactly")
@@ -146,6 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or shared_data_dir()
     if not Path(data_dir).is_dir():
         return fail("train", f"data directory {data_dir} does not exist (pass --data-dir)")
+    if args.dataset == MEMES:
+        return train_memes(args)
     from popscore.trainer.report import write_report
     from popscore.trainer.train import TrainConfig, run
 
@@ -162,6 +169,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = write_report(results, Path(args.report_dir) / args.dataset, command=command, wall_s=time.time() - t0)
     print(f"report: {path}")
     return 0
+
+
+def train_memes(args: argparse.Namespace) -> int:
+    """The memes recipe. It takes --limit, --seed, --epochs, --threads, --folds, --embargo-h (default 7 days),
+    --report-dir, --model-repo, --no-export, --force, --data-dir; its batch size and test windows are its own
+    (MemesConfig: the reference split is the last 20 %, the folds share the last 45 %)."""
+    from popscore.trainer.memes import MemesConfig, run
+
+    cfg = MemesConfig(
+        data_dir=args.data_dir, limit=args.limit, seed=args.seed, epochs=args.epochs, threads=args.threads,
+        folds=args.folds, report_dir=args.report_dir, model_repo=None if args.no_export else _model_repo(args),
+        force=args.force, progress=not args.no_progress,
+        **({"embargo_days": args.embargo_h / 24.0} if args.embargo_h is not None else {}),
+    )  # fmt: skip
+    results = run(cfg)
+    print(f"report: {Path(args.report_dir) / MEMES / 'report.md'}")
+    return 0 if results["splits"] else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -155,6 +155,7 @@ class Examples:
     log_now: np.ndarray  # [E] log1p(score at as_of) (for baselines)
     created_at: np.ndarray  # [E]
     titles: TitleEncodings | None = None  # None: text absent
+    visual: np.ndarray | None = None  # [P, VISUAL_DIM] per-post image embeddings (indexed by post_index); None: no picture
 
     def __len__(self) -> int:
         return len(self.target)
@@ -162,7 +163,7 @@ class Examples:
     def subset(self, mask: np.ndarray) -> "Examples":
         return Examples(
             {k: v[mask] for k, v in self.inputs.items()}, self.target[mask], self.age_h[mask],
-            self.post_index[mask], self.log_now[mask], self.created_at[mask], self.titles,
+            self.post_index[mask], self.log_now[mask], self.created_at[mask], self.titles, self.visual,
         )  # fmt: skip
 
     def inputs_at(self, rows: np.ndarray | slice | None = None, temporal: bool = True,
@@ -177,8 +178,9 @@ class Examples:
         out["text_embedding"] = (self.titles.pooled[post] if self.titles is not None
                                  else np.zeros((b, features.TEXT_DIM), np.float32))
         if tokens:
-            titles = (self.titles.tokens[post], self.titles.mask[post]) if self.titles is not None else ()
-            out.update(features.embedding_inputs(b, *titles))
+            titles = (self.titles.tokens[post], self.titles.mask[post]) if self.titles is not None else (None, None)
+            visual = self.visual[post] if self.visual is not None else None
+            out.update(features.embedding_inputs(b, *titles, visual_embedding=visual))
         if not temporal:
             for k in ("sequence", "sequence_mask", "dynamic_features"):
                 out.pop(k, None)

@@ -134,6 +134,8 @@ def discover_model_sets(repo: Path) -> dict[str, ModelSet]:
     for (folder, version), graph in graphs.items():
         if graph.kind not in ("static", "temporal"):
             continue  # content graphs come with their head; encoders and foreign models are not scored
+        if graph.meta.get("variant"):
+            continue  # e.g. popscore_reddit_image_static: the worker routes only image posts to it, not a model set's
         if folder not in latest or (version or 0) > (latest[folder].version or 0):
             latest[folder] = graph
     sets: dict[str, ModelSet] = {}

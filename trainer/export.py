@@ -233,11 +233,18 @@ def export_and_promote(
     max_batch_size: int = 1024,
     train_config: dict | None = None,
     extra_metadata: dict | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` (``kind`` static or temporal) as a candidate, check parity, and promote it into
     ``repo`` if the gate passes. ``ex`` are the validation-window examples: the gate compares the
     candidate's MAE on them with the serving version's on the same inputs."""
-    name = features.model_name(kind, platform)
+    if name is not None and kind != "static":
+        raise ValueError("only a static model (one graph) can be exported under its own name")
+    name = name or features.model_name(kind, platform)
+
+    def graph_name(graph_kind: str) -> str:  # a named static model is one graph: the name is the graph's
+        return name if graph_kind == kind else features.model_name(graph_kind, platform)
+
     stamp = time.strftime("%Y%m%dT%H%M%S")
     cand_dir = CANDIDATES / name / stamp
     graphs = onnx_graphs(model)
@@ -245,7 +252,7 @@ def export_and_promote(
     example = dict(inputs)
     paths = []
     for graph in graphs:
-        path = cand_dir / features.model_name(graph.kind, platform) / "model.onnx"
+        path = cand_dir / graph_name(graph.kind) / "model.onnx"
         export_onnx(graph, path, example, gru_steps=spec.n_bins)
         example.update(onnx_predict(path, {k: v[:2] for k, v in example.items()}))  # the next graph's inputs
         paths.append(path)
@@ -278,7 +285,7 @@ def export_and_promote(
         promote = True
     gate["promoted"] = promote
     # One number for every graph of the model, so the head and its content encoder always pair by version.
-    version = 1 + max([0, *(v for g in graphs for v in versions(Path(repo) / features.model_name(g.kind, platform)))])
+    version = 1 + max([0, *(v for g in graphs for v in versions(Path(repo) / graph_name(g.kind)))])
     base_meta = {
         "dataset": dataset,
         "platform": platform,
@@ -297,7 +304,7 @@ def export_and_promote(
     }
     metas = []
     for graph, path in zip(graphs, paths):
-        meta = {"model": features.model_name(graph.kind, platform), "kind": graph.kind, **base_meta,
+        meta = {"model": graph_name(graph.kind), "kind": graph.kind, **base_meta,
                 "inputs": graph.input_names, "outputs": graph.output_names}
         if graph.kind == "temporal" and len(graphs) > 1:
             meta["content_model"] = {"name": features.model_name("content", platform), "version": version}
@@ -306,7 +313,7 @@ def export_and_promote(
     info = {"candidate": str(cand_dir), "parity_max_abs_diff": diff, **gate}
     if promote:
         for graph, path, meta in zip(graphs, paths, metas):  # the head last: its version appears when complete
-            model_dir = Path(repo) / features.model_name(graph.kind, platform)
+            model_dir = Path(repo) / graph_name(graph.kind)
             model_dir.mkdir(parents=True, exist_ok=True)
             (model_dir / "config.pbtxt").write_text(
                 config_pbtxt(model_dir.name, graph.kind, spec, max_batch_size, model.cfg.d_model))

@@ -1,0 +1,160 @@
+"""The memes recipe: the adapter's leakage-free author history, the pair and split metrics, occlusion maps on a
+scorer whose output depends on one corner, and the recipe end to end on the earliest 300 real posts with the
+export of popscore_reddit_image_static checked (skipped cleanly without ../shared/data or the encoders)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("pandas")
+
+from popscore import features  # noqa: E402
+from popscore.datasets import memes as memes_data  # noqa: E402
+from popscore.trainer import memes  # noqa: E402
+
+
+def test_author_history_counts_only_strictly_earlier_posts():
+    authors = np.array(["a", "b", "a", "a", "[deleted]", "[deleted]", "a"])
+    created = np.array([10.0, 11.0, 12.0, 12.0, 13.0, 14.0, 9.0])
+    # a at 9 -> 0; a at 10 -> 1 (9); the two a's at 12 -> 2 each (9, 10; not each other); deleted -> 0
+    assert memes_data.author_prior_posts(authors, created).tolist() == [1, 0, 2, 2, 0, 0, 0]
+
+
+def test_two_x_pairs_include_the_boundary():
+    ups = np.array([150.0, 300.0, 301.0, 599.0])
+    pairs = {tuple(p) for p in memes.two_x_pairs(np.log1p(ups)).tolist()}
+    assert pairs == {(1, 0), (2, 0), (3, 0)}
+    perfect = np.log1p(ups)
+    reversed_ = -perfect
+    p = memes.two_x_pairs(perfect)
+    assert memes.pair_accuracy(perfect, p) == 1.0
+    assert memes.pair_accuracy(reversed_, p) == 0.0
+    assert memes.pair_accuracy(np.zeros(4), p) == 0.5  # ties count half
+
+
+def test_median_split_accuracy_at_each_median():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    pred = np.array([5.0, 6.0, 7.0, 8.0])  # right order, shifted far above both medians
+    m = memes.test_metrics(y, pred, train_median=4.5, pairs=memes.two_x_pairs(y))
+    assert m["acc_train_median"] == 0.0  # everything called popular, nothing is above the training median
+    assert m["acc_test_median"] == 0.5
+    assert m["acc_test_median_rank"] == 1.0  # the ranking is perfect
+
+
+def test_occlusion_map_highlights_the_corner_the_score_reads():
+    """A scorer that only reads the top-left 56 px: occluding it changes the prediction, elsewhere nothing."""
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.5, 1.0, (3, 224, 224)).astype(np.float32)
+
+    def score(batch):
+        return batch[:, :, :56, :56].mean(axis=(1, 2, 3))
+
+    sens, base = memes.occlusion_map(image, score, patch=48, stride=16)
+    assert base == pytest.approx(float(image[:, :56, :56].mean()), rel=1e-5)
+    corner, rest = sens[:56, :56].mean(), sens[112:, 112:]
+    assert corner > 0.05
+    assert np.abs(rest).max() == 0.0
+    assert np.unravel_index(np.argmax(sens), sens.shape)[0] < 56
+
+
+# ------------------------------------------------------------------------------------------------ real data
+
+
+@pytest.fixture(scope="module")
+def memes_root(shared_data):
+    root = shared_data / memes_data.FOLDER
+    if not (root / memes_data.FILE).is_file():
+        pytest.skip(f"{root} is absent")
+    return root
+
+
+@pytest.mark.data
+def test_adapter_reads_every_post_in_order(memes_root):
+    data = memes_data.load_folder(memes_root)
+    assert len(data) == 2025 and data.problems == {}
+    assert np.all(np.diff(data.frame["created_at"].to_numpy()) >= 0)
+    f = data.frame
+    for i in np.random.default_rng(0).choice(len(f), 50, replace=False):
+        earlier = ((f["author"] == f["author"][i]) & (f["created_at"] < f["created_at"][i])).sum()
+        expected = 0 if f["author"][i] in memes_data.DELETED_AUTHORS else earlier
+        assert f["author_prior_posts"][i] == expected
+        post = data.posts[i]
+        assert post.platform == "reddit" and post.media.image_uris[0].startswith("file://")
+        assert "ups" not in post.model_dump_json()
+
+
+@pytest.fixture(scope="module")
+def recipe(memes_root, tmp_path_factory):
+    from popscore.trainer.encoders import text_encoder_available
+    from popscore.trainer.image_encoder import weights_path
+
+    if not text_encoder_available():
+        pytest.skip("no served text encoder in model_repo/")
+    try:
+        weights_path()
+    except Exception as exc:  # the EfficientNet-Lite0 weights package is not installed
+        pytest.skip(f"no image encoder weights: {exc}")
+    tmp = tmp_path_factory.mktemp("memes")
+    cfg = memes.MemesConfig(data_dir=memes_root.parent, limit=300, epochs=4, folds=1, pair_steps=20, heatmaps=1,
+                            occlusion_stride=56, threads=1, model_repo=tmp / "repo", report_dir=tmp / "reports",
+                            heatmap_dir=tmp / "maps")
+    return cfg, memes.run(cfg)
+
+
+@pytest.mark.data
+def test_recipe_reports_every_model_on_the_same_pairs(recipe):
+    cfg, results = recipe
+    assert [s["name"] for s in results["splits"]] == ["reference", "fold1"]
+    ref = results["splits"][0]
+    assert ref["window"]["n_test_posts"] == 60  # the last 20 % of 300
+    models = set(ref["metrics"])
+    assert {"mean", "ridge_title", "ridge_image", "ridge_both", "lightgbm", "mtaf_title", "mtaf_image",
+            "mtaf_image_title", "pair_ranker_image"} <= models
+    n_pairs = {m["n_pairs_2x"] for m in ref["metrics"].values()}
+    assert len(n_pairs) == 1 and n_pairs.pop() > 100
+    assert ref["metrics"]["mean"]["pairwise_2x"] == 0.5
+    report = (cfg.report_dir / memes.DATASET / "report.md").read_text()
+    assert "ridge_image" in report and "pairwise" in report
+
+
+@pytest.mark.data
+def test_recipe_exports_the_image_static_model(recipe):
+    from popscore.trainer.export import onnx_predict
+
+    cfg, results = recipe
+    assert results["export"]["promoted"] and results["export"]["version"] == 1
+    model_dir = cfg.model_repo / memes.MODEL_NAME
+    config = (model_dir / "config.pbtxt").read_text()
+    assert f'name: "{memes.MODEL_NAME}"' in config and "visual_embedding" in config
+    meta = json.loads((model_dir / "1" / "metadata.json").read_text())
+    assert meta["platform"] == "reddit" and meta["kind"] == "static" and meta["model"] == memes.MODEL_NAME
+    assert meta["modalities"] == ["content", "text", "visual"]
+    assert meta["image_encoder"]["version"] == results["image_encoder"]
+    assert meta["target"].startswith("log1p(ups)") and meta["horizon"] == "final"
+    lo, hi = meta["bounds"]["log_score"]
+    assert 6.0 < lo < hi < 13.0  # 494 .. 293,544 upvotes
+    assert "margins" in meta["interval_calibration"]
+    assert meta["inputs"] == [t.name for t in features.STATIC_INPUTS]
+
+    # the models were fed the pictures: the examples' inputs carry each post's embedding, the visual modality on
+    table = memes.load_table(memes.MemesConfig(data_dir=cfg.data_dir, limit=300))
+    idx = np.arange(10, 20)
+    fed = memes.examples(table, idx, text=False, visual=True).inputs_at(None, temporal=False)
+    assert np.array_equal(fed["visual_embedding"], table.images[idx])
+    assert fed["modality_mask"][:, 2].tolist() == [1.0] * 10 and fed["modality_mask"][:, 1].max() == 0.0
+    # the served graph reads the picture: the same post with two different images scores differently
+    i = np.arange(2)
+    inputs = {"static_features": table.static[[0, 0]],
+              **features.embedding_inputs(2, table.titles.tokens[[0, 0]].astype(np.float32),
+                                          table.titles.mask[[0, 0]].astype(np.float32),
+                                          visual_embedding=table.images[i])}
+    out = onnx_predict(model_dir / "1" / "model.onnx", inputs)
+    assert out["log_score"].shape == (2, 1)
+    assert abs(float(out["log_score"][0, 0] - out["log_score"][1, 0])) > 1e-4
+    assert out["modality_weights"][:, 2].min() > 0  # the visual modality takes part in the fusion
+    assert results["heatmaps"] and (cfg.heatmap_dir / results["heatmaps"][0]["file"]).is_file()
