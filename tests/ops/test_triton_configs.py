@@ -19,12 +19,21 @@ from tritonclient.grpc import model_config_pb2 as mc
 from popscore import features as F
 from popscore.serving.model_repository import build_python_backend_repository, list_models, read_config
 from popscore.serving.model_sets import parse_model_name
+from popscore.stream.served_models import image_static_name
 from tests.ops.promql import REPO
 
 MODEL_REPO = REPO / "model_repo"
 MODELS = list_models(MODEL_REPO)
 TRITON_TO_ONNX = {mc.TYPE_FP32: TensorProto.FLOAT, mc.TYPE_INT64: TensorProto.INT64,
                   mc.TYPE_INT32: TensorProto.INT32, mc.TYPE_BOOL: TensorProto.BOOL}
+
+
+def model_kind(name: str) -> str:
+    """The kind of a set's model, "static" for a platform's image static model, "encoder" for the encoders."""
+    parsed = parse_model_name(name)
+    if parsed is not None:
+        return parsed[0]
+    return "static" if any(name == image_static_name(p) for p in (name.split("_")[1],)) else "encoder"
 
 
 def test_the_repository_holds_every_model_family():
@@ -110,7 +119,7 @@ def parse_profile(text: str) -> dict[str, list[int]]:
 def test_tensorrt_profiles_cover_the_batch_range_with_the_onnx_shapes(model):
     params = trt_parameters(model.config)
     if params is None:
-        kind = (parse_model_name(model.name) or ("encoder",))[0]
+        kind = model_kind(model.name)
         assert kind in ("static", "content"), f"{model.name}: only the dynamic-token heads run on the CUDA EP alone"
         return
     assert params["precision_mode"] in ("FP32", "FP16")
@@ -142,7 +151,7 @@ def test_the_shipped_config_is_what_the_trainer_writes(model):
         written = image_encoder.config_pbtxt(model.name, config.input[0].name, list(config.input[0].dims),
                                              config.output[0].name, config.output[0].dims[0], config.max_batch_size)
     else:
-        kind, _ = parse_model_name(model.name)
+        kind = model_kind(model.name)
         meta = json.loads((model.path / str(model.versions[-1]) / "metadata.json").read_text())
         written = config_pbtxt(model.name, kind, F.FeatureSpec.from_dict(meta["feature_spec"]),
                                config.max_batch_size, meta["model_config"]["d_model"])
