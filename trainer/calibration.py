@@ -5,7 +5,15 @@ Split-conformal widening of the predicted [q10, q90] interval (conformalized qua
 Romano et al. 2019), because the quantile heads alone cover less than they claim.
 On held-out examples the conformity score is how far the outcome falls outside the interval (negative
 inside); its ``coverage``-quantile, with the finite-sample correction, is the margin added on both sides.
-The margin is fitted per observation age and applied piecewise-constant in age inside the model."""
+The margin is fitted per observation age and applied piecewise-constant in age inside the model.
+
+Where the served point at an age is Szabo-Huberman alone (blend weight 0: on Reddit and YouTube, almost
+every age), the interval is that point -+ the conformal quantile of its absolute residuals, fitted on the
+latest part of the training window (``calibration`` examples: a few hundred posts, not the validation
+window's ~50). The baseline's three coefficients per age fitted on hundreds of posts leave its training
+residuals as good as held out, and the head's widths, learnt around MTAF's point, say nothing about the
+baseline's. On ~50 validation posts per age the margins were noise and stale (docs/training.md,
+"Intervals")."""
 
 from __future__ import annotations
 
@@ -17,14 +25,26 @@ from popscore.trainer.fitting import predict_mtaf
 from popscore.trainer.models import MTAF, MTAFTemporal
 
 
-def conformal_margin(lo: np.ndarray, hi: np.ndarray, y: np.ndarray, coverage: float = 0.8) -> float:
-    """The margin m such that [lo - m, hi + m] covers ``coverage`` of (exchangeable) new outcomes."""
-    scores = np.maximum(lo - y, y - hi)
+def conformal_quantile(scores: np.ndarray, coverage: float = 0.8) -> float:
+    """The ceil((n + 1) * coverage)-th smallest of n conformity scores: a new exchangeable score is at most
+    this with probability >= ``coverage``. With too few scores for that (n < coverage / (1 - coverage)) the
+    largest; 0 without any."""
+    scores = np.sort(np.asarray(scores, dtype=np.float64))
     n = len(scores)
     if n == 0:
         return 0.0
-    level = min(1.0, coverage * (1.0 + 1.0 / n))
-    return float(np.quantile(scores, level, method="higher"))
+    k = int(np.ceil((n + 1) * coverage - 1e-9))
+    return float(scores[min(max(k, 1), n) - 1])
+
+
+def conformal_margin(lo: np.ndarray, hi: np.ndarray, y: np.ndarray, coverage: float = 0.8) -> float:
+    """The margin m such that [lo - m, hi + m] covers ``coverage`` of (exchangeable) new outcomes."""
+    return conformal_quantile(np.maximum(lo - y, y - hi), coverage)
+
+
+def residual_margin(point: np.ndarray, y: np.ndarray, coverage: float = 0.8) -> float:
+    """The margin m such that [point - m, point + m] covers ``coverage`` of new outcomes."""
+    return conformal_quantile(np.abs(y - point), coverage)
 
 
 def age_edges(ages_h: list[float]) -> list[float]:
@@ -41,18 +61,53 @@ def margins_by_age(lo: np.ndarray, hi: np.ndarray, y: np.ndarray, age_h: np.ndar
     return age_edges(ages), margins
 
 
-def calibrate_interval(model: MTAF, val: Examples, temporal: bool, coverage: float = 0.8) -> dict:
-    """Fit the conformal interval margins on the validation window and store them in the model: one margin
-    for MTAF-static (it sees no age), one per age for MTAF-temporal."""
-    out = predict_mtaf(model, val, temporal)
-    lo, hi = out["log_interval"][:, 0], out["log_interval"][:, 1]
+def interval_plan(val: dict[str, np.ndarray], calibration: dict[str, np.ndarray] | None,
+                  baseline_ages: set[float], coverage: float = 0.8) -> dict:
+    """Per age of ``val``: (margin, head weight, method, n). ``val`` and ``calibration`` hold per example
+    ``point``, ``lo``, ``hi`` (the interval before calibration), ``target``, ``age_h``. At the ages in
+    ``baseline_ages`` (the served point is the baseline alone) the margin is ``residual_margin`` on
+    ``calibration``'s examples of that age and the head's widths are dropped (weight 0); elsewhere it is the
+    conformalized-quantile margin on ``val``."""
+    ages = sorted(np.unique(val["age_h"]).tolist())
+    margins, weights, methods, counts = [], [], [], []
+    for age in ages:
+        use_residuals = age in baseline_ages and calibration is not None and np.any(calibration["age_h"] == age)
+        if use_residuals:
+            m = calibration["age_h"] == age
+            margins.append(residual_margin(calibration["point"][m], calibration["target"][m], coverage))
+            weights.append(0.0)
+            methods.append("baseline_residuals")
+        else:
+            m = val["age_h"] == age
+            margins.append(conformal_margin(val["lo"][m], val["hi"][m], val["target"][m], coverage))
+            weights.append(1.0)
+            methods.append("cqr_validation")
+        counts.append(int(m.sum()))
+    return {"ages_h": ages, "age_edges_h": age_edges(ages), "margins": margins, "head_weight": weights,
+            "method": methods, "n_by_age": counts}
+
+
+def uncalibrated(model: MTAF, ex: Examples, temporal: bool) -> dict[str, np.ndarray]:
+    """The served point and the interval before calibration (the model's margins must still be zero)."""
+    out = predict_mtaf(model, ex, temporal)
+    return {"point": out["log_score"], "lo": out["log_interval"][:, 0].astype(np.float64),
+            "hi": out["log_interval"][:, 1].astype(np.float64), "target": ex.target, "age_h": ex.age_h}
+
+
+def calibrate_interval(model: MTAF, val: Examples, temporal: bool, coverage: float = 0.8,
+                       calibration: Examples | None = None, baseline_ages: set[float] | None = None) -> dict:
+    """Fit the interval margins and store them in the model: one conformal margin on the validation window
+    for MTAF-static (it sees no age); per age for MTAF-temporal (``interval_plan``: at ``baseline_ages``
+    from the served baseline's residuals on ``calibration``, elsewhere on the validation window)."""
+    v = uncalibrated(model, val, temporal)
     if temporal:
-        edges, margins = margins_by_age(lo, hi, val.target, val.age_h, coverage)
-        model.set_interval_margins(edges, margins)
-    else:
-        edges, margins = [], [conformal_margin(lo, hi, val.target, coverage)]
-        model.set_interval_margin(margins[0])
-    return {"age_edges_h": edges, "margins": margins, "n": int(len(val))}
+        cal = uncalibrated(model, calibration, temporal) if calibration is not None and baseline_ages else None
+        plan = interval_plan(v, cal, set(baseline_ages or ()), coverage)
+        model.set_interval_margins(plan["age_edges_h"], plan["margins"], plan["head_weight"])
+        return {**plan, "n": int(len(val)), "n_calibration": int(len(calibration)) if cal is not None else 0}
+    margin = conformal_margin(v["lo"], v["hi"], v["target"], coverage)
+    model.set_interval_margin(margin)
+    return {"age_edges_h": [], "margins": [margin], "n": int(len(val))}
 
 
 def fit_blend(model: MTAFTemporal, val: Examples, sh: SzaboHuberman, evidence_se: float = 2.0) -> dict:

@@ -90,6 +90,20 @@ def load_hackernews(limit: int | None = None) -> PostTable:
     return load_dataset("hackernews", limit)
 
 
+def label_complete(table: PostTable, horizon_s: float, list_gap_s: float) -> np.ndarray:
+    """Per post: whether its target (the last observation within the horizon) is final. It is when the data
+    cover the post's whole horizon, or when the post stopped being observed (left the front page, r/all's top
+    100, the trending list) at least ``list_gap_s`` before the data's last observation. A post still listed
+    when the data end has a target that is only a lower bound: the latest test windows hold many (on Reddit,
+    whose data span 41 h, most posts of the last one), and an interval cannot be judged on them."""
+    last = np.array([s[-1, 0] if len(s) else np.nan for s in table.seqs], dtype=np.float64)
+    if not np.isfinite(last).any():
+        return np.zeros(len(table), dtype=bool)
+    data_end = np.nanmax(last)
+    left = np.isfinite(last) & (last <= data_end - list_gap_s)
+    return left | (table.created_at + horizon_s <= data_end)
+
+
 def chronological_split(
     table: PostTable, test_frac: float = 0.2, embargo_s: float = 2 * 24 * 3600.0
 ) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -109,10 +109,13 @@ def prediction_head(i: int, d: int, dropout: float) -> nn.Sequential:
                          nn.Linear(d, 3))
 
 
-def interval_around(point: torch.Tensor, head_out: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
-    """[q10, q90] from the head's two raw widths, widened by the conformal margin."""
-    lo = point - F.softplus(head_out[:, 1:2]) - margin
-    hi = point + F.softplus(head_out[:, 2:3]) + margin
+def interval_around(point: torch.Tensor, head_out: torch.Tensor, margin: torch.Tensor,
+                    head_weight: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """[q10, q90] from the head's two raw widths (times ``head_weight``), widened by the conformal margin.
+    ``head_weight`` 0 serves ``point -+ margin``: where the served point is the baseline alone, the head's
+    widths (learnt around MTAF's own point) say nothing about it."""
+    lo = point - head_weight * F.softplus(head_out[:, 1:2]) - margin
+    hi = point + head_weight * F.softplus(head_out[:, 2:3]) + margin
     # A negative conformal margin may cut into a narrow interval: the point always stays inside.
     return torch.cat([torch.minimum(lo, point), torch.maximum(hi, point)], dim=-1)
 
@@ -250,9 +253,11 @@ class MTAFTemporal(nn.Module):
         self.time_attn = AdditiveAttention(gru_out)
         self.dyn = mlp(cfg.dynamic_dim, d, cfg.dropout)
         self.head = prediction_head(d + gru_out + gru_out + d, d, cfg.dropout)
-        # Added to [q10, q90] after training (split-conformal, per observation age; calibrate_interval).
+        # Added to [q10, q90] after training (split-conformal, per observation age; calibrate_interval); per
+        # age, whether the head's widths are used (1) or the interval is the point -+ the margin (0).
         self.register_buffer("interval_log1p_age_edges", torch.zeros(0))
         self.register_buffer("interval_margin", torch.zeros(1))
+        self.register_buffer("interval_head_weight", torch.ones(1))
         # The served point is a blend with Szabo-Huberman, fitted per age on the validation window after
         # training (fit_blend): weight 1 serves MTAF alone, 0 the baseline alone.
         self.register_buffer("blend_log1p_age_edges", torch.zeros(0))
@@ -298,7 +303,8 @@ class MTAFTemporal(nn.Module):
         log_age = dynamic_features[:, LOG_AGE : LOG_AGE + 1]
         point = self.blend_with_baseline(log_now + head_out[:, :1], log_now, log_age)
         margin = piecewise_in_age(self.interval_log1p_age_edges, self.interval_margin, log_age)
-        return {"log_score": point, "log_interval": interval_around(point, head_out, margin),
+        head_weight = piecewise_in_age(self.interval_log1p_age_edges, self.interval_head_weight, log_age)
+        return {"log_score": point, "log_interval": interval_around(point, head_out, margin, head_weight),
                 "time_attention": time_attention}
 
     def blend_with_baseline(self, mtaf: torch.Tensor, log_now: torch.Tensor, log_age: torch.Tensor) -> torch.Tensor:
@@ -326,10 +332,14 @@ class MTAFTemporal(nn.Module):
         self.norm_seq.fit(inputs["sequence"], inputs["sequence_mask"])
         self.norm_dyn.fit(inputs["dynamic_features"])
 
-    def set_interval_margins(self, edges_h: list[float], margins: list[float]) -> None:
+    def set_interval_margins(self, edges_h: list[float], margins: list[float],
+                             head_weights: list[float] | None = None) -> None:
         assert len(margins) == len(edges_h) + 1
+        head_weights = [1.0] * len(margins) if head_weights is None else head_weights
+        assert len(head_weights) == len(margins)
         self.interval_log1p_age_edges = torch.log1p(torch.tensor(edges_h, dtype=torch.float32))
         self.interval_margin = torch.tensor(margins, dtype=torch.float32)
+        self.interval_head_weight = torch.tensor(head_weights, dtype=torch.float32)
 
     def set_blend(self, edges_h: list[float], weights: list[float], intercepts: list[float],
                   slopes: list[float], unobserved: list[float]) -> None:

@@ -191,11 +191,14 @@ def fold_table(results: dict) -> list[str]:
         w = f["window"]
         lines.append(f"- fold {f['fold'] + 1}: train {_ts(w['train_from'])} .. {_ts(w['train_to'])} "
                      f"({w['n_train_posts']} posts), test {_ts(w['test_from'])} .. {_ts(w['test_to'])} "
-                     f"({w['n_test_posts']} posts); MTAF weight by age: "
+                     f"({w['n_test_posts']} posts"
+                     + (f", {w['n_test_posts_label_complete']} with a final label" if "n_test_posts_label_complete" in w
+                        else "") + "); MTAF weight by age: "
                      + ", ".join(f"{a:g} h {v:.2f}" for a, v in zip(f["blend"]["ages_h"], f["blend"]["mtaf_weight"])))
     models = ("persistence", "szabo_huberman", "gbt_temporal", "mtaf_temporal_alone", "mtaf_temporal")
-    header = "| age h | " + " | ".join(models) + " | served ≤ SH every fold | 80 % coverage (pooled) |"
-    lines += ["", header, "|" + "---|" * (len(models) + 3)]
+    header = ("| age h | " + " | ".join(models) + " | served ≤ SH every fold | 80 % coverage (pooled) "
+              "| 80 % coverage, final labels (pooled; n) |")
+    lines += ["", header, "|" + "---|" * (len(models) + 4)]
     fmt = lambda e: "-" if e is None else " / ".join(f"{v:.3f}" for v in e["mae"])  # noqa: E731
     ages = sorted({a for (_, a) in by if a > 0})
     for age in ages:
@@ -204,14 +207,26 @@ def fold_table(results: dict) -> list[str]:
         cov_text = "-" if not cov else " / ".join(f"{c:.3f}" for c in cov) + f" ({served['coverage_80_pooled']:.3f})"
         ok = "-" if not served or "beats_or_ties_sh_every_fold" not in served else (
             "yes" if served["beats_or_ties_sh_every_fold"] else "**no**")
-        lines.append(f"| {age:g} | " + " | ".join(fmt(by.get((m, age))) for m in models) + f" | {ok} | {cov_text} |")
+        lines.append(f"| {age:g} | " + " | ".join(fmt(by.get((m, age))) for m in models)
+                     + f" | {ok} | {cov_text} | {coverage_complete_text(served)} |")
     for name in ("mtaf_static", "gbt_static", "mtaf_temporal"):
         e = by.get((name, 0.0))
         if e:
             cov = e.get("coverage_80")
             lines.append(f"\nAt upload (age 0), {name}: MAE {fmt(e)}" + (
-                f"; 80 % coverage {' / '.join(f'{c:.3f}' for c in cov)}" if cov else ""))
+                f"; 80 % coverage {' / '.join(f'{c:.3f}' for c in cov)}" if cov else "") + (
+                f"; on final labels {coverage_complete_text(e)}" if "coverage_80_complete" in e else ""))
     return lines
+
+
+def coverage_complete_text(entry: dict | None) -> str:
+    """Coverage per fold on the outcomes whose label is final (data.label_complete), pooled, with the counts."""
+    if not entry or "coverage_80_complete" not in entry:
+        return "-"
+    per = " / ".join("-" if c is None else f"{c:.3f}" for c in entry["coverage_80_complete"])
+    pooled = entry.get("coverage_80_complete_pooled")
+    counts = " / ".join(str(n) for n in entry["n_complete"])
+    return f"{per} ({'-' if pooled is None else f'{pooled:.3f}'}; n {counts})"
 
 
 def write_report(results: dict, out_dir: Path, command: str, wall_s: float | None) -> Path:

@@ -57,6 +57,7 @@ class TrainConfig:
     folds: int = 3  # rolling-origin folds; the latest one's models are exported
     test_frac: float = 0.3  # share of posts (the latest) in the folds' test windows together
     val_frac: float = 0.1  # last part of each fold's training window: early stopping, blend, intervals, gate
+    calibration_frac: float = 0.5  # latest part of the training window: the served baseline's interval margins
     embargo_h: float = 48.0
     report_dir: Path = Path("reports")
     model_repo: Path | None = Path("model_repo")  # None: no export
@@ -95,9 +96,12 @@ def run(cfg: TrainConfig) -> dict:
     platform = platform_of(table)
     titles = encode_titles(cfg, table)
     splits = data.rolling_origin_folds(table, cfg.folds, cfg.test_frac, cfg.embargo_h * 3600.0)
-    folds = [train_fold(cfg, k, table, titles, *split, last=k == len(splits) - 1) for k, split in enumerate(splits)]
+    complete = data.label_complete(table, cfg.spec.horizon_s, cfg.spec.bin_s / 2)
+    folds = [train_fold(cfg, k, table, titles, *split, last=k == len(splits) - 1, label_complete=complete)
+             for k, split in enumerate(splits)]
     results = summarise_run(cfg, table, platform, titles, folds, train_seconds=time.time() - started)
     out_dir = write_results(cfg, results, folds[-1])
+    write_interval_records(cfg, folds)
     log(f"trained in {results['train_seconds']:.0f} s; results in {out_dir}")
     if cfg.model_repo is not None:
         results["export"] = export_model_set(cfg, platform, folds[-1])
@@ -106,10 +110,16 @@ def run(cfg: TrainConfig) -> dict:
 
 
 def train_fold(cfg: TrainConfig, k: int, table: PostTable, titles: TitleEncodings | None,
-               train_idx: np.ndarray, test_idx: np.ndarray, window: dict, last: bool) -> FoldResult:
+               train_idx: np.ndarray, test_idx: np.ndarray, window: dict, last: bool,
+               label_complete: np.ndarray | None = None) -> FoldResult:
     """One rolling-origin fold, every model evaluated on its test window; the pairwise ranker and the word
-    attention summaries in the last fold only."""
+    attention summaries in the last fold only. ``label_complete`` (per post of ``table``,
+    data.label_complete): the test outcomes intervals are judged on."""
     ex = fold_examples(cfg, k, table, titles, train_idx, test_idx)
+    complete = (np.ones(len(ex.test), bool) if label_complete is None
+                else np.asarray(label_complete)[test_idx][ex.test.post_index])
+    window = {**window, "n_test_posts_label_complete": int(np.asarray(label_complete)[test_idx].sum())
+              if label_complete is not None else int(len(test_idx))}
     sh = SzaboHuberman().fit(ex.train.age_h, ex.train.log_now, ex.train.target)
     preds = {"persistence": persistence(ex.test.log_now), "szabo_huberman": sh.predict(ex.test.age_h, ex.test.log_now)}
     if cfg.gbt:
@@ -123,11 +133,12 @@ def train_fold(cfg: TrainConfig, k: int, table: PostTable, titles: TitleEncoding
     preds["mtaf_temporal"] = temporal.test_out["log_score"]
     intervals = {"mtaf_static": static.test_out["log_interval"], "mtaf_temporal": temporal.test_out["log_interval"]}
     return FoldResult(
-        fold=k, window=window, rows=fold_metrics(k, preds, intervals, ex.test), preds=preds, test=ex.test,
+        fold=k, window=window, rows=fold_metrics(k, preds, intervals, ex.test, complete), preds=preds, test=ex.test,
         models={"static": static.model, "temporal": temporal.model},
         val={"static": ex.val_at_upload, "temporal": ex.val},
         bounds={"static": output_bounds(ex.train_at_upload, False), "temporal": output_bounds(ex.train, True)},
         calibration={"static": static.calibration, "temporal": temporal.calibration}, blend=blend,
+        uncalibrated={"static": static.uncalibrated, "temporal": temporal.uncalibrated},
         history={"mtaf_static": static.history, "mtaf_temporal": temporal.history},
         explain=explain(table, ex, static, temporal, words=titles is not None and last), pair_protocol=pair_protocol,
     )  # fmt: skip
@@ -176,6 +187,7 @@ class FoldExamples:
     test_idx: np.ndarray
     train: Examples
     val: Examples
+    calibration: Examples  # the latest calibration_frac of the training posts (validation ones included)
     test: Examples  # at upload and at the spec's evaluation ages
     train_at_upload: Examples
     val_at_upload: Examples
@@ -194,7 +206,9 @@ def fold_examples(cfg: TrainConfig, k: int, table: PostTable, titles: TitleEncod
     train = examples(fit_idx, tuple(spec.train_ages_h))
     val = examples(val_idx, tuple(spec.train_ages_h))
     test = examples(test_idx, (0.0,) + tuple(spec.eval_ages_h))
-    return FoldExamples(fit_idx, test_idx, train, val, test, train.subset(train.age_h == 0.0),
+    n_cal = int(round(cfg.calibration_frac * len(train_idx)))
+    calibration = examples(train_idx[len(train_idx) - n_cal:], tuple(spec.train_ages_h))
+    return FoldExamples(fit_idx, test_idx, train, val, calibration, test, train.subset(train.age_h == 0.0),
                         val.subset(val.age_h == 0.0))
 
 
@@ -220,13 +234,24 @@ class Trained:
     history: list[dict]
     calibration: dict
     test_out: dict[str, np.ndarray]  # every output on the fold's test window, as served
+    uncalibrated: dict[str, dict[str, np.ndarray]]  # "val"/"test" -> interval_record before calibration
+
+
+def interval_record(model: MTAF, ex: Examples, temporal: bool) -> dict[str, np.ndarray]:
+    """The served point and the interval before calibration (the model's margins still zero), with the
+    outcome, age and creation time of each example: what interval calibration can be fitted and judged on."""
+    out = predict_mtaf(model, ex, temporal)
+    return {"point": out["log_score"], "lo": out["log_interval"][:, 0].astype(np.float64),
+            "hi": out["log_interval"][:, 1].astype(np.float64), "target": ex.target, "age_h": ex.age_h,
+            "created_at": ex.created_at, "log_now": ex.log_now}
 
 
 def train_static(cfg: TrainConfig, ex: FoldExamples) -> Trained:
     log("MTAF-static")
     model, history = train_mtaf(cfg, cfg.spec, ex.train_at_upload, ex.val_at_upload, temporal=False)
+    raw = {"val": interval_record(model, ex.val_at_upload, False), "test": interval_record(model, ex.test, False)}
     calibration = calibrate_interval(model, ex.val_at_upload, temporal=False)
-    return Trained(model, history, calibration, predict_mtaf(model, ex.test, temporal=False))
+    return Trained(model, history, calibration, predict_mtaf(model, ex.test, temporal=False), raw)
 
 
 def train_pair_ranker(cfg: TrainConfig, table: PostTable, ex: FoldExamples,
@@ -257,9 +282,12 @@ def train_temporal(cfg: TrainConfig, ex: FoldExamples, sh: SzaboHuberman,
     model, history = train_mtaf(cfg, cfg.spec, ex.train, ex.val, temporal=True, word_scores_from=static)
     alone = predict_mtaf(model, ex.test, temporal=True)["log_score"]
     blend = fit_blend(model, ex.val, sh, cfg.blend_evidence_se)
-    calibration = calibrate_interval(model, ex.val, temporal=True)
+    raw = {"val": interval_record(model, ex.val, True), "test": interval_record(model, ex.test, True)}
+    baseline_ages = {age for age, w in zip(blend["ages_h"], blend["mtaf_weight"]) if w == 0.0}
+    calibration = calibrate_interval(model, ex.val, temporal=True, calibration=ex.calibration,
+                                     baseline_ages=baseline_ages)
     log(f"blend weights of MTAF by age {dict(zip(blend['ages_h'], blend['mtaf_weight']))}")
-    return Trained(model, history, calibration, predict_mtaf(model, ex.test, temporal=True)), blend, alone
+    return Trained(model, history, calibration, predict_mtaf(model, ex.test, temporal=True), raw), blend, alone
 
 
 def explain(table: PostTable, ex: FoldExamples, static: Trained, temporal: Trained, words: bool) -> dict:
@@ -281,9 +309,12 @@ def explain(table: PostTable, ex: FoldExamples, static: Trained, temporal: Train
     return summary
 
 
-def fold_metrics(k: int, preds: dict[str, np.ndarray], intervals: dict[str, np.ndarray], test: Examples) -> list[dict]:
+def fold_metrics(k: int, preds: dict[str, np.ndarray], intervals: dict[str, np.ndarray], test: Examples,
+                 label_complete: np.ndarray | None = None) -> list[dict]:
     """Metrics per model and age on the test window: the static models at upload, the temporal ones at the
-    evaluation ages, the served MTAF-temporal at both."""
+    evaluation ages, the served MTAF-temporal at both. An interval's coverage is also given on the outcomes
+    whose label is final (``label_complete`` per test row; ``coverage_80_complete``, ``n_complete``)."""
+    complete = np.ones(len(test), bool) if label_complete is None else np.asarray(label_complete, bool)
     rows = []
     for name, pred in preds.items():
         for age in sorted(np.unique(test.age_h)):
@@ -291,6 +322,12 @@ def fold_metrics(k: int, preds: dict[str, np.ndarray], intervals: dict[str, np.n
                 continue
             m = test.age_h == age
             r = regression_metrics(test.target[m], pred[m], intervals[name][m] if name in intervals else None)
+            if name in intervals:
+                mc = m & complete
+                lo, hi = intervals[name][mc, 0], intervals[name][mc, 1]
+                y = test.target[mc]
+                r["n_complete"] = int(mc.sum())
+                r["coverage_80_complete"] = float(np.mean((y >= lo) & (y <= hi))) if mc.any() else None
             rows.append({"fold": k, "model": name, "age_h": float(age), **r})
     return rows
 
@@ -308,6 +345,7 @@ class FoldResult:
     val: dict[str, Examples]  # kind -> validation examples (the export gate's)
     bounds: dict[str, dict]  # kind -> output_bounds
     calibration: dict[str, dict]  # kind -> interval calibration
+    uncalibrated: dict[str, dict]  # kind -> "val"/"test" -> interval_record
     blend: dict
     history: dict[str, list[dict]]
     explain: dict
@@ -331,6 +369,12 @@ def summarise_folds(folds: list[FoldResult]) -> list[dict]:
             entry["coverage_80"] = [r["coverage_80"] for r in rows]
             n = np.array(entry["n"], float)
             entry["coverage_80_pooled"] = float(np.dot(entry["coverage_80"], n) / n.sum()) if n.sum() else None
+        if all(r.get("n_complete") is not None for r in rows) and rows and "n_complete" in rows[0]:
+            entry["n_complete"] = [r["n_complete"] for r in rows]
+            entry["coverage_80_complete"] = [r["coverage_80_complete"] for r in rows]
+            inside = sum(c * n for c, n in zip(entry["coverage_80_complete"], entry["n_complete"]) if n)
+            total = sum(entry["n_complete"])
+            entry["coverage_80_complete_pooled"] = float(inside / total) if total else None
         if sh and model != "szabo_huberman":
             # float32 graph against float64 numpy: a served baseline ties within 1e-4
             entry["beats_or_ties_sh_every_fold"] = all(r["mae"] <= sh[r["fold"]] + 1e-4 for r in rows)
@@ -381,6 +425,17 @@ def write_results(cfg: TrainConfig, results: dict, latest: FoldResult) -> Path:
     np.savez_compressed(out_dir / "predictions.npz", target=te.target, age_h=te.age_h,
                         **{f"pred_{k}": v for k, v in latest.preds.items()})
     return out_dir
+
+
+def write_interval_records(cfg: TrainConfig, folds: list[FoldResult]) -> Path:
+    """Every fold's uncalibrated intervals on its validation and test windows (intervals.npz, keys
+    ``fold<k>/<kind>/<val|test>/<field>``): calibration methods can be compared without retraining."""
+    out = Path(cfg.report_dir) / cfg.dataset / "intervals.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"fold{f.fold}/{kind}/{split}/{field}": v for f in folds for kind, splits in f.uncalibrated.items()
+              for split, rec in splits.items() for field, v in rec.items()}
+    np.savez_compressed(out, **arrays)
+    return out
 
 
 def export_model_set(cfg: TrainConfig, platform: str, fold: FoldResult) -> dict:

@@ -20,3 +20,60 @@ def test_margins_are_per_age_with_midpoint_edges():
     age = np.repeat([1.0, 2.0], 100)
     edges, margins = margins_by_age(np.zeros(200), np.zeros(200), y, age, 0.8)
     assert edges == [1.5] and margins == [0.0, 2.0]
+
+
+def test_conformal_quantile_is_the_finite_sample_order_statistic():
+    from popscore.trainer.calibration import conformal_quantile
+
+    scores = np.arange(1.0, 11.0)  # n = 10: the ceil(11 * 0.8) = 9th smallest
+    assert conformal_quantile(scores[::-1], 0.8) == 9.0
+    assert conformal_quantile(np.arange(1.0, 51.0), 0.8) == 41.0  # ceil(51 * 0.8) = 41
+    assert conformal_quantile(np.array([3.0, 1.0]), 0.8) == 3.0  # too few scores: the largest
+    assert conformal_quantile(np.array([]), 0.8) == 0.0
+    # the guarantee it gives: over many calibration draws, a new score is below it >= 80 % of the time
+    rng = np.random.default_rng(1)
+    hits = [rng.normal() <= conformal_quantile(rng.normal(size=20), 0.8) for _ in range(4000)]
+    assert 0.8 <= np.mean(hits) <= 0.8 + 1 / 21 + 0.02
+
+
+def test_interval_plan_uses_the_baseline_residuals_only_where_the_baseline_serves():
+    from popscore.trainer.calibration import interval_plan
+
+    rng = np.random.default_rng(0)
+    ages = np.repeat([0.5, 1.0], 50)
+    point = np.zeros(100)
+    val = {"point": point, "lo": point - 1.0, "hi": point + 1.0, "target": rng.normal(size=100), "age_h": ages}
+    cal_ages = np.repeat([0.5, 1.0], 2000)
+    cal_y = rng.normal(size=4000) * np.where(cal_ages == 0.5, 3.0, 100.0)
+    cal = {"point": np.zeros(4000), "lo": np.full(4000, -1.0), "hi": np.full(4000, 1.0), "target": cal_y,
+           "age_h": cal_ages}
+    plan = interval_plan(val, cal, baseline_ages={0.5})
+    assert plan["ages_h"] == [0.5, 1.0] and plan["age_edges_h"] == [0.75]
+    assert plan["method"] == ["baseline_residuals", "cqr_validation"] and plan["head_weight"] == [0.0, 1.0]
+    assert plan["n_by_age"] == [2000, 50]
+    # 0.5 h: |N(0, 3)|'s 80 % quantile (1.28 * 3), from the calibration examples; 1 h: from the validation
+    # window's scores (N(0, 1) outside [-1, 1]), untouched by the calibration examples' huge spread
+    assert abs(plan["margins"][0] - 1.2816 * 3.0) < 0.25
+    v1 = ages == 1.0
+    expected = conformal_margin(val["lo"][v1], val["hi"][v1], val["target"][v1], 0.8)
+    assert plan["margins"][1] == expected and abs(expected) < 1.0
+    # without calibration examples every age is calibrated on the validation window
+    assert interval_plan(val, None, baseline_ages={0.5})["method"] == ["cqr_validation"] * 2
+
+
+def test_head_weight_zero_serves_the_point_plus_minus_the_margin():
+    import torch
+
+    from popscore.trainer.models import interval_around, piecewise_in_age
+
+    point = torch.tensor([[1.0], [2.0], [3.0]])
+    head_out = torch.tensor([[0.0, 2.0, 3.0]] * 3)  # softplus widths ~2.13 below, ~3.05 above
+    log_age = torch.log1p(torch.tensor([[0.5], [1.0], [4.0]]))
+    edges = torch.log1p(torch.tensor([0.75, 2.0]))
+    margin = piecewise_in_age(edges, torch.tensor([0.5, 0.25, 0.1]), log_age)
+    weight = piecewise_in_age(edges, torch.tensor([0.0, 1.0, 0.0]), log_age)
+    iv = interval_around(point, head_out, margin, weight).numpy()
+    sp = torch.nn.functional.softplus(torch.tensor([2.0, 3.0])).numpy()
+    np.testing.assert_allclose(iv[0], [0.5, 1.5], atol=1e-6)  # baseline age: point -+ margin
+    np.testing.assert_allclose(iv[1], [2.0 - sp[0] - 0.25, 2.0 + sp[1] + 0.25], atol=1e-6)  # head widths
+    np.testing.assert_allclose(iv[2], [2.9, 3.1], atol=1e-6)
