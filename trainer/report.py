@@ -161,11 +161,15 @@ def markdown(results: dict, command: str, wall_s: float | None, plots: list[str]
             for example in wa["examples"]:
                 lines.append("- example: " + " ".join(f"{w}<sub>{a:.2f}</sub>" for w, a in example))
     if results.get("interval_calibration"):
-        lines += ["", "## Interval calibration (split-conformal margins fitted on the validation window)", ""]
+        lines += ["", "## Interval calibration (split-conformal margins; per age, CQR on the validation window, or "
+                  "the served baseline's residuals on the latest training posts)", ""]
         for kind, c in results["interval_calibration"].items():
             edges = ", ".join(f"{e:g}" for e in c["age_edges_h"]) or "-"
             margins = ", ".join(f"{m:+.4f}" for m in c["margins"])
             lines.append(f"- {kind}: margins {margins} (log1p units) between age edges {edges} h; n {c['n']}")
+            if c.get("method"):
+                lines.append("  - per age: " + ", ".join(f"{a:g} h {m} (n {n})" for a, m, n in
+                                                       zip(c["ages_h"], c["method"], c["n_by_age"])))
     if results.get("export"):
         lines += ["", "## Export", ""]
         for kind, info in results["export"].items():

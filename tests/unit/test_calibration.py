@@ -77,3 +77,39 @@ def test_head_weight_zero_serves_the_point_plus_minus_the_margin():
     np.testing.assert_allclose(iv[0], [0.5, 1.5], atol=1e-6)  # baseline age: point -+ margin
     np.testing.assert_allclose(iv[1], [2.0 - sp[0] - 0.25, 2.0 + sp[1] + 0.25], atol=1e-6)  # head widths
     np.testing.assert_allclose(iv[2], [2.9, 3.1], atol=1e-6)
+
+
+def test_a_label_is_final_once_the_post_left_the_list_or_its_horizon_is_covered():
+    from popscore.trainer.data import PostTable, label_complete
+
+    hour = 3600.0
+
+    def seq(*obs_h):
+        return np.array([[t * hour, 1, 1, 1, 1, 1] for t in obs_h], dtype=np.float64)
+
+    table = PostTable(
+        post_id=np.array(["left", "listed", "old_listed", "unseen"]), platform=["reddit"] * 4,
+        created_at=np.array([0.0, 10 * hour, -200 * hour, 5 * hour]), posts=[None] * 4,
+        seqs=[seq(1, 2, 3), seq(11, 12, 20), seq(-199, 20), np.zeros((0, 6))],
+    )
+    # data end at 20 h: "listed" was in the last snapshot and its 7 days are not over; "old_listed" is
+    # still listed but its horizon ended long before; a post never observed has no final label
+    done = label_complete(table, horizon_s=168 * hour, list_gap_s=0.5 * hour)
+    assert done.tolist() == [True, False, True, False]
+    # a gap shorter than the list's cadence does not count as having left
+    assert label_complete(table, horizon_s=168 * hour, list_gap_s=18 * hour).tolist() == [False, False, True, False]
+
+
+def test_fold_metrics_judge_intervals_on_final_labels_too():
+    from popscore.trainer.data import Examples
+    from popscore.trainer.train import fold_metrics
+
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    age = np.full(4, 0.5)
+    test = Examples({}, y, age, np.arange(4), np.zeros(4), np.zeros(4))
+    interval = np.array([[0.5, 1.5], [0.0, 1.0], [2.5, 3.5], [0.0, 1.0]])  # covers posts 0 and 2
+    rows = fold_metrics(0, {"mtaf_temporal": y}, {"mtaf_temporal": interval}, test,
+                        label_complete=np.array([True, True, True, False]))
+    (row,) = rows
+    assert row["coverage_80"] == 0.5 and row["n_complete"] == 3
+    assert abs(row["coverage_80_complete"] - 2 / 3) < 1e-12
