@@ -25,7 +25,7 @@ from popscore import features
 from popscore.metrics import regression_metrics
 from popscore.trainer import data
 from popscore.trainer.baselines import GBT, SzaboHuberman, persistence
-from popscore.trainer.calibration import calibrate_interval, fit_blend
+from popscore.trainer.calibration import calibrate_interval, fit_blend, uncalibrated
 from popscore.trainer.data import Examples, PostTable, TitleEncodings
 from popscore.trainer.export import export_and_promote, output_bounds
 from popscore.trainer.fitting import predict_mtaf, train_mtaf
@@ -240,10 +240,7 @@ class Trained:
 def interval_record(model: MTAF, ex: Examples, temporal: bool) -> dict[str, np.ndarray]:
     """The served point and the interval before calibration (the model's margins still zero), with the
     outcome, age and creation time of each example: what interval calibration can be fitted and judged on."""
-    out = predict_mtaf(model, ex, temporal)
-    return {"point": out["log_score"], "lo": out["log_interval"][:, 0].astype(np.float64),
-            "hi": out["log_interval"][:, 1].astype(np.float64), "target": ex.target, "age_h": ex.age_h,
-            "created_at": ex.created_at, "log_now": ex.log_now}
+    return {**uncalibrated(model, ex, temporal), "created_at": ex.created_at, "log_now": ex.log_now}
 
 
 def train_static(cfg: TrainConfig, ex: FoldExamples) -> Trained:
@@ -369,7 +366,7 @@ def summarise_folds(folds: list[FoldResult]) -> list[dict]:
             entry["coverage_80"] = [r["coverage_80"] for r in rows]
             n = np.array(entry["n"], float)
             entry["coverage_80_pooled"] = float(np.dot(entry["coverage_80"], n) / n.sum()) if n.sum() else None
-        if all(r.get("n_complete") is not None for r in rows) and rows and "n_complete" in rows[0]:
+        if all("n_complete" in r for r in rows):
             entry["n_complete"] = [r["n_complete"] for r in rows]
             entry["coverage_80_complete"] = [r["coverage_80_complete"] for r in rows]
             inside = sum(c * n for c, n in zip(entry["coverage_80_complete"], entry["n_complete"]) if n)
