@@ -5,9 +5,12 @@ times and final upvotes; the target is ``log1p(ups)``. There is one count per po
 (at upload) are trained:
 
     load -> encode titles (served MiniLM) and images (EfficientNet-Lite0, cached) -> per chronological split:
-        trivial mean, ridge probes on the encoders' embeddings, LightGBM on every feature, MTAF-static with
-        title / image / both (and a more regularised image+title variant, and an average with the ridge
-        probe), the pairwise intrinsic-popularity ranker on the image -> metrics on the split's test window
+        trivial mean, ridge probes on the encoders' embeddings, LightGBM on every feature, small LightGBMs on
+        the upload-time features + the author's settled history (+ the probes' scores), MTAF-static with
+        title / image / both (and a more regularised image+title variant, an average with the ridge probe,
+        and the title and image MTAFs weighted on validation), the pairwise intrinsic-popularity ranker on the
+        image -> metrics on the split's test window -> per model, mean and standard error over the folds and
+        the paired difference from title-only
     -> the reference split's best image+title MTAF (by validation MAE) -> popscore_reddit_image_static
     -> occlusion heat maps of a few test images through the exported encoder + head
 
@@ -64,6 +67,7 @@ class MemesConfig:
     pair_max_pairs: int = 60_000  # training pairs drawn at random when there are more
     author_gap_days: float = 7.0  # an author's earlier posts count for their popularity once this old
     probe_blocks: int = 5  # time-ordered blocks of the cross-fitted probe scores the trees read
+    image_pca: tuple[int, ...] = (8, 32)  # ridge probes on the image embedding's first principal components
     heatmaps: int = 4  # test images explained by occlusion (0: none)
     occlusion_patch: int = 48  # px of the 224 crop
     occlusion_stride: int = 16
@@ -441,6 +445,13 @@ def run_split(cfg: MemesConfig, table: MemesTable, split: Split, keep_models: bo
         extra[f"ridge_{name}_alpha"] = alpha
         if name != "both":
             probes[name] = probe_scores(cfg, x[split.fit], y_fit, x[split.val], y_val, x[split.test], alpha)
+    from sklearn.decomposition import PCA
+
+    train = np.concatenate([split.fit, split.val])
+    for k in cfg.image_pca:  # fewer, stronger directions of the picture (fit on the training window only)
+        z = PCA(k, random_state=cfg.seed).fit(emb["image"][train]).transform(emb["image"])
+        model, _ = ridge_probe(cfg, z[split.fit], y_fit, z[split.val], y_val)
+        preds[f"ridge_image_pca{k}"] = model.predict(z[split.test])
     # the upload-time features, the author's settled history and the probes' scores as single features
     author = [np.column_stack([table.static[rows], table.author_past[rows]]) for rows in (split.fit, split.val, split.test)]
     for name, reads in AUTHOR_TREES.items():
@@ -494,6 +505,31 @@ def run_split(cfg: MemesConfig, table: MemesTable, split: Split, keep_models: bo
 # ------------------------------------------------------------------------------------------------ export
 
 
+def served_recipe_model(model_repo: Path) -> str | None:
+    """Which of the recipe's models the repository's latest ``popscore_reddit_image_static`` version is (None:
+    no version). Versions before the field existed say it through their fusion (v1: the late fusion)."""
+    versions = sorted((int(p.name) for p in (Path(model_repo) / MODEL_NAME).glob("[0-9]*") if p.name.isdigit()))
+    if not versions:
+        return None
+    meta = json.loads((Path(model_repo) / MODEL_NAME / str(versions[-1]) / "metadata.json").read_text())
+    if "recipe_model" in meta:
+        return meta["recipe_model"]
+    return "mtaf_late_fusion" if str(meta.get("fusion", "")).startswith("late") else "mtaf_image_title"
+
+
+def beats_on_folds(results: list[SplitResult], candidate: str, incumbent: str, z: float = 2.0) -> dict:
+    """The candidate's paired lead over the incumbent on the rolling-origin folds, in median-split (at the test
+    median) and pairwise accuracy: it wins only if both leads exceed ``z`` standard errors."""
+    folds = [r for r in results if r.split.name != "reference"]
+    out = {"wins": len(folds) > 1}
+    for k in ("acc_test_median", "pairwise_2x"):
+        d = np.array([f.metrics[candidate][k] - f.metrics[incumbent][k] for f in folds])
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out[k] = [float(d.mean()) if len(d) else float("nan"), se]
+        out["wins"] = out["wins"] and bool(d.mean() > z * se)
+    return out
+
+
 def export_image_static(cfg: MemesConfig, table: MemesTable, ref: SplitResult) -> dict:
     """The reference split's image+title MTAF with the lower validation MAE -> calibrated interval ->
     candidate -> promotion gate -> ``<model_repo>/popscore_reddit_image_static``."""
@@ -519,6 +555,7 @@ def export_image_static(cfg: MemesConfig, table: MemesTable, ref: SplitResult) -
         "text_encoder": "popscore_text_encoder (MiniLM token states)",
         "bounds": output_bounds(m["fit"], False),
         "interval_calibration": calibration,
+        "recipe_model": chosen,
         "chosen_by": f"validation MAE among {list(IMAGE_TITLE_MODELS)}: "
                      + ", ".join(f"{n} {ref.val_mae[n]:.4f}" for n in IMAGE_TITLE_MODELS),
     }
@@ -648,7 +685,15 @@ def run(cfg: MemesConfig) -> dict:
                     **r.extra} for r in results_by_split],
         "summary": summarise(results_by_split),
     }  # fmt: skip
-    if cfg.model_repo is not None:
+    served = served_recipe_model(cfg.model_repo) if cfg.model_repo is not None else None
+    chosen = min(IMAGE_TITLE_MODELS, key=lambda n: ref.val_mae[n])
+    if served is not None:
+        # A new version must beat the served one where one window cannot mislead: on the folds, by two
+        # standard errors of the paired difference (the same recipe model is the served one retrained).
+        verdict = beats_on_folds(results_by_split, chosen, served) if chosen != served else {"wins": False}
+        results["promotion"] = {"served": served, "candidate": chosen, **verdict}
+        log(f"promotion: candidate {chosen} against served {served}: {verdict}")
+    if cfg.model_repo is not None and (served is None or results["promotion"]["wins"] or cfg.force):
         info = export_image_static(cfg, table, ref)
         results["export"] = info
         ref.extra["exported"] = info["chosen"]
@@ -712,6 +757,8 @@ def render(results: dict) -> str:
             d = m["vs_title"]
             lines.append(f"| {model} | " + " | ".join(f"{d[c][0]:+.3f} ± {d[c][1]:.3f}" for c in COLUMNS) + " |")
         lines.append("")
+    if "promotion" in results:
+        lines += [f"promotion (served {results['promotion']['served']}): {json.dumps(results['promotion'])}", ""]
     if "export" in results:
         lines += [f"export: {json.dumps({k: v for k, v in results['export'].items() if k != 'candidate'})}", ""]
     for h in results.get("heatmaps", []):

@@ -86,6 +86,31 @@ def test_pair_ranker_learns_a_linear_signal_from_close_pairs_only():
     assert memes.pair_accuracy(no_pairs.score(x[test]), test_pairs) == 0.5
 
 
+def test_a_candidate_wins_only_by_two_standard_errors_on_the_folds():
+    def split_result(name, cand, inc):
+        split = memes.Split(name, np.arange(1), np.arange(1), np.arange(1), {})
+        metrics = {m: {"acc_test_median": v, "pairwise_2x": v} for m, v in (("cand", cand), ("inc", inc))}
+        return memes.SplitResult(split, metrics, {}, {})
+
+    steady = [split_result("reference", 0.0, 1.0)] + [split_result(f"fold{k}", 0.62 + 0.01 * k, 0.60 + 0.01 * k + 0.002 * (-1) ** k)
+                                                      for k in range(6)]
+    verdict = memes.beats_on_folds(steady, "cand", "inc")
+    assert verdict["wins"] and verdict["pairwise_2x"][0] == pytest.approx(0.02)  # the reference split is not a fold
+    noisy = [split_result(f"fold{k}", 0.62, 0.60 + 0.05 * (-1) ** k) for k in range(6)]
+    assert not memes.beats_on_folds(noisy, "cand", "inc")["wins"]  # +0.02 on average, but ± 0.05 per window
+    assert not memes.beats_on_folds(steady[:2], "cand", "inc")["wins"]  # one fold: no standard error
+
+
+def test_the_served_version_names_its_recipe_model(tmp_path):
+    assert memes.served_recipe_model(tmp_path) is None
+    (tmp_path / memes.MODEL_NAME / "1").mkdir(parents=True)
+    (tmp_path / memes.MODEL_NAME / "1" / "metadata.json").write_text(json.dumps({"fusion": "late: the mean of"}))
+    assert memes.served_recipe_model(tmp_path) == "mtaf_late_fusion"
+    (tmp_path / memes.MODEL_NAME / "2").mkdir()
+    (tmp_path / memes.MODEL_NAME / "2" / "metadata.json").write_text(json.dumps({"recipe_model": "mtaf_image_title"}))
+    assert memes.served_recipe_model(tmp_path) == "mtaf_image_title"
+
+
 def test_occlusion_map_highlights_the_corner_the_score_reads():
     """A scorer that only reads the top-left 56 px: occluding it changes the prediction, elsewhere nothing."""
     rng = np.random.default_rng(0)
