@@ -683,7 +683,7 @@ def run(cfg: MemesConfig) -> dict:
         "dataset": DATASET, "n_posts": len(table), "config": config_record(cfg), "image_encoder": table.image_encoder,
         "splits": [{"name": r.split.name, "window": r.split.window, "metrics": r.metrics, "val_mae": r.val_mae,
                     **r.extra} for r in results_by_split],
-        "summary": summarise(results_by_split),
+        "summary": summarise(results_by_split), "paired": paired_differences(results_by_split),
     }  # fmt: skip
     served = served_recipe_model(cfg.model_repo) if cfg.model_repo is not None else None
     chosen = min(IMAGE_TITLE_MODELS, key=lambda n: ref.val_mae[n])
@@ -728,6 +728,25 @@ def summarise(results: list[SplitResult]) -> dict:
 
 
 BASELINE = "mtaf_title"  # the title-only model the image+title ones are compared with, fold by fold
+# (model, model it is compared with) on the folds, paired: what the picture adds on top of the rest, and the rest
+COMPARISONS = (
+    ("lightgbm_author_image_title", "lightgbm_author_title"), ("lightgbm_author_image_title", "lightgbm_author_image"),
+    ("lightgbm_author_title", "lightgbm_author"), ("lightgbm_author_image", "lightgbm_author"),
+    ("mtaf_late_fusion", "mtaf_image"), ("stack_title_image", "mtaf_image"), ("stack_title_image", "mtaf_late_fusion"),
+    ("lightgbm_author", "mtaf_content"), ("pair_ranker_image", "ridge_image"),
+)
+
+
+def paired_differences(results: list[SplitResult]) -> dict:
+    """``COMPARISONS`` on the folds: per pair, each metric's mean difference and its standard error."""
+    folds = [r for r in results if r.split.name != "reference"]
+    out = {}
+    for a, b in COMPARISONS:
+        if len(folds) < 2 or a not in folds[0].metrics or b not in folds[0].metrics:
+            continue
+        d = {k: np.array([f.metrics[a][k] - f.metrics[b][k] for f in folds]) for k in COLUMNS}
+        out[f"{a} - {b}"] = {k: [float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))] for k, v in d.items()}
+    return out
 COLUMNS = ("mae", "srcc", "acc_train_median", "acc_test_median", "acc_test_median_rank", "pairwise_2x")
 
 
@@ -756,6 +775,12 @@ def render(results: dict) -> str:
         for model, m in results["summary"].items():
             d = m["vs_title"]
             lines.append(f"| {model} | " + " | ".join(f"{d[c][0]:+.3f} ± {d[c][1]:.3f}" for c in COLUMNS) + " |")
+        lines.append("")
+    if results.get("paired"):
+        lines += ["## paired differences on the folds: mean ± standard error", "",
+                  head.replace("| model |", "| difference |"), "|" + "---|" * 7]
+        for pair, d in results["paired"].items():
+            lines.append(f"| {pair} | " + " | ".join(f"{d[c][0]:+.3f} ± {d[c][1]:.3f}" for c in COLUMNS) + " |")
         lines.append("")
     if "promotion" in results:
         lines += [f"promotion (served {results['promotion']['served']}): {json.dumps(results['promotion'])}", ""]

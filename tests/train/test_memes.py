@@ -101,6 +101,19 @@ def test_a_candidate_wins_only_by_two_standard_errors_on_the_folds():
     assert not memes.beats_on_folds(steady[:2], "cand", "inc")["wins"]  # one fold: no standard error
 
 
+def test_paired_differences_are_taken_fold_by_fold():
+    def split_result(name, a, b):
+        split = memes.Split(name, np.arange(1), np.arange(1), np.arange(1), {})
+        metrics = {m: {c: v for c in memes.COLUMNS} for m, v in (("lightgbm_author", a), ("mtaf_content", b))}
+        return memes.SplitResult(split, metrics, {}, {})
+
+    got = memes.paired_differences([split_result("reference", 9.0, 0.0), split_result("fold1", 0.6, 0.5),
+                                    split_result("fold2", 0.7, 0.65)])
+    assert list(got) == ["lightgbm_author - mtaf_content"]  # only comparisons of models the run has
+    mean, se = got["lightgbm_author - mtaf_content"]["pairwise_2x"]
+    assert mean == pytest.approx(0.075) and se == pytest.approx(0.025)  # differences 0.1 and 0.05; the reference not
+
+
 def test_the_served_version_names_its_recipe_model(tmp_path):
     assert memes.served_recipe_model(tmp_path) is None
     (tmp_path / memes.MODEL_NAME / "1").mkdir(parents=True)
@@ -191,6 +204,7 @@ def test_recipe_reports_every_model_on_the_same_pairs(recipe):
     assert results["summary"][memes.BASELINE]["vs_title"]["pairwise_2x"][0] == 0.0
     diff = results["summary"]["ridge_image"]["vs_title"]["srcc"][0]
     assert diff == pytest.approx(fold["ridge_image"]["srcc"] - fold[memes.BASELINE]["srcc"])
+    assert results["paired"] == {}  # one fold: no standard error, no paired comparison
 
 
 @pytest.mark.data
