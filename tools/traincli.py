@@ -46,8 +46,8 @@ def add_train_commands(subparsers) -> None:
                    help="gap between the training and test windows (default 48 h; 12 h for reddit, which spans 41 h)")
     p.add_argument("--model-repo", dest="train_model_repo", type=Path, default=None,
                    help="Triton model repository to export into (default: the global --model-repo or model_repo/)")
-    p.add_argument("--folds", type=positive_int, default=3,
-                   help="rolling-origin folds; the latest fold's models are exported (default 3)")
+    p.add_argument("--folds", type=positive_int, default=None,
+                   help="rolling-origin folds; the latest fold's models are exported (default 3; the memes recipe: 6)")
     p.add_argument("--test-frac", type=float, default=0.3,
                    help="share of the posts, the latest, in the folds' test windows together (default 0.3)")
     p.add_argument("--no-export", action="store_true", help="do not export/promote into the model repository")
@@ -159,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         dataset=args.dataset, limit=args.limit, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
         text=not args.no_text, gbt=not args.no_gbt, threads=args.threads, report_dir=args.report_dir,
-        model_repo=None if args.no_export else _model_repo(args), folds=args.folds, test_frac=args.test_frac,
+        model_repo=None if args.no_export else _model_repo(args), folds=args.folds or 3, test_frac=args.test_frac,
         progress=not args.no_progress, force=args.force, data_dir=args.data_dir,
         embargo_h=args.embargo_h if args.embargo_h is not None else (12.0 if args.dataset == "reddit" else 48.0),
     )  # fmt: skip
@@ -174,14 +174,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def train_memes(args: argparse.Namespace) -> int:
     """The memes recipe. It takes --limit, --seed, --epochs, --threads, --folds, --embargo-h (default 7 days),
     --report-dir, --model-repo, --no-export, --force, --data-dir; its batch size and test windows are its own
-    (MemesConfig: the reference split is the last 20 %, the folds share the last 45 %)."""
+    (MemesConfig: the reference split is the last 20 %, six folds share the last 60 %)."""
     from popscore.trainer.memes import MemesConfig, run
 
     cfg = MemesConfig(
         data_dir=args.data_dir, limit=args.limit, seed=args.seed, epochs=args.epochs, threads=args.threads,
-        folds=args.folds, report_dir=args.report_dir, model_repo=None if args.no_export else _model_repo(args),
+        report_dir=args.report_dir, model_repo=None if args.no_export else _model_repo(args),
         force=args.force, progress=not args.no_progress,
         **({"embargo_days": args.embargo_h / 24.0} if args.embargo_h is not None else {}),
+        **({"folds": args.folds} if args.folds is not None else {}),
     )  # fmt: skip
     results = run(cfg)
     print(f"report: {Path(args.report_dir) / MEMES / 'report.md'}")

@@ -5,9 +5,12 @@ times and final upvotes; the target is ``log1p(ups)``. There is one count per po
 (at upload) are trained:
 
     load -> encode titles (served MiniLM) and images (EfficientNet-Lite0, cached) -> per chronological split:
-        trivial mean, ridge probes on the encoders' embeddings, LightGBM on every feature, MTAF-static with
-        title / image / both (and a more regularised image+title variant, and an average with the ridge
-        probe), the pairwise intrinsic-popularity ranker on the image -> metrics on the split's test window
+        trivial mean, ridge probes on the encoders' embeddings, LightGBM on every feature, small LightGBMs on
+        the upload-time features + the author's settled history (+ the probes' scores), MTAF-static with
+        title / image / both (and a more regularised image+title variant, an average with the ridge probe,
+        and the title and image MTAFs weighted on validation), the pairwise intrinsic-popularity ranker on the
+        image -> metrics on the split's test window -> per model, mean and standard error over the folds and
+        the paired difference from title-only
     -> the reference split's best image+title MTAF (by validation MAE) -> popscore_reddit_image_static
     -> occlusion heat maps of a few test images through the exported encoder + head
 
@@ -46,8 +49,8 @@ class MemesConfig:
     limit: int | None = None  # the earliest N posts (tests)
     seed: int = 0
     reference_test_frac: float = 0.2  # the issue's reference protocol: the last 20 % of the posts are the test
-    folds: int = 3  # rolling-origin folds besides the reference split (0: the reference split only)
-    fold_test_frac: float = 0.45  # the folds' test windows together: the latest 45 % (15 % each)
+    folds: int = 6  # rolling-origin folds besides the reference split (0: the reference split only)
+    fold_test_frac: float = 0.6  # the folds' test windows together: the latest 60 % (~200 posts each)
     embargo_days: float = 7.0
     val_frac: float = 0.15
     epochs: int | None = None  # None: at least min_steps optimiser steps, early stopping on validation MAE
@@ -59,8 +62,12 @@ class MemesConfig:
     d_model: int = 64
     ridge_alphas: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0, 10000.0)
     pair_window_days: float = 30.0  # ranker training pairs: created within this many days of each other
-    pair_steps: int = 1500  # optimiser steps of the ranker, each on pair_batch pairs drawn at random
-    pair_batch: int = 256
+    pair_components: int = 64  # the ranker reads the image embedding's first principal components
+    pair_cs: tuple[float, ...] = (1e-4, 1e-3, 1e-2)  # its inverse L2 strengths, one chosen on validation pairs
+    pair_max_pairs: int = 60_000  # training pairs drawn at random when there are more
+    author_gap_days: float = 7.0  # an author's earlier posts count for their popularity once this old
+    probe_blocks: int = 5  # time-ordered blocks of the cross-fitted probe scores the trees read
+    image_pca: tuple[int, ...] = (8, 32)  # ridge probes on the image embedding's first principal components
     heatmaps: int = 4  # test images explained by occlusion (0: none)
     occlusion_patch: int = 48  # px of the 224 crop
     occlusion_stride: int = 16
@@ -87,6 +94,7 @@ class MemesTable:
     titles: object  # popscore.trainer.data.TitleEncodings
     images: np.ndarray  # [P, 1280] EfficientNet-Lite0
     image_encoder: str  # its version (weights hash + preprocessing)
+    author_past: np.ndarray  # [P, 2] mean log1p(ups) (NaN: none) and count of the author's posts >= the gap older
 
     def __len__(self) -> int:
         return len(self.target)
@@ -106,12 +114,34 @@ def load_table(cfg: MemesConfig) -> MemesTable:
     log(f"{len(data)} posts; title encodings (served MiniLM, cached) and image embeddings (EfficientNet-Lite0, cached)")
     titles = cached_title_encodings(data.frame["title"].tolist(), progress=cfg.progress)
     images = embed_files(data.image_paths)
+    target = np.log1p(data.frame["ups"].to_numpy(np.float64))
     return MemesTable(
-        frame=data.frame, posts=data.posts, created_at=created,
-        target=np.log1p(data.frame["ups"].to_numpy(np.float64)),
+        frame=data.frame, posts=data.posts, created_at=created, target=target,
         static=features.build_static_features(spec, created, [PLATFORM] * len(data), data.posts),
         titles=titles, images=images, image_encoder=encoder_version(),
+        author_past=author_past_popularity(data.frame["author"].to_numpy(), created, target,
+                                           cfg.author_gap_days * 86400.0),
     )  # fmt: skip
+
+
+def author_past_popularity(authors: np.ndarray, created_at: np.ndarray, target: np.ndarray, gap_s: float) -> np.ndarray:
+    """[P, 2]: the mean log1p(ups) of the author's posts created at least ``gap_s`` before this one (NaN when
+    none) and their count. The gap keeps it to counts that had settled by the post's upload (most upvotes
+    come within days); a deleted author has no history. Not a served feature: the worker keeps no author's
+    past final counts, so the models that read it are reported, never exported."""
+    from popscore.datasets.memes import DELETED_AUTHORS
+
+    out = np.zeros((len(authors), 2))
+    out[:, 0] = np.nan
+    for a in np.unique(authors):
+        if a in DELETED_AUTHORS:
+            continue
+        idx = np.flatnonzero(authors == a)
+        for i in idx:
+            prev = idx[created_at[idx] <= created_at[i] - gap_s]
+            if len(prev):
+                out[i] = target[prev].mean(), len(prev)
+    return out
 
 
 @dataclass
@@ -207,6 +237,25 @@ def ridge_probe(cfg: MemesConfig, x_fit: np.ndarray, y_fit: np.ndarray, x_val: n
     return fit(alpha, np.concatenate([x_fit, x_val]), np.concatenate([y_fit, y_val])), alpha
 
 
+def probe_scores(cfg: MemesConfig, x_fit, y_fit, x_val, y_val, x_test, alpha: float) -> tuple[np.ndarray, ...]:
+    """A ridge probe's prediction as one feature for the trees, on the same footing in every window: on the
+    training posts cross-fitted (``probe_blocks`` time-ordered blocks, each scored by a probe fit on the
+    others), on validation and test by the probe fit on the training posts. One number per encoder instead
+    of 384 or 1,280 dimensions: the lowest-dimensional projection of the embedding that carries its signal."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def fit(rows):
+        return make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x_fit[rows], y_fit[rows])
+
+    on_fit = np.zeros(len(y_fit))
+    for block in np.array_split(np.arange(len(y_fit)), cfg.probe_blocks):
+        on_fit[block] = fit(np.setdiff1d(np.arange(len(y_fit)), block)).predict(x_fit[block])
+    whole = fit(np.arange(len(y_fit)))
+    return on_fit, whole.predict(x_val), whole.predict(x_test)
+
+
 def lightgbm(cfg: MemesConfig, x_fit, y_fit, x_val, y_val):
     """LightGBM (L1) on every feature: static + title embedding + image embedding; early stopping on validation."""
     import lightgbm as lgb
@@ -217,6 +266,31 @@ def lightgbm(cfg: MemesConfig, x_fit, y_fit, x_val, y_val):
     model.fit(x_fit, y_fit, eval_set=[(x_val, y_val)], eval_metric="l1",
               callbacks=[lgb.early_stopping(50, verbose=False)])
     return model
+
+
+def lightgbm_small(cfg: MemesConfig, x_fit, y_fit, x_val, y_val):
+    """LightGBM (L1) on a handful of features (upload time, the author's history, probe scores): small trees,
+    early stopping on validation."""
+    import lightgbm as lgb
+
+    model = lgb.LGBMRegressor(objective="l1", n_estimators=1000, learning_rate=0.03, num_leaves=7,
+                              min_child_samples=30, subsample=0.8, subsample_freq=1, reg_lambda=1.0,
+                              random_state=cfg.seed, n_jobs=cfg.threads, verbose=-1)
+    model.fit(x_fit, y_fit, eval_set=[(x_val, y_val)], eval_metric="l1",
+              callbacks=[lgb.early_stopping(50, verbose=False)])
+    return model
+
+
+# name: which probe scores the author-history trees read beside the upload-time features and the author's history
+AUTHOR_TREES = {"lightgbm_author": (), "lightgbm_author_title": ("title",), "lightgbm_author_image": ("image",),
+                "lightgbm_author_image_title": ("title", "image")}
+
+
+def stacked(val_preds: list[np.ndarray], y_val: np.ndarray, test_preds: list[np.ndarray]) -> tuple[np.ndarray, list]:
+    """Least-squares weights (with an intercept) of several models' predictions, fit on the validation window."""
+    a = np.column_stack([np.ones(len(y_val)), *val_preds])
+    coef = np.linalg.lstsq(a, y_val, rcond=None)[0]
+    return np.column_stack([np.ones(len(test_preds[0])), *test_preds]) @ coef, [float(c) for c in coef]
 
 
 MTAF_VARIANTS = {
@@ -284,52 +358,61 @@ def train_mtaf_variant(cfg: MemesConfig, table: MemesTable, split: Split, text: 
 
 
 class PairRanker:
-    """Siamese intrinsic-popularity scorer on the image embedding (Ding et al.): a small MLP scoring one
-    picture, trained with the logistic loss on pairs with a clear (>= 2x) gap posted close in time, so the
-    pair shares the subreddit's audience of that moment and the gap is more the picture's than the period's."""
+    """Siamese intrinsic-popularity scorer on the image embedding (Ding et al.'s protocol): one linear score per
+    picture on the embedding's first ``pair_components`` principal components, trained with the logistic loss
+    on the score difference of training pairs with a clear (>= 2x) gap posted within ``pair_window_days`` of
+    each other (so the pair shares the subreddit's audience of that moment and the gap is more the picture's
+    than the period's), L2 strength chosen by pair accuracy on the validation window. A linear score with a
+    strong penalty: the earlier MLP ranker learnt its 154k training pairs (99 %) and ranked test pairs at chance."""
 
     def __init__(self, cfg: MemesConfig):
-        import torch
-
-        torch.manual_seed(cfg.seed)
         self.cfg = cfg
-        self.net = torch.nn.Sequential(torch.nn.Linear(features.VISUAL_DIM, 64), torch.nn.ReLU(),
-                                       torch.nn.Dropout(0.3), torch.nn.Linear(64, 1))
-        self.mean = self.std = None
+        self.pca = self.scaler = self.weights = None
+        self.slope, self.intercept = 0.0, 0.0
 
     def pairs(self, created_at: np.ndarray, y: np.ndarray) -> np.ndarray:
         p = two_x_pairs(y)
         close = np.abs(created_at[p[:, 0]] - created_at[p[:, 1]]) <= self.cfg.pair_window_days * 86400.0
         return p[close]
 
-    def fit(self, x: np.ndarray, created_at: np.ndarray, y: np.ndarray) -> dict:
-        import torch
+    def _train(self, z: np.ndarray, pairs: np.ndarray, c: float) -> np.ndarray:
+        from sklearn.linear_model import LogisticRegression
 
-        pairs = self.pairs(created_at, y)
-        self.mean, self.std = x.mean(0), x.std(0) + 1e-6
-        xt = torch.from_numpy(((x - self.mean) / self.std).astype(np.float32))
-        opt = torch.optim.AdamW(self.net.parameters(), lr=1e-3, weight_decay=1e-2)
-        rng = np.random.default_rng(self.cfg.seed)
-        self.net.train()
-        for _ in range(self.cfg.pair_steps if len(pairs) else 0):
-            p = pairs[rng.integers(0, len(pairs), self.cfg.pair_batch)]
-            s = self.net(xt[np.concatenate([p[:, 0], p[:, 1]])])[:, 0]
-            loss = torch.nn.functional.softplus(-(s[: len(p)] - s[len(p):])).mean()  # winner first
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        self.net.eval()
-        train_scores = self.score(x)
+        if not len(pairs):
+            return np.zeros(z.shape[1])  # nothing to learn from: every picture scores the same
+        if len(pairs) > self.cfg.pair_max_pairs:
+            pairs = pairs[np.random.default_rng(self.cfg.seed).choice(len(pairs), self.cfg.pair_max_pairs, replace=False)]
+        d = z[pairs[:, 0]] - z[pairs[:, 1]]  # winner first; both orders so the classes balance
+        x, label = np.concatenate([d, -d]), np.concatenate([np.ones(len(d)), np.zeros(len(d))])
+        return LogisticRegression(C=c, fit_intercept=False, max_iter=500).fit(x, label).coef_[0]
+
+    def fit(self, x_fit, created_fit, y_fit, x_val, created_val, y_val) -> dict:
+        """C on the validation pairs, then the ranker refit on the pairs of fit + validation."""
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler
+
+        x, created, y = (np.concatenate(a) for a in ((x_fit, x_val), (created_fit, created_val), (y_fit, y_val)))
+        self.pca = PCA(min(self.cfg.pair_components, len(x) - 1), random_state=self.cfg.seed).fit(x)
+        self.scaler = StandardScaler().fit(self.pca.transform(x))
+        z_fit, z_val = self.project(x_fit), self.project(x_val)
+        fit_pairs, val_pairs = self.pairs(created_fit, y_fit), two_x_pairs(y_val)
+        val_acc = {c: pair_accuracy(z_val @ self._train(z_fit, fit_pairs, c), val_pairs) for c in self.cfg.pair_cs}
+        c = max(val_acc, key=val_acc.get)
+        pairs = self.pairs(created, y)
+        z = self.project(x)
+        self.weights = self._train(z, pairs, c)
+        scores = z @ self.weights
         # a least-squares line maps the score to the log1p scale (MAE and the median splits need one)
-        self.slope, self.intercept = np.polyfit(train_scores, y, 1) if len(pairs) else (0.0, float(y.mean()))
-        return {"n_pairs": int(len(pairs)), "window_days": self.cfg.pair_window_days,
-                "train_pair_acc": pair_accuracy(train_scores, pairs)}
+        self.slope, self.intercept = np.polyfit(scores, y, 1) if np.ptp(scores) > 0 else (0.0, float(y.mean()))
+        return {"n_pairs": int(len(pairs)), "window_days": self.cfg.pair_window_days, "C": c,
+                "val_pair_acc": {str(k): round(v, 4) for k, v in val_acc.items()},
+                "train_pair_acc": pair_accuracy(scores, pairs)}
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        return self.scaler.transform(self.pca.transform(x))
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            return self.net(torch.from_numpy(((x - self.mean) / self.std).astype(np.float32)))[:, 0].numpy().astype(float)
+        return self.project(x) @ self.weights
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.intercept + self.slope * self.score(x)
@@ -355,10 +438,27 @@ def run_split(cfg: MemesConfig, table: MemesTable, split: Split, keep_models: bo
     extra: dict = {}
     emb = {"title": table.titles.pooled.astype(np.float64), "image": table.images.astype(np.float64)}
     emb["both"] = np.concatenate([emb["title"], emb["image"]], 1)
+    probes = {}
     for name, x in emb.items():
         model, alpha = ridge_probe(cfg, x[split.fit], y_fit, x[split.val], y_val)
         preds[f"ridge_{name}"] = model.predict(x[split.test])
         extra[f"ridge_{name}_alpha"] = alpha
+        if name != "both":
+            probes[name] = probe_scores(cfg, x[split.fit], y_fit, x[split.val], y_val, x[split.test], alpha)
+    from sklearn.decomposition import PCA
+
+    train = np.concatenate([split.fit, split.val])
+    for k in cfg.image_pca:  # fewer, stronger directions of the picture (fit on the training window only)
+        z = PCA(k, random_state=cfg.seed).fit(emb["image"][train]).transform(emb["image"])
+        model, _ = ridge_probe(cfg, z[split.fit], y_fit, z[split.val], y_val)
+        preds[f"ridge_image_pca{k}"] = model.predict(z[split.test])
+    # the upload-time features, the author's settled history and the probes' scores as single features
+    author = [np.column_stack([table.static[rows], table.author_past[rows]]) for rows in (split.fit, split.val, split.test)]
+    for name, reads in AUTHOR_TREES.items():
+        x_fit, x_val, x_test = (np.column_stack([a, *[probes[r][k] for r in reads]]) for k, a in enumerate(author))
+        tree = lightgbm_small(cfg, x_fit, y_fit, x_val, y_val)
+        preds[name] = tree.predict(x_test)
+        extra[f"{name}_trees"] = int(tree.best_iteration_ or tree.n_estimators)
     x_all = np.concatenate([table.static, emb["both"]], 1)
     gbm = lightgbm(cfg, x_all[split.fit], y_fit, x_all[split.val], y_val)
     preds["lightgbm"] = gbm.predict(x_all[split.test])
@@ -375,6 +475,12 @@ def run_split(cfg: MemesConfig, table: MemesTable, split: Split, keep_models: bo
         extra[f"{name}_epochs"] = len(history)
         models[name] = {"model": model, "fit": examples(table, split.fit, True, True),
                         "val": examples(table, split.val, True, True), "history": history}
+    # title and image MTAFs weighted by least squares on the validation window (the late fusion's fixed 1/2, 1/2
+    # learnt instead); the validation window also stopped their training, so the weights are a little optimistic
+    val_of = {n: predict_mtaf(models[n]["model"], examples(table, split.val, *MTAF_VARIANTS[n][:2]), False)["log_score"]
+              for n in ("mtaf_title", "mtaf_image")}
+    preds["stack_title_image"], extra["stack_title_image_weights"] = stacked(
+        [val_of["mtaf_title"], val_of["mtaf_image"]], y_val, [preds["mtaf_title"], preds["mtaf_image"]])
     fused = late_fusion(models["mtaf_title"]["model"], models["mtaf_image"]["model"])
     models["mtaf_late_fusion"] = {**models["mtaf_image_title"], "model": fused, "history": []}
     preds["mtaf_late_fusion"] = predict_mtaf(fused, examples(table, split.test, True, True), False)["log_score"]
@@ -386,9 +492,8 @@ def run_split(cfg: MemesConfig, table: MemesTable, split: Split, keep_models: bo
     preds["mtaf_image_title+ridge_both"] = 0.5 * (preds["mtaf_image_title"] + preds["ridge_both"])
 
     ranker = PairRanker(cfg)
-    extra["pair_ranker"] = ranker.fit(table.images[np.concatenate([split.fit, split.val])],
-                                      table.created_at[np.concatenate([split.fit, split.val])],
-                                      np.concatenate([y_fit, y_val]))
+    extra["pair_ranker"] = ranker.fit(table.images[split.fit], table.created_at[split.fit], y_fit,
+                                      table.images[split.val], table.created_at[split.val], y_val)
     preds["pair_ranker_image"] = ranker.predict(table.images[split.test])
 
     pairs = two_x_pairs(y_test)
@@ -398,6 +503,31 @@ def run_split(cfg: MemesConfig, table: MemesTable, split: Split, keep_models: bo
 
 
 # ------------------------------------------------------------------------------------------------ export
+
+
+def served_recipe_model(model_repo: Path) -> str | None:
+    """Which of the recipe's models the repository's latest ``popscore_reddit_image_static`` version is (None:
+    no version). Versions before the field existed say it through their fusion (v1: the late fusion)."""
+    versions = sorted((int(p.name) for p in (Path(model_repo) / MODEL_NAME).glob("[0-9]*") if p.name.isdigit()))
+    if not versions:
+        return None
+    meta = json.loads((Path(model_repo) / MODEL_NAME / str(versions[-1]) / "metadata.json").read_text())
+    if "recipe_model" in meta:
+        return meta["recipe_model"]
+    return "mtaf_late_fusion" if str(meta.get("fusion", "")).startswith("late") else "mtaf_image_title"
+
+
+def beats_on_folds(results: list[SplitResult], candidate: str, incumbent: str, z: float = 2.0) -> dict:
+    """The candidate's paired lead over the incumbent on the rolling-origin folds, in median-split (at the test
+    median) and pairwise accuracy: it wins only if both leads exceed ``z`` standard errors."""
+    folds = [r for r in results if r.split.name != "reference"]
+    out = {"wins": len(folds) > 1}
+    for k in ("acc_test_median", "pairwise_2x"):
+        d = np.array([f.metrics[candidate][k] - f.metrics[incumbent][k] for f in folds])
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out[k] = [float(d.mean()) if len(d) else float("nan"), se]
+        out["wins"] = out["wins"] and bool(d.mean() > z * se)
+    return out
 
 
 def export_image_static(cfg: MemesConfig, table: MemesTable, ref: SplitResult) -> dict:
@@ -425,6 +555,7 @@ def export_image_static(cfg: MemesConfig, table: MemesTable, ref: SplitResult) -
         "text_encoder": "popscore_text_encoder (MiniLM token states)",
         "bounds": output_bounds(m["fit"], False),
         "interval_calibration": calibration,
+        "recipe_model": chosen,
         "chosen_by": f"validation MAE among {list(IMAGE_TITLE_MODELS)}: "
                      + ", ".join(f"{n} {ref.val_mae[n]:.4f}" for n in IMAGE_TITLE_MODELS),
     }
@@ -552,9 +683,17 @@ def run(cfg: MemesConfig) -> dict:
         "dataset": DATASET, "n_posts": len(table), "config": config_record(cfg), "image_encoder": table.image_encoder,
         "splits": [{"name": r.split.name, "window": r.split.window, "metrics": r.metrics, "val_mae": r.val_mae,
                     **r.extra} for r in results_by_split],
-        "summary": summarise(results_by_split),
+        "summary": summarise(results_by_split), "paired": paired_differences(results_by_split),
     }  # fmt: skip
-    if cfg.model_repo is not None:
+    served = served_recipe_model(cfg.model_repo) if cfg.model_repo is not None else None
+    chosen = min(IMAGE_TITLE_MODELS, key=lambda n: ref.val_mae[n])
+    if served is not None:
+        # A new version must beat the served one where one window cannot mislead: on the folds, by two
+        # standard errors of the paired difference (the same recipe model is the served one retrained).
+        verdict = beats_on_folds(results_by_split, chosen, served) if chosen != served else {"wins": False}
+        results["promotion"] = {"served": served, "candidate": chosen, **verdict}
+        log(f"promotion: candidate {chosen} against served {served}: {verdict}")
+    if cfg.model_repo is not None and (served is None or results["promotion"]["wins"] or cfg.force):
         info = export_image_static(cfg, table, ref)
         results["export"] = info
         ref.extra["exported"] = info["chosen"]
@@ -569,19 +708,45 @@ def run(cfg: MemesConfig) -> dict:
 
 
 def summarise(results: list[SplitResult]) -> dict:
-    """Per model: each metric's mean and standard deviation over the rolling-origin folds (without the
-    reference split, which overlaps them)."""
+    """Per model: each metric's mean and standard error over the rolling-origin folds (without the reference
+    split, which overlaps them), and the mean and standard error of its per-fold difference from
+    ``mtaf_title`` (paired: the windows' difficulty, which moves every model, cancels)."""
     folds = [r for r in results if r.split.name != "reference"]
     if not folds:
         return {}
+
+    def mean_se(values):
+        v = np.asarray(values, float)
+        return [float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")]
+
     out = {}
     for model in folds[0].metrics:
-        out[model] = {k: [float(np.mean([f.metrics[model][k] for f in folds])),
-                          float(np.std([f.metrics[model][k] for f in folds]))]
-                      for k in COLUMNS}
+        out[model] = {k: mean_se([f.metrics[model][k] for f in folds]) for k in COLUMNS}
+        out[model]["vs_title"] = {k: mean_se([f.metrics[model][k] - f.metrics[BASELINE][k] for f in folds])
+                                  for k in COLUMNS}
     return out
 
 
+BASELINE = "mtaf_title"  # the title-only model the image+title ones are compared with, fold by fold
+# (model, model it is compared with) on the folds, paired: what the picture adds on top of the rest, and the rest
+COMPARISONS = (
+    ("lightgbm_author_image_title", "lightgbm_author_title"), ("lightgbm_author_image_title", "lightgbm_author_image"),
+    ("lightgbm_author_title", "lightgbm_author"), ("lightgbm_author_image", "lightgbm_author"),
+    ("mtaf_late_fusion", "mtaf_image"), ("stack_title_image", "mtaf_image"), ("stack_title_image", "mtaf_late_fusion"),
+    ("lightgbm_author", "mtaf_content"), ("pair_ranker_image", "ridge_image"),
+)
+
+
+def paired_differences(results: list[SplitResult]) -> dict:
+    """``COMPARISONS`` on the folds: per pair, each metric's mean difference and its standard error."""
+    folds = [r for r in results if r.split.name != "reference"]
+    out = {}
+    for a, b in COMPARISONS:
+        if len(folds) < 2 or a not in folds[0].metrics or b not in folds[0].metrics:
+            continue
+        d = {k: np.array([f.metrics[a][k] - f.metrics[b][k] for f in folds]) for k in COLUMNS}
+        out[f"{a} - {b}"] = {k: [float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))] for k, v in d.items()}
+    return out
 COLUMNS = ("mae", "srcc", "acc_train_median", "acc_test_median", "acc_test_median_rank", "pairwise_2x")
 
 
@@ -601,10 +766,24 @@ def render(results: dict) -> str:
             lines.append(f"| {model} | " + " | ".join(f"{m[c]:.3f}" for c in COLUMNS) + " |")
         lines.append("")
     if results["summary"]:
-        lines += ["## rolling-origin folds: mean ± sd", "", head, "|" + "---|" * 7]
+        n = len(results["splits"]) - 1
+        lines += [f"## rolling-origin folds: mean ± standard error over {n} windows", "", head, "|" + "---|" * 7]
         for model, m in results["summary"].items():
             lines.append(f"| {model} | " + " | ".join(f"{m[c][0]:.3f} ± {m[c][1]:.3f}" for c in COLUMNS) + " |")
+        lines += ["", f"## the same, minus {BASELINE} in the same window (paired): mean ± standard error", "",
+                  head, "|" + "---|" * 7]
+        for model, m in results["summary"].items():
+            d = m["vs_title"]
+            lines.append(f"| {model} | " + " | ".join(f"{d[c][0]:+.3f} ± {d[c][1]:.3f}" for c in COLUMNS) + " |")
         lines.append("")
+    if results.get("paired"):
+        lines += ["## paired differences on the folds: mean ± standard error", "",
+                  head.replace("| model |", "| difference |"), "|" + "---|" * 7]
+        for pair, d in results["paired"].items():
+            lines.append(f"| {pair} | " + " | ".join(f"{d[c][0]:+.3f} ± {d[c][1]:.3f}" for c in COLUMNS) + " |")
+        lines.append("")
+    if "promotion" in results:
+        lines += [f"promotion (served {results['promotion']['served']}): {json.dumps(results['promotion'])}", ""]
     if "export" in results:
         lines += [f"export: {json.dumps({k: v for k, v in results['export'].items() if k != 'candidate'})}", ""]
     for h in results.get("heatmaps", []):

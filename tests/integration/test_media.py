@@ -4,7 +4,8 @@ Every post is scored once at upload. A valid picture is read, decoded, encoded b
 ``popscore_image_encoder`` and scored with the visual modality on (``modality_weights.visual`` > 0), by the
 platform's ``popscore_<platform>_image_static`` where the repository has one; a broken one is scored by the
 platform's static model with the visual modality off, flagged ``media_rejected`` with its reason, and counted by
-reason. The heat-map view answers a PNG for a scored image post and 404 for a post without a picture.
+reason. The heat-map view answers a PNG for a scored image post and 404 for a post without a picture; the live board's
+post view shows it for an image post (a real headless Chromium; skipped without one).
 
 The image static model: the memes model (``popscore_reddit_image_static``) when the repository has it; until then
 the fixture serves a copy of the repository's reddit static model under that name with metadata declaring the
@@ -31,6 +32,7 @@ import pytest
 from PIL import Image
 
 from tests.integration.kafka_io import consume_until, produce
+from tests.integration.test_board import browser, wait_for  # noqa: F401 (a fixture)
 from tests.integration.test_platform_routing import counts, scrape
 
 pytestmark = pytest.mark.integration
@@ -177,3 +179,35 @@ def test_pictures_frames_and_broken_media_through_the_worker(private_stack):
     assert status == 404 and b"no picture" in body
     print(f"media: {len(static)} posts scored at upload, rejected by reason {dict(want)}, "
           f"image static predictions {sum(r['model_name'] == IMAGE_STATIC for r in static)}")
+
+
+def test_the_board_post_view_shows_an_image_posts_heat_map(private_stack, browser):
+    """The live board's post view shows the heat map (``/posts/{id}/heatmap.png``) of a post whose picture was
+    used, linked to the full-size PNG, and no heat-map block for a post without a picture."""
+    from selenium.webdriver.common.by import By
+
+    settings, endpoints = private_stack.settings, private_stack.state.endpoints_obj()
+    created = (datetime.now(timezone.utc) - timedelta(hours=1)).replace(microsecond=0).isoformat()
+    posts = {"board-image": {"image": b64(picture(50))}, "board-plain": {}}
+    records = [(pid.encode(), json.dumps({
+        "schema": "post.v1", "post_id": pid, "platform": "reddit", "created_at": created.replace("+00:00", "Z"),
+        "text": {"title": f"the board's {pid} post"}, "media": media}).encode()) for pid, media in posts.items()]
+    asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.posts, records))
+    asyncio.run(consume_until(endpoints.broker_bootstrap, settings.kafka.topics.predictions,
+                              lambda ms: {json.loads(m.value)["post_id"] for m in ms} >= set(posts), timeout_s=120))
+
+    web = endpoints.as_dict()["worker_web"]
+    browser.get(f"{web}/#/post/board-image")
+    wait_for(lambda: browser.execute_script(
+        "const i = document.getElementById('heatmap'); return i.complete && i.naturalWidth > 0 && "
+        "!document.getElementById('heatmap-block').hidden"), timeout_s=60, what="the heat map to be shown")
+    assert browser.execute_script("return document.getElementById('heatmap').naturalWidth") == 224
+    link = browser.find_element(By.ID, "heatmap-link").get_attribute("href")
+    assert link == f"{web}/posts/board-image/heatmap.png"
+    status, content_type, _ = get(link)
+    assert status == 200 and content_type.startswith("image/png")
+
+    browser.get(f"{web}/#/post/board-plain")
+    wait_for(lambda: browser.find_element(By.ID, "post-title").text == "the board's board-plain post",
+             what="the plain post's view")  # drawn with its explanation, the heat-map block decided with it
+    assert browser.execute_script("return document.getElementById('heatmap-block').hidden") is True

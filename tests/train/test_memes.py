@@ -46,6 +46,84 @@ def test_median_split_accuracy_at_each_median():
     assert m["acc_test_median_rank"] == 1.0  # the ranking is perfect
 
 
+def test_author_history_uses_only_posts_settled_by_the_gap():
+    authors = np.array(["a", "a", "a", "[deleted]", "[deleted]", "b"])
+    created = np.array([0.0, 5.0, 10.0, 0.0, 10.0, 10.0])
+    target = np.array([1.0, 3.0, 100.0, 7.0, 8.0, 9.0])
+    past = memes.author_past_popularity(authors, created, target, gap_s=5.0)
+    # a at 0: none; a at 5: the post at 0 (exactly the gap); a at 10: posts at 0 and 5, never its own label
+    assert np.isnan(past[0, 0]) and past[0, 1] == 0
+    assert past[1].tolist() == [1.0, 1.0] and past[2].tolist() == [2.0, 2.0]
+    assert np.isnan(past[4, 0]) and np.isnan(past[5, 0])  # deleted authors share no history; b has none
+
+
+def test_stacking_weights_are_learnt_on_validation():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=200), rng.normal(size=200)
+    y = 1.0 + 0.8 * a + 0.2 * b
+    pred, coef = memes.stacked([a, b], y, [a[:5], b[:5]])
+    assert np.allclose(coef, [1.0, 0.8, 0.2]) and np.allclose(pred, y[:5])
+
+
+def test_pair_ranker_learns_a_linear_signal_from_close_pairs_only():
+    """Embeddings of a few latent factors, popularity = one of them + noise: the ranker orders held-out pairs well
+    above chance; with a window of zero days it has no training pair sharing a moment and ranks at chance."""
+    rng = np.random.default_rng(1)
+    n, dim = 900, features.VISUAL_DIM
+    latent = rng.normal(size=(n, 16))
+    x = latent @ rng.normal(size=(16, dim)) + 0.3 * rng.normal(size=(n, dim))
+    y = 7.0 + 0.8 * latent[:, 3] + 0.5 * rng.normal(size=n)
+    created = np.arange(n) * 3600.0
+    fit, val, test = np.arange(500), np.arange(500, 650), np.arange(650, n)
+    cfg = memes.MemesConfig(pair_components=32)
+    ranker = memes.PairRanker(cfg)
+    info = ranker.fit(x[fit], created[fit], y[fit], x[val], created[val], y[val])
+    test_pairs = memes.two_x_pairs(y[test])
+    assert info["n_pairs"] > 1000 and memes.pair_accuracy(ranker.score(x[test]), test_pairs) > 0.75
+    assert memes.pair_accuracy(ranker.predict(x[test]), test_pairs) > 0.75  # the line to log1p keeps the order
+    no_pairs = memes.PairRanker(memes.MemesConfig(pair_components=32, pair_window_days=0.0))
+    assert no_pairs.fit(x[fit], created[fit], y[fit], x[val], created[val], y[val])["n_pairs"] == 0
+    assert memes.pair_accuracy(no_pairs.score(x[test]), test_pairs) == 0.5
+
+
+def test_a_candidate_wins_only_by_two_standard_errors_on_the_folds():
+    def split_result(name, cand, inc):
+        split = memes.Split(name, np.arange(1), np.arange(1), np.arange(1), {})
+        metrics = {m: {"acc_test_median": v, "pairwise_2x": v} for m, v in (("cand", cand), ("inc", inc))}
+        return memes.SplitResult(split, metrics, {}, {})
+
+    steady = [split_result("reference", 0.0, 1.0)] + [split_result(f"fold{k}", 0.62 + 0.01 * k, 0.60 + 0.01 * k + 0.002 * (-1) ** k)
+                                                      for k in range(6)]
+    verdict = memes.beats_on_folds(steady, "cand", "inc")
+    assert verdict["wins"] and verdict["pairwise_2x"][0] == pytest.approx(0.02)  # the reference split is not a fold
+    noisy = [split_result(f"fold{k}", 0.62, 0.60 + 0.05 * (-1) ** k) for k in range(6)]
+    assert not memes.beats_on_folds(noisy, "cand", "inc")["wins"]  # +0.02 on average, but ± 0.05 per window
+    assert not memes.beats_on_folds(steady[:2], "cand", "inc")["wins"]  # one fold: no standard error
+
+
+def test_paired_differences_are_taken_fold_by_fold():
+    def split_result(name, a, b):
+        split = memes.Split(name, np.arange(1), np.arange(1), np.arange(1), {})
+        metrics = {m: {c: v for c in memes.COLUMNS} for m, v in (("lightgbm_author", a), ("mtaf_content", b))}
+        return memes.SplitResult(split, metrics, {}, {})
+
+    got = memes.paired_differences([split_result("reference", 9.0, 0.0), split_result("fold1", 0.6, 0.5),
+                                    split_result("fold2", 0.7, 0.65)])
+    assert list(got) == ["lightgbm_author - mtaf_content"]  # only comparisons of models the run has
+    mean, se = got["lightgbm_author - mtaf_content"]["pairwise_2x"]
+    assert mean == pytest.approx(0.075) and se == pytest.approx(0.025)  # differences 0.1 and 0.05; the reference not
+
+
+def test_the_served_version_names_its_recipe_model(tmp_path):
+    assert memes.served_recipe_model(tmp_path) is None
+    (tmp_path / memes.MODEL_NAME / "1").mkdir(parents=True)
+    (tmp_path / memes.MODEL_NAME / "1" / "metadata.json").write_text(json.dumps({"fusion": "late: the mean of"}))
+    assert memes.served_recipe_model(tmp_path) == "mtaf_late_fusion"
+    (tmp_path / memes.MODEL_NAME / "2").mkdir()
+    (tmp_path / memes.MODEL_NAME / "2" / "metadata.json").write_text(json.dumps({"recipe_model": "mtaf_image_title"}))
+    assert memes.served_recipe_model(tmp_path) == "mtaf_image_title"
+
+
 def test_occlusion_map_highlights_the_corner_the_score_reads():
     """A scorer that only reads the top-left 56 px: occluding it changes the prediction, elsewhere nothing."""
     rng = np.random.default_rng(0)
@@ -100,7 +178,7 @@ def recipe(memes_root, tmp_path_factory):
     except Exception as exc:  # the EfficientNet-Lite0 weights package is not installed
         pytest.skip(f"no image encoder weights: {exc}")
     tmp = tmp_path_factory.mktemp("memes")
-    cfg = memes.MemesConfig(data_dir=memes_root.parent, limit=300, epochs=4, folds=1, pair_steps=20, heatmaps=1,
+    cfg = memes.MemesConfig(data_dir=memes_root.parent, limit=300, epochs=4, folds=1, heatmaps=1,
                             occlusion_stride=56, threads=1, model_repo=tmp / "repo", report_dir=tmp / "reports",
                             heatmap_dir=tmp / "maps")
     return cfg, memes.run(cfg)
@@ -114,12 +192,19 @@ def test_recipe_reports_every_model_on_the_same_pairs(recipe):
     assert ref["window"]["n_test_posts"] == 60  # the last 20 % of 300
     models = set(ref["metrics"])
     assert {"mean", "ridge_title", "ridge_image", "ridge_both", "lightgbm", "mtaf_title", "mtaf_image",
-            "mtaf_image_title", "pair_ranker_image"} <= models
+            "mtaf_image_title", "stack_title_image", "pair_ranker_image", *memes.AUTHOR_TREES} <= models
     n_pairs = {m["n_pairs_2x"] for m in ref["metrics"].values()}
     assert len(n_pairs) == 1 and n_pairs.pop() > 100
     assert ref["metrics"]["mean"]["pairwise_2x"] == 0.5
     report = (cfg.report_dir / memes.DATASET / "report.md").read_text()
     assert "ridge_image" in report and "pairwise" in report
+    # one fold: the mean over it is its value; the paired difference of the title model from itself is 0
+    fold = results["splits"][1]["metrics"]
+    assert results["summary"]["ridge_image"]["pairwise_2x"][0] == fold["ridge_image"]["pairwise_2x"]
+    assert results["summary"][memes.BASELINE]["vs_title"]["pairwise_2x"][0] == 0.0
+    diff = results["summary"]["ridge_image"]["vs_title"]["srcc"][0]
+    assert diff == pytest.approx(fold["ridge_image"]["srcc"] - fold[memes.BASELINE]["srcc"])
+    assert results["paired"] == {}  # one fold: no standard error, no paired comparison
 
 
 @pytest.mark.data

@@ -172,7 +172,22 @@ function drawExplanation(post) {
   const modalities = temporal.modality_weights || stat.modality_weights;
   $("modality-block").hidden = !modalities;
   if (modalities) $("modalities").textContent = Object.entries(modalities).map(([m, v]) => `${m} ${(v * 100).toFixed(1)}%`).join(" · ");
-  // An image heat map belongs here once posts carry images the worker keeps; none do yet, so nothing is drawn.
+  drawHeatmap(post, stat);
+}
+
+// The picture's heat map, for a post whose static prediction used its picture (the visual modality's weight).
+// Fetched once per post view: the occlusion runs the image models over many masked copies of the picture.
+function drawHeatmap(post, stat) {
+  const visual = (stat.modality_weights || {}).visual || 0;
+  const block = $("heatmap-block"), img = $("heatmap");
+  if (visual <= 0) { block.hidden = true; return; }
+  const url = "/posts/" + encodeURIComponent(post.post_id) + "/heatmap.png";
+  if (img.dataset.postId === post.post_id) return;
+  img.dataset.postId = post.post_id;
+  img.onload = () => { block.hidden = false; };
+  img.onerror = () => { block.hidden = true; };  // the picture expired or no model scores pictures now
+  img.src = url;
+  $("heatmap-link").href = url;
 }
 
 async function loadPost(postId) {
