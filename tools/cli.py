@@ -144,6 +144,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(table)
+    if args.results_json:  # what `popscore capacity --bench-results` reads
+        Path(args.results_json).write_text(json.dumps(results, indent=2) + "\n")
     if args.readme:
         from popscore.tools.bench import write_into_readme
 
@@ -214,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--images", action="store_true", help="only the phase of posts with pictures (and its "
                        "naive one-request-per-picture baseline), on a stack of its own")
     bench.add_argument("--readme", help="write the results table between the bench markers of this file (docs/benchmarks.md holds them)")
+    bench.add_argument("--results-json", metavar="FILE", help="also write the results as one JSON object to FILE "
+                       "(what `popscore capacity --bench-results` reads)")
     bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", parents=stack_options,
