@@ -9,7 +9,8 @@ one snapshot per record at full speed -> latency at half the record rate -> the 
 Redis bytes per post for ``memory_posts`` posts with ``memory_obs`` observations each -> image posts
 (``image_posts`` posts with an inline picture: throughput and post -> static prediction latency through the served
 image encoder and static model, against the naive one-request-per-picture baseline; ``popscore bench --images``
-runs this phase alone).
+runs this phase alone). Before the stack starts and after it stops, the calibration workload (tools/calibration.py)
+is timed, so CPU per snapshot is also reported in calibration rounds, which compare across machines.
 """
 
 from __future__ import annotations
@@ -590,9 +591,10 @@ def image_rows(results: dict) -> list[tuple[str, str, str]]:
              f"naive, one Triton request per picture: {results['naive_image_posts_per_s']:,} posts/s")]
 
 
-CPU_PHASES = {"batch": "envelopes at full speed", "sustained": "sustained, 1 worker",
-              "sustained_scaled_out": "sustained, more workers", "record": "single records at full speed"}
-"""Labels of the phases whose CPU per snapshot the table shows in calibration rounds; others show by their key."""
+CPU_PHASES = {"batch": "envelopes at full speed", "sustained": "sustained", "sustained_scaled_out": "sustained",
+              "record": "single records at full speed"}
+"""Labels of the phases whose CPU per snapshot the table shows in calibration rounds (with their workers, when the
+results say); others show by their key."""
 
 
 def calibration_rows(results: dict) -> list[tuple[str, str, str]]:
@@ -601,8 +603,7 @@ def calibration_rows(results: dict) -> list[tuple[str, str, str]]:
         return []
     machine, start, end = results.get("machine", {}), results["calibration_start"], results.get("calibration_end")
     drift = f", drift {100 * results['calibration_drift']:+.0f} %" if "calibration_drift" in results else ""
-    rows = [("machine; one calibration round (tools/calibration.py, v{}: the worker's mix, CPU time)".format(
-                 start["version"]),
+    rows = [(f"machine; one calibration round (tools/calibration.py, v{start['version']}: the worker's mix, CPU time)",
              f"{machine.get('cpu_model')} ({machine.get('cpu_family_model_stepping')}), {machine.get('usable_cpus')} "
              f"CPUs; load average {machine.get('load_average')} at the start, {results.get('load_average_end')} at "
              f"the end",
@@ -614,7 +615,9 @@ def calibration_rows(results: dict) -> list[tuple[str, str, str]]:
         phase = key[: -len("_cpu_rounds_per_snapshot")]
         us = results.get(f"{phase}_cpu_us_per_snapshot", {})
         cells = [f"{name} {us.get(name)} ({value})" for name, value in rounds.items() if name != "load generator"]
-        rows.append((f"CPU per snapshot, {CPU_PHASES.get(phase, phase)}: us (calibration rounds)", ", ".join(cells),
+        label, workers = CPU_PHASES.get(phase, phase), results.get(f"{phase}_workers")
+        label += f", {workers} worker{'s' if workers != 1 else ''}" if workers else ""
+        rows.append((f"CPU per snapshot, {label}: us (calibration rounds)", ", ".join(cells),
                      f"load generator {us.get('load generator', 'n/a')} ({rounds.get('load generator', 'n/a')})"))
     return rows
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -234,8 +235,8 @@ def render(cap: Capacity, figures: BenchFigures, assume: Assumptions, redis: Red
         f"(an assumption, not measured)",
         f"  Kafka replication factor {assume.replication_factor}; {assume.prediction_consumer_groups} consumer "
         f"group(s) read every prediction; a broker carries {assume.broker_bytes_per_s / MB:g} MB/s in + out, and "
-        f"has {assume.broker_cores_per_host} cores planned at {assume.broker_utilisation:.0%} (at the bench broker's CPU per "
-        f"snapshot, per replica)",
+        f"has {assume.broker_cores_per_host} cores planned at {assume.broker_utilisation:.0%} (at the bench "
+        f"broker's CPU per snapshot, per replica)",
         "",
         "Needs:",
         f"  workers: {cap.worker_cores} cores busy -> {cap.worker_replicas:,} replicas (one core each)",
@@ -253,7 +254,12 @@ def render(cap: Capacity, figures: BenchFigures, assume: Assumptions, redis: Red
         f"bytes; {cap.broker_cores} cores at the bench broker's CPU -> {cap.brokers_for_cpu:,} brokers for CPU; "
         f"{cap.brokers:,} brokers",
     ]
-    return "\n".join(lines)
+    return "\n".join(textwrap.fill(line, WIDTH, subsequent_indent=" " * (len(line) - len(line.lstrip()) + 2),
+                                   break_on_hyphens=False) if line else line for line in lines)
+
+
+WIDTH = 110
+"""Columns of the printed plan."""
 
 
 def assumption_options() -> list[tuple[str, type, object]]:

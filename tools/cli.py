@@ -251,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(what `popscore capacity --bench-results` reads)")
     bench.set_defaults(func=cmd_bench)
 
-    capacity = sub.add_parser("capacity", help="what serving N snapshots/s for M live posts takes (workers, partitions, "
-                              "Redis shards and memory, Triton, broker), from the bench's CPU per snapshot")
+    capacity = sub.add_parser("capacity", help="what serving N snapshots/s for M live posts takes (workers, "
+                              "partitions, Redis shards and memory, Triton, broker), from the bench's CPU per snapshot")
     capacity.add_argument("--snapshots-per-s", type=float, required=True, help="snapshots per second to serve")
     capacity.add_argument("--live-posts", type=int, required=True, help="posts whose sequence has not expired")
     capacity.add_argument("--bench-results", metavar="FILE", help="`popscore bench --results-json` output (default: "

@@ -56,17 +56,23 @@ def test_the_table_shows_the_machine_the_round_and_cpu_in_rounds_beside_microsec
         "machine": {"cpu_model": "AMD EPYC", "cpu_family_model_stepping": "25/17/1", "usable_cpus": 2,
                     "load_average": [1.5, 1.0, 0.5]},
         "load_average_end": [2.5, 1.2, 0.6],
-        "calibration_start": {"us_per_round": 14.0, "version": 1}, "calibration_end": {"us_per_round": 16.0, "version": 1},
+        "calibration_start": {"us_per_round": 14.0, "version": 1},
+        "calibration_end": {"us_per_round": 16.0, "version": 1},
+        "sustained_scaled_out_workers": 2,
         "sustained_scaled_out_cpu_us_per_snapshot": {"broker": 6.0, "worker": 22.5, "worker-2": 22.5,
                                                      "load generator": 4.5}})
     rows = calibration_rows(results)
-    assert rows[0][1] == "AMD EPYC (25/17/1), 2 CPUs; load average [1.5, 1.0, 0.5] at the start, [2.5, 1.2, 0.6] at the end"
+    assert rows[0][1] == ("AMD EPYC (25/17/1), 2 CPUs; load average [1.5, 1.0, 0.5] at the start, "
+                          "[2.5, 1.2, 0.6] at the end")
     assert rows[0][2] == "15.0 us per round (start 14.0, end 16.0, drift +14 %)"
-    assert rows[1] == ("CPU per snapshot, sustained, more workers: us (calibration rounds)",
+    assert rows[1] == ("CPU per snapshot, sustained, 2 workers: us (calibration rounds)",
                        "broker 6.0 (0.4), worker 22.5 (1.5), worker-2 22.5 (1.5)", "load generator 4.5 (0.3)")
     assert calibration_rows({"batch_cpu_us_per_snapshot": {"worker": 1.0}}) == []  # a run without calibration
+    one = calibration_rows({**results, "sustained_workers": 1, "sustained_cpu_us_per_snapshot": {"worker": 30.0},
+                            "sustained_cpu_rounds_per_snapshot": {"worker": 2.0}})
+    assert one[-1][:2] == ("CPU per snapshot, sustained, 1 worker: us (calibration rounds)", "worker 30.0 (2.0)")
     table = render_table({**TABLE_RESULTS, **results}, "popscore bench")
-    assert "| CPU per snapshot, sustained, more workers: us (calibration rounds) | broker 6.0 (0.4)," in table
+    assert "| CPU per snapshot, sustained, 2 workers: us (calibration rounds) | broker 6.0 (0.4)," in table
 
 
 TABLE_RESULTS = {"batch_snapshots_per_s": 25334, "naive_snapshots_per_s": 91, "speedup_batch_vs_naive": 278.4,
