@@ -36,6 +36,8 @@ class BenchFigures:
     snapshot_bytes: float  # key and share of a batch envelope, as produced to the broker
     prediction_bytes: float  # key and value of one prediction.v1 record
     calibration_us_per_round: float | None = None  # the run's calibration round (tools/calibration.py), if timed
+    redis_sequence_bytes: float | None = None  # Redis bytes per post the bench measured (a sequence key) ...
+    redis_sequence_observations: int | None = None  # ... of this many observations
 
     @property
     def triton_us_per_row(self) -> float:
@@ -190,7 +192,9 @@ def figures_from_results(results: dict, source: str, phase: str | None = None) -
         predictions_per_snapshot=results.get(f"{phase}_predictions_per_snapshot") or 1.0,
         snapshot_bytes=results.get("batch_bytes_per_snapshot") or DEFAULT_FIGURES.snapshot_bytes,
         prediction_bytes=results.get("prediction_bytes") or DEFAULT_FIGURES.prediction_bytes,
-        calibration_us_per_round=results.get("calibration_us_per_round"))
+        calibration_us_per_round=results.get("calibration_us_per_round"),
+        redis_sequence_bytes=results.get("redis_bytes_per_post"),
+        redis_sequence_observations=results.get("config", {}).get("memory_obs"))
 
 
 def load_figures(path: str | Path, phase: str | None = None) -> BenchFigures:
@@ -231,6 +235,8 @@ def render(cap: Capacity, figures: BenchFigures, assume: Assumptions, redis: Red
         f"  Redis memory by the budget formula (RedisSettings.memory_budget_bytes): (sequence of "
         f"{redis.observations_per_post} observations {redis.sequence_bytes():,} B + post {redis.post_extra_bytes:,} B) "
         f"x {redis.memory_headroom} per post + {redis.memory_base_bytes / 2 ** 20:g} MiB per shard",
+        *([_sequence_check(figures, redis)] if figures.redis_sequence_bytes and figures.redis_sequence_observations
+          else []),
         f"  Triton planned at {assume.triton_utilisation:.0%}; a GPU serves {_n(assume.gpu_rows_per_s)} rows/s "
         f"(an assumption, not measured)",
         f"  Kafka replication factor {assume.replication_factor}; {assume.prediction_consumer_groups} consumer "
@@ -256,6 +262,15 @@ def render(cap: Capacity, figures: BenchFigures, assume: Assumptions, redis: Red
     ]
     return "\n".join(textwrap.fill(line, WIDTH, subsequent_indent=" " * (len(line) - len(line.lstrip()) + 2),
                                    break_on_hyphens=False) if line else line for line in lines)
+
+
+def _sequence_check(figures: BenchFigures, redis: RedisSettings) -> str:
+    """The bench's measured sequence key beside the formula's for the same observations: the formula's constants
+    (settings.SEQUENCE_KEY_BYTES, RECORD_BYTES) are current when the two agree."""
+    n = figures.redis_sequence_observations
+    formula = redis.model_copy(update={"observations_per_post": n}).sequence_bytes()
+    return (f"  (the bench measured {figures.redis_sequence_bytes:,} B for a sequence of {n} observations; the "
+            f"formula gives {formula:,} B, {figures.redis_sequence_bytes / formula - 1:+.0%})")
 
 
 WIDTH = 110

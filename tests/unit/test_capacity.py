@@ -104,6 +104,10 @@ def test_figures_come_from_the_preferred_phase_of_bench_results():
     assert figures.predictions_per_snapshot == 0.98 and figures.prediction_bytes == 777.0
     assert figures.calibration_us_per_round == 14.0
     assert figures_from_results(results, "run.json", "batch").worker_us == 4.0
+    measured = {**results, "redis_bytes_per_post": 1_496.5, "config": {"memory_obs": 24}}
+    text = render(plan(1_000, 1_000), figures_from_results(measured, "run.json"), Assumptions())
+    assert "the bench measured 1,496.5 B for a sequence of 24 observations; the formula gives 1,409 B, +6%" in \
+        " ".join(text.split())
     with pytest.raises(ValueError, match="record"):
         figures_from_results(results, "run.json", "record")
 
