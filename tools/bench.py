@@ -9,7 +9,8 @@ one snapshot per record at full speed -> latency at half the record rate -> the 
 Redis bytes per post for ``memory_posts`` posts with ``memory_obs`` observations each -> image posts
 (``image_posts`` posts with an inline picture: throughput and post -> static prediction latency through the served
 image encoder and static model, against the naive one-request-per-picture baseline; ``popscore bench --images``
-runs this phase alone).
+runs this phase alone). Before the stack starts and after it stops, the calibration workload (tools/calibration.py)
+is timed, so CPU per snapshot is also reported in calibration rounds, which compare across machines.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import redis
 
 from popscore.settings import Settings
 from popscore.stream.redis_schema import RECORD, RedisKeys, encode_sequence
+from popscore.tools.calibration import CALIBRATION_VERSION, calibrated, machine_info, time_calibration
 from popscore.tools.replay import batch_envelope, partition_for
 from popscore.tools.stack.stack import EmbeddedStack
 
@@ -369,9 +371,16 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
     problem = repository_problem(BENCH_PLATFORM, sets[BENCH_PLATFORM]) if BENCH_PLATFORM in sets else "absent"
     if problem is not None:
         raise RuntimeError(f"the bench measures the {BENCH_PLATFORM} model set, which cannot be served: {problem}")
+    # The machine and the calibration workload's time before and after the run: figures compare across machines
+    # in calibration rounds (tools/calibration.py), and a drift between the two shows a load that changed.
+    machine = machine_info()
+    log(f"machine: {machine['cpu_model']}, {machine['usable_cpus']} CPUs, load average {machine['load_average']}")
+    calibration_start = time_calibration()
+    log(f"calibration v{CALIBRATION_VERSION}: {calibration_start['us_per_round']} us per round")
     stack = EmbeddedStack(settings, log=log)
     state = stack.start(with_worker=True)
-    results: dict = {"config": asdict(cfg), "text_encoder": False}
+    results: dict = {"config": asdict(cfg), "text_encoder": False, "machine": machine,
+                     "calibration_start": calibration_start}
     try:
         endpoints = state.endpoints_obj()
         pids = {name: int(info["pid"]) for name, info in state.processes.items()}
@@ -424,6 +433,8 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         fresh_topics()
         log(f"snapshot batches: {rounds * cfg.live_posts:,} snapshots in {len(records):,} envelopes, "
             f"as fast as possible")
+        results["batch_bytes_per_snapshot"] = round(sum(len(k) + len(v) for k, v, _ in records) /
+                                                    (rounds * cfg.live_posts), 1)  # key and envelope, on the broker
         full_speed("batch", records, rounds * cfg.live_posts, next_round + rounds - 1, cfg.batch_seconds)
         next_round += rounds
 
@@ -510,12 +521,14 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         sent_at: dict[bytes, float] = {}
         latencies: list[float] = []
         to_worker: list[float] = []  # produced -> the worker published the prediction (its produced_at)
+        prediction_bytes: list[int] = []
         wall_minus_monotonic = time.time() - time.monotonic()
 
         def on_prediction(message, now):
             if message.key in sent_at and b'"temporal"' in message.value:
                 sent = sent_at.pop(message.key)
                 latencies.append(now - sent)
+                prediction_bytes.append(len(message.key) + len(message.value))
                 at = message.value.find(b'"produced_at":"') + 15
                 published = datetime.fromisoformat(message.value[at:message.value.index(b'"', at)].decode()
                                                    .replace("Z", "+00:00")).timestamp()
@@ -530,6 +543,7 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         results["latency_p50_ms"] = round(1000 * _percentile(latencies, 50), 1)
         results["latency_p99_ms"] = round(1000 * _percentile(latencies, 99), 1)
         results["latency_samples"] = len(latencies)
+        results["prediction_bytes"] = round(float(np.mean(prediction_bytes)), 1) if prediction_bytes else None
         # Where it goes: up to the worker's publish (producer linger, broker, fetch, micro-batch, processing) and
         # after it (producer, broker, the reader's fetch). Same machine, same clock.
         results["latency_to_publish_p50_ms"] = round(1000 * _percentile(to_worker, 50), 1)
@@ -561,7 +575,11 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
                                               results["redis_bytes_per_post"], 2)
     finally:
         stack.stop()
-    return results
+    results["calibration_end"] = time_calibration()
+    results["load_average_end"] = machine_info()["load_average"]
+    log(f"calibration v{CALIBRATION_VERSION}: {results['calibration_end']['us_per_round']} us per round at the end; "
+        f"load average {results['load_average_end']}")
+    return calibrated(results)
 
 
 def image_rows(results: dict) -> list[tuple[str, str, str]]:
@@ -571,6 +589,37 @@ def image_rows(results: dict) -> list[tuple[str, str, str]]:
              f"{results['image_posts_per_s']:,} posts/s; latency p50 {results['image_latency_p50_ms']} ms, "
              f"p95 {results['image_latency_p95_ms']} ms; visual modality on in {results['image_visual_on']:,}",
              f"naive, one Triton request per picture: {results['naive_image_posts_per_s']:,} posts/s")]
+
+
+CPU_PHASES = {"batch": "envelopes at full speed", "sustained": "sustained", "sustained_scaled_out": "sustained",
+              "record": "single records at full speed"}
+"""Labels of the phases whose CPU per snapshot the table shows in calibration rounds (with their workers, when the
+results say); others show by their key."""
+
+
+def calibration_rows(results: dict) -> list[tuple[str, str, str]]:
+    """The machine, the calibration round's time, and each phase's CPU per snapshot in rounds beside microseconds."""
+    if "calibration_us_per_round" not in results:
+        return []
+    machine, start, end = results.get("machine", {}), results["calibration_start"], results.get("calibration_end")
+    drift = f", drift {100 * results['calibration_drift']:+.0f} %" if "calibration_drift" in results else ""
+    rows = [(f"machine; one calibration round (tools/calibration.py, v{start['version']}: the worker's mix, CPU time)",
+             f"{machine.get('cpu_model')} ({machine.get('cpu_family_model_stepping')}), {machine.get('usable_cpus')} "
+             f"CPUs; load average {machine.get('load_average')} at the start, {results.get('load_average_end')} at "
+             f"the end",
+             f"{results['calibration_us_per_round']} us per round (start {start['us_per_round']}, end "
+             f"{end['us_per_round'] if end else 'n/a'}{drift})")]
+    for key, rounds in results.items():
+        if not key.endswith("_cpu_rounds_per_snapshot"):
+            continue
+        phase = key[: -len("_cpu_rounds_per_snapshot")]
+        us = results.get(f"{phase}_cpu_us_per_snapshot", {})
+        cells = [f"{name} {us.get(name)} ({value})" for name, value in rounds.items() if name != "load generator"]
+        label, workers = CPU_PHASES.get(phase, phase), results.get(f"{phase}_workers")
+        label += f", {workers} worker{'s' if workers != 1 else ''}" if workers else ""
+        rows.append((f"CPU per snapshot, {label}: us (calibration rounds)", ", ".join(cells),
+                     f"load generator {us.get('load generator', 'n/a')} ({rounds.get('load generator', 'n/a')})"))
+    return rows
 
 
 def render_table(results: dict, command: str) -> str:
@@ -604,6 +653,7 @@ def render_table(results: dict, command: str) -> str:
         ("Redis bytes per post", f"{results['redis_bytes_per_post']:,}",
          f"naive JSON list {results['naive_redis_bytes_per_post']:,} (x{results['redis_memory_ratio']})"),
         *image_rows(results),
+        *calibration_rows(results),
     ]
     lines = [f"`{command}`", "", "| measure | popscore | baseline in the same run |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]

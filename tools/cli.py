@@ -144,12 +144,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(table)
+    if args.results_json:  # what `popscore capacity --bench-results` reads
+        Path(args.results_json).write_text(json.dumps(results, indent=2) + "\n")
     if args.readme:
         from popscore.tools.bench import write_into_readme
 
         note = (f"Measured {time.strftime('%Y-%m-%d')} on this 2-core machine, everything (broker, Redis, Triton, "
                 f"worker, load generator) on it at once.")
         write_into_readme(args.readme, table, note)
+    return 0
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from popscore.tools.capacity import (DEFAULT_FIGURES, Assumptions, as_json, assumption_options, load_figures,
+                                         plan, render)
+
+    assume = Assumptions(**{name: getattr(args, name) for name, _, _ in assumption_options()})
+    redis = _settings(args).redis
+    try:
+        figures = load_figures(args.bench_results, args.phase) if args.bench_results else DEFAULT_FIGURES
+        capacity = plan(args.snapshots_per_s, args.live_posts, figures, assume, redis)
+    except ValueError as exc:
+        print(f"popscore capacity: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(as_json(capacity, figures, assume), indent=2) if args.json else
+          render(capacity, figures, assume, redis))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from popscore.tools.calibration import machine_info, time_calibration
+
+    result = {"machine": machine_info(), "calibration": time_calibration()}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        m, c = result["machine"], result["calibration"]
+        print(f"{m['cpu_model']} ({m['cpu_family_model_stepping']}), {m['usable_cpus']} CPUs, load average "
+              f"{m['load_average']}\ncalibration v{c['version']}: {c['us_per_round']} us of CPU per round "
+              f"(min {c['min_us']}, max {c['max_us']})")
     return 0
 
 
@@ -214,7 +247,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--images", action="store_true", help="only the phase of posts with pictures (and its "
                        "naive one-request-per-picture baseline), on a stack of its own")
     bench.add_argument("--readme", help="write the results table between the bench markers of this file (docs/benchmarks.md holds them)")
+    bench.add_argument("--results-json", metavar="FILE", help="also write the results as one JSON object to FILE "
+                       "(what `popscore capacity --bench-results` reads)")
     bench.set_defaults(func=cmd_bench)
+
+    capacity = sub.add_parser("capacity", help="what serving N snapshots/s for M live posts takes (workers, "
+                              "partitions, Redis shards and memory, Triton, broker), from the bench's CPU per snapshot")
+    capacity.add_argument("--snapshots-per-s", type=float, required=True, help="snapshots per second to serve")
+    capacity.add_argument("--live-posts", type=int, required=True, help="posts whose sequence has not expired")
+    capacity.add_argument("--bench-results", metavar="FILE", help="`popscore bench --results-json` output (default: "
+                          "the latest full bench's figures, docs/benchmarks.md)")
+    capacity.add_argument("--phase", help="the bench phase whose CPU per snapshot to use (default: the sustained "
+                          "phase with the most workers)")
+    capacity.add_argument("--json", action="store_true", help="print the plan, figures and assumptions as JSON")
+    from popscore.tools.capacity import assumption_options
+
+    for name, kind, default in assumption_options():
+        capacity.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
+                              help=f"assumption (default {default}; docs/deployment.md, 'Capacity model')")
+    capacity.set_defaults(func=cmd_capacity)
+
+    calibrate = sub.add_parser("calibrate", help="time the bench's calibration workload on this machine (for "
+                               "`popscore capacity --host-calibration-us`)")
+    calibrate.add_argument("--json", action="store_true", help="print the machine and the timing as JSON")
+    calibrate.set_defaults(func=cmd_calibrate)
 
     demo = sub.add_parser("demo", parents=stack_options,
                           help="the main job: start the embedded stack, replay the built-in sample (or --data), show "
