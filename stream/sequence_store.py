@@ -3,8 +3,10 @@
 A sequence is one Redis string of fixed-width records sorted by time (the layout of this and every other key
 is in ``redis_schema``). merge_snapshots.lua merges new records into place atomically: a record already present
 is a no-op (redelivery changes nothing), an older one is inserted in order, a different record at the same time
-replaces the old one and is reported as a correction. The script returns the merged sequence so that features
-are computed from exactly what is stored, in the same round trip. Post metadata (created_at, platform, ...)
+replaces the old one and is reported as a correction. The script returns the tail of the merged sequence that
+the features read (``popscore.features.lookback_s``) and the number of records before it, so that features are
+computed from exactly what is stored, in the same round trip, at a cost that does not grow with the number of
+observations stored. Post metadata (created_at, platform, ...)
 lives in a small hash beside it. The sequence expires ``ttl_s`` after its last update, the hash up to
 ``post_ttl_refresh_s`` later (``PostMetaCache``: the script reads a post's hash only where the worker does not
 hold it, and refreshes its TTL only every ``post_ttl_refresh_s``).
@@ -19,12 +21,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import redis.asyncio as redis
 
+from popscore import features as F
 from popscore.contract import Post, Snapshot
 from popscore.stream.redis_schema import CLAIM_AWAITING, CONTENT, CONTENT_INPUT_FIELDS, DUPLICATE, KEEP_META, \
     META_FIELDS, MERGE_SNAPSHOTS, READ_META, REFRESH_TTL, PostMeta, RedisKeys, claim_awaiting_call, \
-    decode_sequence, decode_sequences, encode_post, encode_snapshot, kept_predictions, lua_source, \
+    decode_records, decode_sequence, decode_sequences, encode_post, encode_snapshot, kept_predictions, lua_source, \
     merge_snapshots_call, post_ttl_s, record_time
 from popscore.stream.redis_script import PipelinedScript
+
+
+DEFAULT_LOOKBACK_S = F.lookback_s(F.DEFAULT_SPEC)
 
 
 def group_by_post(snapshots: Iterable[Snapshot], into: dict[str, list[bytes]] | None = None
@@ -130,12 +136,13 @@ class PostMetaCache:
 @dataclass
 class SequenceUpdate:
     post_id: str
-    sequence: np.ndarray
+    sequence: np.ndarray  # the stored sequence, or its tail from a merge: what the features read of it
     post: PostMeta
     statuses: list[int] = field(default_factory=list)
     merged_at: list[int] = field(default_factory=list)  # observed_at of the merged records that changed it
     post_from_cache: bool = False  # ``post`` came from the worker's PostMetaCache, not from Redis
     predicted_to: float | None = None  # read only when nothing changed: the latest observation predicted
+    n_earlier: int = 0  # stored observations before ``sequence`` (0: it is the whole sequence)
 
     @property
     def changed(self) -> bool:
@@ -162,11 +169,12 @@ class SnapshotSequenceStore:
     async def merge(self, snapshots: list[Snapshot]) -> list[SequenceUpdate]:
         return await self.merge_records(group_by_post(snapshots))
 
-    async def merge_records(self, by_post: dict[str, list[bytes]], posts_per_call: int = 256
-                            ) -> list[SequenceUpdate]:
+    async def merge_records(self, by_post: dict[str, list[bytes]], lookback_s: float = DEFAULT_LOOKBACK_S,
+                            posts_per_call: int = 256) -> list[SequenceUpdate]:
         """Merge encoded snapshots grouped by post: one script call per ``posts_per_call`` posts, all in one
         pipelined round trip (a call per post costs more in client-side command encoding than the merge
-        itself)."""
+        itself). Each update holds the tail of its sequence from ``lookback_s`` before its latest observation
+        (and from the record before the earliest one merged)."""
         if not by_post:
             return []
         post_ids = list(by_post)
@@ -177,22 +185,23 @@ class SnapshotSequenceStore:
             for start in range(0, len(post_ids), posts_per_call):
                 chunk = slice(start, start + posts_per_call)
                 self._merge.call(pipe, *merge_snapshots_call(self.keys, post_ids[chunk], by_post,
-                                                             bytes(actions[chunk]), self.ttl_s, self.post_ttl_s))
+                                                             bytes(actions[chunk]), self.ttl_s, self.post_ttl_s,
+                                                             lookback_s))
 
         results = await self._merge.run(queue_calls)
         flat = [item for result in results for item in result]
-        sequences = decode_sequences(flat[1::4])
+        sequences = decode_records(flat[1::5])
         updates = []
         for i, post_id in enumerate(post_ids):
             meta = cached[i]
             if meta is None:
-                meta = PostMeta.from_values(*flat[4 * i + 2])
+                meta = PostMeta.from_values(*flat[5 * i + 3])
                 self.meta_cache.put(post_id, meta, now)
-            statuses, mark = flat[4 * i], flat[4 * i + 3]
+            statuses, n_earlier, mark = flat[5 * i], flat[5 * i + 2], flat[5 * i + 4]
             updates.append(SequenceUpdate(post_id, sequences[i], meta, statuses,
                                           [record_time(record) for record, status in zip(by_post[post_id], statuses)
                                            if status != DUPLICATE], cached[i] is not None,
-                                          None if mark is None else float(mark)))
+                                          None if mark is None else float(mark), n_earlier))
         return updates
 
     async def current(self, post_ids: list[str]) -> list[SequenceUpdate]:

@@ -65,6 +65,13 @@ class ServedModels:
         """The sequence features a route's posts are scored with: its model set's, or the fallback's."""
         return route.model_set.spec("temporal") if route.model_set is not None else self.fallback_spec
 
+    def lookback_s(self) -> float:
+        """How far before a post's latest observation the temporal features of any served model set (or the
+        fallback) read its sequence: what a merge returns of it."""
+        specs = [self.fallback_spec] + [model_set.spec("temporal") for model_set in self.model_sets.values()
+                                        if "temporal" in model_set.predictors]
+        return max(F.lookback_s(spec) for spec in specs)
+
     async def start(self) -> None:
         settings = self.settings
         await self.sync_model_sets(load_in_triton=False)  # loaded below, only where Triton does not have them
