@@ -55,7 +55,7 @@ local function last_at_or_before(key, n, cutoff)
       local mid = math.floor((lo + hi) / 2)
       if string.sub(block, mid * width + 1, mid * width + 4) <= cutoff then lo = mid + 1 else hi = mid end
     end
-    if lo > 0 or from == 0 then return math.max(lo - 1, 0), block, from end
+    if lo > 0 or from == 0 then return from + math.max(lo - 1, 0), block, from end
     k = k * 4
   end
 end
