@@ -1,8 +1,9 @@
 """Merge: a step's snapshots, grouped by post -> the Redis sequences -> the updates of the posts to score.
 
-The store merges idempotently (``sequence_store.py``) and returns the tail of each sequence the served models'
-features read (and, for the counter-decrease count, from the record before the earliest one merged), so a redelivered snapshot changes nothing and is scored
-again only if its post's latest observation has no prediction (one a crash lost). The posts and snapshots topics
+The store merges idempotently (``sequence_store.py``) and returns of each sequence the tail the served models'
+features read (and, for the counter-decrease count, from the record before the earliest one merged). A
+redelivered snapshot changes nothing and is scored again only if its post's latest observation has no prediction
+(one a crash lost). The posts and snapshots topics
 are consumed independently, so a snapshot can overtake its post; scored without it (no age, platform or content)
 it gives nonsense, so such a post waits, registered in Redis before its snapshots are acknowledged (a restart does
 not forget it), for its post event (the post path scores it) or, after ``post_grace_s``, is scored without it
