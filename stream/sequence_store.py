@@ -15,8 +15,9 @@ hold it, and refreshes its TTL only every ``post_ttl_refresh_s``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import groupby
 
 import numpy as np
 import redis.asyncio as redis
@@ -169,24 +170,36 @@ class SnapshotSequenceStore:
     async def merge(self, snapshots: list[Snapshot]) -> list[SequenceUpdate]:
         return await self.merge_records(group_by_post(snapshots))
 
-    async def merge_records(self, by_post: dict[str, list[bytes]], lookback_s: float = DEFAULT_LOOKBACK_S,
+    async def merge_records(self, by_post: dict[str, list[bytes]],
+                            lookback_s: Callable[[str | None], float] = lambda _: DEFAULT_LOOKBACK_S,
                             posts_per_call: int = 256) -> list[SequenceUpdate]:
-        """Merge encoded snapshots grouped by post: one script call per ``posts_per_call`` posts, all in one
-        pipelined round trip (a call per post costs more in client-side command encoding than the merge
-        itself). Each update holds the tail of its sequence from ``lookback_s`` before its latest observation
-        (and from the record before the earliest one merged)."""
+        """Merge encoded snapshots grouped by post: one script call per ``posts_per_call`` posts of one look-back,
+        all in one pipelined round trip (a call per post costs more in client-side command encoding than the
+        merge itself). Each update holds the tail of its sequence from ``lookback_s(platform)`` before its latest
+        observation (and from the record before the earliest one merged); ``lookback_s(None)`` for a post whose
+        platform the worker does not hold (the longest any model reads)."""
         if not by_post:
             return []
-        post_ids = list(by_post)
         now = time.monotonic()
-        cached, actions = zip(*[self.meta_cache.for_merge(post_id, now) for post_id in post_ids])
+        entries = {post_id: self.meta_cache.for_merge(post_id, now) for post_id in by_post}
+        lookbacks: dict[str | None, float] = {}
+        for meta, _ in entries.values():
+            platform = None if meta is None else meta.platform
+            if platform not in lookbacks:
+                lookbacks[platform] = lookback_s(platform)
+        # The posts in calls of one look-back each (a few platforms: a few groups).
+        post_ids = sorted(by_post, key=lambda p: lookbacks[None if entries[p][0] is None else entries[p][0].platform])
+        cached, actions = zip(*[entries[post_id] for post_id in post_ids])
+        lookback = [lookbacks[None if meta is None else meta.platform] for meta in cached]
 
         def queue_calls(pipe) -> None:
-            for start in range(0, len(post_ids), posts_per_call):
-                chunk = slice(start, start + posts_per_call)
-                self._merge.call(pipe, *merge_snapshots_call(self.keys, post_ids[chunk], by_post,
-                                                             bytes(actions[chunk]), self.ttl_s, self.post_ttl_s,
-                                                             lookback_s))
+            for value, rows in groupby(range(len(post_ids)), key=lookback.__getitem__):
+                rows = list(rows)  # contiguous: the posts are sorted by look-back
+                for start in range(rows[0], rows[-1] + 1, posts_per_call):
+                    chunk = slice(start, min(start + posts_per_call, rows[-1] + 1))
+                    self._merge.call(pipe, *merge_snapshots_call(self.keys, post_ids[chunk], by_post,
+                                                                 bytes(actions[chunk]), self.ttl_s, self.post_ttl_s,
+                                                                 value))
 
         results = await self._merge.run(queue_calls)
         flat = [item for result in results for item in result]
@@ -202,6 +215,9 @@ class SnapshotSequenceStore:
                                           [record_time(record) for record, status in zip(by_post[post_id], statuses)
                                            if status != DUPLICATE], cached[i] is not None,
                                           None if mark is None else float(mark), n_earlier))
+        if len(lookbacks) > 1:  # back in the order of ``by_post``
+            at = {post_id: i for i, post_id in enumerate(by_post)}
+            updates.sort(key=lambda update: at[update.post_id])
         return updates
 
     async def current(self, post_ids: list[str]) -> list[SequenceUpdate]:

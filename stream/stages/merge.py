@@ -27,18 +27,19 @@ MERGE_OUTCOMES = {APPENDED: "appended", DUPLICATE: "duplicate", CORRECTED: "corr
 
 class Merge:
     def __init__(self, store: SnapshotSequenceStore, metrics: WorkerMetrics, failpoints: Failpoints,
-                 post_grace_s: float, lookback_s: Callable[[], float] = lambda: DEFAULT_LOOKBACK_S) -> None:
+                 post_grace_s: float, lookback_s: Callable[[str | None], float] = lambda _: DEFAULT_LOOKBACK_S
+                 ) -> None:
         self.store = store
         self.metrics = metrics
         self.failpoints = failpoints
         self.post_grace_s = post_grace_s
-        self.lookback_s = lookback_s  # how much of a sequence the served models read (ServedModels.lookback_s)
+        self.lookback_s = lookback_s  # platform -> how much of a sequence its model reads (ServedModels.lookback_s)
 
     async def step(self, by_post: dict[str, list[bytes]]) -> list[SequenceUpdate]:
         """The updates of the posts to score: whose sequence changed, or whose latest observation has no
         prediction (redelivered after a crash)."""
         started = time.perf_counter()
-        updates = await self.store.merge_records(by_post, self.lookback_s())
+        updates = await self.store.merge_records(by_post, self.lookback_s)
         self.metrics.redis_seconds.labels("merge").observe(time.perf_counter() - started)
         self.metrics.snapshots_in.inc(sum(len(u.statuses) for u in updates))
         for status, n in Counter(status for update in updates for status in update.statuses).items():

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from popscore import features as F
 from popscore.contract import Counts, Post, Snapshot
 from popscore.stream.redis_schema import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, PLATFORM, content_tag, \
-    decode_content, decode_sequence, encode_content
+    decode_content, decode_sequence, encode_content, encode_sequence, encode_snapshot
 from popscore.stream.sequence_store import SnapshotSequenceStore, count_decreases, group_by_post
 
 pytestmark = pytest.mark.integration
@@ -254,8 +254,10 @@ def test_features_from_a_merge_with_a_look_back_an_hour_short_differ_from_those_
                                     created_at=datetime.fromtimestamp(T0, timezone.utc))], [np.zeros(2, np.float32)],
                               [None])
         await store.merge([snap(post, 600 * k, 3 * k) for k in range(300)])
-        short = await store.merge_records(group_by_post([snap(post, 600 * 300, 900)]), lookback - 3600)
-        enough = await store.merge_records(group_by_post([snap(post, 600 * 301, 903)]), lookback)
+        short = await store.merge_records(group_by_post([snap(post, 600 * 300, 900)]),
+                                          lambda _: lookback - 3600)
+        enough = await store.merge_records(group_by_post([snap(post, 600 * 301, 903)]),
+                                           lambda _: lookback)
         return short[0], enough[0], await store.get(post)
 
     short, enough, whole = run(redis_url, scenario)
@@ -276,3 +278,34 @@ def test_a_post_without_its_post_event_gets_its_whole_sequence_whose_first_obser
 
     update, = run(redis_url, scenario)
     assert update.post.created_at is None and update.n_earlier == 0 and len(update.sequence) == 101
+
+
+def test_a_posts_tail_reaches_back_as_far_as_its_platforms_model_reads_and_the_longest_before_its_platform_is_known(
+        redis_url):
+    posts = {"reddit": f"p{uuid.uuid4().hex[:8]}", "youtube": f"p{uuid.uuid4().hex[:8]}"}
+    lookbacks = {None: 96 * 3600.0, "youtube": 96 * 3600.0, "reddit": 8 * 3600.0}
+    asked = []
+
+    def lookback(platform):
+        asked.append(platform)
+        return lookbacks[platform]
+
+    async def scenario(store, client):
+        store.meta_cache.max_posts = 10
+        await store.put_posts([Post(post_id=post, platform=platform, created_at=datetime.fromtimestamp(T0, timezone.utc))
+                               for platform, post in posts.items()], [np.zeros(2, np.float32)] * 2, [None] * 2)
+        for post in posts.values():  # stored as a merge would have, without the merge's post metadata cache
+            await client.set(store.keys.sequence(post), encode_sequence(encode_snapshot(snap(post, 1800 * k, k))
+                                                                        for k in range(300)))
+        unknown = await store.merge_records(group_by_post([snap(post, 1800 * 300, 1) for post in posts.values()]),
+                                            lookback)
+        known = await store.merge_records(group_by_post([snap(post, 1800 * 301, 1) for post in posts.values()]),
+                                          lookback)
+        return unknown, known
+
+    unknown, known = run(redis_url, scenario)
+    assert [u.post_id for u in known] == list(posts.values())  # in the order given
+    # 30 min apart: 8 h back is 16 records before the latest, 96 h 192; and the latest itself
+    assert [len(u.sequence) for u in unknown] == [193, 193]  # the platforms not held yet: the longest
+    assert [len(u.sequence) for u in known] == [17, 193]
+    assert set(asked) == {None, "reddit", "youtube"}
