@@ -149,6 +149,12 @@ class SequenceUpdate:
     def changed(self) -> bool:
         return bool(self.merged_at)
 
+    def reaches_back(self, lookback_s: float) -> bool:
+        """Whether ``sequence`` holds every record the features read ``lookback_s`` before its latest observation:
+        it is the whole sequence, or it starts at or before that time."""
+        return self.n_earlier == 0 or len(self.sequence) > 0 and \
+            self.sequence[0, 0] <= self.sequence[-1, 0] - lookback_s
+
     @property
     def needs_prediction(self) -> bool:
         """Changed, or redelivered after a crash lost the prediction of its latest observation."""
@@ -230,6 +236,13 @@ class SnapshotSequenceStore:
         sequences = decode_sequences(rows[0::2])
         return [SequenceUpdate(post_id, sequences[i], PostMeta.from_values(*rows[2 * i + 1]))
                 for i, post_id in enumerate(post_ids) if rows[2 * i]]
+
+    async def sequences(self, post_ids: list[str]) -> list[np.ndarray]:
+        """The whole stored sequences of posts, pipelined (a merge returns only a tail)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for post_id in post_ids:
+                pipe.get(self.keys.sequence(post_id))
+            return decode_sequences(await pipe.execute())
 
     async def put_posts(self, posts: list[Post], static_features: Sequence[np.ndarray],
                         content: Sequence[bytes | None], embedded_titles: bool = False) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -224,12 +224,28 @@ class Features:
         routes = [self.models.router.route(u.post.platform) for u in updates]
         jobs = []
         for model_set, rows in group_rows(routes):
-            group = take(updates, rows)
+            group = await self._reaching_back(take(updates, rows), self.models.temporal_spec(routes[0] if rows is None
+                                                                                            else routes[rows[0]]))
             job = self._fallback_job(group, take(routes, rows)) if model_set is None else \
                 await self._temporal_job(model_set, group, take(routes, rows))
             self.stream_clock = max(self.stream_clock, float(job.as_of.max()))
             jobs.append(job)
         return jobs
+
+    async def _reaching_back(self, updates: list[SequenceUpdate], spec: F.FeatureSpec) -> list[SequenceUpdate]:
+        """The updates, each with a sequence reaching back as far as ``spec``'s features read: a tail the merge
+        returned for a shorter look-back (a model reading further back was promoted since) is replaced by the
+        whole stored sequence."""
+        lookback = F.lookback_s(spec)
+        short = [i for i, update in enumerate(updates) if not update.reaches_back(lookback)]
+        if not short:
+            return updates
+        self.metrics.sequences_reread.inc(len(short))
+        whole = await self.store.sequences([updates[i].post_id for i in short])
+        updates = list(updates)
+        for i, sequence in zip(short, whole):
+            updates[i] = replace(updates[i], sequence=sequence, n_earlier=0)
+        return updates
 
     @staticmethod
     def _sequences(updates: list[SequenceUpdate]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray,
