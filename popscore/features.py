@@ -15,7 +15,9 @@ Sequence resampling (right-aligned window, valid at any observation age ``t``):
     and for the popularity score ``sum_c w_c * count_c``. Channels per bin: ``log1p(cumulative)`` and
     ``signed_log1p(delta)`` for every counter and the score, then ``has_obs`` (an observation fell inside
     the bin). Bins that end before ``created_at`` are masked (``sequence_mask = 0``) and zero.
-    Observations after ``as_of`` are ignored (no look-ahead).
+    Observations after ``as_of`` are ignored (no look-ahead). What is read of a sequence reaches back
+    :func:`lookback_s` before ``as_of`` (the last observation at or before that, and everything after) plus the
+    number of observations: the worker merges and reads only that tail of a long sequence (``n_earlier``).
 
 The serving contract (ONNX input/output names, dtypes, shapes) is :func:`static_inputs`,
 :func:`content_outputs`, :func:`temporal_inputs` and their siblings; the exporter writes them into
@@ -248,6 +250,17 @@ def score_of(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.nansum(np.where(weights > 0, counts, 0.0) * weights, axis=-1)
 
 
+GROWTH_WINDOW_S = 3600.0
+"""The last dynamic feature (and the rising board) is the score's growth over this much time before ``as_of``."""
+
+
+def lookback_s(spec: FeatureSpec) -> float:
+    """How far before ``as_of`` the features read observations: the start of the first bin, or the growth
+    window if longer. Features from the observations after the last one at or before ``as_of - lookback_s``
+    (and the number of those before it) equal those from the whole sequence."""
+    return max(spec.n_bins * spec.bin_s, GROWTH_WINDOW_S)
+
+
 def signed_log1p(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
@@ -289,24 +302,29 @@ def build_sequence(
     as_of: np.ndarray,
     weights: np.ndarray,
     *,
+    n_earlier: np.ndarray | None = None,
     chunk: int = 2048,
 ) -> dict[str, np.ndarray]:
     """Resampled early-popularity sequences and the observation-time scalars.
 
     ``seqs``: B arrays ``[n_obs, 1+C]``; ``created_at``, ``as_of``: [B] epoch seconds; ``weights``:
-    [B, C] score weights. Returns ``sequence`` [B, n_bins, n_channels] float32, ``sequence_mask`` [B, n_bins]
+    [B, C] score weights; ``n_earlier``: [B] observations of each post before its array, which is then the
+    tail of its sequence (the worker's merge returns the tail :func:`lookback_s` needs; None: whole sequences).
+    Returns ``sequence`` [B, n_bins, n_channels] float32, ``sequence_mask`` [B, n_bins]
     float32, ``dynamic_features`` [B, dynamic_dim] float32 and ``score_now`` [B] float64 (the score at
     ``as_of``, for baselines)."""
     b = len(seqs)
     created_at = np.asarray(created_at, dtype=np.float64).reshape(b)
     as_of = np.asarray(as_of, dtype=np.float64).reshape(b)
     weights = np.asarray(weights, dtype=np.float64).reshape(b, len(spec.counters))
+    n_earlier = np.zeros(b, np.int64) if n_earlier is None else np.asarray(n_earlier, dtype=np.int64).reshape(b)
     outs: dict[str, list[np.ndarray]] = {"sequence": [], "sequence_mask": [], "dynamic_features": [], "score_now": []}
     for lo in range(0, max(b, 1), chunk):
         hi = min(lo + chunk, b)
         if hi <= lo:
             break
-        part = _build_sequence_chunk(spec, seqs[lo:hi], created_at[lo:hi], as_of[lo:hi], weights[lo:hi])
+        part = _build_sequence_chunk(spec, seqs[lo:hi], created_at[lo:hi], as_of[lo:hi], weights[lo:hi],
+                                     n_earlier[lo:hi])
         for k, v in part.items():
             outs[k].append(v)
     if b == 0:
@@ -319,7 +337,7 @@ def build_sequence(
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def _build_sequence_chunk(spec, seqs, created_at, as_of, weights) -> dict[str, np.ndarray]:
+def _build_sequence_chunk(spec, seqs, created_at, as_of, weights, n_earlier) -> dict[str, np.ndarray]:
     # Only the times are padded to [B, N]; the counters stay in one flat table and just the rows the bins read
     # are gathered from it, which spares copying every counter of every padded slot.
     flat, row_of = _flat_rows(seqs)  # row_of [B, N]: each padded slot's row of ``flat`` (its last row: NaN)
@@ -336,7 +354,7 @@ def _build_sequence_chunk(spec, seqs, created_at, as_of, weights) -> dict[str, n
     bounds = np.concatenate([ends[:, :1] - w, ends], axis=1)  # [B, nb+1]
     # The counters (and score) last observed at each bin bound and an hour before ``as_of``: only those rows
     # are read, so the work below does not grow with the length of the sequence.
-    idx_all = _last_at_or_before(times, np.concatenate([bounds, (age - 3600.0)[:, None]], axis=1))
+    idx_all = _last_at_or_before(times, np.concatenate([bounds, (age - GROWTH_WINDOW_S)[:, None]], axis=1))
     rows = flat[np.take_along_axis(row_of, np.clip(idx_all, 0, None), axis=1), 1:]  # [B, nb+2, C]
     rows = np.where(np.isfinite(rows), rows, 0.0)
     vals = np.concatenate([rows, score_of(rows, weights[:, None, :])[:, :, None]], axis=2)  # [B, nb+2, C+1]
@@ -349,9 +367,10 @@ def _build_sequence_chunk(spec, seqs, created_at, as_of, weights) -> dict[str, n
     seq = np.concatenate([np.log1p(np.clip(cum, 0, None)), signed_log1p(delta), has_obs[:, :, None]], axis=2)
     seq *= mask[:, :, None]
 
-    n_obs = np.isfinite(times).sum(axis=1)
-    last_t = np.where(n_obs > 0, np.take_along_axis(times, np.clip(n_obs - 1, 0, None)[:, None], axis=1)[:, 0], 0)
-    since_last = np.where(n_obs > 0, age - last_t, age)
+    n_read = np.isfinite(times).sum(axis=1)
+    last_t = np.where(n_read > 0, np.take_along_axis(times, np.clip(n_read - 1, 0, None)[:, None], axis=1)[:, 0], 0)
+    n_obs = n_read + n_earlier
+    since_last = np.where(n_read > 0, age - last_t, age)
     score_now = at[:, -1, -1]
     dyn = np.stack(
         [
@@ -523,15 +542,16 @@ def build_temporal_inputs(
     weights_for: Any,
     as_of: np.ndarray,
     content_vector: np.ndarray,
+    n_earlier: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The ONNX inputs of ``popscore_temporal`` for a micro-batch (the worker's entry point).
 
     ``seqs``: per post the stored ``[n_obs, 1+5]`` float64 array; ``created_at``/``as_of``: [B] epoch seconds
     (``as_of`` = the prediction time, usually the latest observed_at); ``weights_for``: callable platform ->
     weights (``ScoreSettings().weights_for``) or a mapping; ``content_vector``: [B, d] from
-    ``popscore_temporal_content``, computed once per post."""
+    ``popscore_temporal_content``, computed once per post; ``n_earlier``: as in :func:`build_sequence`."""
     w = weight_matrix(platforms, weights_for, spec.counters)
-    seq = build_sequence(spec, seqs, created_at, as_of, w)
+    seq = build_sequence(spec, seqs, created_at, as_of, w, n_earlier=n_earlier)
     out = {"content_vector": np.ascontiguousarray(content_vector, dtype=np.float32)}
     out.update({k: seq[k] for k in ("sequence", "sequence_mask", "dynamic_features")})
     return out

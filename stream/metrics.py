@@ -47,6 +47,9 @@ class WorkerMetrics:
                                      registry=r)
         self.rescored = Counter("popscore_posts_rescored", "Posts scored again because a redelivered snapshot's "
                                 "observation had no prediction (one lost when a worker died)", registry=r)
+        self.sequences_reread = Counter("popscore_sequences_reread", "Sequences read again whole because the tail "
+                                        "their merge returned did not reach back as far as their model reads (one "
+                                        "reading further back was promoted in between)", registry=r)
         self.predictions_without_post = Counter("popscore_predictions_without_post", "Temporal predictions made "
                                                 "without the post event (it had not come after post_grace_s); the "
                                                 "post, when it comes, has its sequence scored again", registry=r)

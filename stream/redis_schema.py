@@ -7,7 +7,8 @@ built by one function here. Every key is under ``settings.redis.key_prefix`` (``
 
 ``seq:<post_id>``, string, expires a horizon after its last change
     ``FORMAT_VERSION``, then one ``RECORD`` per observation, sorted by time. Written by merge_snapshots.lua
-    (``SnapshotSequenceStore.merge_records``). Read from the merge's reply, by ``SnapshotSequenceStore.current``,
+    (``SnapshotSequenceStore.merge_records``). Read from the merge's reply (the tail the features read, with
+    the number of records before it), by ``SnapshotSequenceStore.current``,
     ``matured``, ``get`` (the ``/posts`` view) and ``estimate_tracked_posts`` (counts the keys).
 ``post:<post_id>``, hash, expires a horizon + refresh after the post event; merges refresh that TTL at most
     every refresh (``PostMetaCache``), so it outlives the sequence; a hash created by record_predictions.lua
@@ -58,6 +59,7 @@ built by one function here. Every key is under ``settings.redis.key_prefix`` (``
 from __future__ import annotations
 
 import json
+import math
 import operator
 import struct
 import zlib
@@ -155,16 +157,17 @@ def decode_sequence(blob: bytes) -> np.ndarray:
 def decode_sequences(blobs: list[bytes | None]) -> list[np.ndarray]:
     """Many stored sequences at once: one ``frombuffer`` and one float64 conversion for the whole micro-batch,
     not numpy calls per post. The arrays returned are views of one table."""
-    bodies, lengths = [], []
+    bodies = []
     for blob in blobs:
-        if not blob:
-            lengths.append(0)
-            continue
-        if blob[:1] != FORMAT_VERSION:
+        if blob and blob[:1] != FORMAT_VERSION:
             raise ValueError(f"unknown sequence format version {blob[:1]!r}")
-        body = memoryview(blob)[1:]
-        bodies.append(body)
-        lengths.append(len(body) // RECORD.size)
+        bodies.append(memoryview(blob)[1:] if blob else b"")
+    return decode_records(bodies)
+
+
+def decode_records(bodies: Sequence[bytes | memoryview]) -> list[np.ndarray]:
+    """Like ``decode_sequences``, of records without the header (a tail the merge script returns)."""
+    lengths = [len(body) // RECORD.size for body in bodies]
     records = np.frombuffer(b"".join(bodies), dtype=RECORD_DTYPE)
     table = np.empty((len(records), len(RECORD_DTYPE.names)))
     for column, name in enumerate(RECORD_DTYPE.names):
@@ -302,10 +305,13 @@ KEEP_META, READ_META, REFRESH_TTL = 48, 49, 50  # b"0", b"1", b"2": what a merge
 
 
 def merge_snapshots_call(keys: RedisKeys, post_ids: Sequence[str], records: dict[str, list[bytes]],
-                         meta_actions: bytes, ttl_s: int, meta_ttl_s: int) -> tuple[list[str], list]:
+                         meta_actions: bytes, ttl_s: int, meta_ttl_s: int, lookback_s: float
+                         ) -> tuple[list[str], list]:
     """merge_snapshots.lua's KEYS and ARGV for ``post_ids``: their new ``records``, and per post one of
-    ``KEEP_META``, ``READ_META``, ``REFRESH_TTL``."""
-    call_keys, args = [], [FORMAT_VERSION, RECORD.size, ttl_s, META_FIELDS_JSON, meta_ttl_s, meta_actions]
+    ``KEEP_META``, ``READ_META``, ``REFRESH_TTL``; ``lookback_s``: how far before a post's latest observation
+    the reply's tail reaches (``popscore.features.lookback_s``)."""
+    call_keys, args = [], [FORMAT_VERSION, RECORD.size, ttl_s, META_FIELDS_JSON, meta_ttl_s, meta_actions,
+                           math.ceil(lookback_s)]
     for post_id in post_ids:
         call_keys += [keys.sequence(post_id), keys.post(post_id)]
         args.append(b"".join(records[post_id]))

@@ -3,8 +3,10 @@
 A sequence is one Redis string of fixed-width records sorted by time (the layout of this and every other key
 is in ``redis_schema``). merge_snapshots.lua merges new records into place atomically: a record already present
 is a no-op (redelivery changes nothing), an older one is inserted in order, a different record at the same time
-replaces the old one and is reported as a correction. The script returns the merged sequence so that features
-are computed from exactly what is stored, in the same round trip. Post metadata (created_at, platform, ...)
+replaces the old one and is reported as a correction. The script returns the tail of the merged sequence that
+the features read (``popscore.features.lookback_s``) and the number of records before it, so that features are
+computed from exactly what is stored, in the same round trip, at a cost that does not grow with the number of
+observations stored. Post metadata (created_at, platform, ...)
 lives in a small hash beside it. The sequence expires ``ttl_s`` after its last update, the hash up to
 ``post_ttl_refresh_s`` later (``PostMetaCache``: the script reads a post's hash only where the worker does not
 hold it, and refreshes its TTL only every ``post_ttl_refresh_s``).
@@ -13,18 +15,23 @@ hold it, and refreshes its TTL only every ``post_ttl_refresh_s``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import groupby
 
 import numpy as np
 import redis.asyncio as redis
 
+from popscore import features as F
 from popscore.contract import Post, Snapshot
 from popscore.stream.redis_schema import CLAIM_AWAITING, CONTENT, CONTENT_INPUT_FIELDS, DUPLICATE, KEEP_META, \
     META_FIELDS, MERGE_SNAPSHOTS, READ_META, REFRESH_TTL, PostMeta, RedisKeys, claim_awaiting_call, \
-    decode_sequence, decode_sequences, encode_post, encode_snapshot, kept_predictions, lua_source, \
+    decode_records, decode_sequence, decode_sequences, encode_post, encode_snapshot, kept_predictions, lua_source, \
     merge_snapshots_call, post_ttl_s, record_time
 from popscore.stream.redis_script import PipelinedScript
+
+
+DEFAULT_LOOKBACK_S = F.lookback_s(F.DEFAULT_SPEC)
 
 
 def group_by_post(snapshots: Iterable[Snapshot], into: dict[str, list[bytes]] | None = None
@@ -130,16 +137,23 @@ class PostMetaCache:
 @dataclass
 class SequenceUpdate:
     post_id: str
-    sequence: np.ndarray
+    sequence: np.ndarray  # the stored sequence, or its tail from a merge: what the features read of it
     post: PostMeta
     statuses: list[int] = field(default_factory=list)
     merged_at: list[int] = field(default_factory=list)  # observed_at of the merged records that changed it
     post_from_cache: bool = False  # ``post`` came from the worker's PostMetaCache, not from Redis
     predicted_to: float | None = None  # read only when nothing changed: the latest observation predicted
+    n_earlier: int = 0  # stored observations before ``sequence`` (0: it is the whole sequence)
 
     @property
     def changed(self) -> bool:
         return bool(self.merged_at)
+
+    def reaches_back(self, lookback_s: float) -> bool:
+        """Whether ``sequence`` holds every record the features read ``lookback_s`` before its latest observation:
+        it is the whole sequence, or it starts at or before that time."""
+        return self.n_earlier == 0 or len(self.sequence) > 0 and \
+            self.sequence[0, 0] <= self.sequence[-1, 0] - lookback_s
 
     @property
     def needs_prediction(self) -> bool:
@@ -162,37 +176,54 @@ class SnapshotSequenceStore:
     async def merge(self, snapshots: list[Snapshot]) -> list[SequenceUpdate]:
         return await self.merge_records(group_by_post(snapshots))
 
-    async def merge_records(self, by_post: dict[str, list[bytes]], posts_per_call: int = 256
-                            ) -> list[SequenceUpdate]:
-        """Merge encoded snapshots grouped by post: one script call per ``posts_per_call`` posts, all in one
-        pipelined round trip (a call per post costs more in client-side command encoding than the merge
-        itself)."""
+    async def merge_records(self, by_post: dict[str, list[bytes]],
+                            lookback_s: Callable[[str | None], float] = lambda _: DEFAULT_LOOKBACK_S,
+                            posts_per_call: int = 256) -> list[SequenceUpdate]:
+        """Merge encoded snapshots grouped by post: one script call per ``posts_per_call`` posts of one look-back,
+        all in one pipelined round trip (a call per post costs more in client-side command encoding than the
+        merge itself). Each update holds the tail of its sequence from ``lookback_s(platform)`` before its latest
+        observation (and from the record before the earliest one merged); ``lookback_s(None)`` for a post whose
+        platform the worker does not hold (the longest any model reads)."""
         if not by_post:
             return []
-        post_ids = list(by_post)
         now = time.monotonic()
-        cached, actions = zip(*[self.meta_cache.for_merge(post_id, now) for post_id in post_ids])
+        entries = {post_id: self.meta_cache.for_merge(post_id, now) for post_id in by_post}
+        lookbacks: dict[str | None, float] = {}
+        for meta, _ in entries.values():
+            platform = None if meta is None else meta.platform
+            if platform not in lookbacks:
+                lookbacks[platform] = lookback_s(platform)
+        # The posts in calls of one look-back each (a few platforms: a few groups).
+        post_ids = sorted(by_post, key=lambda p: lookbacks[None if entries[p][0] is None else entries[p][0].platform])
+        cached, actions = zip(*[entries[post_id] for post_id in post_ids])
+        lookback = [lookbacks[None if meta is None else meta.platform] for meta in cached]
 
         def queue_calls(pipe) -> None:
-            for start in range(0, len(post_ids), posts_per_call):
-                chunk = slice(start, start + posts_per_call)
-                self._merge.call(pipe, *merge_snapshots_call(self.keys, post_ids[chunk], by_post,
-                                                             bytes(actions[chunk]), self.ttl_s, self.post_ttl_s))
+            for value, rows in groupby(range(len(post_ids)), key=lookback.__getitem__):
+                rows = list(rows)  # contiguous: the posts are sorted by look-back
+                for start in range(rows[0], rows[-1] + 1, posts_per_call):
+                    chunk = slice(start, min(start + posts_per_call, rows[-1] + 1))
+                    self._merge.call(pipe, *merge_snapshots_call(self.keys, post_ids[chunk], by_post,
+                                                                 bytes(actions[chunk]), self.ttl_s, self.post_ttl_s,
+                                                                 value))
 
         results = await self._merge.run(queue_calls)
         flat = [item for result in results for item in result]
-        sequences = decode_sequences(flat[1::4])
+        sequences = decode_records(flat[1::5])
         updates = []
         for i, post_id in enumerate(post_ids):
             meta = cached[i]
             if meta is None:
-                meta = PostMeta.from_values(*flat[4 * i + 2])
+                meta = PostMeta.from_values(*flat[5 * i + 3])
                 self.meta_cache.put(post_id, meta, now)
-            statuses, mark = flat[4 * i], flat[4 * i + 3]
+            statuses, n_earlier, mark = flat[5 * i], flat[5 * i + 2], flat[5 * i + 4]
             updates.append(SequenceUpdate(post_id, sequences[i], meta, statuses,
                                           [record_time(record) for record, status in zip(by_post[post_id], statuses)
                                            if status != DUPLICATE], cached[i] is not None,
-                                          None if mark is None else float(mark)))
+                                          None if mark is None else float(mark), n_earlier))
+        if len(lookbacks) > 1:  # back in the order of ``by_post``
+            at = {post_id: i for i, post_id in enumerate(by_post)}
+            updates.sort(key=lambda update: at[update.post_id])
         return updates
 
     async def current(self, post_ids: list[str]) -> list[SequenceUpdate]:
@@ -205,6 +236,13 @@ class SnapshotSequenceStore:
         sequences = decode_sequences(rows[0::2])
         return [SequenceUpdate(post_id, sequences[i], PostMeta.from_values(*rows[2 * i + 1]))
                 for i, post_id in enumerate(post_ids) if rows[2 * i]]
+
+    async def sequences(self, post_ids: list[str]) -> list[np.ndarray]:
+        """The whole stored sequences of posts, pipelined (a merge returns only a tail)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for post_id in post_ids:
+                pipe.get(self.keys.sequence(post_id))
+            return decode_sequences(await pipe.execute())
 
     async def put_posts(self, posts: list[Post], static_features: Sequence[np.ndarray],
                         content: Sequence[bytes | None], embedded_titles: bool = False) -> None:

@@ -65,6 +65,16 @@ class ServedModels:
         """The sequence features a route's posts are scored with: its model set's, or the fallback's."""
         return route.model_set.spec("temporal") if route.model_set is not None else self.fallback_spec
 
+    def lookback_s(self, platform: str | None = None) -> float:
+        """How far before a post's latest observation the temporal features of its platform's model set (or the
+        fallback) read its sequence: what a merge returns of it. Of a post whose platform is not known yet
+        (None), the longest of any served set's and the fallback's."""
+        if platform is not None:
+            return F.lookback_s(self.temporal_spec(self.router.route(platform)))
+        specs = [self.fallback_spec] + [model_set.spec("temporal") for model_set in self.model_sets.values()
+                                        if "temporal" in model_set.predictors]
+        return max(F.lookback_s(spec) for spec in specs)
+
     async def start(self) -> None:
         settings = self.settings
         await self.sync_model_sets(load_in_triton=False)  # loaded below, only where Triton does not have them

@@ -88,7 +88,7 @@ class StreamWorker:
                                    BoardLimits(worker.leaderboard_ttl_s, worker.max_category_boards,
                                                worker.max_platform_boards, frozenset(worker.leaderboard_categories)))
         await self.models.start()
-        self.merge = Merge(self.store, self.metrics, self.failpoints, worker.post_grace_s)
+        self.merge = Merge(self.store, self.metrics, self.failpoints, worker.post_grace_s, self.models.lookback_s)
         self.infer = Infer(self.models)
         self.features = Features(settings, self.models, self.infer, self.store, self.metrics)
         self.publish = Publish(settings, self.metrics, self.send_many, self.boards, self.failpoints)

@@ -27,8 +27,9 @@ from typing import Callable
 import numpy as np
 import redis
 
-from popscore.settings import Settings
-from popscore.stream.redis_schema import RECORD, RedisKeys, encode_sequence
+from popscore.contract import Post
+from popscore.settings import COUNTER_NAMES, Settings
+from popscore.stream.redis_schema import CONTENT, RECORD, STATIC, RedisKeys, encode_post, encode_sequence
 from popscore.tools.calibration import CALIBRATION_VERSION, calibrated, machine_info, time_calibration
 from popscore.tools.replay import batch_envelope, partition_for
 from popscore.tools.stack.stack import EmbeddedStack
@@ -314,6 +315,259 @@ def measure_redis_memory(redis_url: str, key_prefix: str, posts: int, obs: int, 
     return {"redis_bytes_per_post": round(ours / posts, 1), "naive_redis_bytes_per_post": round(naive / posts, 1),
             "redis_memory_usage_sample": round(float(sample_ours), 1),
             "naive_memory_usage_sample": round(float(sample_naive), 1)}
+
+
+@dataclass
+class FlatConfig:
+    """``popscore bench --flat``: CPU per snapshot against the observations stored per post and the live posts.
+    Each case preloads ``live`` posts (their sequences of ``observations`` records ``cadence_s`` apart, and their
+    post hashes) straight into Redis, then streams ``rounds`` snapshots of each of ``streamed_posts`` of them
+    through the worker, a round at a time, after one unmeasured round."""
+
+    live_posts: tuple[int, ...] = (100_000, 1_000_000)
+    observations: tuple[int, ...] = (25, 300)
+    streamed_posts: int = 20_000
+    rounds: int = 5
+    cadence_s: int = 1800
+    repeats: int = 2  # the cases again, in reverse order, so that a drift of the shared machine shows
+    envelope_snapshots: int = 1_000
+
+
+def flat_cases(cfg: FlatConfig) -> list[tuple[int, int]]:
+    """(live posts, observations per post) measured: every observation count at the fewest live posts, then every
+    other live count at the fewest observations; then, per repeat, the same in reverse order."""
+    live, obs = min(cfg.live_posts), min(cfg.observations)
+    cases = [(live, n) for n in sorted(cfg.observations)] + [(n, obs) for n in sorted(cfg.live_posts) if n != live]
+    return [case for r in range(cfg.repeats) for case in (cases if r % 2 == 0 else cases[::-1])]
+
+
+class PreloadedWorkload(Workload):
+    """Snapshots that continue sequences ``preload_posts`` stored: round ``k`` a minute after the latest stored
+    observation (``last_t``) and the one before it, counts growing from those stored."""
+
+    def __init__(self, ids: list[str], last_t: int, stored_likes: int) -> None:
+        self.n_posts, self.ids, self.t0, self.stored_likes = len(ids), ids, last_t, stored_likes
+
+    def snapshot(self, i: int, k: int) -> bytes:
+        likes = self.stored_likes + (k + 1) * (1 + i % 50)
+        return (f'{{"schema":"snapshot.v1","post_id":"{self.ids[i]}","observed_at":"{self.round_time(k)}",'
+                f'"counts":{{"likes":{likes},"comments":{likes // 4}}}}}').encode()
+
+
+def stored_history(observations: int, last_t: int, cadence_s: int) -> tuple[bytes, int]:
+    """(a sequence of ``observations`` records ``cadence_s`` apart ending at ``last_t``, encoded as the merge script
+    stores it; its latest likes). Likes and comments, as the workload's platform counts."""
+    records = []
+    for j in range(observations):
+        counts = {"likes": 3 * j, "comments": 3 * j // 4}
+        records.append(RECORD.pack(last_t - cadence_s * (observations - 1 - j),
+                                   *[float(counts.get(name, "nan")) for name in COUNTER_NAMES]))
+    return encode_sequence(records), 3 * (observations - 1)
+
+
+def preload_posts(client: redis.Redis, keys: RedisKeys, ids: list[str], sequence: bytes, post_fields: dict,
+                  sequence_ttl_s: int, post_ttl_s: int, step: int = 5_000) -> None:
+    """Store ``ids``' sequences and post hashes as the worker would have, pipelined: far faster than producing
+    their posts and snapshots through Kafka."""
+    for start in range(0, len(ids), step):
+        pipe = client.pipeline(transaction=False)
+        for post_id in ids[start:start + step]:
+            pipe.set(keys.sequence(post_id), sequence, ex=sequence_ttl_s)
+            pipe.hset(keys.post(post_id), mapping=post_fields)
+            pipe.expire(keys.post(post_id), post_ttl_s)
+        pipe.execute()
+
+
+def _wait_for_post_hash(client: redis.Redis, key: str, timeout_s: float = 300.0) -> dict[bytes, bytes]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        fields = client.hgetall(key)
+        if CONTENT.encode() in fields:
+            return fields
+        time.sleep(0.2)
+    raise RuntimeError(f"the worker did not store {key} within {timeout_s:.0f} s")
+
+
+def _flush(client: redis.Redis, timeout_s: float = 600.0) -> None:
+    """Empty the database, freeing in Redis's background thread (millions of keys), and wait until it is done."""
+    client.flushdb(asynchronous=True)
+    deadline = time.monotonic() + timeout_s
+    while client.info("memory").get("lazyfree_pending_objects", 0) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _wait_for_aof_rewrite(client: redis.Redis, timeout_s: float = 600.0) -> None:
+    """Until Redis has rewritten its append-only file and synced it (a background thread's work, counted as
+    Redis's CPU)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = client.info("persistence")
+        if not any(info.get(name) for name in ("aof_rewrite_in_progress", "aof_rewrite_scheduled",
+                                                "aof_pending_bio_fsync")):
+            return
+        time.sleep(0.5)
+    raise RuntimeError("Redis's append-only file rewrite did not finish")
+
+
+def flat_phase(settings: Settings, stack: EmbeddedStack, cfg: FlatConfig, log: Callable[[str], None]) -> dict:
+    """CPU per snapshot (worker, Redis, broker, Triton) and Redis bytes per post for each of ``flat_cases``, and
+    the ratios of the costliest case of each dimension to the cheapest (300 vs 25 observations, 1M vs 100k posts).
+
+    Redis writes no append-only file while a case is preloaded (CONFIG SET appendonly no); it is switched on again
+    and rewritten before the measure, and its automatic rewrite is off during it: what is measured is the
+    per-snapshot work, AOF writes included, not a rewrite of the whole data set that happens to fall in it."""
+    from popscore.tools.stack.components import recreate_topics
+
+    endpoints = stack.state.endpoints_obj()
+    bootstrap, topics = endpoints.broker_bootstrap, settings.kafka.topics
+    partitions = list(range(topics.partitions))
+    client = redis.Redis.from_url(endpoints.redis_url, socket_timeout=120)
+    keys = RedisKeys(settings.redis.key_prefix)
+    sequence_ttl_s = settings.score.horizon_s
+    post_ttl_s = sequence_ttl_s + settings.worker.post_ttl_refresh_s
+
+    # One real post through the worker: its hash holds the served content model's vector, which every preloaded
+    # post gets (a vector of another model would be recomputed through Triton at the post's first merge).
+    template = Workload(1)
+    template.ids = ["flat-template"]
+    asyncio.run(_produce_all(bootstrap, topics.posts, [(b"flat-template", template.post(0), None)]))
+    stored = _wait_for_post_hash(client, keys.post("flat-template"))
+    static, content = stored[STATIC.encode()], stored[CONTENT.encode()]
+
+    cases = []
+    for number, (live, observations) in enumerate(flat_cases(cfg)):
+        label = f"{live}x{observations}"
+        log(f"flat case {number + 1}/{len(flat_cases(cfg))}: {live:,} live posts with {observations} observations "
+            f"each; snapshots of {cfg.streamed_posts:,} of them, {cfg.rounds} rounds")
+        stack.stop_worker()
+        recreate_topics(endpoints, [topics.snapshots, topics.predictions], topics.partitions)
+        client.config_set("appendonly", "no")
+        _flush(client)
+        base = client.info("memory")["used_memory"]
+        last_t = int(time.time()) - 3600
+        sequence, stored_likes = stored_history(observations, last_t, cfg.cadence_s)
+        created = last_t - cfg.cadence_s * observations
+        post = Post(post_id="flat", platform=BENCH_PLATFORM, created_at=datetime.fromtimestamp(created, timezone.utc))
+        fields = encode_post(post, np.frombuffer(static, np.float32), content, embedded_title=False)
+        ids = [f"flat-{label}-{i:07d}" for i in range(live)]
+        started = time.monotonic()
+        preload_posts(client, keys, ids, sequence, fields, sequence_ttl_s, post_ttl_s)
+        bytes_per_post = (client.info("memory")["used_memory"] - base) / live
+        log(f"  preloaded in {time.monotonic() - started:.0f} s: {bytes_per_post:,.0f} Redis bytes per post")
+        client.config_set("appendonly", "yes")  # rewrites the file from the data set, in a child
+        _wait_for_aof_rewrite(client)
+        client.config_set("auto-aof-rewrite-percentage", "0")
+        try:
+            stack.start_worker()
+            pids = {name: int(info["pid"]) for name, info in stack.state.processes.items()}
+            workload = PreloadedWorkload(ids[:cfg.streamed_posts], last_t, stored_likes)
+            n = cfg.rounds * workload.n_posts
+            warm = _envelopes(workload, range(0, 1), partitions, cfg.envelope_snapshots)
+            hits, _, _ = asyncio.run(_through(bootstrap, settings, warm,
+                                              f'"as_of":"{workload.round_time(0)}"'.encode(), workload.n_posts,
+                                              timeout_s=600))
+            # Round after round, each scored before the next is produced: one merge per snapshot, as at a
+            # sustainable rate (at full speed a backlog folds a post's snapshots into one merge).
+            rounds = [_envelopes(workload, range(k, k + 1), partitions, cfg.envelope_snapshots)
+                      for k in range(1, 1 + cfg.rounds)]
+            cpu, redis_cpu = _cpu_seconds(pids), client.info("cpu")
+            hits, seconds, seen = workload.n_posts, 0.0, 0
+            for k, records in enumerate(rounds, start=1):
+                round_hits, round_seconds, round_seen = asyncio.run(_through(
+                    bootstrap, settings, records, f'"as_of":"{workload.round_time(k)}"'.encode(), workload.n_posts,
+                    timeout_s=600.0))
+                hits, seconds, seen = min(hits, round_hits), seconds + round_seconds, seen + round_seen
+            cpu_us = _cpu_per_snapshot(cpu, _cpu_seconds(pids), n)
+            # Redis's own account: its main thread (commands, scripts) apart from its background threads.
+            after = client.info("cpu")
+            main_thread_us = 1e6 * sum(after[f"used_cpu_{kind}_main_thread"] - redis_cpu[f"used_cpu_{kind}_main_thread"]
+                                       for kind in ("user", "sys")) / n
+        finally:
+            client.config_set("auto-aof-rewrite-percentage", "100")
+        # A sequence grown by APPEND keeps the slack Redis allocated for its growth (up to its size again).
+        sample = range(0, cfg.streamed_posts, max(1, cfg.streamed_posts // 200))
+        streamed_key_bytes, preloaded_key_bytes = (
+            float(np.mean([client.memory_usage(keys.sequence(ids[i + offset])) for i in sample]))
+            for offset in (0, cfg.streamed_posts if live >= 2 * cfg.streamed_posts else 0))
+        case = {"live_posts": live, "observations": observations, "cpu_us_per_snapshot": cpu_us,
+                "redis_main_thread_cpu_us_per_snapshot": round(main_thread_us, 1),
+                "snapshots_per_s": round(n / seconds) if hits == workload.n_posts else 0,
+                "predictions_per_snapshot": round(seen / n, 3), "redis_bytes_per_post": round(bytes_per_post, 1),
+                "sequence_key_bytes_preloaded": round(preloaded_key_bytes), "sequence_key_bytes_streamed":
+                round(streamed_key_bytes)}
+        cases.append(case)
+        log(f"  {case['snapshots_per_s']:,} snapshots/s, {case['predictions_per_snapshot']} predictions per "
+            f"snapshot; CPU us per snapshot: {cpu_us} (Redis's main thread "
+            f"{case['redis_main_thread_cpu_us_per_snapshot']}); a sequence key's bytes (MEMORY USAGE): "
+            f"{case['sequence_key_bytes_preloaded']:,} as preloaded, {case['sequence_key_bytes_streamed']:,} "
+            f"after {cfg.rounds + 1} appended")
+    stack.stop_worker()
+    _flush(client)
+    stack.start_worker()
+    client.close()
+    return {"flat_config": asdict(cfg), "flat_cases": cases, "flat_ratios": flat_ratios(cases)}
+
+
+FLAT_COMPONENTS = ("worker", "redis")
+
+
+def flat_cpu(cases: list[dict], live: int, observations: int) -> dict[str, float]:
+    """The mean CPU us per snapshot of a case over its repeats, per component and for worker + Redis."""
+    runs = [c["cpu_us_per_snapshot"] for c in cases if (c["live_posts"], c["observations"]) == (live, observations)]
+    mean = {name: float(np.mean([run.get(name, np.nan) for run in runs])) for name in FLAT_COMPONENTS}
+    mean["worker+redis"] = mean["worker"] + mean["redis"]
+    return mean
+
+
+def flat_ratios(cases: list[dict]) -> dict[str, dict[str, float]]:
+    """CPU per snapshot of the most observations against the fewest (at the fewest live posts), and of the most
+    live posts against the fewest (at the fewest observations), per component; Redis bytes per post likewise."""
+    live = sorted({c["live_posts"] for c in cases})
+    observations = sorted({c["observations"] for c in cases})
+    out = {}
+    for name, (a, b) in (("observations", ((live[0], observations[-1]), (live[0], observations[0]))),
+                         ("live_posts", ((live[-1], observations[0]), (live[0], observations[0])))):
+        if a == b:
+            continue
+        costly, cheap = flat_cpu(cases, *a), flat_cpu(cases, *b)
+        ratio = {k: round(costly[k] / cheap[k], 2) for k in costly}
+        memory = [np.mean([c["redis_bytes_per_post"] for c in cases if (c["live_posts"], c["observations"]) == x])
+                  for x in (a, b)]
+        ratio["redis_bytes_per_post"] = round(float(memory[0] / memory[1]), 2)
+        out[f"{a[0]}x{a[1]}_vs_{b[0]}x{b[1]}"] = ratio
+    return out
+
+
+def render_flat_table(results: dict, command: str) -> str:
+    lines = [f"`{command}`", "", "| live posts | observations per post | CPU us per snapshot (worker, Redis; broker, "
+             "Triton) | snapshots/s | Redis bytes per post | a sequence key's bytes, preloaded -> appended to |",
+             "|---|---|---|---|---|---|"]
+    for c in results["flat_cases"]:
+        cpu = c["cpu_us_per_snapshot"]
+        lines.append(f"| {c['live_posts']:,} | {c['observations']} | worker {cpu.get('worker')}, redis "
+                     f"{cpu.get('redis')}; broker {cpu.get('broker')}, triton {cpu.get('triton')} | "
+                     f"{c['snapshots_per_s']:,} | {c['redis_bytes_per_post']:,} | "
+                     f"{c['sequence_key_bytes_preloaded']:,} -> {c['sequence_key_bytes_streamed']:,} |")
+    lines += ["", "| ratio (means over repeats) | worker | Redis | worker + Redis | Redis bytes per post |",
+              "|---|---|---|---|---|"]
+    for name, r in results["flat_ratios"].items():
+        lines.append(f"| {name.replace('_vs_', ' vs ')} | {r['worker']} | {r['redis']} | {r['worker+redis']} | "
+                     f"{r['redis_bytes_per_post']} |")
+    return "\n".join(lines)
+
+
+def run_flat_bench(settings: Settings, cfg: FlatConfig, log: Callable[[str], None] = print) -> dict:
+    """The flat phase alone, on a stack of its own (titles not embedded, as in the other phases)."""
+    settings.serving.text_encoder = False
+    # Redis's budget is sized for the preloaded posts (the stack's default is for capacity_posts).
+    settings.redis.capacity_posts = max(settings.redis.capacity_posts, max(cfg.live_posts))
+    settings.redis.observations_per_post = max(cfg.observations)
+    stack = EmbeddedStack(settings, log=log)
+    stack.start(with_worker=True)
+    try:
+        return {"text_encoder": False, **flat_phase(settings, stack, cfg, log)}
+    finally:
+        stack.stop()
 
 
 def kept_up(all_scored: bool, drain_s: float, p50_age_by_10s: list[float | None], max_age_s: float = 1.0) -> bool:

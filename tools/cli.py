@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 from popscore.settings import Settings
@@ -126,9 +127,43 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flat_bench(args: argparse.Namespace) -> int:
+    """``popscore bench --flat``: CPU per snapshot against stored observations per post and live posts."""
+    from popscore.tools.bench import FlatConfig, render_flat_table, run_flat_bench
+
+    config = FlatConfig(live_posts=(10_000, 100_000), streamed_posts=5_000, rounds=3, repeats=1) if args.quick \
+        else FlatConfig()
+    overrides = {"live_posts": args.flat_live_posts, "observations": args.flat_observations,
+                 "streamed_posts": args.flat_streamed_posts, "repeats": args.flat_repeats}
+    config = replace(config, **{name: value for name, value in overrides.items() if value is not None})
+    if config.streamed_posts > min(config.live_posts):
+        print("--flat-streamed-posts must not exceed the fewest --flat-live-posts", file=sys.stderr)
+        return 2
+    log = (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)) if args.json else _print
+    results = run_flat_bench(_settings(args), config, log=log)
+    command = "popscore bench --flat" + (" --quick" if args.quick else "")
+    print(json.dumps(results, indent=2) if args.json else render_flat_table(results, command))
+    return 0
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v.replace("_", "")) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"counts must be at least 1: {text!r}")
+    return values
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from popscore.tools.bench import BenchConfig, render_table, run_bench, run_image_bench
 
+    if args.flat:
+        if args.images or args.readme:
+            print("--flat runs on its own: without --images or --readme", file=sys.stderr)
+            return 2
+        return cmd_flat_bench(args)
     if args.images and args.readme:
         print("--readme writes the whole bench table: run it without --images", file=sys.stderr)
         return 2
@@ -249,6 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--readme", help="write the results table between the bench markers of this file (docs/benchmarks.md holds them)")
     bench.add_argument("--results-json", metavar="FILE", help="also write the results as one JSON object to FILE "
                        "(what `popscore capacity --bench-results` reads)")
+    bench.add_argument("--flat", action="store_true", help="only the phase of CPU per snapshot against observations "
+                       "stored per post and live posts (preloaded into Redis), on a stack of its own")
+    bench.add_argument("--flat-live-posts", type=_counts, metavar="N,N", help="--flat: live posts of its cases "
+                       "(default 100000,1000000; --quick 10000,100000)")
+    bench.add_argument("--flat-observations", type=_counts, metavar="N,N", help="--flat: observations stored per "
+                       "post (default 25,300)")
+    bench.add_argument("--flat-streamed-posts", type=int, metavar="N", help="--flat: posts whose snapshots stream "
+                       "through the worker in each case (default 20000; --quick 5000)")
+    bench.add_argument("--flat-repeats", type=int, metavar="N", help="--flat: times the cases are measured, every "
+                       "other time in reverse order (default 2; --quick 1)")
     bench.set_defaults(func=cmd_bench)
 
     capacity = sub.add_parser("capacity", help="what serving N snapshots/s for M live posts takes (workers, "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -224,32 +224,50 @@ class Features:
         routes = [self.models.router.route(u.post.platform) for u in updates]
         jobs = []
         for model_set, rows in group_rows(routes):
-            group = take(updates, rows)
+            group = await self._reaching_back(take(updates, rows), self.models.temporal_spec(routes[0] if rows is None
+                                                                                            else routes[rows[0]]))
             job = self._fallback_job(group, take(routes, rows)) if model_set is None else \
                 await self._temporal_job(model_set, group, take(routes, rows))
             self.stream_clock = max(self.stream_clock, float(job.as_of.max()))
             jobs.append(job)
         return jobs
 
+    async def _reaching_back(self, updates: list[SequenceUpdate], spec: F.FeatureSpec) -> list[SequenceUpdate]:
+        """The updates, each with a sequence reaching back as far as ``spec``'s features read: a tail the merge
+        returned for a shorter look-back (a model reading further back was promoted since) is replaced by the
+        whole stored sequence."""
+        lookback = F.lookback_s(spec)
+        short = [i for i, update in enumerate(updates) if not update.reaches_back(lookback)]
+        if not short:
+            return updates
+        self.metrics.sequences_reread.inc(len(short))
+        whole = await self.store.sequences([updates[i].post_id for i in short])
+        updates = list(updates)
+        for i, sequence in zip(short, whole):
+            updates[i] = replace(updates[i], sequence=sequence, n_earlier=0)
+        return updates
+
     @staticmethod
     def _sequences(updates: list[SequenceUpdate]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray,
-                                                           np.ndarray | None]:
-        """(sequences, created, as_of, without_post or None) of the updates' posts. A snapshot may come before its
-        post: then the first observation stands in for the upload time."""
+                                                           np.ndarray | None, np.ndarray]:
+        """(sequences or their tails, created, as_of, without_post or None, observations before each tail) of the
+        updates' posts. A snapshot may come before its post: then the first observation stands in for the upload
+        time (the merge returns the whole sequence of such a post)."""
         seqs = [u.sequence for u in updates]
+        n_earlier = np.array([u.n_earlier for u in updates], np.int64)
         created = np.array([u.post.created_at if u.post.created_at is not None else u.sequence[0, 0]
                             for u in updates])
         as_of = np.array([u.sequence[-1, 0] for u in updates])
         without_post = np.array([u.post.created_at is None for u in updates])
-        return seqs, created, as_of, without_post if without_post.any() else None
+        return seqs, created, as_of, without_post if without_post.any() else None, n_earlier
 
     async def _temporal_job(self, model_set: ModelSet, updates: list[SequenceUpdate], routes: list[Route]
                             ) -> ScoringJob:
         spec = model_set.spec("temporal")
-        seqs, created, as_of, without_post = self._sequences(updates)
+        seqs, created, as_of, without_post, n_earlier = self._sequences(updates)
         platforms = [route.platform for route in routes]
         vectors, weights = await self._cached_content(model_set, updates, created, platforms)
-        inputs = F.build_temporal_inputs(spec, seqs, created, platforms, self.weights_for, as_of, vectors)
+        inputs = F.build_temporal_inputs(spec, seqs, created, platforms, self.weights_for, as_of, vectors, n_earlier)
         return ScoringJob("temporal", model_set, [u.post_id for u in updates], as_of, inputs, spec, created, routes,
                           [u.post.category for u in updates], {"modality_weights": weights}, without_post)
 
@@ -257,9 +275,9 @@ class Features:
         """Posts no model set scores: their dynamic features (the persistence baseline's input and the rising
         board's growth), under their platform's score weights."""
         spec = self.models.fallback_spec
-        seqs, created, as_of, without_post = self._sequences(updates)
+        seqs, created, as_of, without_post, n_earlier = self._sequences(updates)
         weights = F.weight_matrix([route.platform for route in routes], self.weights_for, spec.counters)
-        dynamic = F.build_sequence(spec, seqs, created, as_of, weights)["dynamic_features"]
+        dynamic = F.build_sequence(spec, seqs, created, as_of, weights, n_earlier=n_earlier)["dynamic_features"]
         return ScoringJob("temporal", None, [u.post_id for u in updates], as_of, {"dynamic_features": dynamic}, spec,
                           created, routes, [u.post.category for u in updates], None, without_post)
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
+from popscore import features as F
 from popscore.contract import Counts, Post, Snapshot
 from popscore.stream.redis_schema import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, PLATFORM, content_tag, \
-    decode_content, encode_content
-from popscore.stream.sequence_store import SnapshotSequenceStore
+    decode_content, decode_sequence, encode_content, encode_sequence, encode_snapshot
+from popscore.stream.sequence_store import SnapshotSequenceStore, count_decreases, group_by_post
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +174,138 @@ def test_a_cached_posts_hash_ttl_is_refreshed_every_refresh_interval_and_outlive
     assert 3600 < post_ttl <= 3600 + 3600 and 0 < seq_ttl <= 3600  # the hash outlives the sequence
     assert kept <= 50
     assert refreshed > 3600
+
+
+def long_history(post_id: str, n: int, seed: int) -> list[Snapshot]:
+    """``n`` snapshots at irregular times (bursts of a minute, gaps of hours), likes mostly growing."""
+    rng = np.random.default_rng(seed)
+    times = np.cumsum(rng.choice([60, 600, 1800, 7200], size=n))
+    likes = np.cumsum(rng.integers(-1, 30, size=n)).clip(0)
+    return [snap(post_id, int(t), int(v)) for t, v in zip(times, likes)]
+
+
+def features_of(sequences, created, n_earlier=None):
+    spec = F.DEFAULT_SPEC
+    weights = np.stack([F.weight_vector({"likes": 1.0})] * len(sequences))
+    as_of = np.array([s[-1, 0] for s in sequences])
+    return F.build_sequence(spec, sequences, np.full(len(sequences), created), as_of, weights, n_earlier=n_earlier)
+
+
+def test_a_merge_returns_the_tail_the_features_read_and_they_equal_those_of_the_whole_sequence(redis_url):
+    """Posts of 300 observations: newer records appended, an old one inserted, an old one corrected, the batch
+    redelivered. Each merge's tail (and the count of records before it) gives the features of the whole stored
+    sequence, and its counter decreases; a look-back an hour short does not."""
+    posts = [f"p{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    appended, inserted, corrected = posts
+    histories = {post: long_history(post, 300, seed) for seed, post in enumerate(posts)}
+    last = {post: int(h[-1].observed_at.timestamp()) - T0 for post, h in histories.items()}
+    at_40 = {post: int(h[40].observed_at.timestamp()) - T0 for post, h in histories.items()}
+    step = [snap(appended, last[appended] + 60, 10_000), snap(appended, last[appended] + 120, 9_000),
+            snap(inserted, at_40[inserted] + 1, 0), snap(inserted, last[inserted] + 60, 5),
+            snap(corrected, at_40[corrected], 7)]
+    lookback = F.lookback_s(F.DEFAULT_SPEC)
+
+    async def scenario(store, client):
+        await store.put_posts([Post(post_id=post, platform="hackernews",
+                                    created_at=datetime.fromtimestamp(T0, timezone.utc)) for post in posts],
+                              [np.zeros(2, np.float32)] * 3, [None] * 3)
+        merges = []
+        for snapshots in ([s for h in histories.values() for s in h], step, step):  # the last: redelivered
+            updates = await store.merge(snapshots)
+            merges.append((updates, {p: decode_sequence(await client.get(store.keys.sequence(p))) for p in posts}))
+        return merges
+
+    merges = run(redis_url, scenario)
+    (first, _), (merged, stored), (again, stored_again) = merges
+    assert [u.statuses for u in first] == [[APPENDED] * 300] * 3 and all(len(u.sequence) == 300 for u in first)
+    assert {u.post_id: u.statuses for u in merged} == \
+        {appended: [APPENDED, APPENDED], inserted: [OUT_OF_ORDER, APPENDED], corrected: [CORRECTED]}
+    assert all(u.statuses == [DUPLICATE] * len(u.statuses) and not u.changed for u in again)
+    assert all(np.array_equal(stored_again[p], stored[p], equal_nan=True) for p in posts)  # redelivery changed nothing
+    assert stored[corrected][40, 2] == 7 and len(stored[inserted]) == 302 and len(stored[appended]) == 302
+    for updates, whole in merges[:3]:
+        for update in updates:
+            full = whole[update.post_id]
+            # The look-back's tail, not the sequence, unless older records changed: then from the one before them
+            # (the first merge appended all 300; the second inserted and corrected the 41st)
+            if updates is again or update.post_id == appended and updates is merged:
+                assert len(update.sequence) < 60
+            np.testing.assert_array_equal(np.concatenate([full[:update.n_earlier], update.sequence]), full)
+            for name, values in features_of([full], T0).items():
+                np.testing.assert_array_equal(features_of([update.sequence], T0, [update.n_earlier])[name], values,
+                                              err_msg=f"{update.post_id} {name}")
+    by_post = {u.post_id: u for u in merged}
+    assert by_post[inserted].n_earlier == 40  # from the record before the one inserted after the 41st
+    assert by_post[corrected].n_earlier == 39  # from the record before the one corrected
+    # The decreases the merge brought, counted from the tails, as from the whole sequences.
+    merged_at = [by_post[p].merged_at for p in posts]
+    counted = count_decreases([by_post[p].sequence for p in posts], merged_at)
+    assert counted == count_decreases([stored[p] for p in posts], merged_at) > 0
+
+
+def test_features_from_a_merge_with_a_look_back_an_hour_short_differ_from_those_of_the_whole_sequence(redis_url):
+    """What makes the test above able to fail: with a look-back shorter than the features', the tail misses
+    records they read."""
+    post = f"p{uuid.uuid4().hex[:8]}"
+    lookback = F.lookback_s(F.DEFAULT_SPEC)
+
+    async def scenario(store, client):
+        await store.put_posts([Post(post_id=post, platform="hackernews",
+                                    created_at=datetime.fromtimestamp(T0, timezone.utc))], [np.zeros(2, np.float32)],
+                              [None])
+        await store.merge([snap(post, 600 * k, 3 * k) for k in range(300)])
+        short = await store.merge_records(group_by_post([snap(post, 600 * 300, 900)]),
+                                          lambda _: lookback - 3600)
+        enough = await store.merge_records(group_by_post([snap(post, 600 * 301, 903)]),
+                                           lambda _: lookback)
+        return short[0], enough[0], await store.get(post)
+
+    short, enough, whole = run(redis_url, scenario)
+    assert short.n_earlier + len(short.sequence) == 301 and enough.n_earlier + len(enough.sequence) == 302
+    as_of_short = features_of([whole[:301]], T0)
+    assert not all(np.array_equal(features_of([short.sequence], T0, [short.n_earlier])[name], as_of_short[name])
+                   for name in as_of_short)
+    for name, values in features_of([whole], T0).items():
+        np.testing.assert_array_equal(features_of([enough.sequence], T0, [enough.n_earlier])[name], values)
+
+
+def test_a_post_without_its_post_event_gets_its_whole_sequence_whose_first_observation_stands_in(redis_url):
+    post = f"p{uuid.uuid4().hex[:8]}"
+
+    async def scenario(store, client):
+        await store.merge(long_history(post, 100, 7))
+        return await store.merge([snap(post, 10_000_000, 1)])
+
+    update, = run(redis_url, scenario)
+    assert update.post.created_at is None and update.n_earlier == 0 and len(update.sequence) == 101
+
+
+def test_a_posts_tail_reaches_back_as_far_as_its_platforms_model_reads_and_the_longest_before_its_platform_is_known(
+        redis_url):
+    posts = {"reddit": f"p{uuid.uuid4().hex[:8]}", "youtube": f"p{uuid.uuid4().hex[:8]}"}
+    lookbacks = {None: 96 * 3600.0, "youtube": 96 * 3600.0, "reddit": 8 * 3600.0}
+    asked = []
+
+    def lookback(platform):
+        asked.append(platform)
+        return lookbacks[platform]
+
+    async def scenario(store, client):
+        store.meta_cache.max_posts = 10
+        await store.put_posts([Post(post_id=post, platform=platform, created_at=datetime.fromtimestamp(T0, timezone.utc))
+                               for platform, post in posts.items()], [np.zeros(2, np.float32)] * 2, [None] * 2)
+        for post in posts.values():  # stored as a merge would have, without the merge's post metadata cache
+            await client.set(store.keys.sequence(post), encode_sequence(encode_snapshot(snap(post, 1800 * k, k))
+                                                                        for k in range(300)))
+        unknown = await store.merge_records(group_by_post([snap(post, 1800 * 300, 1) for post in posts.values()]),
+                                            lookback)
+        known = await store.merge_records(group_by_post([snap(post, 1800 * 301, 1) for post in posts.values()]),
+                                          lookback)
+        return unknown, known
+
+    unknown, known = run(redis_url, scenario)
+    assert [u.post_id for u in known] == list(posts.values())  # in the order given
+    # 30 min apart: 8 h back is 16 records before the latest, 96 h 192; and the latest itself
+    assert [len(u.sequence) for u in unknown] == [193, 193]  # the platforms not held yet: the longest
+    assert [len(u.sequence) for u in known] == [17, 193]
+    assert set(asked) == {None, "reddit", "youtube"}

@@ -76,3 +76,36 @@ def test_kept_up_needs_every_post_a_short_drain_and_a_steady_age_in_every_10_s()
     assert not kept_up(True, 0.2, steady[:-1] + [1.2])  # falling behind by the end
     assert not kept_up(True, 0.2, steady[:3] + [None] + steady[4:])  # 10 s without a prediction
     assert not kept_up(True, 0.2, [])
+
+
+def test_flat_cases_vary_one_dimension_at_a_time_and_repeat_in_reverse():
+    from popscore.tools.bench import FlatConfig, flat_cases
+
+    cfg = FlatConfig(live_posts=(1_000_000, 100_000), observations=(300, 25), repeats=2)
+    assert flat_cases(cfg) == [(100_000, 25), (100_000, 300), (1_000_000, 25),
+                               (1_000_000, 25), (100_000, 300), (100_000, 25)]
+
+
+def test_flat_ratios_compare_the_means_of_the_costly_cases_with_the_cheapest():
+    from popscore.tools.bench import flat_ratios
+
+    def case(live, obs, worker, redis, memory):
+        return {"live_posts": live, "observations": obs, "redis_bytes_per_post": memory,
+                "cpu_us_per_snapshot": {"worker": worker, "redis": redis, "broker": 99.0}}
+
+    ratios = flat_ratios([case(100, 25, 10.0, 2.0, 1000.0), case(100, 25, 12.0, 2.0, 1000.0),
+                          case(100, 300, 11.0, 3.0, 13000.0), case(1000, 25, 22.0, 2.0, 1000.0)])
+    assert ratios == {"100x300_vs_100x25": {"worker": 1.0, "redis": 1.5, "worker+redis": 1.08,
+                                            "redis_bytes_per_post": 13.0},
+                      "1000x25_vs_100x25": {"worker": 2.0, "redis": 1.0, "worker+redis": 1.85,
+                                            "redis_bytes_per_post": 1.0}}
+
+
+def test_a_preloaded_history_is_stored_as_the_merge_script_stores_records():
+    from popscore.stream.redis_schema import decode_sequence
+    from popscore.tools.bench import stored_history
+
+    blob, last_likes = stored_history(4, 1_700_000_000, 1800)
+    sequence = decode_sequence(blob)
+    assert sequence[:, 0].tolist() == [1_700_000_000 - 1800 * k for k in (3, 2, 1, 0)]
+    assert last_likes == 9 and sequence[-1, 2] == 9  # likes, then comments

@@ -211,3 +211,38 @@ def test_committed_model_sets_match_the_serving_contract():
             inputs, outputs = F.model_tensors(kind, spec)
             for t in inputs + outputs:
                 assert f'name: "{t.name}"' in cfg, (model.name, t.name)
+
+
+def tail_start(times: np.ndarray, as_of: float, lookback: float) -> int:
+    """The index of the last observation at or before ``as_of - lookback`` (0 if none): where the tail the
+    worker's merge returns begins."""
+    return max(int(np.searchsorted(times, as_of - lookback, side="right")) - 1, 0)
+
+
+@pytest.mark.parametrize("spec", [F.FeatureSpec(), F.FeatureSpec(bin_s=600.0, n_bins=4)],
+                         ids=["8h-window", "growth-hour-longer-than-window"])
+def test_features_of_a_sequences_tail_from_the_lookback_equal_those_of_the_whole_sequence(spec):
+    rng = np.random.default_rng(3)
+    seqs, tails, earlier, short = [], [], [], []
+    for cadence_s in (150.0, 600.0, 1800.0, 7200.0):  # from denser to sparser than a bin
+        gaps = rng.exponential(cadence_s, size=300)
+        likes = np.cumsum(rng.integers(0, 20, size=300))
+        likes[150] = likes[149] - 3  # a decrease, kept as observed
+        s = obs([(age, like, like // 3) for age, like in zip(np.cumsum(gaps), likes)])
+        start = tail_start(s[:, 0], s[-1, 0], F.lookback_s(spec))
+        assert 0 < start < 299
+        seqs.append(s)
+        tails.append(s[start:])
+        earlier.append(start)
+        short.append(s[start + 1:])  # one observation too few: the value carried into the first bin is lost
+    created, as_of = np.full(len(seqs), T0), np.array([s[-1, 0] for s in seqs])
+    w = np.stack([F.weight_vector(HN)] * len(seqs))
+    whole = F.build_sequence(spec, seqs, created, as_of, w)
+    from_tail = F.build_sequence(spec, tails, created, as_of, w, n_earlier=np.array(earlier))
+    for name in whole:
+        np.testing.assert_array_equal(from_tail[name], whole[name], err_msg=name)
+    too_short = F.build_sequence(spec, short, created, as_of, w, n_earlier=np.array(earlier) + 1)
+    assert not np.array_equal(too_short["sequence"], whole["sequence"]) or \
+        not np.array_equal(too_short["dynamic_features"], whole["dynamic_features"])
+    without_count = F.build_sequence(spec, tails, created, as_of, w)  # the count of observations is needed too
+    assert not np.array_equal(without_count["dynamic_features"], whole["dynamic_features"])

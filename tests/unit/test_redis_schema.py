@@ -85,7 +85,7 @@ def posts(n: int) -> list[str]:
 CALLS = {  # script -> (number of items) -> the KEYS and ARGV its Python caller passes
     schema.MERGE_SNAPSHOTS: lambda n: schema.merge_snapshots_call(
         RedisKeys("ps:"), posts(n), {p: [b"r" * schema.RECORD.size] * 2 for p in posts(n)},
-        bytes([schema.READ_META] * n), 3600, 7200),
+        bytes([schema.READ_META] * n), 3600, 7200, 28_800.0),
     schema.CLAIM_AWAITING: lambda n: schema.claim_awaiting_call(RedisKeys("ps:"), 100.0, 130.0, 50),
     schema.RECORD_PREDICTIONS: lambda n: schema.record_predictions_call(
         RedisKeys("ps:"), 3600, 100, "temporal",

@@ -8,9 +8,9 @@ import pytest
 
 from popscore.contract import Counts, Snapshot
 from popscore.settings import COUNTER_NAMES
-from popscore.stream.redis_schema import FORMAT_VERSION, RECORD, content_tag, decode_content, decode_sequence, \
-    decode_sequences, encode_content, encode_snapshot
-from popscore.stream.sequence_store import count_decreases, group_by_post, steps_by_post
+from popscore.stream.redis_schema import FORMAT_VERSION, RECORD, PostMeta, content_tag, decode_content, \
+    decode_sequence, decode_sequences, encode_content, encode_snapshot
+from popscore.stream.sequence_store import SequenceUpdate, count_decreases, group_by_post, steps_by_post
 
 
 def snap(ts: int, **counts) -> Snapshot:
@@ -120,3 +120,10 @@ def test_steps_keep_a_posts_snapshots_together_and_cover_every_snapshot():
     assert sum(sizes) == sum(map(len, window.values()))
     assert steps_by_post({}, 4) == []
     assert len(steps_by_post(window, max_snapshots=10_000)) == 1
+
+
+def test_an_updates_tail_reaches_back_when_it_starts_at_or_before_the_look_back_or_is_the_whole_sequence():
+    tail = np.array([[1_000.0, 1.0], [4_000.0, 2.0], [9_000.0, 3.0]])
+    assert SequenceUpdate("p", tail, PostMeta(), n_earlier=5).reaches_back(8_000.0)
+    assert not SequenceUpdate("p", tail, PostMeta(), n_earlier=5).reaches_back(8_001.0)
+    assert SequenceUpdate("p", tail, PostMeta(), n_earlier=0).reaches_back(1e9)  # the whole sequence
