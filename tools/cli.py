@@ -21,6 +21,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings.stack.run_dir = Path(args.run_dir)
     if getattr(args, "model_repo", None):
         settings.stack.model_repo = Path(args.model_repo)
+    if getattr(args, "redis_cluster", False):
+        settings.redis.mode = "cluster"
     return settings
 
 
@@ -184,7 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--detach", action="store_true", help="return once everything is healthy")
     up.add_argument("--no-worker", action="store_true", help="start the infrastructure only")
     up.add_argument("--broker-port", type=int, help="fixed broker port (default: a free one)")
-    up.add_argument("--redis-port", type=int, help="fixed Redis port (default: a free one)")
+    up.add_argument("--redis-port", type=int, help="fixed Redis port (default: a free one; with --redis-cluster, "
+                    "the first node's)")
+    up.add_argument("--redis-cluster", action="store_true", help="a local Redis Cluster instead of one Redis "
+                    "(POPSCORE_STACK__REDIS_CLUSTER_MASTERS masters, each with POPSCORE_STACK__REDIS_CLUSTER_REPLICAS "
+                    "replicas; the same as POPSCORE_REDIS__MODE=cluster)")
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("down", parents=stack_options, help="stop a (detached) embedded stack").set_defaults(func=cmd_down)
