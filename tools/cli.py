@@ -131,14 +131,22 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from popscore.tools.bench import BenchConfig, render_table, run_bench, run_image_bench
 
-    if args.images and args.readme:
-        print("--readme writes the whole bench table: run it without --images", file=sys.stderr)
+    if (args.images or args.cluster) and args.readme or args.images and args.cluster:
+        print("--readme writes the whole bench table: run it without --images or --cluster (one at a time)",
+              file=sys.stderr)
         return 2
     config = BenchConfig()
     if args.quick:
         config = BenchConfig(live_posts=10_000, batch_seconds=10, record_seconds=5, latency_seconds=5,
                              naive_snapshots=500, memory_posts=50_000, image_posts=200)
     log = (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)) if args.json else _print
+    if args.cluster:
+        from popscore.tools.bench import render_cluster_table, run_cluster_bench
+
+        results = run_cluster_bench(_settings(args), config, log=log)
+        command = "popscore bench --cluster" + (" --quick" if args.quick else "")
+        print(json.dumps(results, indent=2) if args.json else render_cluster_table(results, command))
+        return 0
     results = (run_image_bench if args.images else run_bench)(_settings(args), config, log=log)
     command = "popscore bench" + (" --quick" if args.quick else "") + (" --images" if args.images else "")
     table = render_table(results, command)
@@ -219,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="a small run (minutes) instead of the full one")
     bench.add_argument("--images", action="store_true", help="only the phase of posts with pictures (and its "
                        "naive one-request-per-picture baseline), on a stack of its own")
+    bench.add_argument("--cluster", action="store_true", help="only the sustained phase, on one Redis and then on a "
+                       "local three-master Redis Cluster, each on a stack of its own (scale_out_workers workers)")
     bench.add_argument("--readme", help="write the results table between the bench markers of this file (docs/benchmarks.md holds them)")
     bench.set_defaults(func=cmd_bench)
 
