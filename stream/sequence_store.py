@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
 from popscore.contract import Post, Snapshot
 from popscore.stream.redis_schema import CLAIM_AWAITING, CONTENT, CONTENT_INPUT_FIELDS, DUPLICATE, KEEP_META, \
     META_FIELDS, MERGE_SNAPSHOTS, READ_META, REFRESH_TTL, PostMeta, RedisKeys, claim_awaiting_call, \
