@@ -1,10 +1,13 @@
-"""The worker on a REAL Redis Cluster (three redis-server masters on loopback, joined by `redis-cli --cluster
-create`, started by the embedded stack with ``redis.mode`` cluster), with Kafka and Triton as everywhere else.
+"""The worker on a REAL Redis Cluster (three redis-server masters with a replica each on loopback, joined by
+`redis-cli --cluster create`, started by the embedded stack with ``redis.mode`` cluster), with Kafka and Triton as
+everywhere else.
 
-A stream is replayed in rounds, each waited for; between two rounds a slot holding live posts is migrated to
-another master, and left half-migrated (some of its keys moved, the slot MIGRATING on its owner and IMPORTING on
-the target) while the next round is sent, until the worker's script calls have been answered TRYAGAIN or ASK;
-then the migration ends (SETSLOT NODE) and the stream goes on. Afterwards nothing may be lost on the outputs:
+A stream is replayed in rounds, each waited for. In one test, between two rounds a slot holding live posts is
+migrated to another master, and left half-migrated (some of its keys moved, the slot MIGRATING on its owner and
+IMPORTING on the target) while the next round is sent, until the worker's batches have failed on it (TRYAGAIN,
+ASK) and been retried; then the migration ends (SETSLOT NODE) and the stream goes on. In the other, the master of
+a slot holding live posts is failed over to its replica (CLUSTER FAILOVER) as a round is sent. Afterwards nothing
+may be lost on the outputs:
 every snapshot in its post's sequence exactly once, each round's latest observation of each post predicted on the
 predictions topic, every post's latest prediction in Redis, and the platform's board (read through the worker's
 ``/leaderboard``, merged from the shards on the three nodes) listing every post with its latest predicted score.
@@ -33,11 +36,12 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster_stack(tmp_path_factory):
-    """The embedded stack with a three-master Redis Cluster instead of one Redis."""
+    """The embedded stack with a Redis Cluster of three masters and three replicas instead of one Redis."""
     from popscore.tools.stack.stack import EmbeddedStack
 
     settings = Settings()
     settings.redis.mode = "cluster"
+    settings.stack.redis_cluster_replicas = 1
     settings.stack.run_dir = tmp_path_factory.mktemp("cluster") / "run"
     settings.stack.model_repo = MODEL_REPO
     settings.serving.unknown_platform = "hackernews"  # the test's own platform is scored by a model (Triton)
@@ -51,11 +55,12 @@ def cluster_stack(tmp_path_factory):
 
 def test_the_stack_starts_a_cluster_whose_every_slot_is_served(cluster_stack):
     endpoints = cluster_stack.state.endpoints_obj()
-    assert endpoints.redis_mode == "cluster" and len(endpoints.redis_cluster_nodes) == 3
+    assert endpoints.redis_mode == "cluster" and len(endpoints.redis_cluster_nodes) == 6
     for port, _ in endpoints.redis_cluster_nodes:
         info = node(endpoints.host, port).cluster("info")
         assert info["cluster_state"] == "ok" and int(info["cluster_slots_assigned"]) == 16384
-        assert int(info["cluster_known_nodes"]) == 3
+        assert int(info["cluster_known_nodes"]) == 6 and int(info["cluster_size"]) == 3  # masters serving slots
+    assert len(masters(endpoints)) == 3
 
 
 # --- moving a slot by hand, as `redis-cli --cluster reshard` does ---------------------------------------------
@@ -65,9 +70,16 @@ def node(host: str, port: int) -> redis.Redis:
 
 
 def masters(endpoints) -> dict[str, redis.Redis]:
-    """node id -> a client of that node."""
+    """node id -> a client of that node, for the masters."""
     clients = [node(endpoints.host, port) for port, _ in endpoints.redis_cluster_nodes]
-    return {client.execute_command("CLUSTER", "MYID").decode(): client for client in clients}
+    return {client.execute_command("CLUSTER", "MYID").decode(): client for client in clients
+            if client.execute_command("ROLE")[0] == b"master"}
+
+
+def replica_of(master: redis.Redis, master_id: str) -> redis.Redis:
+    line = master.execute_command("CLUSTER", "REPLICAS", master_id)[0]  # "<id> <host>:<port>@<bus> slave ..."
+    host, port = line.split()[1].decode().split("@")[0].rsplit(":", 1)
+    return node(host, int(port))
 
 
 def owner(nodes: dict[str, redis.Redis], slot: int) -> str:
@@ -77,12 +89,13 @@ def owner(nodes: dict[str, redis.Redis], slot: int) -> str:
     raise AssertionError(f"no node holds keys of slot {slot}")
 
 
-def redirections(nodes: dict[str, redis.Redis]) -> int:
-    """ASK and TRYAGAIN replies the nodes have sent (INFO errorstats): calls that hit a migrating slot."""
+def redirections(nodes: dict[str, redis.Redis], codes=("ASK", "TRYAGAIN")) -> int:
+    """The replies of ``codes`` the nodes have sent (INFO errorstats): ASK and TRYAGAIN answer calls that hit a
+    migrating slot, MOVED calls sent to a node that no longer serves the slot."""
     total = 0
     for client in nodes.values():
         stats = client.info("errorstats")
-        total += sum(stats.get(f"errorstat_{code}", {}).get("count", 0) for code in ("ASK", "TRYAGAIN"))
+        total += sum(stats.get(f"errorstat_{code}", {}).get("count", 0) for code in codes)
     return total
 
 
@@ -201,3 +214,53 @@ def test_a_slot_migrated_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
     print(f"slot {slot} (shard {shard}, {posts_per_shard[shard]} posts, {in_slot} keys) moved mid-stream; "
           f"{hit} calls answered ASK/TRYAGAIN while it moved; {figures}; "
           f"{len(client.get_primaries())} masters")
+
+
+def test_a_master_failed_over_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
+    settings, endpoints = cluster_stack.settings, cluster_stack.state.endpoints_obj()
+    bootstrap = endpoints.broker_bootstrap
+    traffic = Traffic("clusterfailover", n_posts=60, n_snapshots=8)
+    rounds = traffic.rounds(4)
+    keys = RedisKeys.of(settings)
+    send_posts(cluster_stack, traffic)
+    send_snapshots(cluster_stack, rounds[0])
+    wait_processed(settings, bootstrap)
+
+    shards = defaultdict(int)
+    for post_id in traffic.post_ids:
+        shards[keys.shard(post_id)] += 1
+    slot = key_slot(keys.tag(max(shards, key=shards.get)).encode())
+    nodes = masters(endpoints)
+    master_id = owner(nodes, slot)
+    old_master = nodes[master_id]
+    replica = replica_of(old_master, master_id)
+    moved_before = redirections({master_id: old_master}, ("MOVED",))
+    send_snapshots(cluster_stack, rounds[1])
+    replica.execute_command("CLUSTER", "FAILOVER")  # coordinated: the master hands over once the replica caught up
+    deadline = time.monotonic() + 60
+    while replica.execute_command("ROLE")[0] != b"master":
+        assert time.monotonic() < deadline, "the replica did not take over"
+        time.sleep(0.1)
+    for part in rounds[2:]:
+        wait_processed(settings, bootstrap)
+        send_snapshots(cluster_stack, part)
+    wait_processed(settings, bootstrap)
+
+    assert old_master.execute_command("ROLE")[0] == b"slave"
+    assert replica.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0
+    # the worker went on writing the slot, to the old master first (answered MOVED), then to the new one
+    assert redirections({master_id: old_master}, ("MOVED",)) > moved_before
+    letters = [m for m in read_all(settings, bootstrap, settings.kafka.topics.deadletter)
+               if m.key and m.key.decode().startswith(traffic.prefix + "-")]
+    assert not letters
+    figures = check_nothing_lost(cluster_stack, traffic)
+    predicted = received(read_all(settings, bootstrap, settings.kafka.topics.predictions), traffic.prefix)
+    for part in rounds:
+        latest = {}
+        for post_id, at, _ in part:
+            latest[post_id] = max(at, latest.get(post_id, 0))
+        assert all(t in predicted.get(p, {}) for p, t in latest.items()), "an observation without its prediction"
+    status, board = web_json(cluster_stack, f"/leaderboard?board=top:platform:{traffic.prefix}&k=100")
+    last = {p: by_time[max(by_time)] for p, by_time in predicted.items()}
+    assert status == 200 and {e["post_id"]: e["value"] for e in board["entries"]} == pytest.approx(last)
+    print(f"slot {slot}'s master failed over to its replica mid-stream; {figures}")
