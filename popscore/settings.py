@@ -44,7 +44,12 @@ class KafkaSettings(BaseModel):
 class RedisSettings(BaseModel):
     url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the sequences, post metadata and "
                      "leaderboards (redis:// URL)")
-    key_prefix: str = Field("ps:", description="prefix of every Redis key popscore writes")
+    mode: Literal["single", "cluster"] = Field(
+        "single", description="`single`: one Redis (or a primary with replicas behind one address); `cluster`: a "
+        "Redis Cluster, `url` naming any of its nodes (the client discovers the others and follows MOVED/ASK). "
+        "The key layout is the same in both (stream/redis_schema.py: a hash tag per shard)")
+    key_prefix: str = Field("ps:", pattern=r"^[^{}]*$", description="prefix of every Redis key popscore writes "
+                            "(no braces: the hash tag after it is the shard's)")
     socket_timeout_s: float = Field(5.0, gt=0, description="seconds; a Redis reply slower than this fails the batch "
                                     "(which is retried), so a paused or partitioned Redis cannot hang the worker")
     capacity_posts: int = Field(100_000, ge=1, description="live posts (sequence not yet expired) Redis's memory "
@@ -311,6 +316,11 @@ class StackSettings(BaseModel):
         "the bundled tritonserver), `containers` (the images docker-compose.yml runs, through testcontainers; "
         "needs a Docker engine), `auto` (containers where a Docker engine answers, embedded otherwise). "
         "`popscore up` always starts the embedded stack")
+    redis_cluster_masters: int = Field(3, ge=3, le=16, description="with redis.mode `cluster`: the embedded "
+                                       "stack's Redis Cluster masters (redis-server processes on loopback joined by "
+                                       "`redis-cli --cluster create`; Redis Cluster needs at least 3)")
+    redis_cluster_replicas: int = Field(0, ge=0, le=2, description="with redis.mode `cluster`: replicas per master "
+                                        "in the embedded stack's Redis Cluster (1 or more to try a failover)")
     start_timeout_s: float = Field(120.0, description="seconds a component of the embedded stack may take to "
                                    "become healthy")
     stop_timeout_s: float = Field(20.0, description="seconds a component gets to stop before it is killed")

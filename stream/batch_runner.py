@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 # Redis answers these while it cannot serve for now (loading its AOF, out of memory, a replica or cluster in
 # transition); everything else it answers is about the command and will not change on a retry.
 TRANSIENT_REDIS_REPLIES = ("LOADING", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "NOREPLICAS")
+# What redis-py's cluster client raises while slots move or a primary fails over: the redirections it could not
+# settle within its own few retries (TRYAGAIN while a multi-key call's keys are split between the migrating
+# nodes, ASK/MOVED, "TTL exhausted"), a slot no node serves yet, a cluster that is down until a failover ends.
+TRANSIENT_CLUSTER_ERRORS = (redis_errors.TryAgainError, redis_errors.AskError, redis_errors.ClusterError,
+                            redis_errors.SlotNotCoveredError)
 PERMANENT_KAFKA_ERRORS = (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordTooLargeError,
                           kafka_errors.InvalidMessageError, kafka_errors.UnsupportedVersionError,
                           kafka_errors.TopicAuthorizationFailedError)
@@ -48,13 +53,26 @@ def is_transient(exc: BaseException) -> bool:
     an exception group: transient if any of theirs is.)"""
     if isinstance(exc, BaseExceptionGroup):
         return any(is_transient(inner) for inner in exc.exceptions)
+    if isinstance(exc, TRANSIENT_CLUSTER_ERRORS):
+        return True
     if isinstance(exc, redis_errors.ResponseError):
-        return str(exc).startswith(TRANSIENT_REDIS_REPLIES)
+        return _reply(exc).startswith(TRANSIENT_REDIS_REPLIES)
     if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
         return True
     if isinstance(exc, kafka_errors.KafkaError):
         return not isinstance(exc, PERMANENT_KAFKA_ERRORS)
     return isinstance(exc, (ModelUnavailable, ConnectionError, TimeoutError, OSError))
+
+
+def _reply(exc: redis_errors.ResponseError) -> str:
+    """The error reply's code (redis-py parses the codes it knows into ``status_code``), else its text, without
+    the failing command a pipeline puts before it."""
+    if exc.status_code:
+        return exc.status_code
+    return str(exc).partition(PIPELINE_ERROR)[2] or str(exc)
+
+
+PIPELINE_ERROR = " of pipeline caused error: "  # redis-py's annotation of a pipeline's failing command
 
 
 class OutageTooLong(RuntimeError):

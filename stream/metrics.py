@@ -122,7 +122,8 @@ class WorkerMetrics:
         self.consumer_lag = Gauge("popscore_consumer_lag_records", "High watermark minus position, by partition",
                                   ["topic", "partition"], registry=r)
         self.tracked_posts = Gauge("popscore_tracked_posts", "Posts with a live sequence in Redis", registry=r)
-        self.redis_used_memory = Gauge("popscore_redis_used_memory_bytes", "Redis INFO memory used_memory",
+        self.redis_used_memory = Gauge("popscore_redis_used_memory_bytes", "Redis INFO memory used_memory (a "
+                                       "cluster's: its fullest primary's)",
                                        registry=r)
         self.redis_maxmemory = Gauge("popscore_redis_maxmemory_bytes", "Redis INFO memory maxmemory (0: unbounded); "
                                      "past it every write fails (noeviction)", registry=r)

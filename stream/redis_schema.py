@@ -1,17 +1,33 @@
 """The worker's Redis schema: every key, hash field, TTL and stored encoding, and the KEYS/ARGV of its Lua scripts.
 
-Nothing else spells a key or a field name. The Lua scripts (``lua/*.lua``, their protocol documented at the
-top of each) build the same names from the prefix, as their headers say; each script's KEYS and ARGV are
-built by one function here. Every key is under ``settings.redis.key_prefix`` (``ps:``); ``horizon`` below is
-``score.horizon_s``, ``refresh`` is ``worker.post_ttl_refresh_s``.
+Nothing else spells a key or a field name. Each script's KEYS and ARGV are built by one function here, and a
+script touches only the keys its KEYS name (Redis Cluster routes a call by them). Every key is under
+``settings.redis.key_prefix`` (``ps:``) and a shard's hash tag: ``<prefix>{<shard>}:<name>``; ``horizon`` below
+is ``score.horizon_s``, ``refresh`` is ``worker.post_ttl_refresh_s``.
 
-``seq:<post_id>``, string, expires a horizon after its last change
+Shards. A post's shard is the Kafka partition a keyed send of its post_id goes to (the producers' default
+partitioner: murmur2 of the key, masked positive, modulo ``kafka.topics.partitions``), and ``{<shard>}`` is the
+hash tag of all its keys, so they lie in one Redis Cluster slot. The keys that are not a post's (the awaiting and
+maturity sets, the leaderboards and their registries) exist once per shard under the same tag. So every script
+call touches one slot: the worker groups a step's posts by shard and makes one call per shard (the calls of one
+pipeline go to their nodes concurrently), and a Kafka partition's records touch one slot, so moving a partition to
+another worker moves whole slots' work and moving a slot to another Redis node moves whole partitions' state. The
+same layout serves one Redis (a hash tag is only part of the name there): one code path, and a deployment moves
+from one Redis to a cluster without renaming a key. The cost is the reads that span shards: a board's top
+``k`` is the merge of its shards' top ``k`` (``merge_rankings``: exact, since each shard's board keeps its best
+``size`` and ``k`` <= ``size``), the board registries are the union of the shards' ones, and timers read every
+shard's awaiting and maturity sets. A shard is one slot, so a Redis Cluster spreads the load over at most as many
+masters as there are partitions, and the operator places those slots (``CLUSTER SETSLOT``, ``redis-cli --cluster
+reshard``), not ``--cluster rebalance``, which counts slots, not load. Changing the partition count re-shards
+every key (as it moves Kafka keys between partitions): the state must be migrated, or starts empty.
+
+``{<shard>}:seq:<post_id>``, string, expires a horizon after its last change
     ``FORMAT_VERSION``, then one ``RECORD`` per observation, sorted by time. Written by merge_snapshots.lua
     (``SnapshotSequenceStore.merge_records``). Read from the merge's reply (the tail the features read, with
     the number of records before it), by ``SnapshotSequenceStore.current``,
     ``matured``, ``get`` (the ``/posts`` view) and ``estimate_tracked_posts`` (counts the keys).
-``post:<post_id>``, hash, expires a horizon + refresh after the post event; merges refresh that TTL at most
-    every refresh (``PostMetaCache``), so it outlives the sequence; a hash created by record_predictions.lua
+``{<shard>}:post:<post_id>``, hash, expires a horizon + refresh after the post event; merges refresh that TTL at
+    most every refresh (``PostMetaCache``), so it outlives the sequence; a hash created by record_predictions.lua
     (a prediction before any post event or merge) expires a horizon after. Fields:
     ``created_at`` (epoch seconds, decimal), ``platform``, ``category`` (only if the post has one), ``static``
     (the static features, float32), ``title`` (only when titles are embedded): written by
@@ -25,82 +41,155 @@ built by one function here. Every key is under ``settings.redis.key_prefix`` (``
     (``latest_predictions``), ``predicted_to`` by merge_snapshots.lua on redelivery.
     ``eval:<model>:<version>:<age_h>`` (a predicted log score kept for online accuracy, the first one made at
     that evaluation age): written by record_predictions.lua, read and deleted by ``matured``.
-``thumb:<post_id>``, string, expires ``media.thumbnail_ttl_s`` after the post event
+``{<shard>}:thumb:<post_id>``, string, expires ``media.thumbnail_ttl_s`` after the post event
     A JPEG of the post's picture (of a video's first frame), its longest side ``media.thumbnail_px``: what the
     heat map is computed on and drawn over. Written by ``SnapshotSequenceStore.put_thumbnails`` (the features
     stage, for posts whose picture was used), read by ``get_thumbnail`` (the ``/posts/{id}/heatmap.png`` view).
-``awaiting``, sorted set, no TTL
+``{<shard>}:awaiting``, sorted set per shard, no TTL
     post_id -> the wall time from which its snapshots are scored without their post. Added by
     ``SnapshotSequenceStore.await_posts``, leased by claim_awaiting.lua (``claim_overdue``: the score becomes the
     lease end), removed by ``done_waiting``.
-``maturity``, sorted set, no TTL
+``{<shard>}:maturity``, sorted set per shard, no TTL
     post_id -> created_at + horizon, the moment its kept predictions can be compared with what it reached.
     Added by record_predictions.lua, read and removed by ``SnapshotSequenceStore.matured``.
-``lb:top``, ``lb:top:platform:<platform>``, ``lb:top:category:<category>``, ``lb:rising``, sorted sets, expire
-    ``worker.leaderboard_ttl_s`` after their last write
-    post_id -> predicted score (``top``) or realised log-score growth per hour over the last hour (``rising``),
-    trimmed to ``worker.leaderboard_size``. Written by record_predictions.lua from temporal predictions, read by
-    ``Leaderboards.top`` and ``board.queries.BoardReader`` (the board views and feeds). Bounded in number: ``<platform>`` is a platform the
-    deployment knows (``Route.label``), one of at most ``worker.max_platform_boards`` others in
+``{<shard>}:lb:top``, ``...:lb:top:platform:<platform>``, ``...:lb:top:category:<category>``, ``...:lb:rising``,
+    sorted sets per shard, expire ``worker.leaderboard_ttl_s`` after their last write
+    post_id -> predicted score (``top``) or realised log-score growth per hour over the last hour (``rising``) of
+    the shard's posts, trimmed to ``worker.leaderboard_size``. Written by record_predictions.lua from temporal
+    predictions; a board is read as the merge of its shards' (``merge_rankings``) by ``Leaderboards.top`` and
+    ``board.queries.BoardReader`` (the board views and feeds). Bounded in number: ``<platform>`` is a platform
+    the deployment knows (``Route.label``), one of at most ``worker.max_platform_boards`` others in the shard's
     ``boards:platforms``, or ``other`` for the rest; ``<category>`` one of ``worker.leaderboard_categories`` or,
-    without that list, one of at most ``worker.max_category_boards`` in ``boards:categories`` (the rest have no
-    category board).
-``boards:categories``, ``boards:platforms``, sorted sets, expire ``worker.leaderboard_ttl_s`` after their last
-    write
-    category / unknown platform -> when its board was last written (epoch s): the boards that exist. Written by
-    record_predictions.lua, which drops the entries whose board has expired and admits a new one only while
-    there are fewer than the bound.
-``boards``, sorted set, expires ``worker.leaderboard_ttl_s`` after its last write
-    board name (``top:platform:reddit``...) -> when a prediction last wrote it (epoch s), so the boards can be
-    listed without scanning the keyspace; entries older than the TTL are dropped at every write (their board
-    expired). Written by record_predictions.lua, read by ``BoardReader`` (``/boards``).
+    without that list, one of at most ``worker.max_category_boards`` in the shard's ``boards:categories`` (the
+    rest have no category board). The bounds hold per shard: with more categories than the bound and no
+    allow-list, shards may admit different ones, and a category board then lists the posts of the shards that
+    admitted it (the allow-list makes every shard admit the same).
+``{<shard>}:boards:categories``, ``...:boards:platforms``, sorted sets per shard, expire
+    ``worker.leaderboard_ttl_s`` after their last write
+    category / unknown platform -> when its board was last written (epoch s): the shard's boards that exist.
+    Written by record_predictions.lua, which drops the entries whose board has expired and admits a new one only
+    while there are fewer than the bound.
+``{<shard>}:boards``, sorted set per shard, expires ``worker.leaderboard_ttl_s`` after its last write
+    board name (``top:platform:reddit``...) -> when a prediction last wrote the shard's board, so the boards can
+    be listed without scanning the keyspace (the union of the shards'); entries older than the TTL are dropped at
+    every write (their board expired). Written by record_predictions.lua, read by ``BoardReader`` (``/boards``).
 """
 
 from __future__ import annotations
 
+import functools
+import heapq
 import json
 import math
 import operator
+import re
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 import orjson
+from aiokafka.partitioner import murmur2
 
 from popscore.contract import Post, Snapshot
-from popscore.settings import COUNTER_NAMES
+from popscore.settings import COUNTER_NAMES, Settings
+
+
+def shard_of(post_id: str, shards: int) -> int:
+    """The Kafka partition a keyed send of ``post_id`` goes to with ``shards`` partitions (the default
+    partitioner of the Java client, kafka-python and aiokafka)."""
+    return (murmur2(post_id.encode()) & 0x7FFFFFFF) % shards
 
 
 class RedisKeys:
-    """The key names under one prefix."""
+    """The key names under one prefix and ``shards`` shards (``kafka.topics.partitions``): a post's keys under its
+    shard's hash tag, the sets, boards and registries once per shard."""
 
-    __slots__ = ("prefix", "sequence_prefix", "awaiting", "maturity", "boards")
+    __slots__ = ("prefix", "shards", "shard", "_sequence", "_post", "_thumbnail", "_sequence_key")
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, shards: int) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"a key prefix without braces, not {prefix!r}: the hash tag after it is the shard's")
+        if shards < 1:
+            raise ValueError(f"at least one shard, not {shards}")
         self.prefix = prefix
-        self.sequence_prefix = f"{prefix}seq:"
-        self.awaiting = f"{prefix}awaiting"
-        self.maturity = f"{prefix}maturity"
-        self.boards = f"{prefix}boards"
+        self.shards = shards
+        # murmur2 is pure Python and the worker sees the same posts again and again
+        self.shard: Callable[[str], int] = functools.lru_cache(maxsize=1 << 18)(
+            functools.partial(_shard_of_post, shards=shards))
+        self._sequence = [f"{self.tag(s)}seq:" for s in range(shards)]
+        self._post = [f"{self.tag(s)}post:" for s in range(shards)]
+        self._thumbnail = [f"{self.tag(s)}thumb:" for s in range(shards)]
+        self._sequence_key = re.compile(re.escape(prefix.encode()) + rb"\{[0-9]+\}:seq:")
+
+    @classmethod
+    def of(cls, settings: Settings) -> "RedisKeys":
+        return cls(settings.redis.key_prefix, settings.kafka.topics.partitions)
+
+    def tag(self, shard: int) -> str:
+        """``<prefix>{<shard>}:``, what every key of the shard starts with."""
+        return f"{self.prefix}{{{shard}}}:"
+
+    @property
+    def all_shards(self) -> range:
+        return range(self.shards)
 
     def sequence(self, post_id: str) -> str:
-        return f"{self.sequence_prefix}{post_id}"
+        return self._sequence[self.shard(post_id)] + post_id
 
     def post(self, post_id: str) -> str:
-        return f"{self.prefix}post:{post_id}"
+        return self._post[self.shard(post_id)] + post_id
 
     def thumbnail(self, post_id: str) -> str:
-        return f"{self.prefix}thumb:{post_id}"
+        return self._thumbnail[self.shard(post_id)] + post_id
 
-    def board(self, name: str) -> str:
-        return f"{self.prefix}lb:{name}"
+    def sequence_pattern(self, post_ids: str = "*") -> str:
+        """A SCAN pattern of the sequences of the posts ``post_ids`` matches, in every shard (braces are not
+        special in Redis patterns)."""
+        return f"{self.prefix}{{*}}:seq:{post_ids}"
 
-    def board_names(self, family: str) -> str:
-        """The registry of the category or unknown-platform boards that exist (record_predictions.lua)."""
-        return f"{self.prefix}boards:{family}"
+    def is_sequence(self, key: bytes) -> bool:
+        return self._sequence_key.match(key) is not None
+
+    def awaiting(self, shard: int) -> str:
+        return f"{self.tag(shard)}awaiting"
+
+    def maturity(self, shard: int) -> str:
+        return f"{self.tag(shard)}maturity"
+
+    def boards(self, shard: int) -> str:
+        """The shard's registry of the boards written (record_predictions.lua)."""
+        return f"{self.tag(shard)}boards"
+
+    def board(self, name: str, shard: int) -> str:
+        """The shard's part of board ``name``; the board is the merge of all shards' (``merge_rankings``)."""
+        return f"{self.tag(shard)}lb:{name}"
+
+    def board_names(self, family: str, shard: int) -> str:
+        """The shard's registry of the category or unknown-platform boards that exist (record_predictions.lua)."""
+        return f"{self.tag(shard)}boards:{family}"
+
+    def by_shard(self, post_ids: Iterable[str]) -> dict[int, list[str]]:
+        """``post_ids`` grouped by shard, each group in the order given."""
+        groups: dict[int, list[str]] = {}
+        shard = self.shard
+        for post_id in post_ids:
+            groups.setdefault(shard(post_id), []).append(post_id)
+        return groups
+
+
+def _shard_of_post(post_id: str, shards: int) -> int:
+    return shard_of(post_id, shards)
+
+
+def merge_rankings(rankings: Iterable[Sequence[tuple[bytes | str, float]]], k: int) -> list[tuple[str, float]]:
+    """A board's best ``k`` from its shards' best ``k`` (ZREVRANGE ... WITHSCORES of each): by value, ties by
+    member descending, as ZREVRANGE orders one sorted set."""
+    rows = [(member.decode() if isinstance(member, bytes) else member, value)
+            for ranking in rankings for member, value in ranking]
+    return heapq.nlargest(k, rows, key=lambda row: (row[1], row[0]))
 
 
 TOP_BOARD, RISING_BOARD = "top", "rising"
@@ -307,7 +396,8 @@ KEEP_META, READ_META, REFRESH_TTL = 48, 49, 50  # b"0", b"1", b"2": what a merge
 def merge_snapshots_call(keys: RedisKeys, post_ids: Sequence[str], records: dict[str, list[bytes]],
                          meta_actions: bytes, ttl_s: int, meta_ttl_s: int, lookback_s: float
                          ) -> tuple[list[str], list]:
-    """merge_snapshots.lua's KEYS and ARGV for ``post_ids``: their new ``records``, and per post one of
+    """merge_snapshots.lua's KEYS and ARGV for ``post_ids``, all of one shard
+    (``RedisKeys.by_shard``): their new ``records``, and per post one of
     ``KEEP_META``, ``READ_META``, ``REFRESH_TTL``; ``lookback_s``: how far before a post's latest observation
     the reply's tail reaches (``popscore.features.lookback_s``)."""
     call_keys, args = [], [FORMAT_VERSION, RECORD.size, ttl_s, META_FIELDS_JSON, meta_ttl_s, meta_actions,
@@ -318,8 +408,9 @@ def merge_snapshots_call(keys: RedisKeys, post_ids: Sequence[str], records: dict
     return call_keys, args
 
 
-def claim_awaiting_call(keys: RedisKeys, now: float, lease_until: float, limit: int) -> tuple[list[str], list]:
-    return [keys.awaiting], [now, lease_until, limit]
+def claim_awaiting_call(keys: RedisKeys, shard: int, now: float, lease_until: float, limit: int
+                        ) -> tuple[list[str], list]:
+    return [keys.awaiting(shard)], [now, lease_until, limit]
 
 
 @dataclass(frozen=True)
@@ -348,14 +439,31 @@ class BoardLimits:
     categories: frozenset[str] = frozenset()  # the allow-list; empty: any category, up to ``max_categories``
 
 
-def record_predictions_call(keys: RedisKeys, ttl_s: int, board_size: int, kind: str,
+OTHER_PLATFORM_BOARD = platform_board("other")  # where an unknown platform beyond the bound is ranked
+FIXED_BOARDS = (TOP_BOARD, RISING_BOARD, OTHER_PLATFORM_BOARD)  # record_predictions.lua's KEYS[5], [6], [7]
+
+
+def record_predictions_call(keys: RedisKeys, shard: int, ttl_s: int, board_size: int, kind: str,
                             predictions: Sequence[RecordedPrediction], limits: BoardLimits, now: float
                             ) -> tuple[list[str], list]:
+    """record_predictions.lua's KEYS and ARGV for ``predictions`` of posts of ``shard``. KEYS name every key the
+    script may write: the shard's sets and fixed boards, each post's hash, and the board of each platform and
+    (allowed) category among the rows, whether or not the script then admits it (ARGV[10] names them)."""
     allowed = limits.categories
-    rows = [[p.post_id, p.score, p.rising, p.platform,
-             p.category if p.category and (not allowed or p.category in allowed) else "", p.latest_view,
-             p.matures_at, [[name, repr(value)] for name, value in p.kept_for_evaluation], p.as_of,
-             int(p.known_platform)] for p in predictions]
+    rows, boards = [], {}
+    for p in predictions:
+        category = p.category if p.category and (not allowed or p.category in allowed) else ""
+        rows.append([p.post_id, p.score, p.rising, p.platform, category, p.latest_view, p.matures_at,
+                     [[name, repr(value)] for name, value in p.kept_for_evaluation], p.as_of, int(p.known_platform)])
+        if kind == "temporal":
+            boards[platform_board(p.platform)] = None
+            if category:
+                boards[category_board(category)] = None
     max_categories = len(allowed) if allowed else limits.max_categories
-    return [], [keys.prefix, ttl_s, board_size, kind, orjson.dumps(rows), limits.ttl_s, max_categories,
-                limits.max_platforms, int(now)]
+    named = [name for name in boards if name not in FIXED_BOARDS]
+    call_keys = [keys.maturity(shard), keys.boards(shard), keys.board_names(CATEGORY_BOARDS, shard),
+                 keys.board_names(PLATFORM_BOARDS, shard), *(keys.board(name, shard) for name in FIXED_BOARDS),
+                 *(keys.post(p.post_id) for p in predictions), *(keys.board(name, shard) for name in named)]
+    return call_keys, [ttl_s, board_size, kind, orjson.dumps(rows), limits.ttl_s, max_categories,
+                       limits.max_platforms, int(now), orjson.dumps(named)]
+

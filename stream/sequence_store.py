@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from itertools import groupby
 
 import numpy as np
-import redis.asyncio as redis
 
 from popscore import features as F
 from popscore.contract import Post, Snapshot
@@ -28,6 +27,7 @@ from popscore.stream.redis_schema import CLAIM_AWAITING, CONTENT, CONTENT_INPUT_
     META_FIELDS, MERGE_SNAPSHOTS, READ_META, REFRESH_TTL, PostMeta, RedisKeys, claim_awaiting_call, \
     decode_records, decode_sequence, decode_sequences, encode_post, encode_snapshot, kept_predictions, lua_source, \
     merge_snapshots_call, post_ttl_s, record_time
+from popscore.stream.redis_client import AsyncClient, on_node, primaries, repeat_on_node
 from popscore.stream.redis_script import PipelinedScript
 
 
@@ -163,15 +163,15 @@ class SequenceUpdate:
 
 
 class SnapshotSequenceStore:
-    def __init__(self, client: redis.Redis, key_prefix: str, ttl_s: int, cached_posts: int = 0,
+    def __init__(self, client: AsyncClient, keys: RedisKeys, ttl_s: int, cached_posts: int = 0,
                  post_ttl_refresh_s: int = 3600) -> None:
         self.client = client
-        self.keys = RedisKeys(key_prefix)
+        self.keys = keys
         self.ttl_s = ttl_s
         self.post_ttl_s = post_ttl_s(ttl_s, post_ttl_refresh_s)
         self.meta_cache = PostMetaCache(cached_posts, post_ttl_refresh_s)
         self._merge = PipelinedScript(client, lua_source(MERGE_SNAPSHOTS))
-        self._claim_awaiting = client.register_script(lua_source(CLAIM_AWAITING))
+        self._claim_awaiting = PipelinedScript(client, lua_source(CLAIM_AWAITING))
 
     async def merge(self, snapshots: list[Snapshot]) -> list[SequenceUpdate]:
         return await self.merge_records(group_by_post(snapshots))
@@ -179,11 +179,12 @@ class SnapshotSequenceStore:
     async def merge_records(self, by_post: dict[str, list[bytes]],
                             lookback_s: Callable[[str | None], float] = lambda _: DEFAULT_LOOKBACK_S,
                             posts_per_call: int = 256) -> list[SequenceUpdate]:
-        """Merge encoded snapshots grouped by post: one script call per ``posts_per_call`` posts of one look-back,
-        all in one pipelined round trip (a call per post costs more in client-side command encoding than the
-        merge itself). Each update holds the tail of its sequence from ``lookback_s(platform)`` before its latest
-        observation (and from the record before the earliest one merged); ``lookback_s(None)`` for a post whose
-        platform the worker does not hold (the longest any model reads)."""
+        """Merge encoded snapshots grouped by post: one script call per shard and look-back (per
+        ``posts_per_call`` of its posts), all in one pipelined round trip (a call per post costs more in
+        client-side command encoding than the merge itself; on a cluster, each node's calls are one round trip,
+        the nodes' concurrent). Each update holds the tail of its sequence from ``lookback_s(platform)`` before
+        its latest observation (and from the record before the earliest one merged); ``lookback_s(None)`` for a
+        post whose platform the worker does not hold (the longest any model reads)."""
         if not by_post:
             return []
         now = time.monotonic()
@@ -193,14 +194,20 @@ class SnapshotSequenceStore:
             platform = None if meta is None else meta.platform
             if platform not in lookbacks:
                 lookbacks[platform] = lookback_s(platform)
-        # The posts in calls of one look-back each (a few platforms: a few groups).
-        post_ids = sorted(by_post, key=lambda p: lookbacks[None if entries[p][0] is None else entries[p][0].platform])
+        # The posts in calls of one shard and look-back each (a few platforms: a few groups per shard).
+        shard = self.keys.shard
+
+        def call_group(post_id: str) -> tuple[int, float]:
+            meta = entries[post_id][0]
+            return shard(post_id), lookbacks[None if meta is None else meta.platform]
+
+        post_ids = sorted(by_post, key=call_group)
         cached, actions = zip(*[entries[post_id] for post_id in post_ids])
-        lookback = [lookbacks[None if meta is None else meta.platform] for meta in cached]
+        group_of = [call_group(post_id) for post_id in post_ids]
 
         def queue_calls(pipe) -> None:
-            for value, rows in groupby(range(len(post_ids)), key=lookback.__getitem__):
-                rows = list(rows)  # contiguous: the posts are sorted by look-back
+            for (_, value), rows in groupby(range(len(post_ids)), key=group_of.__getitem__):
+                rows = list(rows)  # contiguous: the posts are sorted by shard and look-back
                 for start in range(rows[0], rows[-1] + 1, posts_per_call):
                     chunk = slice(start, min(start + posts_per_call, rows[-1] + 1))
                     self._merge.call(pipe, *merge_snapshots_call(self.keys, post_ids[chunk], by_post,
@@ -221,7 +228,7 @@ class SnapshotSequenceStore:
                                           [record_time(record) for record, status in zip(by_post[post_id], statuses)
                                            if status != DUPLICATE], cached[i] is not None,
                                           None if mark is None else float(mark), n_earlier))
-        if len(lookbacks) > 1:  # back in the order of ``by_post``
+        if post_ids != list(by_post):  # back in the order of ``by_post``
             at = {post_id: i for i, post_id in enumerate(by_post)}
             updates.sort(key=lambda update: at[update.post_id])
         return updates
@@ -290,18 +297,27 @@ class SnapshotSequenceStore:
 
     async def await_posts(self, post_ids: list[str], due: float) -> None:
         """Posts whose sequence changed before their post event came; a post already waiting keeps its time."""
-        await self.client.zadd(self.keys.awaiting, {post_id: due for post_id in post_ids}, nx=True)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard, group in self.keys.by_shard(post_ids).items():
+                pipe.zadd(self.keys.awaiting(shard), {post_id: due for post_id in group}, nx=True)
+            await pipe.execute()
 
     async def claim_overdue(self, now: float, lease_s: float, limit: int) -> list[str]:
-        """Waiting posts due by ``now``, leased to the caller for ``lease_s``."""
-        keys, args = claim_awaiting_call(self.keys, now, now + lease_s, limit)
-        claimed = await self._claim_awaiting(keys=keys, args=args)
-        return [post_id.decode() for post_id in claimed]
+        """Waiting posts due by ``now``, leased to the caller for ``lease_s``: up to ``limit`` of each shard."""
+        def queue_calls(pipe) -> None:
+            for shard in self.keys.all_shards:
+                self._claim_awaiting.call(pipe, *claim_awaiting_call(self.keys, shard, now, now + lease_s, limit))
+
+        claimed = await self._claim_awaiting.run(queue_calls)
+        return [post_id.decode() for shard_claimed in claimed for post_id in shard_claimed]
 
     async def done_waiting(self, post_ids: list[str]) -> None:
         """Called once the posts' predictions are delivered."""
         if post_ids:
-            await self.client.zrem(self.keys.awaiting, *post_ids)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for shard, group in self.keys.by_shard(post_ids).items():
+                    pipe.zrem(self.keys.awaiting(shard), *group)
+                await pipe.execute()
 
     async def get_post(self, post_id: str) -> dict[bytes, bytes]:
         return await self.client.hgetall(self.keys.post(post_id))
@@ -309,9 +325,13 @@ class SnapshotSequenceStore:
     # --- online accuracy: predictions kept until the post matures --------------------------------------
 
     async def matured(self, clock: float, limit: int) -> list[tuple[str, np.ndarray, PostMeta, dict[str, float]]]:
-        """Posts whose horizon has passed by ``clock``: (post_id, sequence, metadata, kept predictions).
-        They are removed from the maturity set; their kept predictions are deleted."""
-        members = await self.client.zrangebyscore(self.keys.maturity, "-inf", clock, start=0, num=limit)
+        """Posts whose horizon has passed by ``clock`` (up to ``limit`` of each shard): (post_id, sequence,
+        metadata, kept predictions). They are removed from the maturity sets; their kept predictions are
+        deleted."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in self.keys.all_shards:
+                pipe.zrangebyscore(self.keys.maturity(shard), "-inf", clock, start=0, num=limit)
+            members = [member for shard_members in await pipe.execute() for member in shard_members]
         if not members:
             return []
         post_ids = [m.decode() for m in members]
@@ -322,7 +342,8 @@ class SnapshotSequenceStore:
             rows = await pipe.execute()
         out = []
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.keys.maturity, *members)
+            for shard, group in self.keys.by_shard(post_ids).items():
+                pipe.zrem(self.keys.maturity(shard), *group)
             for i, post_id in enumerate(post_ids):
                 blob, fields = rows[2 * i], rows[2 * i + 1]
                 kept = kept_predictions(fields)
@@ -333,18 +354,19 @@ class SnapshotSequenceStore:
         return out
 
     async def estimate_tracked_posts(self, exact_below: int = 100_000, sample: int = 200) -> int:
-        """Live sequences: counted exactly in small databases, else estimated from random keys (a full
-        SCAN of millions of keys would stall Redis for the sake of a gauge)."""
-        size = await self.client.dbsize()
-        prefix = self.keys.sequence_prefix.encode()
-        if size <= exact_below:
-            return sum([1 async for _ in self.client.scan_iter(match=prefix + b"*", count=10_000)])
-        async with self.client.pipeline(transaction=False) as pipe:
-            for _ in range(sample):
-                pipe.randomkey()
-            keys = await pipe.execute()
-        hits = sum(1 for key in keys if key and key.startswith(prefix))
-        return round(size * hits / sample)
+        """Live sequences: counted exactly in small databases, else estimated from random keys of each primary
+        (a full SCAN of millions of keys would stall Redis for the sake of a gauge)."""
+        nodes = primaries(self.client)
+        sizes = [await on_node(self.client, node, "DBSIZE") for node in nodes]
+        if sum(sizes) <= exact_below:
+            return sum([1 async for key in self.client.scan_iter(match=self.keys.sequence_pattern(), count=10_000)
+                        if self.keys.is_sequence(key)])
+        estimate = 0.0
+        for node, size in zip(nodes, sizes):
+            if size:
+                keys = await repeat_on_node(self.client, node, sample, "RANDOMKEY")
+                estimate += size * sum(1 for key in keys if key and self.keys.is_sequence(key)) / sample
+        return round(estimate)
 
     async def get(self, post_id: str) -> np.ndarray:
         return decode_sequence(await self.client.get(self.keys.sequence(post_id)) or b"")

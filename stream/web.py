@@ -8,6 +8,7 @@ import faust
 from popscore.stream.board.queries import BoardReader, reader_for
 from popscore.stream.board.views import add_board_routes
 from popscore.stream.heatmap import NoHeatmap, post_heatmap
+from popscore.stream.redis_schema import RedisKeys
 from popscore.stream.worker import StreamWorker
 
 
@@ -29,7 +30,7 @@ def register_views(app: faust.App, worker: StreamWorker) -> None:
         if worker.redis is None:
             return None
         if not current or current[0].client is not worker.redis:
-            current[:] = [reader_for(worker.redis, settings.redis.key_prefix, settings.worker.leaderboard_size,
+            current[:] = [reader_for(worker.redis, RedisKeys.of(settings), settings.worker.leaderboard_size,
                                      settings.score.horizon_s, settings.score.weights_for,
                                      settings.worker.leaderboard_ttl_s)]
         return current[0]

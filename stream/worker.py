@@ -16,7 +16,6 @@ import logging
 import time
 
 import numpy as np
-import redis.asyncio as redis
 
 from popscore import features as F
 from popscore.settings import Settings
@@ -26,7 +25,8 @@ from popscore.stream.leaderboard import Leaderboards
 from popscore.stream.metrics import WorkerMetrics
 from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, model_labels
 from popscore.stream.pipeline import SnapshotPipeline, StepStages
-from popscore.stream.redis_schema import BoardLimits, parse_eval_field
+from popscore.stream.redis_client import AsyncClient, connect, used_memory
+from popscore.stream.redis_schema import BoardLimits, RedisKeys, parse_eval_field
 from popscore.stream.sequence_store import SequenceUpdate, SnapshotSequenceStore
 from popscore.stream.served_models import ServedModels
 from popscore.stream.stages.decode import Decode
@@ -54,7 +54,7 @@ class StreamWorker:
         self.decode = Decode(settings, self.metrics, send, partitioner)
         self.online = OnlineAccuracy(settings.worker.online_window)
         self._evaluated_exported: dict[AccuracyKey, int] = {}
-        self.redis: redis.Redis | None = None
+        self.redis: AsyncClient | None = None
         self.store: SnapshotSequenceStore | None = None
         self.boards: Leaderboards | None = None
         self.ready = False
@@ -78,12 +78,12 @@ class StreamWorker:
 
     async def _start(self) -> None:
         settings, worker = self.settings, self.settings.worker
-        self.redis = redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s,
-                                          socket_connect_timeout=settings.redis.socket_timeout_s)
+        self.redis = connect(settings.redis)
         await self.redis.ping()
-        self.store = SnapshotSequenceStore(self.redis, settings.redis.key_prefix, settings.score.horizon_s,
-                                           worker.cached_posts, worker.post_ttl_refresh_s)
-        self.boards = Leaderboards(self.redis, settings.redis.key_prefix, worker.leaderboard_size,
+        keys = RedisKeys.of(settings)
+        self.store = SnapshotSequenceStore(self.redis, keys, settings.score.horizon_s, worker.cached_posts,
+                                           worker.post_ttl_refresh_s)
+        self.boards = Leaderboards(self.redis, keys, worker.leaderboard_size,
                                    settings.score.horizon_s,
                                    BoardLimits(worker.leaderboard_ttl_s, worker.max_category_boards,
                                                worker.max_platform_boards, frozenset(worker.leaderboard_categories)))
@@ -217,6 +217,6 @@ class StreamWorker:
                 lag = max(0, consumer.highwater(tp) - position)
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
         self.metrics.tracked_posts.set(await self.store.estimate_tracked_posts())
-        memory = await self.redis.info("memory")
-        self.metrics.redis_used_memory.set(memory["used_memory"])
-        self.metrics.redis_maxmemory.set(memory["maxmemory"])
+        used, limit = await used_memory(self.redis)
+        self.metrics.redis_used_memory.set(used)
+        self.metrics.redis_maxmemory.set(limit)

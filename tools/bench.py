@@ -283,7 +283,8 @@ def measure_redis_memory(redis_url: str, key_prefix: str, posts: int, obs: int, 
     t0 = int(time.time()) - 86_400
     counts = np.cumsum(rng.integers(0, 50, size=(obs, 5)), axis=0).astype(float)
     counts[:, [0, 3, 4]] = np.nan  # a platform with likes and comments only
-    keys = RedisKeys(key_prefix)  # the worker's key names: their length is part of the memory measured
+    keys = RedisKeys(key_prefix, 1)  # the worker's key names (a shard's tag, as with up to 10 partitions): their
+    # length is part of the memory measured
     blob = encode_sequence(RECORD.pack(t0 + 1800 * j, *counts[j]) for j in range(obs))
     naive_items = [json.dumps({"post_id": "x" * 14, "observed_at": iso(t0 + 1800 * j),
                                "counts": {"likes": int(counts[j, 1]), "comments": int(counts[j, 2])}})
@@ -924,3 +925,104 @@ def write_into_readme(readme_path, table: str, machine_note: str) -> None:
     start, end = text.index(README_START), text.index(README_END)
     section = f"{README_START}\n{machine_note}\n\n{table}\n{README_END}"
     path.write_text(text[:start] + section + text[end + len(README_END):])
+
+
+def run_cluster_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+    """The sustained phase (envelopes of ``live_posts`` posts paced at ``batch_target_per_s``, shared by
+    ``scale_out_workers`` workers) on one Redis, then on a three-master Redis Cluster, each on a stack of its own,
+    in the same run: whether the cluster keeps up, and what its layout and client cost per snapshot against one
+    Redis (CPU per component; a cluster's nodes summed as ``redis``)."""
+    results: dict = {"config": asdict(cfg), "text_encoder": False}
+    for mode in ("single", "cluster"):
+        run_settings = settings.model_copy(deep=True)
+        run_settings.redis.mode = mode
+        run_settings.serving.text_encoder = False  # the snapshot path is measured (as run_bench does)
+        run_settings.stack.workers = max(1, cfg.scale_out_workers)
+        run_settings.stack.run_dir = settings.stack.run_dir / f"bench-redis-{mode}"
+        results.update(_sustained_phase(run_settings, cfg, f"{mode}_redis_sustained", log))
+    return results
+
+
+def _sustained_phase(settings: Settings, cfg: BenchConfig, prefix: str, log: Callable[[str], None]) -> dict:
+    """Warm-up (the posts and one snapshot each), then the paced rounds; figures under ``prefix``."""
+    stack = EmbeddedStack(settings, log=log)
+    state = stack.start(with_worker=True)
+    out: dict = {}
+    try:
+        endpoints, topics = state.endpoints_obj(), settings.kafka.topics
+        bootstrap, partitions = endpoints.broker_bootstrap, list(range(topics.partitions))
+        workload = Workload(cfg.live_posts)
+        log(f"{prefix}: warm-up, {cfg.live_posts:,} posts and one snapshot each ({endpoints.redis_mode} Redis, "
+            f"{settings.stack.workers} worker(s))")
+        asyncio.run(_produce_all(bootstrap, topics.posts,
+                                 [(pid.encode(), workload.post(i), None) for i, pid in enumerate(workload.ids)]))
+        asyncio.run(_through(bootstrap, settings, _envelopes(workload, range(0, 1), partitions, cfg.envelope_snapshots),
+                             f'"as_of":"{workload.round_time(0)}"'.encode(), cfg.live_posts, timeout_s=600))
+        rounds = max(1, round(cfg.batch_target_per_s * cfg.batch_seconds / cfg.live_posts))
+        envelope_of: dict[int, np.ndarray] = {}
+        records = _envelopes(workload, range(1, 1 + rounds), partitions, cfg.envelope_snapshots, envelope_of)
+        round_of = {workload.round_time(k).encode(): k for k in envelope_of}
+        sent_at: dict[bytes, float] = {}
+        staleness: list[float] = []
+
+        def on_prediction(message, now):
+            at = message.value.find(b'"as_of":"') + 9
+            k = round_of.get(message.value[at:at + 20])
+            if k is not None:
+                staleness.append(now - sent_at[f"batch-{envelope_of[k][int(message.key[6:])]}".encode()])
+
+        n = rounds * cfg.live_posts
+        rate = cfg.batch_target_per_s * len(records) / n  # envelopes/s
+        log(f"{prefix}: {n:,} snapshots paced at {cfg.batch_target_per_s:,.0f}/s")
+        pids = {name: int(info["pid"]) for name, info in stack.state.processes.items()}
+        cpu = _cpu_seconds(pids)
+        hits, seconds, seen = asyncio.run(_through(
+            bootstrap, settings, records, f'"as_of":"{workload.round_time(rounds)}"'.encode(), cfg.live_posts,
+            timeout_s=max(600, 10 * cfg.batch_seconds), rate=rate, on_message=on_prediction, sent_at=sent_at))
+        per_process = _cpu_per_snapshot(cpu, _cpu_seconds(pids), n)
+        per_component: dict[str, float] = {}
+        for name, us in per_process.items():  # redis-2.. into redis, worker-2.. into worker
+            component = name.split("-")[0] if name.startswith(("redis", "worker")) else name
+            per_component[component] = round(per_component.get(component, 0.0) + us, 1)
+        produced_s = max(sent_at.values()) - min(sent_at.values())
+        drain_s = round(seconds - produced_s, 1)
+        out = {f"{prefix}_redis_mode": endpoints.redis_mode, f"{prefix}_workers": settings.stack.workers,
+               f"{prefix}_target_per_s": cfg.batch_target_per_s,
+               f"{prefix}_produced_per_s": round(n / produced_s) if produced_s > 0 else 0,
+               f"{prefix}_snapshots_per_s": round(n / seconds) if hits == cfg.live_posts else 0,
+               f"{prefix}_drain_s": drain_s, f"{prefix}_predictions_per_snapshot": round(seen / n, 3),
+               f"{prefix}_staleness_p50_s": round(_percentile(staleness, 50), 2),
+               f"{prefix}_staleness_p99_s": round(_percentile(staleness, 99), 2),
+               f"{prefix}_cpu_us_per_snapshot": per_component}
+        # the same test of keeping up as run_bench's, on the whole run's median age
+        out[f"{prefix}_kept_up"] = kept_up(hits == cfg.live_posts, drain_s, [out[f"{prefix}_staleness_p50_s"]])
+        log(f"  kept up: {'yes' if out[f'{prefix}_kept_up'] else 'NO'}; produced at {out[f'{prefix}_produced_per_s']:,}/s, "
+            f"{out[f'{prefix}_snapshots_per_s']:,} snapshots/s, last prediction {drain_s} s after the last envelope, "
+            f"age p50 {out[f'{prefix}_staleness_p50_s']} s, p99 {out[f'{prefix}_staleness_p99_s']} s; "
+            f"CPU us per snapshot: {per_component}")
+    finally:
+        stack.stop()
+    return out
+
+
+def render_cluster_table(results: dict, command: str) -> str:
+    lines = [f"`{command}`", "", "| sustained phase | one Redis | Redis Cluster (3 masters) |", "|---|---|---|"]
+    single, cluster = "single_redis_sustained", "cluster_redis_sustained"
+    rows = [("kept up", "kept_up", lambda v: "yes" if v else "no"),
+            ("produced at (snapshots/s)", "produced_per_s", lambda v: f"{v:,}"),
+            ("produced -> published (snapshots/s)", "snapshots_per_s", lambda v: f"{v:,}"),
+            ("last prediction after the last envelope (s)", "drain_s", str),
+            ("age of the snapshot a prediction is as of, p50 / p99 (s)", None, None),
+            ("CPU per snapshot (us)", "cpu_us_per_snapshot",
+             lambda v: ", ".join(f"{k} {us}" for k, us in v.items()))]
+    for label, key, show in rows:
+        if key is None:
+            cells = [f"{results.get(f'{p}_staleness_p50_s')} / {results.get(f'{p}_staleness_p99_s')}"
+                     for p in (single, cluster)]
+        else:
+            cells = [show(results[f"{p}_{key}"]) if f"{p}_{key}" in results else "n/a" for p in (single, cluster)]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    workers = results.get(f"{cluster}_workers", "?")
+    target = results.get(f"{cluster}_target_per_s", 0)
+    lines.insert(2, f"Envelopes paced at {target:,.0f} snapshots/s, {workers} worker(s).\n")
+    return "\n".join(lines)

@@ -22,6 +22,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings.stack.run_dir = Path(args.run_dir)
     if getattr(args, "model_repo", None):
         settings.stack.model_repo = Path(args.model_repo)
+    if getattr(args, "redis_cluster", False):
+        settings.redis.mode = "cluster"
     return settings
 
 
@@ -160,18 +162,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from popscore.tools.bench import BenchConfig, render_table, run_bench, run_image_bench
 
     if args.flat:
-        if args.images or args.readme:
-            print("--flat runs on its own: without --images or --readme", file=sys.stderr)
+        if args.images or args.cluster or args.readme:
+            print("--flat runs on its own: without --images, --cluster or --readme", file=sys.stderr)
             return 2
         return cmd_flat_bench(args)
-    if args.images and args.readme:
-        print("--readme writes the whole bench table: run it without --images", file=sys.stderr)
+    if (args.images or args.cluster) and args.readme or args.images and args.cluster:
+        print("--readme writes the whole bench table: run it without --images or --cluster (one at a time)",
+              file=sys.stderr)
         return 2
     config = BenchConfig()
     if args.quick:
         config = BenchConfig(live_posts=10_000, batch_seconds=10, record_seconds=5, latency_seconds=5,
                              naive_snapshots=500, memory_posts=50_000, image_posts=200)
     log = (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)) if args.json else _print
+    if args.cluster:
+        from popscore.tools.bench import render_cluster_table, run_cluster_bench
+
+        results = run_cluster_bench(_settings(args), config, log=log)
+        command = "popscore bench --cluster" + (" --quick" if args.quick else "")
+        print(json.dumps(results, indent=2) if args.json else render_cluster_table(results, command))
+        return 0
     results = (run_image_bench if args.images else run_bench)(_settings(args), config, log=log)
     command = "popscore bench" + (" --quick" if args.quick else "") + (" --images" if args.images else "")
     table = render_table(results, command)
@@ -252,7 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--detach", action="store_true", help="return once everything is healthy")
     up.add_argument("--no-worker", action="store_true", help="start the infrastructure only")
     up.add_argument("--broker-port", type=int, help="fixed broker port (default: a free one)")
-    up.add_argument("--redis-port", type=int, help="fixed Redis port (default: a free one)")
+    up.add_argument("--redis-port", type=int, help="fixed Redis port (default: a free one; with --redis-cluster, "
+                    "the first node's)")
+    up.add_argument("--redis-cluster", action="store_true", help="a local Redis Cluster instead of one Redis "
+                    "(POPSCORE_STACK__REDIS_CLUSTER_MASTERS masters, each with POPSCORE_STACK__REDIS_CLUSTER_REPLICAS "
+                    "replicas; the same as POPSCORE_REDIS__MODE=cluster)")
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("down", parents=stack_options, help="stop a (detached) embedded stack").set_defaults(func=cmd_down)
@@ -281,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="a small run (minutes) instead of the full one")
     bench.add_argument("--images", action="store_true", help="only the phase of posts with pictures (and its "
                        "naive one-request-per-picture baseline), on a stack of its own")
+    bench.add_argument("--cluster", action="store_true", help="only the sustained phase, on one Redis and then on a "
+                       "local three-master Redis Cluster, each on a stack of its own (scale_out_workers workers)")
     bench.add_argument("--readme", help="write the results table between the bench markers of this file (docs/benchmarks.md holds them)")
     bench.add_argument("--results-json", metavar="FILE", help="also write the results as one JSON object to FILE "
                        "(what `popscore capacity --bench-results` reads)")

@@ -16,11 +16,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-import redis
-
 from popscore.contract import DeadLetter, Snapshot
 from popscore.eventfile import event_time
 from popscore.settings import Settings
+from popscore.stream.redis_client import connect_sync
 from popscore.stream.redis_schema import RISING_BOARD, TOP_BOARD, RedisKeys, decode_sequence
 from popscore.tools.replay import ReplayOptions, replay
 from popscore.tools.stack.stack import EmbeddedStack
@@ -120,8 +119,9 @@ def run_demo(settings: Settings, data: Path | None = None, seconds: float = 10.0
     try:
         endpoints = state.endpoints_obj()
         outcome = asyncio.run(_run(settings, endpoints, events, seconds, log))
-        client = redis.Redis.from_url(endpoints.redis_url)
-        keys = RedisKeys(settings.redis.key_prefix)
+        client = connect_sync(settings.redis.model_copy(update={"url": endpoints.redis_url,
+                                                                "mode": endpoints.redis_mode}))
+        keys = RedisKeys.of(settings)
         stored = sum(len(decode_sequence(client.get(keys.sequence(p)) or b"")) for p in post_ids)
         web = endpoints.as_dict()["worker_web"]
         log("leaderboard (predicted score at the horizon):")

@@ -13,7 +13,6 @@ import json
 import time
 
 import numpy as np
-import redis.asyncio as aioredis
 import tritonclient.grpc.aio as grpcaio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tritonclient.grpc import InferInput
@@ -22,6 +21,7 @@ from popscore import features as F
 from popscore.contract import decode_record
 from popscore.settings import COUNTER_NAMES, Settings
 from popscore.stream.predictions import encode, prediction_records
+from popscore.stream.redis_client import connect
 
 
 def naive_sequence(items: list[bytes]) -> np.ndarray:
@@ -52,7 +52,7 @@ async def run_naive(settings: Settings, bootstrap: str, redis_url: str, grpc_url
     """Consume ``expected`` snapshots one at a time, scored by ``model_platform``'s model set; returns
     (processed, seconds)."""
     spec = F.DEFAULT_SPEC
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect(settings.redis.model_copy(update={"url": redis_url}))
     triton = grpcaio.InferenceServerClient(grpc_url)
     consumer = AIOKafkaConsumer(in_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 group_id="popscore-naive", enable_auto_commit=True)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
-import redis.asyncio as redis
 
 from popscore import features as F
 from popscore.settings import COUNTER_NAMES
+from popscore.stream.redis_client import AsyncClient
 from popscore.stream.redis_schema import CATEGORY, CREATED_AT, PLATFORM, RECORD, RISING_BOARD, TITLE, TOP_BOARD, \
-    RedisKeys, decode_sequence, latest_predictions, prediction_field
+    RedisKeys, decode_sequence, latest_predictions, merge_rankings, prediction_field
 
 PREDICTION_KINDS = ("temporal", "static")
 """The model kinds whose latest prediction a post hash keeps; an entry shows the temporal one, else the static."""
@@ -83,9 +83,10 @@ def _finite(value: float) -> float | None:
 
 @dataclass
 class BoardReader:
-    """Reads the boards and posts the worker wrote; one per Redis client."""
+    """Reads the boards and posts the worker wrote; one per Redis client. A board is the merge of its shards'
+    (``redis_schema``), its registry the union of theirs."""
 
-    client: redis.Redis
+    client: AsyncClient
     keys: RedisKeys
     board_size: int
     horizon_s: int
@@ -93,23 +94,34 @@ class BoardReader:
     board_ttl_s: float
 
     async def board_names(self) -> list[str]:
-        """``top`` and ``rising``, then every board a prediction has written (``RedisKeys.boards``) that has not
-        expired, sorted."""
-        written = {member.decode() for member in
-                   await self.client.zrangebyscore(self.keys.boards, time.time() - self.board_ttl_s, "+inf")}
+        """``top`` and ``rising``, then every board a prediction has written in any shard (``RedisKeys.boards``)
+        that has not expired, sorted."""
+        since = time.time() - self.board_ttl_s
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in self.keys.all_shards:
+                pipe.zrangebyscore(self.keys.boards(shard), since, "+inf")
+            written = {member.decode() for members in await pipe.execute() for member in members}
         return [TOP_BOARD, RISING_BOARD] + sorted(written - {TOP_BOARD, RISING_BOARD})
 
     async def check_board(self, name: str | None) -> str:
         name = TOP_BOARD if name is None else name
-        written = await self.client.zscore(self.keys.boards, name)
-        if name in (TOP_BOARD, RISING_BOARD) or (written is not None and written >= time.time() - self.board_ttl_s):
+        if name in (TOP_BOARD, RISING_BOARD):
+            return name
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in self.keys.all_shards:
+                pipe.zscore(self.keys.boards(shard), name)
+            written = [when for when in await pipe.execute() if when is not None]
+        if written and max(written) >= time.time() - self.board_ttl_s:
             return name
         raise BadQuery(f"unknown board {name!r}: GET /boards lists the boards")
 
     async def ranking(self, board: str, k: int) -> list[tuple[str, float]]:
-        """(post id, value) of the board's best ``k``: the cheap read a feed polls."""
-        rows = await self.client.zrevrange(self.keys.board(board), 0, k - 1, withscores=True)
-        return [(member.decode(), value) for member, value in rows]
+        """(post id, value) of the board's best ``k``, merged from its shards' best ``k``: the cheap read a feed
+        polls (one ZREVRANGE per shard, in one pipeline)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in self.keys.all_shards:
+                pipe.zrevrange(self.keys.board(board, shard), 0, k - 1, withscores=True)
+            return merge_rankings(await pipe.execute(), k)
 
     async def board(self, board: str, k: int, ranking: list[tuple[str, float]] | None = None) -> dict:
         """The board with each entry's post: title, platform, category, age, latest counters, prediction."""
@@ -183,6 +195,6 @@ class BoardReader:
         }
 
 
-def reader_for(client: redis.Redis, key_prefix: str, board_size: int, horizon_s: int,
+def reader_for(client: AsyncClient, keys: RedisKeys, board_size: int, horizon_s: int,
                weights_for: Callable[[str], dict[str, float]], board_ttl_s: float) -> BoardReader:
-    return BoardReader(client, RedisKeys(key_prefix), board_size, horizon_s, weights_for, board_ttl_s)
+    return BoardReader(client, keys, board_size, horizon_s, weights_for, board_ttl_s)

@@ -6,8 +6,8 @@
 -- redis_schema.claim_awaiting_call, which builds KEYS and ARGV.
 --
 -- KEYS:
---   KEYS[1]  <prefix>awaiting, a sorted set: member post_id, score the wall time from which it may be scored
---            without its post
+--   KEYS[1]  <prefix>{<shard>}:awaiting, one shard's sorted set: member post_id, score the wall time from which
+--            it may be scored without its post
 -- ARGV:
 --   ARGV[1]  now, epoch seconds: members scored up to it are due
 --   ARGV[2]  the lease end, epoch seconds: the due members' new score

@@ -3,9 +3,10 @@
 -- Caller: SnapshotSequenceStore.merge_records (stream/sequence_store.py), through
 -- redis_schema.merge_snapshots_call, which builds KEYS and ARGV. The stored formats are in stream/redis_schema.py.
 --
--- KEYS, for post i of the call (i = 1..n):
---   KEYS[2*i-1]  <prefix>seq:<post_id>, the sequence (string): the header, then fixed-width records sorted by time
---   KEYS[2*i]    <prefix>post:<post_id>, the post hash
+-- KEYS, for post i of the call (i = 1..n), all posts of one shard (one hash tag, one Redis Cluster slot):
+--   KEYS[2*i-1]  <prefix>{<shard>}:seq:<post_id>, the sequence (string): the header, then fixed-width records
+--                sorted by time
+--   KEYS[2*i]    <prefix>{<shard>}:post:<post_id>, the post hash
 -- ARGV:
 --   ARGV[1]      the sequence header, FORMAT_VERSION (one byte)
 --   ARGV[2]      the record width in bytes; a record starts with observed_at as a big-endian uint32, so byte

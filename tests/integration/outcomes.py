@@ -18,8 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-import redis
-
+from popscore.stream.redis_client import SyncClient, connect_sync
 from popscore.stream.redis_schema import RedisKeys, decode_sequence, platform_board, prediction_field
 from popscore.tools.replay import batch_envelope
 from tests.integration.kafka_io import (consume_until, partition_of, produce, produce_to_partitions, read_topic,
@@ -62,13 +61,25 @@ class Traffic:
         return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
 
+def redis_of(stack) -> SyncClient:
+    """A client of the stack's Redis: one Redis, or its Redis Cluster."""
+    endpoints = stack.state.endpoints_obj()
+    return connect_sync(stack.settings.redis.model_copy(update={"url": endpoints.redis_url,
+                                                                "mode": endpoints.redis_mode}))
+
+
+def board_members(client: SyncClient, keys: RedisKeys, board: str) -> set[str]:
+    """Every member of a board: the union of its shards' sorted sets."""
+    return {m.decode() for shard in keys.all_shards for m in client.zrange(keys.board(board, shard), 0, -1)}
+
+
 def send_posts(stack, traffic: Traffic, timeout_s: float = 60.0) -> None:
     """Produce the posts and wait until each has its static prediction (so a fault injected next hits the
     snapshots' path)."""
     endpoints = stack.state.endpoints_obj()
     asyncio.run(produce(endpoints.broker_bootstrap, stack.settings.kafka.topics.posts, traffic.posts))
-    client = redis.Redis.from_url(endpoints.redis_url)
-    keys = list(map(RedisKeys(stack.settings.redis.key_prefix).post, traffic.post_ids))
+    client = redis_of(stack)
+    keys = list(map(RedisKeys.of(stack.settings).post, traffic.post_ids))
     deadline = time.monotonic() + timeout_s
     while not all(client.hexists(key, prediction_field("static")) for key in keys):
         assert time.monotonic() < deadline, "posts without a static prediction"
@@ -102,8 +113,8 @@ def check_outputs(stack, expected: dict[str, list[int]], platform: str | None, t
     """``expected``: the observation times sent per post (each stored once however often it was sent). With
     ``platform``, that platform's leaderboard must list every post."""
     settings, endpoints = stack.settings, stack.state.endpoints_obj()
-    keys = RedisKeys(settings.redis.key_prefix)
-    client = redis.Redis.from_url(endpoints.redis_url)
+    keys = RedisKeys.of(settings)
+    client = redis_of(stack)
     expected = {p: sorted(set(times)) for p, times in expected.items()}
     latest = {p: max(times) for p, times in expected.items()}
     started = time.monotonic()
@@ -121,7 +132,7 @@ def check_outputs(stack, expected: dict[str, list[int]], platform: str | None, t
     def board() -> set[str]:
         if platform is None:
             return set(expected)
-        return {m.decode() for m in client.zrange(keys.board(platform_board(platform)), 0, -1)}
+        return board_members(client, keys, platform_board(platform))
 
     def done() -> bool:
         return (all(stored_times(p) == expected[p] for p in expected)

@@ -17,7 +17,8 @@ import pytest
 
 from popscore.stream.redis_schema import PREDICTED_TO, RedisKeys
 from popscore.tools.stack.process import group_alive
-from tests.integration.outcomes import (Traffic, check_nothing_lost, ensure_known_state, metric, send_posts,
+from tests.integration.outcomes import (Traffic, check_nothing_lost, ensure_known_state, metric, redis_of,
+                                        send_posts,
                                         send_snapshots)
 
 pytestmark = pytest.mark.integration
@@ -110,16 +111,16 @@ def test_a_worker_killed_while_snapshots_wait_for_their_post_scores_them_after_r
 def test_snapshots_whose_post_never_comes_are_scored_after_a_restart(private_stack):
     traffic = Traffic("nopost", n_posts=5)
     run_until_killed(private_stack, "awaiting_post=1", lambda: send_snapshots(private_stack, traffic.snapshots))
-    client = __import__("redis").Redis.from_url(private_stack.state.endpoints_obj().redis_url)
+    client = redis_of(private_stack)
     # without their post the platform is unknown: check the topic and the marks, not the platform's board
-    keys = RedisKeys(private_stack.settings.redis.key_prefix)
+    keys = RedisKeys.of(private_stack.settings)
     latest = {}
     for post_id, at, _ in traffic.snapshots:
         latest[post_id] = max(at, latest.get(post_id, 0))
     waited = wait_for(lambda: all(client.hget(keys.post(p), PREDICTED_TO) == str(t).encode()
                                   for p, t in latest.items()), 60, "post-less posts scored after the grace period")
     # scored, then taken off the awaiting set (in that order: wait for it rather than race it)
-    wait_for(lambda: not any(client.zscore(keys.awaiting, p) for p in latest), 30,
+    wait_for(lambda: not any(client.zscore(keys.awaiting(keys.shard(p)), p) for p in latest), 30,
              "the scored posts taken off the awaiting set")
     assert metric(private_stack, "popscore_predictions_without_post_total") >= len(latest)
     print(f"post never came, worker killed: scored {len(latest)} posts {waited:.1f}s after restart")

@@ -1,5 +1,6 @@
-"""Leaderboards against a real Redis: after any sequence of batches each board holds exactly the best ``size``
-of its posts' latest scores, as if every prediction had been added and the board trimmed."""
+"""Leaderboards against a real Redis: after any sequence of batches each shard's board holds exactly the best
+``size`` of its posts' latest scores, as if every prediction had been added and the board trimmed, and a board
+reads as the best of its shards'."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import redis.asyncio as aioredis
 
 from popscore.stream.leaderboard import Leaderboards
 from popscore.stream.redis_schema import PLATFORM, PREDICTED_TO, RISING_BOARD, TOP_BOARD, PostMeta, \
-    RecordedPrediction, RedisKeys, category_board, eval_field, kept_predictions, latest_predictions, platform_board
+    RecordedPrediction, RedisKeys, category_board, eval_field, kept_predictions, latest_predictions, \
+    merge_rankings, platform_board
 
 pytestmark = pytest.mark.integration
 
 SIZE = 10
 PER_CALL = 16  # several script calls per batch
+SHARDS = 4
 
 
 def expected_boards(calls: list[list[RecordedPrediction]]) -> dict[str, list[tuple[str, float]]]:
@@ -49,34 +52,47 @@ def test_boards_equal_adding_every_prediction_and_trimming(redis_url):
                                   matures_at=1_700_000_000.0)
 
     batches = [[prediction(post) for post in rng.sample(posts, rng.randint(1, 40))] for _ in range(30)]
-    prefix = f"lbtest-{uuid.uuid4().hex[:8]}:"
+    keys = RedisKeys(f"lbtest-{uuid.uuid4().hex[:8]}:", SHARDS)
 
     async def scenario():
         client = aioredis.Redis.from_url(redis_url)
         try:
-            boards = Leaderboards(client, prefix, size=SIZE, ttl_s=600)
+            boards = Leaderboards(client, keys, size=SIZE, ttl_s=600)
             for batch in batches:
                 await boards.record("temporal", batch, per_call=PER_CALL)
-            keys = RedisKeys(prefix)
-            names = [key.decode()[len(keys.board("")):] async for key in client.scan_iter(match=keys.board("*"))]
+            shard_boards = {}
+            for shard in keys.all_shards:
+                names = [key.decode()[len(keys.board("", shard)):]
+                         async for key in client.scan_iter(match=keys.board("*", shard))]
+                shard_boards[shard] = {name: await client.zrevrange(keys.board(name, shard), 0, -1, withscores=True)
+                                       for name in names}
             ttls = [await client.ttl(keys.post(post)) for post in posts]
-            return {name: await boards.top(name, k=SIZE + 5) for name in names}, ttls
+            names = {name for found in shard_boards.values() for name in found}
+            return shard_boards, {name: await boards.top(name, k=SIZE) for name in names}, ttls
         finally:
             await client.aclose()
 
-    stored, ttls = asyncio.run(scenario())
+    shard_boards, read, ttls = asyncio.run(scenario())
     assert all(0 < ttl <= 600 for ttl in ttls)  # the post hashes the predictions created expire
-    expected = expected_boards([batch[i:i + PER_CALL] for batch in batches for i in range(0, len(batch), PER_CALL)])
-    assert set(stored) == set(expected) and len(expected) >= 6
-    for name, entries in expected.items():
-        assert [post for post, _ in stored[name]] == [post for post, _ in entries], name
-        assert [score for _, score in stored[name]] == pytest.approx([score for _, score in entries]), name
+    # per shard: the calls Leaderboards.record makes, each of one shard's predictions
+    expected = {}
+    for shard in keys.all_shards:
+        calls = [[p for p in batch if keys.shard(p.post_id) == shard] for batch in batches]
+        expected[shard] = expected_boards([call[i:i + PER_CALL] for call in calls for i in range(0, len(call), PER_CALL)])
+        assert set(shard_boards[shard]) == set(expected[shard]), shard
+        for name, entries in expected[shard].items():
+            stored = [(member.decode(), score) for member, score in shard_boards[shard][name]]
+            assert [post for post, _ in stored] == [post for post, _ in entries], (shard, name)
+            assert [score for _, score in stored] == pytest.approx([score for _, score in entries]), (shard, name)
+    assert len(read) >= 6 and all(len(found) >= 4 for found in shard_boards.values())
+    for name, entries in read.items():  # a board reads as the best SIZE of all its shards'
+        best = merge_rankings([expected[shard].get(name, []) for shard in keys.all_shards], SIZE)
+        assert [post for post, _ in entries] == [post for post, _ in best], name
 
 
 def test_a_recorded_prediction_is_read_back_through_the_schema(redis_url):
     """The script spells the keys and fields itself: what it writes must be what ``redis_schema`` reads."""
-    prefix = f"lbtest-{uuid.uuid4().hex[:8]}:"
-    keys = RedisKeys(prefix)
+    keys = RedisKeys(f"lbtest-{uuid.uuid4().hex[:8]}:", SHARDS)
     first = eval_field("popscore_reddit_temporal", "3", 6)
 
     def prediction(as_of: int, kept: float) -> RecordedPrediction:
@@ -87,13 +103,13 @@ def test_a_recorded_prediction_is_read_back_through_the_schema(redis_url):
     async def scenario():
         client = aioredis.Redis.from_url(redis_url)
         try:
-            boards = Leaderboards(client, prefix, size=SIZE, ttl_s=600)
+            boards = Leaderboards(client, keys, size=SIZE, ttl_s=600)
             await client.hset(keys.post("p1"), PLATFORM, "reddit")
             await boards.record("temporal", [prediction(1_700_000_000, 1.25)])
             await boards.record("temporal", [prediction(1_700_003_600, 9.0)])  # the first kept value stays
             await boards.record("static", [RecordedPrediction("p1", 1.0, 0.0, "reddit", None, '{"as_of": 0}', 0.0)])
             fields = await client.hgetall(keys.post("p1"))
-            return fields, await client.zscore(keys.maturity, "p1"), await boards.top(platform_board("reddit"))
+            return fields, await client.zscore(keys.maturity(keys.shard("p1")), "p1"), await boards.top(platform_board("reddit"))
         finally:
             await client.aclose()
 

@@ -182,7 +182,7 @@ def test_restarts_lose_no_snapshot_and_count_none_twice(private_stack):
     for _, event in events:
         expected[event.post_id].add(int(event.observed_at.timestamp()))
     client = redis.Redis.from_url(endpoints.redis_url)
-    keys = RedisKeys(settings.redis.key_prefix)
+    keys = RedisKeys.of(settings)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         stored = {p: decode_sequence(client.get(keys.sequence(p)) or b"") for p in expected}
@@ -211,7 +211,7 @@ def test_a_promoted_version_is_loaded_without_restart_and_a_broken_one_is_refuse
     settings = private_stack.settings
     endpoints = private_stack.state.endpoints_obj()
     client = redis.Redis.from_url(endpoints.redis_url)
-    post_key = RedisKeys(settings.redis.key_prefix).post
+    post_key = RedisKeys.of(settings).post
     repo = settings.stack.model_repo
     current = max(int(p.name) for p in (repo / HEAD).iterdir() if p.name.isdigit())
     # posts uploaded before the promotion: their cached content vectors are of the old version
@@ -371,7 +371,8 @@ def test_snapshots_that_overtake_their_post_are_scored_when_the_post_arrives(pri
                         [(e.post_id.encode(), raw) for raw, e in snapshots]))
     wait_processed(settings, endpoints.broker_bootstrap)
     client = redis.Redis.from_url(endpoints.redis_url)
-    due = {e.post_id: client.zscore(f"{settings.redis.key_prefix}awaiting", e.post_id) for _, e in snapshots}
+    keys = RedisKeys.of(settings)
+    due = {e.post_id: client.zscore(keys.awaiting(keys.shard(e.post_id)), e.post_id) for _, e in snapshots}
     assert all(due.values()), f"not registered as waiting for their post: {due}"
     early = _group(read_all(settings, endpoints.broker_bootstrap, settings.kafka.topics.predictions), "late-")
     # Nothing may be scored without the post while its grace period runs (the worker's deadline, wall clock):
@@ -426,6 +427,6 @@ def test_several_snapshots_of_a_post_in_one_window_give_one_prediction(private_s
         assert [(r["as_of"], r["model_name"]) for r in temporal] == [(latest[post_id], HEAD)], post_id
     client = redis.Redis.from_url(endpoints.redis_url)
     for post_id in chosen:
-        stored = decode_sequence(client.get(RedisKeys(settings.redis.key_prefix).sequence(post_id)) or b"")
+        stored = decode_sequence(client.get(RedisKeys.of(settings).sequence(post_id)) or b"")
         assert len(stored) == 3, post_id
 

@@ -15,14 +15,13 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from popscore.stream.leaderboard import Leaderboards
 from popscore.stream.redis_schema import CATEGORY_BOARDS, PLATFORM_BOARDS, BoardLimits, RecordedPrediction, \
     RedisKeys, prediction_field
 from tests.integration.kafka_io import produce
-from tests.integration.outcomes import iso, metric, send_snapshots
+from tests.integration.outcomes import board_members, iso, metric, redis_of, send_snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -57,8 +56,8 @@ def traffic(run: str):
 
 def test_a_thousand_platforms_and_categories_make_few_boards_and_every_key_is_bounded(private_stack):
     settings, endpoints = private_stack.settings, private_stack.state.endpoints_obj()
-    keys = RedisKeys(settings.redis.key_prefix)
-    client = redis.Redis.from_url(endpoints.redis_url)
+    keys = RedisKeys.of(settings)
+    client = redis_of(private_stack)
     run = uuid.uuid4().hex[:6]
     posts, snapshots = traffic(run)
     asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.posts, posts))
@@ -76,24 +75,30 @@ def test_a_thousand_platforms_and_categories_make_few_boards_and_every_key_is_bo
     else:
         pytest.fail("not every post got its temporal prediction recorded")
 
-    boards = {key.decode()[len(keys.board("")):] for key in client.scan_iter(match=keys.board("top:*"), count=1000)}
-    platform_boards = {b for b in boards if b.startswith("top:platform:")}
-    category_boards = {b for b in boards if b.startswith("top:category:")}
-    ours = {b for b in platform_boards if b.startswith(f"top:platform:plat{run}")}
-    assert len(ours) <= MAX_PLATFORM_BOARDS and "top:platform:other" in platform_boards, sorted(boards)
-    known = {m.decode() for m in client.zrange(keys.board(f"top:platform:{KNOWN}"), 0, -1)}
+    # The bounds hold per shard (each shard's registries admit their own boards: redis_schema), so the deployment
+    # has at most shards x bound boards of each family.
+    all_boards = set()
+    for shard in keys.all_shards:
+        boards = {key.decode()[len(keys.board("", shard)):]
+                  for key in client.scan_iter(match=keys.board("top:*", shard), count=1000)}
+        ours = {b for b in boards if b.startswith(f"top:platform:plat{run}")}
+        category_boards = {b for b in boards if b.startswith("top:category:")}
+        assert len(ours) <= MAX_PLATFORM_BOARDS and "top:platform:other" in boards, (shard, sorted(boards))
+        assert len(category_boards) <= MAX_CATEGORY_BOARDS, (shard, sorted(category_boards))
+        assert client.zcard(keys.board_names(PLATFORM_BOARDS, shard)) <= MAX_PLATFORM_BOARDS
+        assert client.zcard(keys.board_names(CATEGORY_BOARDS, shard)) <= MAX_CATEGORY_BOARDS
+        all_boards |= boards
+    assert len({b for b in all_boards if b.startswith(f"top:platform:plat{run}")}) <= keys.shards * MAX_PLATFORM_BOARDS
+    assert len({b for b in all_boards if b.startswith("top:category:")}) <= keys.shards * MAX_CATEGORY_BOARDS
+    known = board_members(client, keys, f"top:platform:{KNOWN}")
     assert {p for i, p in enumerate(post_ids) if i % 50 == 0} <= known
-    assert len(category_boards) <= MAX_CATEGORY_BOARDS, sorted(category_boards)
-    assert client.zcard(keys.board_names(PLATFORM_BOARDS)) <= MAX_PLATFORM_BOARDS
-    assert client.zcard(keys.board_names(CATEGORY_BOARDS)) <= MAX_CATEGORY_BOARDS
     # The posts beyond the bounds are still on the overall and the 'other' boards, not lost from the view.
-    other = {m.decode() for m in client.zrange(keys.board("top:platform:other"), 0, -1)}
-    assert other & set(post_ids)
+    assert board_members(client, keys, "top:platform:other") & set(post_ids)
 
     without_ttl = []
     for key in client.scan_iter(match=f"{keys.prefix}*", count=1000):
         ttl = client.ttl(key)
-        name = key.decode()[len(keys.prefix):]
+        name = key.decode()[len(keys.prefix):].partition("}:")[2]  # the family after the shard's tag
         if name.startswith(("lb:", "boards:")):
             assert 0 < ttl <= BOARD_TTL_S, (name, ttl)
         if ttl == -1:
@@ -120,7 +125,7 @@ def test_a_board_expires_when_no_prediction_enters_it(private_stack):
     """Against the stack's Redis: a board's TTL is refreshed by each write and it goes once writes stop."""
     redis_url = private_stack.state.endpoints_obj().redis_url
     prefix = f"lbttl-{uuid.uuid4().hex[:8]}:"
-    keys = RedisKeys(prefix)
+    keys = RedisKeys(prefix, 1)  # one shard: both predictions write the same boards
 
     def prediction(post: str) -> RecordedPrediction:
         return RecordedPrediction(post, 1.0, 0.0, "someplatform", "somecategory", "{}", 0.0)
@@ -128,18 +133,18 @@ def test_a_board_expires_when_no_prediction_enters_it(private_stack):
     async def scenario() -> tuple[list[int], float]:
         client = aioredis.Redis.from_url(redis_url)
         try:
-            boards = Leaderboards(client, prefix, size=10, ttl_s=600, limits=BoardLimits(ttl_s=2))
+            boards = Leaderboards(client, keys, size=10, ttl_s=600, limits=BoardLimits(ttl_s=2))
             await boards.record("temporal", [prediction("a")])
             await asyncio.sleep(1.2)
             await boards.record("temporal", [prediction("b")])  # refreshes the TTL of every board written
-            ttls = [await client.pttl(keys.board(name)) for name in
+            ttls = [await client.pttl(keys.board(name, 0)) for name in
                     ("top", "rising", "top:platform:someplatform", "top:category:somecategory")]
-            ttls += [await client.pttl(keys.board_names(family)) for family in (CATEGORY_BOARDS, PLATFORM_BOARDS)]
+            ttls += [await client.pttl(keys.board_names(family, 0)) for family in (CATEGORY_BOARDS, PLATFORM_BOARDS)]
             written = time.monotonic()
-            while await client.exists(keys.board("top:category:somecategory")) and time.monotonic() - written < 10:
+            while await client.exists(keys.board("top:category:somecategory", 0)) and time.monotonic() - written < 10:
                 await asyncio.sleep(0.1)
             gone_after = time.monotonic() - written
-            assert not await client.keys(f"{prefix}lb:*") and not await client.keys(f"{prefix}boards:*")
+            assert not await client.keys(f"{keys.tag(0)}lb:*") and not await client.keys(f"{keys.tag(0)}boards:*")
             return ttls, gone_after
         finally:
             await client.aclose()

@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 
 from popscore import features as F
 from popscore.contract import Counts, Post, Snapshot
-from popscore.stream.redis_schema import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, PLATFORM, content_tag, \
-    decode_content, decode_sequence, encode_content, encode_sequence, encode_snapshot
+from popscore.stream.redis_schema import APPENDED, CORRECTED, DUPLICATE, OUT_OF_ORDER, PLATFORM, RedisKeys, \
+    content_tag, decode_content, decode_sequence, encode_content, encode_sequence, encode_snapshot
 from popscore.stream.sequence_store import SnapshotSequenceStore, count_decreases, group_by_post
 
 pytestmark = pytest.mark.integration
@@ -24,6 +24,7 @@ def tag(version: int) -> bytes:
 
 
 T0 = 1_700_000_000
+SHARDS = 4
 
 
 def snap(post_id: str, dt: int, likes: int) -> Snapshot:
@@ -35,7 +36,7 @@ def run(redis_url, scenario):
     async def main():
         client = aioredis.Redis.from_url(redis_url)
         try:
-            return await scenario(SnapshotSequenceStore(client, "test:", ttl_s=3600), client)
+            return await scenario(SnapshotSequenceStore(client, RedisKeys("test:", SHARDS), ttl_s=3600), client)
         finally:
             await client.aclose()
     return asyncio.run(main())
@@ -309,3 +310,26 @@ def test_a_posts_tail_reaches_back_as_far_as_its_platforms_model_reads_and_the_l
     assert [len(u.sequence) for u in unknown] == [193, 193]  # the platforms not held yet: the longest
     assert [len(u.sequence) for u in known] == [17, 193]
     assert set(asked) == {None, "reddit", "youtube"}
+
+
+def test_a_step_of_posts_of_every_shard_is_merged_and_its_waiting_posts_are_found_in_every_shard(redis_url):
+    """One script call per shard, each touching its shard's keys only; the timers read every shard's sets."""
+    posts = [f"p{uuid.uuid4().hex[:8]}-{i}" for i in range(24)]
+
+    async def scenario(store, client):
+        shards = {store.keys.shard(post) for post in posts}
+        merged = await store.merge([snap(post, 60 * k, k) for post in posts for k in range(3)])
+        stored = {post: len(await store.get(post)) for post in posts}
+        await store.await_posts(posts[:12], due=T0)
+        claimed = await store.claim_overdue(T0 + 1, lease_s=30, limit=100)
+        await store.done_waiting(posts[:12])
+        after = await store.claim_overdue(T0 + 100, lease_s=30, limit=100)
+        keys = [key async for key in client.scan_iter(match=store.keys.sequence_pattern())]
+        return shards, merged, stored, claimed, after, keys
+
+    shards, merged, stored, claimed, after, keys = run(redis_url, scenario)
+    assert shards == set(range(SHARDS))  # the posts span every shard
+    assert sorted(u.post_id for u in merged) == sorted(posts) and all(u.statuses == [1, 1, 1] for u in merged)
+    assert stored == {post: 3 for post in posts}
+    assert sorted(claimed) == sorted(posts[:12]) and not set(after) & set(posts)
+    assert {key.decode() for key in keys} >= {RedisKeys("test:", SHARDS).sequence(post) for post in posts}

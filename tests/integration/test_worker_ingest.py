@@ -72,7 +72,7 @@ def test_valid_snapshots_update_sequences_and_invalid_ones_reach_the_dead_letter
     wait_processed(stack_settings, kafka_bootstrap)
     letters = read_all(stack_settings, kafka_bootstrap, topics.deadletter)
     client = redis.Redis.from_url(redis_url)
-    keys = RedisKeys(stack_settings.redis.key_prefix)
+    keys = RedisKeys.of(stack_settings)
 
     mine = [DeadLetter.model_validate_json(m.value) for m in letters if m.key and m.key.decode().startswith(prefix)]
     assert sorted(letter.reason.value for letter in mine) == sorted(reason for _, _, reason in bad)
@@ -80,7 +80,7 @@ def test_valid_snapshots_update_sequences_and_invalid_ones_reach_the_dead_letter
     assert originals == {value for _, value, _ in bad}
     assert all(letter.topic == topics.snapshots and letter.detail for letter in mine)
 
-    stored = sorted(k.decode() for k in client.keys(keys.sequence(f"{prefix}-*")))
+    stored = sorted(k.decode() for k in client.keys(keys.sequence_pattern(f"{prefix}-*")))
     assert stored == sorted(keys.sequence(f"{prefix}-{i}") for i in range(n_posts))
     for i in range(n_posts):
         seq = decode_sequence(client.get(keys.sequence(f"{prefix}-{i}")))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 import redis.exceptions as redis_errors
+from redis._parsers.base import BaseParser
 from aiokafka import errors as kafka_errors
 
 from popscore.serving.predictor import ModelUnavailable
@@ -106,3 +107,31 @@ def test_an_outage_longer_than_the_budget_raises_without_processing():
 ])
 def test_which_errors_are_transient(exc, transient):
     assert is_transient(exc) is transient
+
+
+def pipeline_error(reply: str) -> Exception:
+    """An error reply as redis-py raises it from a pipeline: its code parsed off (into ``status_code``) and the
+    message prefixed with the failing command."""
+    exc = BaseParser.parse_error(reply)
+    exc.args = (f"Command # 1 (EVALSHA abc 2 k1 k2) of pipeline caused error: {exc.args[0]}",) + exc.args[1:]
+    return exc
+
+
+@pytest.mark.parametrize("reply, transient", [
+    ("OOM command not allowed when used memory > 'maxmemory'.", True),
+    ("TRYAGAIN Multiple keys request during rehashing of slot", True),
+    ("ASK 3999 127.0.0.1:7002", True),
+    ("MOVED 3999 127.0.0.1:7002", True),
+    ("CLUSTERDOWN The cluster is down", True),
+    ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", True),
+    ("BUSY Redis is busy running a script.", True),
+    ("CROSSSLOT Keys in request don't hash to the same slot", False),  # a key layout bug: no retry mends it
+    ("ERR Error running script (call to f_abc): @user_script:12: bad argument", False),
+])
+def test_redis_replies_as_the_client_raises_them_are_told_apart(reply, transient):
+    assert is_transient(pipeline_error(reply)) is transient
+
+
+def test_what_the_cluster_client_raises_when_its_own_retries_ran_out_is_transient():
+    assert is_transient(redis_errors.ClusterError("TTL exhausted."))
+    assert is_transient(redis_errors.SlotNotCoveredError("slot 3999 is not covered"))

@@ -3,12 +3,15 @@ KEYS/ARGV protocol against what its Python caller passes (the scripts themselves
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from datetime import datetime, timezone
 from importlib import resources
 
 import numpy as np
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from redis.crc import key_slot
 
 from popscore.contract import Post
 from popscore.stream import redis_schema as schema
@@ -16,14 +19,62 @@ from popscore.stream.redis_schema import CONTENT, META_FIELDS, PostMeta, Recorde
 
 
 def test_key_names_are_the_ones_stored_data_was_written_under():
-    keys = RedisKeys("ps:")
-    assert (keys.sequence("p1"), keys.post("p1"), keys.awaiting, keys.maturity) == \
-        ("ps:seq:p1", "ps:post:p1", "ps:awaiting", "ps:maturity")
-    assert keys.sequence("p1").startswith(keys.sequence_prefix)
-    assert [keys.board(name) for name in (schema.TOP_BOARD, schema.RISING_BOARD, schema.platform_board("reddit"),
-                                          schema.category_board("news"))] == \
-        ["ps:lb:top", "ps:lb:rising", "ps:lb:top:platform:reddit", "ps:lb:top:category:news"]
-    assert RedisKeys("test:").post("p1") == "test:post:p1"
+    keys = RedisKeys("ps:", 4)
+    shard = keys.shard("p1")
+    assert (keys.sequence("p1"), keys.post("p1"), keys.thumbnail("p1"), keys.awaiting(2), keys.maturity(2)) == \
+        (f"ps:{{{shard}}}:seq:p1", f"ps:{{{shard}}}:post:p1", f"ps:{{{shard}}}:thumb:p1", "ps:{2}:awaiting",
+         "ps:{2}:maturity")
+    assert [keys.board(name, 3) for name in (schema.TOP_BOARD, schema.RISING_BOARD, schema.platform_board("reddit"),
+                                             schema.category_board("news"))] == \
+        ["ps:{3}:lb:top", "ps:{3}:lb:rising", "ps:{3}:lb:top:platform:reddit", "ps:{3}:lb:top:category:news"]
+    assert (keys.boards(0), keys.board_names(schema.CATEGORY_BOARDS, 1)) == ("ps:{0}:boards", "ps:{1}:boards:categories")
+    assert RedisKeys("test:", 4).post("p1") == f"test:{{{shard}}}:post:p1"
+    assert keys.is_sequence(keys.sequence("p1").encode()) and not keys.is_sequence(keys.post("p1").encode())
+    assert fnmatch.fnmatchcase(keys.sequence("p1"), keys.sequence_pattern())
+    with pytest.raises(ValueError):
+        RedisKeys("ps:{x}:", 4)
+
+
+def test_a_posts_shard_is_the_kafka_partition_a_keyed_send_picks():
+    """The producers' default partitioner, here aiokafka's own (the Java client's murmur2)."""
+    partitioner = DefaultPartitioner()
+    for partitions in (1, 4, 7, 64):
+        keys = RedisKeys("ps:", partitions)
+        for post_id in ("p1", "hn-38000001", "reddit_t3_abc", "x" * 128):
+            assert keys.shard(post_id) == partitioner(post_id.encode(), list(range(partitions)), [])
+
+
+def test_every_key_of_a_post_and_of_its_shard_is_in_one_cluster_slot():
+    keys = RedisKeys("ps:", 8)
+    for post_id in (f"post-{i}" for i in range(50)):
+        shard = keys.shard(post_id)
+        names = [keys.sequence(post_id), keys.post(post_id), keys.thumbnail(post_id), keys.awaiting(shard),
+                 keys.maturity(shard), keys.boards(shard), keys.board(schema.TOP_BOARD, shard),
+                 keys.board_names(schema.PLATFORM_BOARDS, shard)]
+        assert len({key_slot(name.encode()) for name in names}) == 1
+    assert len({key_slot(keys.awaiting(shard).encode()) for shard in keys.all_shards}) == 8
+
+
+def test_script_calls_touch_one_slot_each():
+    keys = RedisKeys("ps:", 4)
+    groups = keys.by_shard(f"post-{i}" for i in range(40))
+    assert sorted(groups) == [0, 1, 2, 3] and sum(map(len, groups.values())) == 40
+    for shard, post_ids in groups.items():
+        merge_keys, _ = schema.merge_snapshots_call(keys, post_ids, {p: [b"r"] for p in post_ids},
+                                                    bytes([schema.READ_META] * len(post_ids)), 3600, 7200)
+        rows = [RecordedPrediction(p, 1.0, 0.0, "reddit" if i % 2 else "mystery", "news" if i % 3 else None, "{}",
+                                   0.0) for i, p in enumerate(post_ids)]
+        record_keys, _ = schema.record_predictions_call(keys, shard, 3600, 100, "temporal", rows,
+                                                        schema.BoardLimits(), 1_700_000_000.0)
+        claim_keys, _ = schema.claim_awaiting_call(keys, shard, 1.0, 2.0, 10)
+        slots = {key_slot(key.encode()) for key in merge_keys + record_keys + claim_keys}
+        assert slots == {key_slot(keys.tag(shard).encode())}
+
+
+def test_a_board_read_across_shards_is_the_best_of_all_their_members():
+    shards = [[(b"a", 9.0), (b"b", 5.0)], [(b"c", 7.0), (b"d", 5.0)], []]
+    assert schema.merge_rankings(shards, 3) == [("a", 9.0), ("c", 7.0), ("d", 5.0)]  # a tie: member descending
+    assert schema.merge_rankings(shards, 10) == [("a", 9.0), ("c", 7.0), ("d", 5.0), ("b", 5.0)]
 
 
 def test_a_post_hash_written_from_a_post_event_reads_back_as_its_metadata():
@@ -67,14 +118,17 @@ def header(script: str) -> str:
     return "\n".join(line for line in lines[:next(i for i, line in enumerate(lines) if not line.startswith("--"))])
 
 
-def declared_positions(script: str, items: int) -> dict[str, list[int]]:
-    """The KEYS and ARGV positions a script's header declares for a call of ``items`` items: ``KEYS[1]`` is one
-    position, ``ARGV[6+i]`` one per item (i = 1..items)."""
+def declared_positions(script: str, items: int, boards: int = 0) -> dict[str, list[int]]:
+    """The KEYS and ARGV positions a script's header declares for a call of ``items`` items (``n``) naming
+    ``boards`` boards: ``KEYS[1]`` is one position, ``ARGV[6+i]`` one per item (i = 1..n), ``KEYS[7+n+j]`` one per
+    board (j = 1..boards)."""
     positions: dict[str, list[int]] = {"KEYS": [], "ARGV": []}
     for table, index in DECLARED.findall(header(script)):
-        at = [eval(index, {"__builtins__": {}}, {"i": i}) for i in range(1, items + 1)] if "i" in index \
-            else [int(index)]
-        positions[table] += at
+        names = set(re.findall(r"[a-z]+", index))
+        assert names <= {"i", "j", "n"}, index
+        count = items if "i" in names else boards if "j" in names else 1
+        positions[table] += [eval(index, {"__builtins__": {}}, {"i": at, "j": at, "n": items})
+                             for at in range(1, count + 1)]
     return positions
 
 
@@ -82,16 +136,19 @@ def posts(n: int) -> list[str]:
     return [f"p{i}" for i in range(n)]
 
 
+KEYS = RedisKeys("ps:", 1)  # one shard: every post of a call is of it
 CALLS = {  # script -> (number of items) -> the KEYS and ARGV its Python caller passes
     schema.MERGE_SNAPSHOTS: lambda n: schema.merge_snapshots_call(
-        RedisKeys("ps:"), posts(n), {p: [b"r" * schema.RECORD.size] * 2 for p in posts(n)},
+        KEYS, posts(n), {p: [b"r" * schema.RECORD.size] * 2 for p in posts(n)},
         bytes([schema.READ_META] * n), 3600, 7200, 28_800.0),
-    schema.CLAIM_AWAITING: lambda n: schema.claim_awaiting_call(RedisKeys("ps:"), 100.0, 130.0, 50),
+    schema.CLAIM_AWAITING: lambda n: schema.claim_awaiting_call(KEYS, 0, 100.0, 130.0, 50),
     schema.RECORD_PREDICTIONS: lambda n: schema.record_predictions_call(
-        RedisKeys("ps:"), 3600, 100, "temporal",
-        [RecordedPrediction(p, 1.0, 0.0, "reddit", None, "{}", 0.0) for p in posts(n)], schema.BoardLimits(),
-        1_700_000_000.0),
+        KEYS, 0, 3600, 100, "temporal",
+        [RecordedPrediction(p, 1.0, 0.0, ("reddit", "hn")[i % 2], "news" if i == 0 else None, "{}", 0.0)
+         for i, p in enumerate(posts(n))], schema.BoardLimits(), 1_700_000_000.0),
 }
+BOARDS = {schema.RECORD_PREDICTIONS: {1: 2, 3: 3}}
+"""The boards a call's rows may enter beyond the fixed ones: reddit's and news' (one row), and hn's (three)."""
 
 
 def test_every_lua_script_has_one_python_caller():
@@ -103,7 +160,7 @@ def test_every_lua_script_has_one_python_caller():
 @pytest.mark.parametrize("items", [1, 3])
 def test_the_header_declares_exactly_the_keys_and_arguments_the_caller_passes(script, items):
     keys, args = CALLS[script](items)
-    declared = declared_positions(script, items)
+    declared = declared_positions(script, items, BOARDS.get(script, {}).get(items, 0))
     assert sorted(declared["KEYS"]) == list(range(1, len(keys) + 1)), "KEYS"
     assert sorted(declared["ARGV"]) == list(range(1, len(args) + 1)), "ARGV"
 

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import urllib.request
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ class Endpoints:
     triton_metrics_port: int
     worker_web_port: int
     worker_metrics_port: int
+    redis_cluster_nodes: tuple = ()
+    """A Redis Cluster's nodes, [client port, cluster bus port] each, the first at ``redis_port``; empty: one
+    Redis."""
 
     @property
     def broker_bootstrap(self) -> str:
@@ -49,12 +53,20 @@ class Endpoints:
 
     @property
     def redis_url(self) -> str:
+        """One Redis, or the cluster node the clients discover the others from."""
         return f"redis://{self.host}:{self.redis_port}/0"
 
+    @property
+    def redis_mode(self) -> str:
+        return "cluster" if self.redis_cluster_nodes else "single"
+
     def as_dict(self) -> dict[str, str]:
+        cluster = {"redis_cluster_nodes": ",".join(f"{self.host}:{port}" for port, _ in self.redis_cluster_nodes)} \
+            if self.redis_cluster_nodes else {}
         return {
             "broker_bootstrap": self.broker_bootstrap,
             "redis_url": self.redis_url,
+            **cluster,
             "triton_http": f"{self.host}:{self.triton_http_port}",
             "triton_grpc": f"{self.host}:{self.triton_grpc_port}",
             "triton_metrics": f"http://{self.host}:{self.triton_metrics_port}/metrics",
@@ -168,16 +180,52 @@ def redis_argv(endpoints: Endpoints, data_dir: Path, maxmemory_bytes: int) -> li
 
 
 def redis_healthy(endpoints: Endpoints) -> bool:
+    """One Redis answers PING; a cluster's every node answers and says the cluster is ok (every slot served)."""
+    if not endpoints.redis_cluster_nodes:
+        return redis_node_healthy(endpoints.host, endpoints.redis_port)
+    return all(redis_node_healthy(endpoints.host, port, cluster=True) for port, _ in endpoints.redis_cluster_nodes)
+
+
+def redis_node_healthy(host: str, port: int, cluster: bool = False) -> bool:
     import redis
 
     try:
-        client = redis.Redis.from_url(endpoints.redis_url, socket_timeout=1)
+        client = redis.Redis(host=host, port=port, socket_timeout=1, socket_connect_timeout=1)
         try:
-            return bool(client.ping())
+            if not cluster:
+                return bool(client.ping())
+            return client.cluster("info").get("cluster_state") == "ok"
         finally:
             client.close()
     except Exception:
         return False
+
+
+def redis_cluster_node_argv(endpoints: Endpoints, node: int, data_dir: Path, maxmemory_bytes: int) -> list[str]:
+    """Node ``node`` (0-based) of the stack's Redis Cluster: ``redis_argv``'s server (append-only file,
+    ``maxmemory``, ``noeviction``) with cluster mode on, its bus on a port of its own (``cluster-port``, Redis 7)
+    and its cluster state file (``nodes.conf``) beside its append-only file, so a node started again with the same
+    ``data_dir`` rejoins with its slots and keys. A node is deemed failed after 3 s unreachable (the default 15 s
+    would make a failover test wait)."""
+    port, bus_port = endpoints.redis_cluster_nodes[node]
+    argv = redis_argv(endpoints, data_dir, maxmemory_bytes)
+    argv[argv.index("--port") + 1] = str(port)
+    return argv + ["--cluster-enabled", "yes", "--cluster-config-file", str(data_dir / "nodes.conf"),
+                   "--cluster-port", str(bus_port), "--cluster-node-timeout", "3000"]
+
+
+def create_redis_cluster(endpoints: Endpoints, replicas: int, timeout_s: float = 60.0) -> None:
+    """Join the started nodes into one cluster: ``redis-cli --cluster create`` spreads the 16,384 slots over
+    the masters (the first nodes) in equal ranges and gives each ``replicas`` replicas."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        raise StackError("redis: `redis-cli` (Debian package redis-tools) is needed to create the Redis Cluster")
+    nodes = [f"{endpoints.host}:{port}" for port, _ in endpoints.redis_cluster_nodes]
+    done = subprocess.run([cli, "--cluster", "create", *nodes, "--cluster-replicas", str(replicas), "--cluster-yes"],
+                          capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise StackError(f"redis: `redis-cli --cluster create` failed ({done.returncode}):\n"
+                         f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
 
 # --- triton -------------------------------------------------------------------------------------------

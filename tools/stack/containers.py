@@ -165,6 +165,9 @@ class ContainerStack(EmbeddedStack):
         self.containers: dict[str, object] = {}
 
     def start(self, with_worker: bool = True) -> StackState:
+        if self.settings.redis.mode == "cluster":
+            raise StackError("redis.mode cluster: the embedded stack starts a Redis Cluster, the containers do "
+                             "not; set POPSCORE_STACK__BACKEND=embedded")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         endpoints = allocate_endpoints(LOOPBACK, self.fixed_ports)
         models = sorted(p.parent.name for p in self.settings.stack.model_repo.resolve().glob("*/config.pbtxt"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,9 @@ class StackState:
     models: list[str] = field(default_factory=list)
 
     def endpoints_obj(self) -> c.Endpoints:
-        return c.Endpoints(**self.endpoints)  # type: ignore[arg-type]
+        endpoints = dict(self.endpoints)
+        endpoints["redis_cluster_nodes"] = tuple(map(tuple, endpoints.get("redis_cluster_nodes", ())))
+        return c.Endpoints(**endpoints)  # type: ignore[arg-type]
 
     def save(self) -> None:
         path = Path(self.run_dir) / STATE_FILE
@@ -57,8 +60,11 @@ HEALTH: dict[str, Callable[[c.Endpoints], bool]] = {
 }
 
 
-def allocate_endpoints(host: str, fixed: dict[str, int] | None = None) -> c.Endpoints:
-    """Free ports for every service; a port given explicitly must be free or we fail fast."""
+def allocate_endpoints(host: str, fixed: dict[str, int] | None = None, redis_cluster_nodes: int = 0
+                       ) -> c.Endpoints:
+    """Free ports for every service; a port given explicitly must be free or we fail fast. With
+    ``redis_cluster_nodes``, a client and a cluster bus port for each node of a Redis Cluster, the first node's
+    client port being ``redis_port``."""
     fixed = fixed or {}
     ports: dict[str, int] = {}
     for name in ("broker_port", "redis_port", "triton_http_port", "triton_grpc_port", "triton_metrics_port",
@@ -68,7 +74,14 @@ def allocate_endpoints(host: str, fixed: dict[str, int] | None = None) -> c.Endp
             ports[name] = fixed[name]
         else:
             ports[name] = free_port_besides(host, ports.values())
-    return c.Endpoints(host=host, **ports)
+    taken = set(ports.values())
+    nodes = []
+    for node in range(redis_cluster_nodes):
+        port = ports["redis_port"] if node == 0 else free_port_besides(host, taken)
+        bus_port = free_port_besides(host, taken | {port})
+        taken |= {port, bus_port}
+        nodes.append((port, bus_port))
+    return c.Endpoints(host=host, **ports, redis_cluster_nodes=tuple(nodes))
 
 
 def free_port_besides(host: str, taken) -> int:
@@ -87,6 +100,7 @@ def worker_settings_env(settings: Settings, endpoints: c.Endpoints, run_dir: Pat
     env.update({
         "POPSCORE_KAFKA__BOOTSTRAP_SERVERS": endpoints.broker_bootstrap,
         "POPSCORE_REDIS__URL": endpoints.redis_url,
+        "POPSCORE_REDIS__MODE": endpoints.redis_mode,
         "POPSCORE_TRITON__HTTP_URL": f"{endpoints.host}:{endpoints.triton_http_port}",
         "POPSCORE_TRITON__GRPC_URL": f"{endpoints.host}:{endpoints.triton_grpc_port}",
         "POPSCORE_WORKER__WEB_PORT": str(endpoints.worker_web_port),
@@ -117,7 +131,9 @@ class EmbeddedStack:
         if existing and any(_alive(p) for p in existing.processes.values()):
             raise StackError(f"a stack is already running from {self.run_dir}; run `popscore down` first")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        endpoints = allocate_endpoints(self.settings.stack.host, self.fixed_ports)
+        if self._redis_cluster_nodes():  # the cluster is created anew: its nodes' ports are new
+            shutil.rmtree(self.run_dir / "redis-cluster", ignore_errors=True)
+        endpoints = allocate_endpoints(self.settings.stack.host, self.fixed_ports, self._redis_cluster_nodes())
         self.state = StackState(run_dir=str(self.run_dir), endpoints=asdict(endpoints))
         try:
             self._start_infrastructure(endpoints)
@@ -137,14 +153,43 @@ class EmbeddedStack:
         for name in INFRASTRUCTURE:
             self._spawn_infrastructure(name, endpoints)
         for name in INFRASTRUCTURE:
+            if name == "redis" and endpoints.redis_cluster_nodes:
+                self._form_redis_cluster(endpoints)
             self._wait_healthy(name, endpoints)
         self._create_topics(endpoints)
+
+    def _redis_cluster_nodes(self) -> int:
+        """The Redis Cluster's nodes with ``redis.mode`` cluster (masters and their replicas), else 0."""
+        stack = self.settings.stack
+        return stack.redis_cluster_masters * (1 + stack.redis_cluster_replicas) \
+            if self.settings.redis.mode == "cluster" else 0
+
+    def _spawn_redis_node(self, node: int, endpoints: c.Endpoints, log_name: str | None = None) -> None:
+        name = redis_node_name(node)
+        self._spawn(name, c.redis_cluster_node_argv(endpoints, node, self.run_dir / "redis-cluster" / name,
+                                                    self.settings.redis.memory_budget_bytes()),
+                    log_name=log_name or name)
+        self.state.processes[name]["port"] = endpoints.redis_cluster_nodes[node][0]
+        self.state.save()
+
+    def _form_redis_cluster(self, endpoints: c.Endpoints) -> None:
+        """Once every node answers, join them (``redis-cli --cluster create``); ``redis`` is healthy once every
+        node says the cluster is ok."""
+        for node, (port, _) in enumerate(endpoints.redis_cluster_nodes):
+            self._wait_healthy(redis_node_name(node), endpoints,
+                               lambda e, port=port: c.redis_node_healthy(e.host, port))
+        c.create_redis_cluster(endpoints, self.settings.stack.redis_cluster_replicas)
+        self.log(f"redis cluster created: {len(endpoints.redis_cluster_nodes)} nodes, "
+                 f"{self.settings.stack.redis_cluster_replicas} replica(s) per master")
 
     def _spawn_infrastructure(self, name: str, endpoints: c.Endpoints, log_name: str | None = None) -> None:
         """Start broker, Redis or Triton on the stack's ports, with its data in the run directory (Redis's
         append-only file, Triton's model repository mirror), so that starting it again finds them."""
         if name == "broker":
             self._spawn(name, c.broker_argv(endpoints), log_name=log_name)
+        elif name == "redis" and endpoints.redis_cluster_nodes:
+            for node in range(len(endpoints.redis_cluster_nodes)):
+                self._spawn_redis_node(node, endpoints)
         elif name == "redis":
             self._spawn(name, c.redis_argv(endpoints, self.run_dir / "redis",
                                            self.settings.redis.memory_budget_bytes()), log_name=log_name)
@@ -267,13 +312,18 @@ class EmbeddedStack:
         are lost and only the topics are created again. Pausing (``pause_component``) is the supported
         fault for the broker.
         """
-        if name not in INFRASTRUCTURE:
+        endpoints = self.state.endpoints_obj()
+        node = redis_node_index(name) if endpoints.redis_cluster_nodes else None
+        if name not in INFRASTRUCTURE and node is None:
             raise StackError(f"start_component starts {', '.join(INFRASTRUCTURE)}, not {name!r}; "
                              f"workers start with start_worker()")
         info = self.state.processes.get(name)
         if info and group_alive(int(info["pid"])):
             raise StackError(f"{name} is still running (pid {info['pid']}); stop or kill it first")
-        endpoints = self.state.endpoints_obj()
+        if node is not None:  # one node of the cluster, with its data; healthy once the cluster is whole again
+            self._spawn_redis_node(node, endpoints, log_name=f"{name}-{int(time.time() * 1000)}")
+            self._wait_healthy(name, endpoints, HEALTH["redis"])
+            return
         self._spawn_infrastructure(name, endpoints, log_name=f"{name}-{int(time.time() * 1000)}")
         self._wait_healthy(name, endpoints)
         if name == "broker":
@@ -296,7 +346,10 @@ class EmbeddedStack:
         if state is None:
             return []
         running = []
-        for name in _extra_workers(state) + list(reversed(COMPONENTS)):  # workers first: they commit and leave
+        # workers first: they commit and leave
+        order = _extra_workers(state) + [name for component in reversed(COMPONENTS) for name in
+                                         (_extra_redis(state) if component == "redis" else []) + [component]]
+        for name in order:
             info = state.processes.get(name)
             if info:
                 if _alive(info):
@@ -314,12 +367,13 @@ class EmbeddedStack:
             return {"running": False, "run_dir": str(self.run_dir), "components": {}}
         endpoints = state.endpoints_obj()
         components = {}
-        for name in list(COMPONENTS) + _extra_workers(state):
+        for name in list(COMPONENTS) + _extra_redis(state) + _extra_workers(state):
             info = state.processes.get(name)
             if info is None:
                 continue
             alive = _alive(info)
             healthy = (HEALTH[name](endpoints) if name in HEALTH
+                       else c.redis_node_healthy(endpoints.host, int(info["port"]), cluster=True) if "port" in info
                        else c.worker_ready(endpoints.host, int(info["web_port"])))
             components[name] = {"pid": info["pid"], "alive": alive, "healthy": alive and healthy, "log": info["log"],
                                 **{port: info[port] for port in ("web_port", "metrics_port") if port in info}}
@@ -331,6 +385,26 @@ class EmbeddedStack:
 def _extra_workers(state: StackState) -> list[str]:
     """The workers beyond the first (``stack.workers`` > 1): ``worker-2``, ``worker-3``, ..."""
     return sorted((name for name in state.processes if name.startswith("worker-")), key=lambda n: int(n[7:]))
+
+
+def redis_node_name(node: int) -> str:
+    """The process name of a Redis Cluster node (0-based): ``redis`` for the first (``redis_port``), then
+    ``redis-2``, ``redis-3``, ..."""
+    return "redis" if node == 0 else f"redis-{node + 1}"
+
+
+def redis_node_index(name: str) -> int | None:
+    if name == "redis":
+        return 0
+    if name.startswith("redis-") and name[6:].isdigit():
+        return int(name[6:]) - 1
+    return None
+
+
+def _extra_redis(state: StackState) -> list[str]:
+    """A Redis Cluster's nodes beyond the first: ``redis-2``, ``redis-3``, ..."""
+    return sorted((name for name in state.processes if redis_node_index(name) not in (None, 0)),
+                  key=lambda n: int(n[6:]))
 
 
 def _alive(info: dict) -> bool:

@@ -1,0 +1,266 @@
+"""The worker on a REAL Redis Cluster (three redis-server masters with a replica each on loopback, joined by
+`redis-cli --cluster create`, started by the embedded stack with ``redis.mode`` cluster), with Kafka and Triton as
+everywhere else.
+
+A stream is replayed in rounds, each waited for. In one test, between two rounds a slot holding live posts is
+migrated to another master, and left half-migrated (some of its keys moved, the slot MIGRATING on its owner and
+IMPORTING on the target) while the next round is sent, until the worker's batches have failed on it (TRYAGAIN,
+ASK) and been retried; then the migration ends (SETSLOT NODE) and the stream goes on. In the other, the master of
+a slot holding live posts is failed over to its replica (CLUSTER FAILOVER) as a round is sent. Afterwards nothing
+may be lost on the outputs:
+every snapshot in its post's sequence exactly once, each round's latest observation of each post predicted on the
+predictions topic, every post's latest prediction in Redis, and the platform's board (read through the worker's
+``/leaderboard``, merged from the shards on the three nodes) listing every post with its latest predicted score.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from popscore.settings import Settings
+from popscore.stream.redis_schema import RedisKeys
+from tests.conftest import MODEL_REPO
+from tests.integration.outcomes import (Traffic, check_nothing_lost, iso, read_all, redis_of, send_posts,
+                                        send_snapshots, wait_processed, web_json)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster_stack(tmp_path_factory):
+    """The embedded stack with a Redis Cluster of three masters and three replicas instead of one Redis."""
+    from popscore.tools.stack.stack import EmbeddedStack
+
+    settings = Settings()
+    settings.redis.mode = "cluster"
+    settings.stack.redis_cluster_replicas = 1
+    settings.stack.run_dir = tmp_path_factory.mktemp("cluster") / "run"
+    settings.stack.model_repo = MODEL_REPO
+    settings.serving.unknown_platform = "hackernews"  # the test's own platform is scored by a model (Triton)
+    settings.worker.max_batch_snapshots = 16  # a round spans several steps, so several calls per shard
+    settings.worker.window_snapshots = 40
+    stack = EmbeddedStack(settings)
+    stack.start(with_worker=True)
+    yield stack
+    stack.stop()
+
+
+def test_the_stack_starts_a_cluster_whose_every_slot_is_served(cluster_stack):
+    endpoints = cluster_stack.state.endpoints_obj()
+    assert endpoints.redis_mode == "cluster" and len(endpoints.redis_cluster_nodes) == 6
+    for port, _ in endpoints.redis_cluster_nodes:
+        info = node(endpoints.host, port).cluster("info")
+        assert info["cluster_state"] == "ok" and int(info["cluster_slots_assigned"]) == 16384
+        assert int(info["cluster_known_nodes"]) == 6 and int(info["cluster_size"]) == 3  # masters serving slots
+    assert len(masters(endpoints)) == 3
+
+
+# --- moving a slot by hand, as `redis-cli --cluster reshard` does ---------------------------------------------
+
+def node(host: str, port: int) -> redis.Redis:
+    return redis.Redis(host=host, port=port, socket_timeout=10)
+
+
+def masters(endpoints) -> dict[str, redis.Redis]:
+    """node id -> a client of that node, for the masters."""
+    clients = [node(endpoints.host, port) for port, _ in endpoints.redis_cluster_nodes]
+    return {client.execute_command("CLUSTER", "MYID").decode(): client for client in clients
+            if client.execute_command("ROLE")[0] == b"master"}
+
+
+def replica_of(master: redis.Redis, master_id: str) -> redis.Redis:
+    line = master.execute_command("CLUSTER", "REPLICAS", master_id)[0]  # "<id> <host>:<port>@<bus> slave ..."
+    host, port = line.split()[1].decode().split("@")[0].rsplit(":", 1)
+    return node(host, int(port))
+
+
+def owner(nodes: dict[str, redis.Redis], slot: int) -> str:
+    for node_id, client in nodes.items():
+        if client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0:
+            return node_id
+    raise AssertionError(f"no node holds keys of slot {slot}")
+
+
+def redirections(nodes: dict[str, redis.Redis], codes=("ASK", "TRYAGAIN")) -> int:
+    """The replies of ``codes`` the nodes have sent (INFO errorstats): ASK and TRYAGAIN answer calls that hit a
+    migrating slot, MOVED calls sent to a node that no longer serves the slot."""
+    total = 0
+    for client in nodes.values():
+        stats = client.info("errorstats")
+        total += sum(stats.get(f"errorstat_{code}", {}).get("count", 0) for code in codes)
+    return total
+
+
+def migrate_keys(source: redis.Redis, target: redis.Redis, slot: int, limit: int | None = None) -> int:
+    """MIGRATE the slot's keys (up to ``limit``) from ``source`` to ``target``; the number moved."""
+    host, port = target.connection_pool.connection_kwargs["host"], target.connection_pool.connection_kwargs["port"]
+    moved = 0
+    while limit is None or moved < limit:
+        count = 10 if limit is None else min(10, limit - moved)
+        keys = source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, count)
+        if not keys:
+            break
+        source.migrate(host, port, keys, 0, 10_000)
+        moved += len(keys)
+    return moved
+
+
+def transient_failures(stack) -> float:
+    """The worker's batch failures it took as transient (retried whole), from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = stack.state.endpoints_obj().as_dict()["worker_metrics"]
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "popscore_batch_failures_total" and sample.labels.get("kind") == "transient")
+
+
+def received(messages, prefix: str) -> dict[str, dict[int, float]]:
+    """post_id -> {as_of (epoch s): score} of the temporal predictions on the topic."""
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for message in messages:
+        if message.key and message.key.decode().startswith(prefix + "-"):
+            record = json.loads(message.value)
+            if record["model"] == "temporal":
+                as_of = int(datetime.fromisoformat(record["as_of"].replace("Z", "+00:00")).timestamp())
+                out[record["post_id"]][as_of] = record["score"]
+    return out
+
+
+def test_a_slot_migrated_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
+    settings, endpoints = cluster_stack.settings, cluster_stack.state.endpoints_obj()
+    bootstrap = endpoints.broker_bootstrap
+    traffic = Traffic("clustermove", n_posts=60, n_snapshots=8)
+    rounds = traffic.rounds(4)
+    keys = RedisKeys.of(settings)
+    send_posts(cluster_stack, traffic)
+    send_snapshots(cluster_stack, rounds[0])
+    wait_processed(settings, bootstrap)
+
+    # The slot of the shard with the most posts, from its master to another one.
+    posts_per_shard = defaultdict(int)
+    for post_id in traffic.post_ids:
+        posts_per_shard[keys.shard(post_id)] += 1
+    shard = max(posts_per_shard, key=posts_per_shard.get)
+    slot = key_slot(keys.tag(shard).encode())
+    nodes = masters(endpoints)
+    source_id = owner(nodes, slot)
+    target_id = next(node_id for node_id in nodes if node_id != source_id)
+    source, target = nodes[source_id], nodes[target_id]
+    in_slot = source.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)
+    assert in_slot >= 2 * posts_per_shard[shard]  # each post's sequence and hash, and the shard's sets and boards
+
+    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    migrate_keys(source, target, slot, limit=in_slot // 2)  # half-way: the shard's keys are split
+    before, failed_before = redirections(nodes), transient_failures(cluster_stack)
+    retries = settings.worker.batch_attempts + 1  # more than an error that is not transient gets
+    send_snapshots(cluster_stack, rounds[1])
+    # The worker's calls reach the slot while it moves (a call whose keys are split between the two masters is
+    # answered TRYAGAIN until the slot has moved), and its batch fails as a transient one, retried whole as often
+    # as it takes, where another error would be split and its records dead-lettered.
+    deadline = time.monotonic() + 90
+    while redirections(nodes) == before or transient_failures(cluster_stack) < failed_before + retries:
+        assert time.monotonic() < deadline, \
+            "the worker's batches did not hit the migrating slot, or their failures were not taken as transient"
+        time.sleep(0.2)
+    hit = redirections(nodes) - before
+    migrate_keys(source, target, slot)
+    for client in nodes.values():  # the slot is the target's, on every master
+        client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    wait_processed(settings, bootstrap)
+    for part in rounds[2:]:
+        send_snapshots(cluster_stack, part)
+        wait_processed(settings, bootstrap)
+
+    assert source.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    letters = [m for m in read_all(settings, bootstrap, settings.kafka.topics.deadletter)
+               if m.key and m.key.decode().startswith(traffic.prefix + "-")]
+    assert not letters, "a record was dead-lettered while the slot moved"
+    assert target.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) >= in_slot
+    figures = check_nothing_lost(cluster_stack, traffic)
+
+    # Each round's latest observation of each post has its prediction on the topic (the rounds were waited for,
+    # so none was folded into the next round's).
+    predicted = received(read_all(settings, bootstrap, settings.kafka.topics.predictions), traffic.prefix)
+    for part in rounds:
+        latest = {}
+        for post_id, at, _ in part:
+            latest[post_id] = max(at, latest.get(post_id, 0))
+        missing = {p: iso(datetime.fromtimestamp(t, timezone.utc)) for p, t in latest.items()
+                   if t not in predicted.get(p, {})}
+        assert not missing, f"observations without a prediction: {missing}"
+
+    # The platform's board, merged by the worker from the shards' boards on the three masters: every post, with
+    # the score of its latest prediction, best first.
+    status, board = web_json(cluster_stack, f"/leaderboard?board=top:platform:{traffic.prefix}&k=100")
+    assert status == 200, board
+    last = {p: by_time[max(by_time)] for p, by_time in predicted.items()}
+    assert sorted(entry["post_id"] for entry in board["entries"]) == sorted(traffic.post_ids)
+    assert {entry["post_id"]: entry["value"] for entry in board["entries"]} == pytest.approx(last)
+    values = [entry["value"] for entry in board["entries"]]
+    assert values == sorted(values, reverse=True)
+    client = redis_of(cluster_stack)
+    assert {keys.shard(p) for p in traffic.post_ids} == set(keys.all_shards)  # the posts span every shard
+    print(f"slot {slot} (shard {shard}, {posts_per_shard[shard]} posts, {in_slot} keys) moved mid-stream; "
+          f"{hit} calls answered ASK/TRYAGAIN while it moved; {figures}; "
+          f"{len(client.get_primaries())} masters")
+
+
+def test_a_master_failed_over_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
+    settings, endpoints = cluster_stack.settings, cluster_stack.state.endpoints_obj()
+    bootstrap = endpoints.broker_bootstrap
+    traffic = Traffic("clusterfailover", n_posts=60, n_snapshots=8)
+    rounds = traffic.rounds(4)
+    keys = RedisKeys.of(settings)
+    send_posts(cluster_stack, traffic)
+    send_snapshots(cluster_stack, rounds[0])
+    wait_processed(settings, bootstrap)
+
+    shards = defaultdict(int)
+    for post_id in traffic.post_ids:
+        shards[keys.shard(post_id)] += 1
+    slot = key_slot(keys.tag(max(shards, key=shards.get)).encode())
+    nodes = masters(endpoints)
+    master_id = owner(nodes, slot)
+    old_master = nodes[master_id]
+    replica = replica_of(old_master, master_id)
+    moved_before = redirections({master_id: old_master}, ("MOVED",))
+    send_snapshots(cluster_stack, rounds[1])
+    replica.execute_command("CLUSTER", "FAILOVER")  # coordinated: the master hands over once the replica caught up
+    deadline = time.monotonic() + 60
+    while replica.execute_command("ROLE")[0] != b"master":
+        assert time.monotonic() < deadline, "the replica did not take over"
+        time.sleep(0.1)
+    for part in rounds[2:]:
+        wait_processed(settings, bootstrap)
+        send_snapshots(cluster_stack, part)
+    wait_processed(settings, bootstrap)
+
+    assert old_master.execute_command("ROLE")[0] == b"slave"
+    assert replica.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0
+    # the worker went on writing the slot, to the old master first (answered MOVED), then to the new one
+    assert redirections({master_id: old_master}, ("MOVED",)) > moved_before
+    letters = [m for m in read_all(settings, bootstrap, settings.kafka.topics.deadletter)
+               if m.key and m.key.decode().startswith(traffic.prefix + "-")]
+    assert not letters
+    figures = check_nothing_lost(cluster_stack, traffic)
+    predicted = received(read_all(settings, bootstrap, settings.kafka.topics.predictions), traffic.prefix)
+    for part in rounds:
+        latest = {}
+        for post_id, at, _ in part:
+            latest[post_id] = max(at, latest.get(post_id, 0))
+        assert all(t in predicted.get(p, {}) for p, t in latest.items()), "an observation without its prediction"
+    status, board = web_json(cluster_stack, f"/leaderboard?board=top:platform:{traffic.prefix}&k=100")
+    last = {p: by_time[max(by_time)] for p, by_time in predicted.items()}
+    assert status == 200 and {e["post_id"]: e["value"] for e in board["entries"]} == pytest.approx(last)
+    print(f"slot {slot}'s master failed over to its replica mid-stream; {figures}")
