@@ -61,7 +61,7 @@ def test_script_calls_touch_one_slot_each():
     assert sorted(groups) == [0, 1, 2, 3] and sum(map(len, groups.values())) == 40
     for shard, post_ids in groups.items():
         merge_keys, _ = schema.merge_snapshots_call(keys, post_ids, {p: [b"r"] for p in post_ids},
-                                                    bytes([schema.READ_META] * len(post_ids)), 3600, 7200)
+                                                    bytes([schema.READ_META] * len(post_ids)), 3600, 7200, 28_800.0)
         rows = [RecordedPrediction(p, 1.0, 0.0, "reddit" if i % 2 else "mystery", "news" if i % 3 else None, "{}",
                                    0.0) for i, p in enumerate(post_ids)]
         record_keys, _ = schema.record_predictions_call(keys, shard, 3600, 100, "temporal", rows,
