@@ -222,7 +222,6 @@ class SnapshotSequenceStore:
             meta = cached[i]
             if meta is None:
                 meta = PostMeta.from_values(*flat[5 * i + 3])
-                self.meta_cache.put(post_id, meta, now)
             statuses, n_earlier, mark = flat[5 * i], flat[5 * i + 2], flat[5 * i + 4]
             updates.append(SequenceUpdate(post_id, sequences[i], meta, statuses,
                                           [record_time(record) for record, status in zip(by_post[post_id], statuses)
@@ -231,6 +230,9 @@ class SnapshotSequenceStore:
         if post_ids != list(by_post):  # back in the order of ``by_post``
             at = {post_id: i for i, post_id in enumerate(by_post)}
             updates.sort(key=lambda update: at[update.post_id])
+        for update in updates:  # cached in the order of ``by_post``, whatever the calls' grouping
+            if not update.post_from_cache:
+                self.meta_cache.put(update.post_id, update.post, now)
         return updates
 
     async def current(self, post_ids: list[str]) -> list[SequenceUpdate]:
