@@ -136,28 +136,39 @@ def received(messages, prefix: str) -> dict[str, dict[int, float]]:
     return out
 
 
-def test_a_slot_migrated_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
+def first_round_stored(cluster_stack, prefix: str):
+    """Posts and the first round of their snapshots processed: the stream the fault happens in the middle of."""
     settings, endpoints = cluster_stack.settings, cluster_stack.state.endpoints_obj()
-    bootstrap = endpoints.broker_bootstrap
-    traffic = Traffic("clustermove", n_posts=60, n_snapshots=8)
+    traffic = Traffic(prefix, n_posts=60, n_snapshots=8)
     rounds = traffic.rounds(4)
-    keys = RedisKeys.of(settings)
     send_posts(cluster_stack, traffic)
     send_snapshots(cluster_stack, rounds[0])
-    wait_processed(settings, bootstrap)
+    wait_processed(settings, endpoints.broker_bootstrap)
+    return settings, endpoints, traffic, rounds
 
-    # The slot of the shard with the most posts, from its master to another one.
+
+def busiest_shard(keys: RedisKeys, post_ids) -> tuple[int, int, int]:
+    """(shard, its posts, its slot) of the shard holding the most posts."""
     posts_per_shard = defaultdict(int)
-    for post_id in traffic.post_ids:
+    for post_id in post_ids:
         posts_per_shard[keys.shard(post_id)] += 1
     shard = max(posts_per_shard, key=posts_per_shard.get)
-    slot = key_slot(keys.tag(shard).encode())
+    return shard, posts_per_shard[shard], key_slot(keys.tag(shard).encode())
+
+
+def test_a_slot_migrated_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
+    settings, endpoints, traffic, rounds = first_round_stored(cluster_stack, "clustermove")
+    bootstrap = endpoints.broker_bootstrap
+    keys = RedisKeys.of(settings)
+
+    # The slot of the shard with the most posts, from its master to another one.
+    shard, shard_posts, slot = busiest_shard(keys, traffic.post_ids)
     nodes = masters(endpoints)
     source_id = owner(nodes, slot)
     target_id = next(node_id for node_id in nodes if node_id != source_id)
     source, target = nodes[source_id], nodes[target_id]
     in_slot = source.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)
-    assert in_slot >= 2 * posts_per_shard[shard]  # each post's sequence and hash, and the shard's sets and boards
+    assert in_slot >= 2 * shard_posts  # each post's sequence and hash, and the shard's sets and boards
 
     target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
     source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
@@ -211,25 +222,17 @@ def test_a_slot_migrated_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
     assert values == sorted(values, reverse=True)
     client = redis_of(cluster_stack)
     assert {keys.shard(p) for p in traffic.post_ids} == set(keys.all_shards)  # the posts span every shard
-    print(f"slot {slot} (shard {shard}, {posts_per_shard[shard]} posts, {in_slot} keys) moved mid-stream; "
+    print(f"slot {slot} (shard {shard}, {shard_posts} posts, {in_slot} keys) moved mid-stream; "
           f"{hit} calls answered ASK/TRYAGAIN while it moved; {figures}; "
           f"{len(client.get_primaries())} masters")
 
 
 def test_a_master_failed_over_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
-    settings, endpoints = cluster_stack.settings, cluster_stack.state.endpoints_obj()
+    settings, endpoints, traffic, rounds = first_round_stored(cluster_stack, "clusterfailover")
     bootstrap = endpoints.broker_bootstrap
-    traffic = Traffic("clusterfailover", n_posts=60, n_snapshots=8)
-    rounds = traffic.rounds(4)
     keys = RedisKeys.of(settings)
-    send_posts(cluster_stack, traffic)
-    send_snapshots(cluster_stack, rounds[0])
-    wait_processed(settings, bootstrap)
 
-    shards = defaultdict(int)
-    for post_id in traffic.post_ids:
-        shards[keys.shard(post_id)] += 1
-    slot = key_slot(keys.tag(max(shards, key=shards.get)).encode())
+    _, _, slot = busiest_shard(keys, traffic.post_ids)
     nodes = masters(endpoints)
     master_id = owner(nodes, slot)
     old_master = nodes[master_id]
