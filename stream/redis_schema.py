@@ -118,7 +118,7 @@ class RedisKeys:
         self.shards = shards
         # murmur2 is pure Python and the worker sees the same posts again and again
         self.shard: Callable[[str], int] = functools.lru_cache(maxsize=1 << 18)(
-            functools.partial(_shard_of_post, shards=shards))
+            functools.partial(shard_of, shards=shards))
         self._sequence = [f"{self.tag(s)}seq:" for s in range(shards)]
         self._post = [f"{self.tag(s)}post:" for s in range(shards)]
         self._thumbnail = [f"{self.tag(s)}thumb:" for s in range(shards)]
@@ -178,10 +178,6 @@ class RedisKeys:
         for post_id in post_ids:
             groups.setdefault(shard(post_id), []).append(post_id)
         return groups
-
-
-def _shard_of_post(post_id: str, shards: int) -> int:
-    return shard_of(post_id, shards)
 
 
 def merge_rankings(rankings: Iterable[Sequence[tuple[bytes | str, float]]], k: int) -> list[tuple[str, float]]:
