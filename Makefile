@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 # Every install is pinned by constraints.txt (the versions CI and the images use; `make constraints` regenerates it).
 CONSTRAINTS = -c constraints.txt
 
-.PHONY: demo test up down clean ops-tools browser-tools constraints
+.PHONY: demo test up down clean ops-tools browser-tools constraints screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ browser-tools:
 	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	   chromium chromium-driver >/dev/null) || echo "chromium not installed: the board's browser test will skip"; }
+
+# Refresh the README's pictures of the live board (docs/board*.png) from the browser test.
+screenshots: $(VENV)/.installed-dev browser-tools
+	POPSCORE_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/integration/test_board.py -k draws_the_post_chart
 
 up: $(VENV)/.installed-run
 	$(BIN)/popscore up

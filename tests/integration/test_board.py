@@ -1,12 +1,14 @@
 """The live board end to end, on a stack of two workers: bad query parameters get a 400 with a message, both
 workers serve the same boards, batch lookup returns each post's latest prediction, the push feeds deliver a
 prediction within a second of its publication, and a real headless Chromium sees the page update without a
-reload and the post view draw its chart (screenshots to docs/)."""
+reload and the post view draw its chart (screenshots to a temporary folder; ``make screenshots`` writes them to
+docs/, which the README shows, so a test run leaves the checkout clean)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import threading
 import time
@@ -26,7 +28,6 @@ from tests.integration.test_pipeline import covered, expected_last_seen, predict
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 BOARD_SIZE = 100
 
 
@@ -266,6 +267,17 @@ def browser():
         driver.quit()
 
 
+@pytest.fixture
+def screenshot_dir(tmp_path) -> Path:
+    """docs/'s pictures are refreshed on purpose (POPSCORE_SCREENSHOT_DIR, set by ``make screenshots``)."""
+    return Path(os.environ.get("POPSCORE_SCREENSHOT_DIR") or tmp_path)
+
+
+def save_screenshot(browser, path: Path) -> None:
+    assert browser.save_screenshot(str(path)), f"chromium wrote no screenshot to {path}"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def wait_for(condition, timeout_s: float = 30.0, what: str = ""):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -276,7 +288,8 @@ def wait_for(condition, timeout_s: float = 30.0, what: str = ""):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_the_page_updates_without_reload_and_draws_the_post_chart(private_stack, slices, replayed, browser):
+def test_the_page_updates_without_reload_and_draws_the_post_chart(private_stack, slices, replayed, browser,
+                                                                 screenshot_dir):
     from selenium.webdriver.common.by import By
 
     url = worker_urls(private_stack)[1]
@@ -301,7 +314,7 @@ def test_the_page_updates_without_reload_and_draws_the_post_chart(private_stack,
     assert int(browser.find_element(By.ID, "board").get_attribute("data-updates")) > updates
     assert browser.find_element(By.ID, "status").text == "live"
     time.sleep(1.5)  # let the row highlight fade before the screenshot
-    browser.save_screenshot(str(REPO / "docs" / "board.png"))
+    save_screenshot(browser, screenshot_dir / "board.png")
 
     browser.execute_script("document.querySelector('#board tbody tr a').click()")
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#chart circle.observed"), what="the chart's points")
@@ -310,7 +323,7 @@ def test_the_page_updates_without_reload_and_draws_the_post_chart(private_stack,
     assert browser.find_elements(By.CSS_SELECTOR, "#time-attention rect")
     assert browser.execute_script("return window.__notReloaded === true")
     browser.set_window_size(1400, 1250)  # the chart and the explanation in one picture
-    browser.save_screenshot(str(REPO / "docs" / "board-post.png"))
+    save_screenshot(browser, screenshot_dir / "board-post.png")
 
 
 def test_a_worker_stops_promptly_with_a_feed_open(private_stack):
