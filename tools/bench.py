@@ -613,6 +613,82 @@ def _cpu_per_snapshot(before: dict[str, float], after: dict[str, float], snapsho
     return {name: round(1e6 * (after[name] - before[name]) / snapshots, 1) for name in before if name in after}
 
 
+def warm_up(bootstrap: str, settings: Settings, cfg: BenchConfig, workload: Workload,
+            log: Callable[[str], None]) -> None:
+    """The live posts, and one snapshot each, so that the measured rounds update stored sequences."""
+    log(f"warm-up: {cfg.live_posts:,} posts and one snapshot each")
+    posts = [(pid.encode(), workload.post(i), None) for i, pid in enumerate(workload.ids)]
+    asyncio.run(_produce_all(bootstrap, settings.kafka.topics.posts, posts))
+    partitions = list(range(settings.kafka.topics.partitions))
+    first = _envelopes(workload, range(0, 1), partitions, cfg.envelope_snapshots)
+    hits, _, _ = asyncio.run(_through(bootstrap, settings, first, f'"as_of":"{workload.round_time(0)}"'.encode(),
+                                   cfg.live_posts, timeout_s=600))
+    log(f"warm-up done: {hits:,} temporal predictions")
+
+
+def paced_phase(bootstrap: str, settings: Settings, cfg: BenchConfig, workload: Workload, first_round: int,
+                rounds: int, pids: dict[str, int], prefix: str, log: Callable[[str], None]) -> dict:
+    """Envelopes of ``rounds`` rounds paced at ``batch_target_per_s``. Behind, the worker folds a post's
+    snapshots into one prediction; whether it keeps up shows in the age of the snapshot each prediction is as
+    of. Figures under ``prefix``; CPU per process (``pids``) and per component (``redis-2``.. into ``redis``)."""
+    envelope_of: dict[int, np.ndarray] = {}
+    records = _envelopes(workload, range(first_round, first_round + rounds),
+                         list(range(settings.kafka.topics.partitions)), cfg.envelope_snapshots, envelope_of)
+    round_of = {workload.round_time(k).encode(): k for k in envelope_of}
+    sent_at: dict[bytes, float] = {}
+    staleness: list[float] = []
+    arrived: list[float] = []
+
+    def on_prediction(message, now):
+        at = message.value.find(b'"as_of":"') + 9
+        k = round_of.get(message.value[at:at + 20])
+        if k is not None:
+            staleness.append(now - sent_at[f"batch-{envelope_of[k][int(message.key[6:])]}".encode()])
+            arrived.append(now)
+
+    n = rounds * cfg.live_posts
+    rate = cfg.batch_target_per_s * len(records) / n  # envelopes/s
+    log(f"{prefix}: {n:,} snapshots paced at {cfg.batch_target_per_s:,.0f}/s ({rate:.1f} envelopes/s), "
+        f"{settings.stack.workers} worker(s)")
+    cpu = _cpu_seconds(pids)
+    hits, seconds, seen = asyncio.run(_through(
+        bootstrap, settings, records, f'"as_of":"{workload.round_time(first_round + rounds - 1)}"'.encode(),
+        cfg.live_posts, timeout_s=max(600, 10 * cfg.batch_seconds), rate=rate, on_message=on_prediction,
+        sent_at=sent_at))
+    per_process = _cpu_per_snapshot(cpu, _cpu_seconds(pids), n)
+    per_component: dict[str, float] = {}
+    for name, us in per_process.items():
+        component = name.split("-")[0] if name.startswith(("redis", "worker")) else name
+        per_component[component] = round(per_component.get(component, 0.0) + us, 1)
+    produced_s = max(sent_at.values()) - min(sent_at.values())
+    out: dict = {f"{prefix}_cpu_us_per_snapshot": per_process, f"{prefix}_cpu_us_per_component": per_component,
+                 f"{prefix}_workers": settings.stack.workers, f"{prefix}_target_per_s": cfg.batch_target_per_s,
+                 f"{prefix}_snapshots_per_s": round(n / seconds) if hits == cfg.live_posts else 0,
+                 f"{prefix}_drain_s": round(seconds - produced_s, 1),  # after the last envelope was produced
+                 f"{prefix}_predictions_per_snapshot": round(seen / n, 3)}
+    for q in (50, 99, 100):
+        out[f"{prefix}_staleness_p{q}_s"] = round(_percentile(staleness, q), 2)
+    # Whether the worker keeps up: a steady age is sustainable, an age growing with time is not.
+    start = min(sent_at.values())
+    tens, ages = np.floor((np.array(arrived) - start) / 10).astype(int), np.array(staleness)
+    out[f"{prefix}_staleness_p50_by_10s"] = [
+        round(float(np.median(ages[tens == t])), 1) if (tens == t).any() else None
+        for t in range(int(tens.max()) + 1)] if arrived else []
+    # Paced at the target, snapshots/s can only reach target x T / (T + latency): it says little about
+    # keeping up. Kept up: every live post scored, the last prediction within a second of the last
+    # envelope, and in every 10 s of the run predictions as of snapshots less than a second old (p50).
+    out[f"{prefix}_produced_per_s"] = round(n / produced_s) if produced_s > 0 else 0
+    out[f"{prefix}_kept_up"] = kept_up(hits == cfg.live_posts, out[f"{prefix}_drain_s"],
+                                       out[f"{prefix}_staleness_p50_by_10s"])
+    log(f"  kept up: {'yes' if out[f'{prefix}_kept_up'] else 'NO'} (produced at {out[f'{prefix}_produced_per_s']:,}/s); "
+        f"{out[f'{prefix}_snapshots_per_s']:,} snapshots/s over {seconds:.1f} s (the last prediction "
+        f"{out[f'{prefix}_drain_s']} s after the last envelope), {seen / n:.3f} predictions per "
+        f"snapshot; age of the snapshot a prediction is as of: p50 {out[f'{prefix}_staleness_p50_s']} s, "
+        f"p99 {out[f'{prefix}_staleness_p99_s']} s, max {out[f'{prefix}_staleness_p100_s']} s; "
+        f"p50 per 10 s of the run: {out[f'{prefix}_staleness_p50_by_10s']} s; CPU us per snapshot: {per_component}")
+    return out
+
+
 def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     from popscore.serving.model_sets import discover, repository_problem
     from popscore.tools.naive_pipeline import run_naive
@@ -645,13 +721,7 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         workload = Workload(cfg.live_posts)
         partitions = list(range(topics.partitions))
 
-        log(f"warm-up: {cfg.live_posts:,} posts and one snapshot each")
-        posts = [(pid.encode(), workload.post(i), None) for i, pid in enumerate(workload.ids)]
-        asyncio.run(_produce_all(bootstrap, topics.posts, posts))
-        first = _envelopes(workload, range(0, 1), partitions, cfg.envelope_snapshots)
-        hits, _, _ = asyncio.run(_through(bootstrap, settings, first, f'"as_of":"{workload.round_time(0)}"'.encode(),
-                                       cfg.live_posts, timeout_s=600))
-        log(f"warm-up done: {hits:,} temporal predictions")
+        warm_up(bootstrap, settings, cfg, workload, log)
         next_round = 1
 
         def fresh_topics() -> None:
@@ -694,63 +764,8 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         next_round += rounds
 
         def sustained(prefix: str, first_round: int) -> None:
-            """The batch phase's load paced at the target rate. Behind, the worker folds a post's snapshots
-            into one prediction; whether it keeps up shows in the age of the snapshot each prediction is as of."""
-            envelope_of: dict[int, np.ndarray] = {}
-            records = _envelopes(workload, range(first_round, first_round + rounds), partitions,
-                                 cfg.envelope_snapshots, envelope_of)
-            round_of = {workload.round_time(k).encode(): k for k in envelope_of}
-            sent_at: dict[bytes, float] = {}
-            staleness: list[float] = []
-            arrived: list[float] = []
-
-            def on_sustained(message, now):
-                at = message.value.find(b'"as_of":"') + 9
-                k = round_of.get(message.value[at:at + 20])
-                if k is not None:
-                    sent = sent_at[f"batch-{envelope_of[k][int(message.key[6:])]}".encode()]
-                    staleness.append(now - sent)
-                    arrived.append(now)
-
-            rate = cfg.batch_target_per_s * len(records) / (rounds * cfg.live_posts)  # envelopes/s
             fresh_topics()
-            log(f"{prefix}: the same load paced at {cfg.batch_target_per_s:,.0f} snapshots/s ({rate:.1f} "
-                f"envelopes/s), {settings.stack.workers} worker(s)")
-            cpu = _cpu_seconds(pids)
-            hits, seconds, seen = asyncio.run(_through(
-                bootstrap, settings, records, f'"as_of":"{workload.round_time(first_round + rounds - 1)}"'.encode(),
-                cfg.live_posts, timeout_s=max(600, 10 * cfg.batch_seconds), rate=rate, on_message=on_sustained,
-                sent_at=sent_at))
-            n = rounds * cfg.live_posts
-            results[f"{prefix}_cpu_us_per_snapshot"] = _cpu_per_snapshot(cpu, _cpu_seconds(pids), n)
-            produced_s = max(sent_at.values()) - min(sent_at.values())
-            results[f"{prefix}_workers"] = settings.stack.workers
-            results[f"{prefix}_target_per_s"] = cfg.batch_target_per_s
-            results[f"{prefix}_snapshots_per_s"] = round(n / seconds) if hits == cfg.live_posts else 0
-            results[f"{prefix}_drain_s"] = round(seconds - produced_s, 1)  # after the last envelope was produced
-            results[f"{prefix}_predictions_per_snapshot"] = round(seen / n, 3)
-            for q in (50, 99, 100):
-                results[f"{prefix}_staleness_p{q}_s"] = round(_percentile(staleness, q), 2)
-            # Whether the worker keeps up: a steady age is sustainable, an age growing with time is not.
-            start = min(sent_at.values())
-            tens, ages = np.floor((np.array(arrived) - start) / 10).astype(int), np.array(staleness)
-            results[f"{prefix}_staleness_p50_by_10s"] = [
-                round(float(np.median(ages[tens == t])), 1) if (tens == t).any() else None
-                for t in range(int(tens.max()) + 1)] if arrived else []
-            # Paced at the target, snapshots/s can only reach target x T / (T + latency): it says little about
-            # keeping up. Kept up: every live post scored, the last prediction within a second of the last
-            # envelope, and in every 10 s of the run predictions as of snapshots less than a second old (p50).
-            results[f"{prefix}_produced_per_s"] = round(n / produced_s) if produced_s > 0 else 0
-            results[f"{prefix}_kept_up"] = kept_up(hits == cfg.live_posts, results[f"{prefix}_drain_s"],
-                                                   results[f"{prefix}_staleness_p50_by_10s"])
-            log(f"  kept up: {'yes' if results[f'{prefix}_kept_up'] else 'NO'} (produced at "
-                f"{results[f'{prefix}_produced_per_s']:,}/s); "
-                f"{results[f'{prefix}_snapshots_per_s']:,} snapshots/s over {seconds:.1f} s (the last prediction "
-                f"{results[f'{prefix}_drain_s']} s after the last envelope), {seen / n:.3f} predictions per "
-                f"snapshot; age of the snapshot a prediction is as of: p50 {results[f'{prefix}_staleness_p50_s']} s, "
-                f"p99 {results[f'{prefix}_staleness_p99_s']} s, max {results[f'{prefix}_staleness_p100_s']} s; "
-                f"p50 per 10 s of the run: {results[f'{prefix}_staleness_p50_by_10s']} s; CPU us per snapshot: "
-                f"{results[f'{prefix}_cpu_us_per_snapshot']}")
+            results.update(paced_phase(bootstrap, settings, cfg, workload, first_round, rounds, pids, prefix, log))
 
         # One worker, then the same load shared by ``scale_out_workers`` workers (one consumer group).
         workers = settings.stack.workers
@@ -944,65 +959,21 @@ def run_cluster_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str],
 
 
 def _sustained_phase(settings: Settings, cfg: BenchConfig, prefix: str, log: Callable[[str], None]) -> dict:
-    """Warm-up (the posts and one snapshot each), then the paced rounds; figures under ``prefix``."""
+    """Warm-up, then the paced rounds on a stack of its own; figures under ``prefix``."""
     stack = EmbeddedStack(settings, log=log)
     state = stack.start(with_worker=True)
-    out: dict = {}
     try:
-        endpoints, topics = state.endpoints_obj(), settings.kafka.topics
-        bootstrap, partitions = endpoints.broker_bootstrap, list(range(topics.partitions))
+        endpoints = state.endpoints_obj()
         workload = Workload(cfg.live_posts)
-        log(f"{prefix}: warm-up, {cfg.live_posts:,} posts and one snapshot each ({endpoints.redis_mode} Redis, "
-            f"{settings.stack.workers} worker(s))")
-        asyncio.run(_produce_all(bootstrap, topics.posts,
-                                 [(pid.encode(), workload.post(i), None) for i, pid in enumerate(workload.ids)]))
-        asyncio.run(_through(bootstrap, settings, _envelopes(workload, range(0, 1), partitions, cfg.envelope_snapshots),
-                             f'"as_of":"{workload.round_time(0)}"'.encode(), cfg.live_posts, timeout_s=600))
+        log(f"{prefix}: {endpoints.redis_mode} Redis, {settings.stack.workers} worker(s)")
+        warm_up(endpoints.broker_bootstrap, settings, cfg, workload, log)
         rounds = max(1, round(cfg.batch_target_per_s * cfg.batch_seconds / cfg.live_posts))
-        envelope_of: dict[int, np.ndarray] = {}
-        records = _envelopes(workload, range(1, 1 + rounds), partitions, cfg.envelope_snapshots, envelope_of)
-        round_of = {workload.round_time(k).encode(): k for k in envelope_of}
-        sent_at: dict[bytes, float] = {}
-        staleness: list[float] = []
-
-        def on_prediction(message, now):
-            at = message.value.find(b'"as_of":"') + 9
-            k = round_of.get(message.value[at:at + 20])
-            if k is not None:
-                staleness.append(now - sent_at[f"batch-{envelope_of[k][int(message.key[6:])]}".encode()])
-
-        n = rounds * cfg.live_posts
-        rate = cfg.batch_target_per_s * len(records) / n  # envelopes/s
-        log(f"{prefix}: {n:,} snapshots paced at {cfg.batch_target_per_s:,.0f}/s")
         pids = {name: int(info["pid"]) for name, info in stack.state.processes.items()}
-        cpu = _cpu_seconds(pids)
-        hits, seconds, seen = asyncio.run(_through(
-            bootstrap, settings, records, f'"as_of":"{workload.round_time(rounds)}"'.encode(), cfg.live_posts,
-            timeout_s=max(600, 10 * cfg.batch_seconds), rate=rate, on_message=on_prediction, sent_at=sent_at))
-        per_process = _cpu_per_snapshot(cpu, _cpu_seconds(pids), n)
-        per_component: dict[str, float] = {}
-        for name, us in per_process.items():  # redis-2.. into redis, worker-2.. into worker
-            component = name.split("-")[0] if name.startswith(("redis", "worker")) else name
-            per_component[component] = round(per_component.get(component, 0.0) + us, 1)
-        produced_s = max(sent_at.values()) - min(sent_at.values())
-        drain_s = round(seconds - produced_s, 1)
-        out = {f"{prefix}_redis_mode": endpoints.redis_mode, f"{prefix}_workers": settings.stack.workers,
-               f"{prefix}_target_per_s": cfg.batch_target_per_s,
-               f"{prefix}_produced_per_s": round(n / produced_s) if produced_s > 0 else 0,
-               f"{prefix}_snapshots_per_s": round(n / seconds) if hits == cfg.live_posts else 0,
-               f"{prefix}_drain_s": drain_s, f"{prefix}_predictions_per_snapshot": round(seen / n, 3),
-               f"{prefix}_staleness_p50_s": round(_percentile(staleness, 50), 2),
-               f"{prefix}_staleness_p99_s": round(_percentile(staleness, 99), 2),
-               f"{prefix}_cpu_us_per_snapshot": per_component}
-        # the same test of keeping up as run_bench's, on the whole run's median age
-        out[f"{prefix}_kept_up"] = kept_up(hits == cfg.live_posts, drain_s, [out[f"{prefix}_staleness_p50_s"]])
-        log(f"  kept up: {'yes' if out[f'{prefix}_kept_up'] else 'NO'}; produced at {out[f'{prefix}_produced_per_s']:,}/s, "
-            f"{out[f'{prefix}_snapshots_per_s']:,} snapshots/s, last prediction {drain_s} s after the last envelope, "
-            f"age p50 {out[f'{prefix}_staleness_p50_s']} s, p99 {out[f'{prefix}_staleness_p99_s']} s; "
-            f"CPU us per snapshot: {per_component}")
+        out = paced_phase(endpoints.broker_bootstrap, settings, cfg, workload, 1, rounds, pids, prefix, log)
+        out[f"{prefix}_redis_mode"] = endpoints.redis_mode
+        return out
     finally:
         stack.stop()
-    return out
 
 
 def render_cluster_table(results: dict, command: str) -> str:
@@ -1013,7 +984,7 @@ def render_cluster_table(results: dict, command: str) -> str:
             ("produced -> published (snapshots/s)", "snapshots_per_s", lambda v: f"{v:,}"),
             ("last prediction after the last envelope (s)", "drain_s", str),
             ("age of the snapshot a prediction is as of, p50 / p99 (s)", None, None),
-            ("CPU per snapshot (us)", "cpu_us_per_snapshot",
+            ("CPU per snapshot (us)", "cpu_us_per_component",
              lambda v: ", ".join(f"{k} {us}" for k, us in v.items()))]
     for label, key, show in rows:
         if key is None:

@@ -182,13 +182,15 @@ def figures_from_results(results: dict, source: str, phase: str | None = None) -
     if not cpu:
         raise ValueError(f"{source}: no CPU per snapshot of phase {phase!r} in the bench results (phases with one: "
                          f"{sorted(k[:-20] for k in results if k.endswith('_cpu_us_per_snapshot'))})")
-    missing = [name for name in ("redis", "broker", "triton") if name not in cpu]
-    if missing or not any(name.startswith("worker") for name in cpu):
-        raise ValueError(f"{source}: phase {phase}'s CPU per snapshot lacks {missing or ['worker']}")
+    # a component's processes summed: worker, worker-2.., redis, redis-2.. (a cluster's nodes)
+    per_component = {c: round(sum(us for name, us in cpu.items() if name == c or name.startswith(f"{c}-")), 2)
+                     for c in ("worker", "redis", "broker", "triton")}
+    missing = [c for c in per_component if not any(name == c or name.startswith(f"{c}-") for name in cpu)]
+    if missing:
+        raise ValueError(f"{source}: phase {phase}'s CPU per snapshot lacks {missing}")
     return BenchFigures(
-        source=source, phase=phase,
-        worker_us=round(sum(us for name, us in cpu.items() if name.startswith("worker")), 2),
-        redis_us=cpu["redis"], broker_us=cpu["broker"], triton_us=cpu["triton"],
+        source=source, phase=phase, worker_us=per_component["worker"], redis_us=per_component["redis"],
+        broker_us=per_component["broker"], triton_us=per_component["triton"],
         predictions_per_snapshot=results.get(f"{phase}_predictions_per_snapshot") or 1.0,
         snapshot_bytes=results.get("batch_bytes_per_snapshot") or DEFAULT_FIGURES.snapshot_bytes,
         prediction_bytes=results.get("prediction_bytes") or DEFAULT_FIGURES.prediction_bytes,

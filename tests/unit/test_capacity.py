@@ -110,6 +110,12 @@ def test_figures_come_from_the_preferred_phase_of_bench_results():
         " ".join(text.split())
     with pytest.raises(ValueError, match="record"):
         figures_from_results(results, "run.json", "record")
+    cluster = {"cluster_redis_sustained_cpu_us_per_snapshot": {"broker": 6.0, "redis": 3.0, "redis-2": 4.0,
+                                                               "redis-3": 5.0, "triton": 15.0, "worker": 22.0}}
+    assert figures_from_results(cluster, "run.json", "cluster_redis_sustained").redis_us == 12.0  # every node
+    with pytest.raises(ValueError, match="triton"):
+        figures_from_results({"batch_cpu_us_per_snapshot": {"broker": 1.0, "redis": 2.0, "worker": 4.0}},
+                             "run.json")
 
 
 def test_the_plan_prints_every_assumption():
