@@ -33,6 +33,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from popscore.contract import MAX_BATCH_SNAPSHOTS, Post, Snapshot
 from popscore.settings import TopicSettings
+from popscore.stream.topics import check_partition_counts
 
 BATCH_PREFIX = b'{"schema":"snapshot-batch.v1","snapshots":['
 BATCH_SUFFIX = b"]}"
@@ -126,14 +127,15 @@ def batch_envelope(snapshot_lines: list[bytes]) -> bytes:
 
 
 async def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    """Create the topics of ``names`` that do not exist; raise ``PartitionCountMismatch`` if one exists with
+    another partition count (the worker would refuse it: stream/topics.py)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names
-                   if name not in existing]
+        missing = await check_partition_counts(admin, names, partitions)
         if missing:
-            await admin.create_topics(missing)
+            await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)
+                                       for name in missing])
     finally:
         await admin.close()
 
