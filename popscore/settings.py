@@ -32,7 +32,8 @@ class TopicSettings(BaseModel):
     deadletter: str = Field("deadletter", description="output topic: one deadletter.v1 record per rejected input "
                             "(original bytes and reason)")
     partitions: int = Field(4, ge=1, le=1024, description="partitions of the topics the embedded stack (and "
-                            "docker-compose's kafka-init) creates, 1-1024: the most worker replicas that get work")
+                            "docker-compose's kafka-init) creates, 1-1024: the most worker replicas that get work, "
+                            "and the Redis shards; a worker refuses to start on input topics with another count")
 
 
 class KafkaSettings(BaseModel):

@@ -188,10 +188,10 @@ async def run_agent(stream, topic: str, handle: Callable[[list], Awaitable[None]
             worker.health.set(runner.check, False, "stopped")
 
 
-def stop_worker(reason: str) -> None:
-    """Exit at once with code 3, acknowledging nothing more: the batch in hand is redelivered to whoever takes the
+def stop_worker(reason: str, code: int = 3) -> None:
+    """Exit at once with ``code``, acknowledging nothing more: the batch in hand is redelivered to whoever takes the
     partition. (A graceful Faust shutdown would wait for that batch to be acknowledged, for ever.)"""
     log.critical("stopping the worker: %s", reason)
     print(f"popscore worker stopped: {reason}", file=sys.stderr, flush=True)
     logging.shutdown()
-    os._exit(3)
+    os._exit(code)

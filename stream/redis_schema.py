@@ -210,7 +210,7 @@ def post_ttl_s(sequence_ttl_s: int, refresh_s: int) -> int:
 
 FORMAT_VERSION = b"\x01"
 RECORD = struct.Struct(">I" + "d" * len(COUNTER_NAMES))
-"""``observed_at`` (uint32, big-endian, so byte order is time order, which the merge script relies on), then one
+"""``observed_at`` (uint32, big-endian: the merge script decodes it and compares times as numbers), then one
 float64 per counter of ``COUNTER_NAMES`` (NaN where the platform lacks the counter; float64 is exact below
 2**53, the contract's cap)."""
 RECORD_DTYPE = np.dtype([("t", ">u4")] + [(name, ">f8") for name in COUNTER_NAMES])

@@ -16,9 +16,11 @@ import logging
 import time
 
 import numpy as np
+from aiokafka.admin import AIOKafkaAdminClient
 
 from popscore import features as F
 from popscore.settings import Settings
+from popscore.stream.batch_runner import stop_worker
 from popscore.stream.failpoints import Failpoints
 from popscore.stream.health import Health
 from popscore.stream.leaderboard import Leaderboards
@@ -34,8 +36,11 @@ from popscore.stream.stages.features import Features, ScoringJob
 from popscore.stream.stages.infer import Infer
 from popscore.stream.stages.merge import MERGE_OUTCOMES, Merge
 from popscore.stream.stages.publish import Publish
+from popscore.stream.topics import PartitionCountMismatch, check_partition_counts
 
 log = logging.getLogger(__name__)
+
+STOPPED_MISCONFIGURED = 2  # the exit code of a worker that refuses to start (an outage's stop is 3)
 
 
 class StreamWorker:
@@ -62,7 +67,8 @@ class StreamWorker:
         self._start_lock = asyncio.Lock()
 
     async def start_when_possible(self) -> None:
-        """Start (Redis, models), retrying while a service is not there yet."""
+        """Start (topics checked, Redis, models), retrying while a service is not there yet; a topic with another
+        partition count than the settings' stops the process instead (no retry fixes it)."""
         delay = 0.1
         while True:
             try:
@@ -70,6 +76,9 @@ class StreamWorker:
                     if not self.ready:  # set last: a start that failed half-way is retried from the beginning
                         await self._start()
                 return
+            except PartitionCountMismatch as exc:
+                self.health.set("started", False, f"refusing to start: {exc}")
+                stop_worker(f"refusing to start: {exc}", code=STOPPED_MISCONFIGURED)
             except Exception as exc:
                 self.health.set("started", False, f"cannot start: {exc!r}")
                 log.warning("worker cannot start yet (%r); retrying in %.1fs", exc, delay)
@@ -78,6 +87,7 @@ class StreamWorker:
 
     async def _start(self) -> None:
         settings, worker = self.settings, self.settings.worker
+        await self._check_topics()
         self.redis = connect(settings.redis)
         await self.redis.ping()
         keys = RedisKeys.of(settings)
@@ -104,7 +114,20 @@ class StreamWorker:
         gc.freeze()
         gc.set_threshold(worker.gc_threshold, 50, 1000)
         self.ready = True
-        self.health.set("started", True, "models loaded, Redis connected")
+        self.health.set("started", True, "topics checked, models loaded, Redis connected")
+
+    async def _check_topics(self) -> None:
+        """The input topics have ``kafka.topics.partitions`` partitions (stream/topics.py says why it matters)."""
+        topics, timeout = self.settings.kafka.topics, self.settings.worker.probe_timeout_s
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap_servers,
+                                    request_timeout_ms=int(timeout * 1000))
+        try:
+            await asyncio.wait_for(admin.start(), timeout)
+            missing = await check_partition_counts(admin, [topics.posts, topics.snapshots], topics.partitions)
+        finally:
+            await admin.close()
+        if missing:  # whoever creates the topics may still be at it: retried
+            raise RuntimeError(f"topic(s) {', '.join(missing)} do not exist yet")
 
     def on_partitions_changed(self) -> None:
         """Posts of partitions now elsewhere may be written by another worker: their cached metadata goes."""

@@ -6,8 +6,8 @@ key holds). Pacing is either event time × ``speed`` (``speed=60``: an hour of d
 ``rate`` events per second; with neither, as fast as the broker takes it.
 
 ``batch=True`` sends snapshots as ``snapshot-batch.v1`` envelopes, one per partition and flush, with the
-partition computed by the same murmur2 partitioner a keyed record would get (aiokafka's
-``DefaultPartitioner``, identical to the Java client's), so a batch holds exactly the posts whose
+partition computed by the same murmur2 partitioner a keyed record would get (``redis_schema.shard_of``:
+the Java client's and aiokafka's default), so a batch holds exactly the posts whose
 keyed events live on that partition. Envelopes carry no key and an explicit partition. Buffers are
 flushed before any pacing sleep longer than 50 ms and at least every 100 ms, so batching holds an event
 back at most about 100 ms past its due time, even under ``--rate``.
@@ -29,10 +29,11 @@ from typing import Iterable, Iterator
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.partitioner import DefaultPartitioner
 
 from popscore.contract import MAX_BATCH_SNAPSHOTS, Post, Snapshot
 from popscore.settings import TopicSettings
+from popscore.stream.redis_schema import shard_of
+from popscore.stream.topics import check_partition_counts
 
 BATCH_PREFIX = b'{"schema":"snapshot-batch.v1","snapshots":['
 BATCH_SUFFIX = b"]}"
@@ -116,8 +117,9 @@ class Pacer:
 
 
 def partition_for(post_id: str, partitions: list[int]) -> int:
-    """The partition Kafka's default (murmur2) partitioner gives a record keyed by ``post_id``."""
-    return DefaultPartitioner()(post_id.encode("utf-8"), partitions, partitions)
+    """The partition Kafka's default (murmur2) partitioner gives a record keyed by ``post_id``: the worker's
+    ``shard_of`` over ``partitions`` (so an envelope holds exactly one Redis shard's posts)."""
+    return partitions[shard_of(post_id, len(partitions))]
 
 
 def batch_envelope(snapshot_lines: list[bytes]) -> bytes:
@@ -126,14 +128,15 @@ def batch_envelope(snapshot_lines: list[bytes]) -> bytes:
 
 
 async def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    """Create the topics of ``names`` that do not exist; raise ``PartitionCountMismatch`` if one exists with
+    another partition count (the worker would refuse it: stream/topics.py)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names
-                   if name not in existing]
+        missing = await check_partition_counts(admin, names, partitions)
         if missing:
-            await admin.create_topics(missing)
+            await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)
+                                       for name in missing])
     finally:
         await admin.close()
 

@@ -9,8 +9,9 @@
 --   KEYS[2*i]    <prefix>{<shard>}:post:<post_id>, the post hash
 -- ARGV:
 --   ARGV[1]      the sequence header, FORMAT_VERSION (one byte)
---   ARGV[2]      the record width in bytes; a record starts with observed_at as a big-endian uint32, so byte
---                order is time order
+--   ARGV[2]      the record width in bytes; a record starts with observed_at as a big-endian uint32, which the
+--                script decodes (struct.unpack '>I4') and compares as a number: Lua compares strings with strcoll,
+--                whose order under a locale other than C need not be byte order
 --   ARGV[3]      the sequence's TTL, seconds
 --   ARGV[4]      the hash fields to read back (META_FIELDS), a JSON list
 --   ARGV[5]      the post hash's TTL, seconds
@@ -39,12 +40,16 @@ local first_read = 32  -- records read for the tail at first; four times as many
 local out = {}
 local a = 8
 
-local function time_at(key, index)  -- a stored record's observed_at, its 4 bytes
-  local off = hlen + index * width
-  return redis.call('GETRANGE', key, off, off + 3)
+local function time_of(bytes, at)  -- the big-endian uint32 at position `at` (default 1) of `bytes`, a number
+  return (struct.unpack('>I4', bytes, at))
 end
 
--- The index of the last stored record at or before the time `cutoff` (4 bytes), 0 if none; and the last
+local function time_at(key, index)  -- a stored record's observed_at
+  local off = hlen + index * width
+  return time_of(redis.call('GETRANGE', key, off, off + 3))
+end
+
+-- The index of the last stored record at or before the time `cutoff` (epoch seconds), 0 if none; and the last
 -- records read to find it, from index `from`.
 local function last_at_or_before(key, n, cutoff)
   local k = first_read
@@ -54,7 +59,7 @@ local function last_at_or_before(key, n, cutoff)
     local lo, hi = 0, n - from  -- the first record of the block later than cutoff
     while lo < hi do
       local mid = math.floor((lo + hi) / 2)
-      if string.sub(block, mid * width + 1, mid * width + 4) <= cutoff then lo = mid + 1 else hi = mid end
+      if time_of(block, mid * width + 1) <= cutoff then lo = mid + 1 else hi = mid end
     end
     if lo > 0 or from == 0 then return from + math.max(lo - 1, 0), block, from end
     k = k * 4
@@ -78,7 +83,7 @@ for p = 1, #KEYS, 2 do
   local records = ARGV[a]
   for start = 1, #records, width do
     local rec = string.sub(records, start, start + width - 1)
-    local t = string.sub(rec, 1, 4)
+    local t = time_of(rec)
     if last == nil or last < t then
       pending[#pending + 1] = rec  -- the usual case, a newer snapshot
       earliest = earliest or (n + #pending - 1)
@@ -94,7 +99,7 @@ for p = 1, #KEYS, 2 do
       end
       local off = hlen + lo * width  -- lo < n: t is at or before the latest stored
       local found = redis.call('GETRANGE', key, off, off + width - 1)
-      if string.sub(found, 1, 4) == t then
+      if time_of(found) == t then
         if found == rec then
           statuses[#statuses + 1] = 0
         else
@@ -120,9 +125,8 @@ for p = 1, #KEYS, 2 do
   local meta = (action == 49) and redis.call('HMGET', meta_key, unpack(meta_fields)) or false
   local tail, start = '', 0
   if n > 0 then
-    local latest = struct.unpack('>I4', last)
     local from, block
-    start, block, from = last_at_or_before(key, n, struct.pack('>I4', math.max(latest - lookback, 0)))
+    start, block, from = last_at_or_before(key, n, math.max(last - lookback, 0))
     if earliest then start = math.min(start, math.max(earliest - 1, 0)) end
     if meta and not meta[1] then start = 0 end  -- no post event: its first observation stands in for the upload
     if start >= from then

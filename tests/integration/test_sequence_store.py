@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import time
 import uuid
 from datetime import datetime, timezone
 
@@ -63,6 +67,69 @@ def test_merge_is_idempotent_and_keeps_time_order(redis_url):
     assert corrected[0].sequence[:, 2].tolist() == [1, 2, 4]
     assert again[0].sequence.tobytes() == late[0].sequence.tobytes()
     assert 0 < ttl <= 3600
+
+
+# Two times a minute apart, T0 + 494586 and T0 + 496616: 65 5b 7c fa and 65 5b 84 e8, bytes >= 0x80 next to lower
+# ones. en_US.UTF-8's collation (strcoll, what Lua's string `<` uses) puts the later first.
+EARLIER, LATER = 494_586, 496_616
+
+
+def test_times_whose_bytes_have_the_high_bit_are_ordered_by_time(redis_url):
+    """The stored order is the times' order, the later one merged first and each inserted out of order."""
+    post = f"p{uuid.uuid4().hex[:8]}"
+    times = [LATER + 3_600, LATER, EARLIER, EARLIER - 1_024, LATER - 128]
+
+    async def scenario(store, client):
+        statuses = [(await store.merge([snap(post, dt, i)]))[0].statuses for i, dt in enumerate(times)]
+        return statuses, decode_sequence(await client.get(store.keys.sequence(post)))
+
+    statuses, stored = run(redis_url, scenario)
+    assert statuses == [[APPENDED]] + [[OUT_OF_ORDER]] * 4
+    assert stored[:, 0].tolist() == sorted(T0 + dt for dt in times)
+
+
+@pytest.fixture(scope="module")
+def collating_redis(tmp_path_factory):
+    """A Redis whose LC_COLLATE is en_US.UTF-8 (Redis calls setlocale(LC_COLLATE, "")), the locale compiled with
+    localedef into a folder of the test's (LOCPATH): no system locale needed."""
+    from popscore.tools.stack.components import redis_server_binary
+    from popscore.tools.stack.process import free_port
+
+    if shutil.which("localedef") is None or not os.path.exists("/usr/share/i18n/locales/en_US"):
+        pytest.skip("localedef or the en_US locale source (Debian's libc-bin, locales) is missing")
+    root = tmp_path_factory.mktemp("collating")
+    subprocess.run(["localedef", "-i", "en_US", "-f", "UTF-8", str(root / "en_US.UTF-8")], check=True,
+                   capture_output=True)
+    port = free_port()
+    env = {**os.environ, "LOCPATH": str(root), "LC_ALL": "en_US.UTF-8"}
+    server = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(root)], env=env, stdout=subprocess.DEVNULL)
+    try:
+        import redis
+
+        client, deadline = redis.Redis(port=port), time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_times_are_ordered_by_time_under_a_collation_that_is_not_byte_order(collating_redis):
+    """Lua compares strings with strcoll: the script must compare the times as numbers."""
+    import redis
+
+    earlier, later = (encode_snapshot(snap("p", dt, 0))[:4] for dt in (EARLIER, LATER))
+    lua_less = redis.Redis.from_url(collating_redis).eval("return ARGV[1] < ARGV[2] and 1 or 0", 0, earlier, later)
+    assert lua_less == 0, "this Redis's Lua orders these times' bytes as bytes: the test would prove nothing"
+    test_times_whose_bytes_have_the_high_bit_are_ordered_by_time(collating_redis)
 
 
 def test_several_snapshots_of_one_post_in_one_batch_make_one_update_with_post_metadata(redis_url):

@@ -66,17 +66,24 @@ def test_assumptions_are_applied():
     assert plan(1_000_000, 1, FIGURES, Assumptions(partition_bytes_per_s=1_000_000)).partitions == 400
 
 
-def test_redis_memory_is_the_settings_budget_per_shard():
+def test_redis_memory_is_the_settings_budget_per_shard_plus_the_append_room():
     redis = RedisSettings()
     cap = plan(1_000, 10_000_000, FIGURES)  # few snapshots: memory decides the shards
-    per_post = (redis.sequence_bytes() + redis.post_extra_bytes) * redis.memory_headroom
+    room = round(redis.sequence_bytes() * 0.95)  # the measured growth room, by default
+    assert cap.redis_append_room_bytes == room
+    per_post = (redis.sequence_bytes() + room + redis.post_extra_bytes) * redis.memory_headroom
     assert cap.redis_shards == cap.redis_shards_for_memory == math.ceil(
         10_000_000 * per_post / (25 * 1024 ** 3 - redis.memory_base_bytes))
-    shard = RedisSettings(capacity_posts=math.ceil(10_000_000 / cap.redis_shards))
+    shard = RedisSettings(capacity_posts=math.ceil(10_000_000 / cap.redis_shards),
+                          post_extra_bytes=redis.post_extra_bytes + room)
     assert cap.redis_maxmemory_per_shard == shard.memory_budget_bytes() <= 25 * 1024 ** 3
     assert cap.redis_memory_bytes == cap.redis_shards * cap.redis_maxmemory_per_shard
     assert cap.redis_memory_with_replicas_bytes == 2 * cap.redis_memory_bytes
-    # the formula's inputs come from the settings: fewer observations per post, less memory
+    # without the room, the settings' budget exactly (what the worker's maxmemory uses)
+    exact = plan(1_000, 10_000_000, FIGURES, Assumptions(redis_append_room=0))
+    assert exact.redis_shards < cap.redis_shards
+    assert exact.redis_maxmemory_per_shard == RedisSettings(
+        capacity_posts=math.ceil(10_000_000 / exact.redis_shards)).memory_budget_bytes()
     short = plan(1_000, 10_000_000, FIGURES, redis=RedisSettings(observations_per_post=48))
     assert short.redis_memory_bytes < cap.redis_memory_bytes
     # a fixed maxmemory in the settings does not leak into the per-shard budget
@@ -122,8 +129,9 @@ def test_the_plan_prints_every_assumption():
     text = render(plan(1_000_000, 10_000_000, FIGURES), FIGURES, Assumptions())
     for line in ("planned at 60% busy", "2 partitions per worker replica", "at most 5 MB/s", "planned at 50%",
                  "at most 25 GiB", "1 replica(s) per shard", "a GPU serves 200,000 rows/s", "replication factor 3",
-                 "1 consumer group(s)", "100 MB/s in + out", "rows per snapshot 1.0", "x 1.25 per post"):
-        assert line in text
+                 "1 consumer group(s)", "100 MB/s in + out", "rows per snapshot 1.0", "x 1.25 per post",
+                 "room for its appends 14,380 B", "APPEND (it doubles an outgrown string's allocation): 95%"):
+        assert line in " ".join(text.split())
     assert "WARNING: that phase folded snapshots (0.5 predictions per snapshot" in text  # FIGURES were behind
     unfolded = replace(FIGURES, predictions_per_snapshot=1.0)
     assert "WARNING" not in render(plan(1_000_000, 10_000_000, unfolded), unfolded, Assumptions())

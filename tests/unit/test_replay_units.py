@@ -43,6 +43,11 @@ def test_partition_is_kafkas_murmur2_of_the_key():
     for post_id in ("hn:1", "reddit:18vi8zh", "yt:-abcdefghij", "p" * 100):
         expected = (murmur2(post_id.encode()) & 0x7FFFFFFF) % 4
         assert partition_for(post_id, partitions) == expected
+    # the partition list is indexed as aiokafka's own partitioner does (the function it replaced)
+    from aiokafka.partitioner import DefaultPartitioner
+
+    for post_id in ("hn:1", "reddit:18vi8zh", "yt:-abcdefghij", "p" * 100):
+        assert partition_for(post_id, [3, 5, 8]) == DefaultPartitioner()(post_id.encode(), [3, 5, 8], [3, 5, 8])
     # known value of the Java client's murmur2 ("21" -> -973932308, a published test vector, as unsigned here)
     assert murmur2(b"21") & 0xFFFFFFFF == -973932308 & 0xFFFFFFFF
 

@@ -111,14 +111,20 @@ def broker_healthy(endpoints: Endpoints) -> bool:
 
 
 async def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    """Create the topics of ``names`` that do not exist; one that exists with another count is an error (the
+    worker would refuse to start on it: stream/topics.py)."""
     from aiokafka.admin import NewTopic
 
+    from popscore.stream.topics import PartitionCountMismatch, check_partition_counts
+
     async with _admin(bootstrap) as admin:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(name, num_partitions=partitions, replication_factor=1)
-                   for name in names if name not in existing]
+        try:
+            missing = await check_partition_counts(admin, names, partitions)
+        except PartitionCountMismatch as exc:
+            raise StackError(str(exc)) from None
         if missing:
-            await admin.create_topics(missing)
+            await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)
+                                       for name in missing])
 
 
 def create_topics(endpoints: Endpoints, names: list[str], partitions: int) -> None:
