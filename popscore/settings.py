@@ -61,6 +61,9 @@ class RedisSettings(BaseModel):
     post_extra_bytes: int = Field(2_560, ge=0, description="bytes per post besides its sequence, for the budget: "
                                   "the post hash (metadata, content vector, latest predictions, kept evaluation "
                                   "fields) and its entry in the maturity set")
+    append_room: float = Field(0.95, ge=0, description="room Redis keeps in a sequence grown by APPEND, as a share "
+                               "of its bytes, for the budget: Redis doubles an outgrown string's allocation (a "
+                               "25-observation key of 1,352 B took 2,632 B after its appends: 0.95)")
     memory_headroom: float = Field(1.25, ge=1, description="factor over the estimated data for allocator "
                                    "fragmentation and the append-only file's rewrite buffer")
     memory_base_bytes: int = Field(64 * 1024 ** 2, ge=0, description="bytes Redis needs with no post: its own "
@@ -78,8 +81,11 @@ class RedisSettings(BaseModel):
         """The ``maxmemory`` Redis runs with: what ``capacity_posts`` live posts need, unless set outright."""
         if self.maxmemory_bytes is not None:
             return self.maxmemory_bytes
-        per_post = self.sequence_bytes() + self.post_extra_bytes
+        per_post = self.sequence_bytes() + self.append_room_bytes() + self.post_extra_bytes
         return int(self.capacity_posts * per_post * self.memory_headroom) + self.memory_base_bytes
+
+    def append_room_bytes(self) -> int:
+        return round(self.sequence_bytes() * self.append_room)
 
 
 class TritonSettings(BaseModel):

@@ -71,9 +71,6 @@ class Assumptions:
     redis_utilisation: float = 0.5  # of a shard's main thread: AOF rewrites, replication, slot migrations
     redis_shard_memory_bytes: int = 25 * GIB  # maxmemory of one shard (fork and copy-on-write, restart time)
     redis_replicas_per_shard: int = 1  # for failover; they double memory, not the CPU the model counts
-    # Room Redis keeps in a sequence grown by APPEND, a share of its bytes: a 25-observation key of 1,352 B written
-    # at once took 2,632 B after its appends (docs/benchmarks.md, 2026-12-03), 1,280 / 1,352 = 0.95
-    redis_append_room: float = 0.95
     triton_utilisation: float = 0.6  # of Triton's cores, or of a GPU's rows per second
     gpu_rows_per_s: float = 200_000  # rows of the temporal model one GPU serves: NOT measured (no GPU here)
     replication_factor: int = 3  # Kafka topics' replicas
@@ -134,14 +131,12 @@ def plan(snapshots_per_s: float, live_posts: int, figures: BenchFigures = DEFAUL
 
     redis_cores = snapshots_per_s * figures.redis_us * scale / 1e6
     shards_cpu = _up(redis_cores / assume.redis_utilisation)
-    room = round(redis.sequence_bytes() * assume.redis_append_room)  # what the settings' budget leaves out
+    room = redis.append_room_bytes()
     per_post = redis.sequence_bytes() + room + redis.post_extra_bytes
     data = live_posts * per_post * redis.memory_headroom  # the budget's formula, less the base per shard
     shards_memory = _up(data / (assume.redis_shard_memory_bytes - redis.memory_base_bytes))
     shards = max(1, shards_cpu, shards_memory)
-    # the settings' budget formula, the growth room counted with the bytes per post besides the sequence
-    per_shard = redis.model_copy(update={"capacity_posts": _up(live_posts / shards), "maxmemory_bytes": None,
-                                         "post_extra_bytes": redis.post_extra_bytes + room})
+    per_shard = redis.model_copy(update={"capacity_posts": _up(live_posts / shards), "maxmemory_bytes": None})
     maxmemory = per_shard.memory_budget_bytes()
 
     bytes_in = snapshots_per_s * figures.snapshot_bytes + rows * figures.prediction_bytes
@@ -242,13 +237,13 @@ def render(cap: Capacity, figures: BenchFigures, assume: Assumptions, redis: Red
         f"{assume.partition_bytes_per_s / MB:g} MB/s produced into a partition",
         f"  a Redis shard's main thread planned at {assume.redis_utilisation:.0%}; a shard's maxmemory at most "
         f"{assume.redis_shard_memory_bytes / GIB:g} GiB; {assume.redis_replicas_per_shard} replica(s) per shard",
-        f"  Redis memory by the budget formula (RedisSettings.memory_budget_bytes) plus the growth room: (sequence of "
+        f"  Redis memory by the budget formula (RedisSettings.memory_budget_bytes): (sequence of "
         f"{redis.observations_per_post} observations {redis.sequence_bytes():,} B + room for its appends "
         f"{cap.redis_append_room_bytes:,} B + post {redis.post_extra_bytes:,} B) x {redis.memory_headroom} per post "
         f"+ {redis.memory_base_bytes / 2 ** 20:g} MiB per shard",
         f"  room Redis keeps in a sequence grown by APPEND (it doubles an outgrown string's allocation): "
-        f"{assume.redis_append_room:.0%} of the sequence's bytes (measured: a 25-observation key of 1,352 B took "
-        f"2,632 B after its appends)",
+        f"{redis.append_room:.0%} of the sequence's bytes (POPSCORE_REDIS__APPEND_ROOM; measured: a 25-observation "
+        f"key of 1,352 B took 2,632 B after its appends)",
         *([_sequence_check(figures, redis)] if figures.redis_sequence_bytes and figures.redis_sequence_observations
           else []),
         f"  Triton planned at {assume.triton_utilisation:.0%}; a GPU serves {_n(assume.gpu_rows_per_s)} rows/s "

@@ -25,7 +25,11 @@ def test_a_sequence_of_24_observations_costs_what_the_bench_measured():
 def test_the_budget_follows_the_capacity_and_can_be_set_outright():
     small, large = RedisSettings(capacity_posts=10_000), RedisSettings(capacity_posts=20_000)
     per_post = (large.memory_budget_bytes() - small.memory_budget_bytes()) / 10_000
-    assert per_post == pytest.approx((small.sequence_bytes() + small.post_extra_bytes) * small.memory_headroom)
+    assert per_post == pytest.approx((small.sequence_bytes() + small.append_room_bytes() + small.post_extra_bytes) *
+                                     small.memory_headroom, abs=1e-3)
+    exact = RedisSettings(capacity_posts=10_000, append_room=0)
+    assert small.memory_budget_bytes() - exact.memory_budget_bytes() == pytest.approx(
+        10_000 * small.append_room_bytes() * small.memory_headroom, abs=1)
     assert small.memory_budget_bytes() > 10_000 * small.sequence_bytes()
     assert RedisSettings(maxmemory_bytes=2 * 1024 ** 3).memory_budget_bytes() == 2 * 1024 ** 3
 

@@ -69,21 +69,19 @@ def test_assumptions_are_applied():
 def test_redis_memory_is_the_settings_budget_per_shard_plus_the_append_room():
     redis = RedisSettings()
     cap = plan(1_000, 10_000_000, FIGURES)  # few snapshots: memory decides the shards
-    room = round(redis.sequence_bytes() * 0.95)  # the measured growth room, by default
+    room = round(redis.sequence_bytes() * 0.95)  # the measured growth room, the settings' default
     assert cap.redis_append_room_bytes == room
     per_post = (redis.sequence_bytes() + room + redis.post_extra_bytes) * redis.memory_headroom
     assert cap.redis_shards == cap.redis_shards_for_memory == math.ceil(
         10_000_000 * per_post / (25 * 1024 ** 3 - redis.memory_base_bytes))
-    shard = RedisSettings(capacity_posts=math.ceil(10_000_000 / cap.redis_shards),
-                          post_extra_bytes=redis.post_extra_bytes + room)
+    shard = RedisSettings(capacity_posts=math.ceil(10_000_000 / cap.redis_shards))
     assert cap.redis_maxmemory_per_shard == shard.memory_budget_bytes() <= 25 * 1024 ** 3
     assert cap.redis_memory_bytes == cap.redis_shards * cap.redis_maxmemory_per_shard
     assert cap.redis_memory_with_replicas_bytes == 2 * cap.redis_memory_bytes
-    # without the room, the settings' budget exactly (what the worker's maxmemory uses)
-    exact = plan(1_000, 10_000_000, FIGURES, Assumptions(redis_append_room=0))
+    exact = plan(1_000, 10_000_000, FIGURES, redis=RedisSettings(append_room=0))  # strings at their exact size
     assert exact.redis_shards < cap.redis_shards
     assert exact.redis_maxmemory_per_shard == RedisSettings(
-        capacity_posts=math.ceil(10_000_000 / exact.redis_shards)).memory_budget_bytes()
+        capacity_posts=math.ceil(10_000_000 / exact.redis_shards), append_room=0).memory_budget_bytes()
     short = plan(1_000, 10_000_000, FIGURES, redis=RedisSettings(observations_per_post=48))
     assert short.redis_memory_bytes < cap.redis_memory_bytes
     # a fixed maxmemory in the settings does not leak into the per-shard budget
