@@ -50,6 +50,9 @@ def add_train_commands(subparsers) -> None:
                    help="rolling-origin folds; the latest fold's models are exported (default 3; the memes recipe: 6)")
     p.add_argument("--test-frac", type=float, default=0.3,
                    help="share of the posts, the latest, in the folds' test windows together (default 0.3)")
+    p.add_argument("--label-wait-h", type=float, default=None,
+                   help="leave posts created less than this before the data's end out of every test window (their "
+                        "labels may not be final; Reddit: 12); the latest fold then trains on older posts")
     p.add_argument("--no-export", action="store_true", help="do not export/promote into the model repository")
     p.add_argument("--force", action="store_true", help="promote even if the gate says no")
     p.set_defaults(func=cmd_train)
@@ -160,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset=args.dataset, limit=args.limit, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
         text=not args.no_text, gbt=not args.no_gbt, threads=args.threads, report_dir=args.report_dir,
         model_repo=None if args.no_export else _model_repo(args), folds=args.folds or 3, test_frac=args.test_frac,
-        progress=not args.no_progress, force=args.force, data_dir=args.data_dir,
+        progress=not args.no_progress, force=args.force, data_dir=args.data_dir, label_wait_h=args.label_wait_h,
         embargo_h=args.embargo_h if args.embargo_h is not None else (12.0 if args.dataset == "reddit" else 48.0),
     )  # fmt: skip
     t0 = time.time()

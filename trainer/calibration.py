@@ -37,6 +37,20 @@ def conformal_quantile(scores: np.ndarray, coverage: float = 0.8) -> float:
     return float(scores[min(max(k, 1), n) - 1])
 
 
+def weighted_conformal_quantile(scores: np.ndarray, weights: np.ndarray, coverage: float = 0.8) -> float:
+    """Non-exchangeable split conformal (Barber et al. 2023): the coverage-quantile of the scores weighted
+    by ``weights``, with the new point's weight 1 placed at +inf (so it is conservative like the unweighted
+    finite-sample quantile, which it equals with weights 1). Weights in [0, 1]: the new point's is 1. Why:
+    under drift, recent residuals should count more than old ones (docs/training.md, "Intervals")."""
+    if len(scores) == 0:
+        return 0.0
+    order = np.argsort(scores)
+    s, w = np.asarray(scores, np.float64)[order], np.asarray(weights, np.float64)[order]
+    cum = np.cumsum(w) / (w.sum() + 1.0)
+    k = np.searchsorted(cum, coverage - 1e-9)
+    return float(s[k]) if k < len(s) else float(s[-1])
+
+
 def conformal_margin(lo: np.ndarray, hi: np.ndarray, y: np.ndarray, coverage: float = 0.8) -> float:
     """The margin m such that [lo - m, hi + m] covers ``coverage`` of (exchangeable) new outcomes."""
     return conformal_quantile(np.maximum(lo - y, y - hi), coverage)

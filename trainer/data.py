@@ -113,16 +113,30 @@ def chronological_split(
     return rolling_origin_folds(table, 1, test_frac, embargo_s)[0]
 
 
+def data_end(table: PostTable) -> float:
+    """The data's last observation (epoch s); NaN without any."""
+    last = [s[-1, 0] for s in table.seqs if len(s)]
+    return float(max(last)) if last else float("nan")
+
+
 def rolling_origin_folds(
-    table: PostTable, n_folds: int = 3, test_frac: float = 0.3, embargo_s: float = 2 * 24 * 3600.0
+    table: PostTable, n_folds: int = 3, test_frac: float = 0.3, embargo_s: float = 2 * 24 * 3600.0,
+    label_wait_s: float | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, dict]]:
     """Rolling-origin evaluation: the last ``test_frac`` of posts (by first appearance) cut into ``n_folds``
     consecutive test windows; each fold trains on every post before its window except those first seen
     within ``embargo_s`` of it (their labels overlap the test period). One split says little on small data
-    sets; several show how much a model's lead over a baseline moves with the period."""
+    sets; several show how much a model's lead over a baseline moves with the period.
+
+    ``label_wait_s``: posts created less than this before the data's last observation are in no window
+    (``test_frac`` is then a share of the others): a post still listed when the data end has a lower bound
+    for a label, and an interval cannot be judged on it (on Reddit every post created 12 h before the end has
+    a final label)."""
     if n_folds < 1 or not 0 < test_frac < 1:
         raise ValueError("need n_folds >= 1 and 0 < test_frac < 1")
     order = np.argsort(table.created_at, kind="stable")
+    if label_wait_s is not None:
+        order = order[table.created_at[order] <= data_end(table) - label_wait_s]
     bounds = np.linspace(round((1 - test_frac) * len(order)), len(order), n_folds + 1).round().astype(int)
     folds = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -136,6 +150,7 @@ def rolling_origin_folds(
             "test_from": float(cut) if len(test) else None,
             "test_to": float(table.created_at[test].max()) if len(test) else None,
             "embargo_s": embargo_s,
+            "label_wait_s": label_wait_s,
             "n_train_posts": int(len(train)),
             "n_test_posts": int(len(test)),
         }

@@ -59,6 +59,9 @@ class TrainConfig:
     val_frac: float = 0.1  # last part of each fold's training window: early stopping, blend, intervals, gate
     calibration_frac: float = 0.5  # latest part of the training window: the served baseline's interval margins
     embargo_h: float = 48.0
+    # posts created less than this before the data's end are in no test window: their labels (the last
+    # observation) may still grow, so an interval cannot be judged on them (Reddit: 12 h; None: every post)
+    label_wait_h: float | None = None
     report_dir: Path = Path("reports")
     model_repo: Path | None = Path("model_repo")  # None: no export
     force: bool = False  # promote even if the gate says no
@@ -95,7 +98,8 @@ def run(cfg: TrainConfig) -> dict:
     table = load_table(cfg)
     platform = platform_of(table)
     titles = encode_titles(cfg, table)
-    splits = data.rolling_origin_folds(table, cfg.folds, cfg.test_frac, cfg.embargo_h * 3600.0)
+    splits = data.rolling_origin_folds(table, cfg.folds, cfg.test_frac, cfg.embargo_h * 3600.0,
+                                       None if cfg.label_wait_h is None else cfg.label_wait_h * 3600.0)
     complete = data.label_complete(table, cfg.spec.horizon_s, cfg.spec.bin_s / 2)
     folds = [train_fold(cfg, k, table, titles, *split, last=k == len(splits) - 1, label_complete=complete)
              for k, split in enumerate(splits)]

@@ -113,3 +113,37 @@ def test_fold_metrics_judge_intervals_on_final_labels_too():
     (row,) = rows
     assert row["coverage_80"] == 0.5 and row["n_complete"] == 3
     assert abs(row["coverage_80_complete"] - 2 / 3) < 1e-12
+
+
+def test_weighted_conformal_quantile_equals_the_plain_one_with_unit_weights_and_leans_on_heavy_scores():
+    from popscore.trainer.calibration import conformal_quantile, weighted_conformal_quantile
+
+    rng = np.random.default_rng(2)
+    for n in (1, 4, 10, 37, 200):
+        s = rng.normal(size=n)
+        assert weighted_conformal_quantile(s, np.ones(n)) == conformal_quantile(s)
+    assert weighted_conformal_quantile(np.array([]), np.array([])) == 0.0
+    # the old half of the scores is large, the recent half small: down-weighting the old ones lowers the quantile
+    s = np.r_[np.full(50, 5.0), np.full(50, 1.0)]
+    w = np.r_[np.full(50, 0.01), np.ones(50)]
+    assert conformal_quantile(s) == 5.0 and weighted_conformal_quantile(s, w) == 1.0
+
+
+def test_label_wait_keeps_posts_that_may_still_be_listed_out_of_every_test_window():
+    from popscore.trainer.data import PostTable, data_end, rolling_origin_folds
+
+    hour = 3600.0
+    created = np.arange(100) * hour  # one post an hour; each observed for 3 h
+    table = PostTable(post_id=np.arange(100).astype(str), platform=["reddit"] * 100, created_at=created,
+                      posts=[None] * 100, seqs=[np.array([[c + h * hour, 1, 1, 1, 1, 1] for h in (1, 2, 3)])
+                                                for c in created])
+    assert data_end(table) == 102 * hour
+    folds = rolling_origin_folds(table, 4, 0.4, 5 * hour, label_wait_s=12 * hour)
+    tests = np.concatenate([t for _, t, _ in folds])
+    # eligible: created <= 90 h (91 posts); the latest 40 % of them, i.e. posts 55..90, in four windows
+    assert created[tests].max() == 90 * hour and len(tests) == round(0.4 * 91)
+    assert all(info["label_wait_s"] == 12 * hour for *_, info in folds)
+    for train, test, _ in folds:
+        assert created[train].max() < created[test].min() - 5 * hour
+    # without the wait the windows reach the data's end
+    assert created[np.concatenate([t for _, t, _ in rolling_origin_folds(table, 4, 0.4, 5 * hour)])].max() == 99 * hour
