@@ -128,22 +128,26 @@ def normal_score_correlation(scores: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Layout:
-    """A rolling-origin fold layout: ``label_wait_h`` None keeps every post; else posts created less than it
-    before the data's end are in no test window (their labels may not be final)."""
+    """A rolling-origin fold layout: ``label_final`` False keeps every post; True leaves the posts created less
+    than the label wait before the data's end out of every test window (their labels may not be final)."""
 
     folds: int
     test_frac: float
-    label_wait_h: float | None
+    label_final: bool
     what: str
 
 
 LAYOUTS = {
-    "served_3": Layout(3, 0.3, None, "served: latest 30 % of all posts, 3 folds (test labels partly not final)"),
-    "served_6": Layout(6, 0.3, None, "the same test region in 6 folds"),
-    "final_3": Layout(3, 0.4, 12.0, "posts created >= 12 h before the data end; latest 40 % of them, 3 folds"),
-    "final_6": Layout(6, 0.4, 12.0, "the same test region in 6 folds (the reference of the declared rule)"),
-    "final_6_wide": Layout(6, 0.5, 12.0, "posts created >= 12 h before the end; latest 50 %, 6 folds"),
+    "served_3": Layout(3, 0.3, False, "served: latest 30 % of all posts, 3 folds (test labels partly not final)"),
+    "served_6": Layout(6, 0.3, False, "the same test region in 6 folds"),
+    "final_3": Layout(3, 0.4, True, "posts created >= the label wait before the data end; latest 40 % of them, "
+                                    "3 folds"),
+    "final_6": Layout(6, 0.4, True, "the same test region in 6 folds (the reference of the declared rule)"),
+    "final_6_wide": Layout(6, 0.5, True, "posts created >= the label wait before the end; latest 50 %, 6 folds"),
 }
+LABEL_WAIT_H = {"reddit": 12.0}
+"""Hours after which every post's label is final, read off the data (``data.label_complete``): Reddit's posts
+leave r/all's top 100 within 12 h; YouTube's can trend for days, so the horizon (7 days) there."""
 
 CALIBRATIONS = {
     "latest_half": "|residual| quantile, latest half of the training posts (served)",
@@ -177,14 +181,15 @@ def calibration_margin(method: str, age: float, train: dict, cut: float, final_a
     return conformal_quantile(res, coverage), int(m.sum())
 
 
-def layout_study(table: data.PostTable, spec: features.FeatureSpec, cfg: TrainConfig, layout: Layout) -> dict:
+def layout_study(table: data.PostTable, spec: features.FeatureSpec, cfg: TrainConfig, layout: Layout,
+                 label_wait_h: float) -> dict:
     """Per fold: SH fitted on the fit window (as the trainer), each calibration's margin per evaluation age,
     and per test outcome whether it is inside, whether its label is final, and for a non-final label whether
     it is already above the interval (a certain miss: the final value can only be larger)."""
     complete = data.label_complete(table, spec.horizon_s, spec.bin_s / 2)
     last = np.array([s[-1, 0] if len(s) else np.nan for s in table.seqs])
     folds = data.rolling_origin_folds(table, layout.folds, layout.test_frac, cfg.embargo_h * 3600.0,
-                                      None if layout.label_wait_h is None else layout.label_wait_h * 3600.0)
+                                      label_wait_h * 3600.0 if layout.label_final else None)
     ages = tuple(spec.eval_ages_h)
     out = []
     for train_idx, test_idx, info in folds:
@@ -251,10 +256,12 @@ def max_deviation(rows: dict, coverage: float = 0.8) -> float:
 
 def print_layouts(table: data.PostTable, spec: features.FeatureSpec, cfg: TrainConfig) -> dict:
     """Every layout x calibration, then the declared selection on final_6 (folds 1-3 select, 4-6 judge)."""
+    label_wait_h = LABEL_WAIT_H.get(cfg.dataset, spec.horizon_s / 3600.0)
+    print(f"label wait: {label_wait_h:g} h (test windows of the final_* layouts end that long before the data)")
     fmt = lambda ts: np.datetime_as_string(np.datetime64(int(ts), "s"), unit="m").replace("T", " ")  # noqa: E731
     studies = {}
     for name, layout in LAYOUTS.items():
-        st = studies[name] = layout_study(table, spec, cfg, layout)
+        st = studies[name] = layout_study(table, spec, cfg, layout, label_wait_h)
         print(f"\n== layout {name}: {layout.what}")
         for k, f in enumerate(st["folds"]):
             i = f["info"]
