@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
@@ -127,9 +128,13 @@ def test_s3_pictures_through_the_worker(private_stack, s3_server):
     # The store goes away: its posts are still scored, promptly, and the outage is named.
     s3_server.stop()
     outage = {f"s3-down-{i}": {"image_uris": [f"{s3}ok{i}.jpg"]} for i in range(3)}
+    started = time.monotonic()
     asyncio.run(produce(endpoints.broker_bootstrap, settings.kafka.topics.posts,
                         [post(pid, media) for pid, media in outage.items()]))
     scored = static_predictions(endpoints, settings.kafka.topics.predictions, set(outage))
+    # At most one bounded wait (attempts x (connect + read timeout) + a backoff), then the cool-down answers.
+    media = settings.media
+    assert time.monotonic() - started < 30 + media.s3_attempts * (media.s3_connect_timeout_s + media.s3_read_timeout_s)
     for r in scored.values():
         assert r["explanation"]["modality_weights"]["visual"] == 0 and "media_rejected" in r["flags"], r
         assert r["explanation"]["media_problem"] == "unavailable", r

@@ -32,6 +32,14 @@ def real_client(endpoint="http://127.0.0.1:1", **config):
         config=Config(s3={"addressing_style": "path"}, **config))
 
 
+def calls(client, event="provide-client-params.s3.GetObject") -> list:
+    """Every GetObject the client is asked for (default), or with ``before-send.s3.GetObject`` every HTTP
+    attempt it sends (retries included)."""
+    seen: list = []
+    client.meta.events.register(event, lambda **kwargs: seen.append(kwargs.get("params")))
+    return seen
+
+
 @pytest.fixture()
 def stubbed():
     client = real_client()
@@ -150,16 +158,19 @@ def test_a_5xx_opens_the_cool_down_and_a_missing_key_does_not(stubbed):
     store, stub = stubbed
     now = [100.0]
     store.clock = lambda: now[0]
+    asked = calls(store.client)
+    stub.add_client_error("get_object", "NoSuchKey", http_status_code=404)
     stub.add_client_error("get_object", "NoSuchKey", http_status_code=404)
     stub.add_client_error("get_object", "ServiceUnavailable", http_status_code=503)
     assert reason_of(store, "s3://media/a.jpg") == MISSING
-    assert reason_of(store, "s3://media/a.jpg") == UNAVAILABLE
+    assert reason_of(store, "s3://media/a.jpg") == MISSING  # a missing key opened no cool-down
+    assert reason_of(store, "s3://media/a.jpg") == UNAVAILABLE and len(asked) == 3
     now[0] += store.outage_cooldown_s - 1
-    assert reason_of(store, "s3://media/b.jpg") == UNAVAILABLE  # no response queued: no request was made
+    assert reason_of(store, "s3://media/b.jpg") == UNAVAILABLE and len(asked) == 3  # not asked
     assert reason_of(store, "s3://elsewhere/b.jpg") == DISALLOWED  # the allow-list still comes first
     now[0] += 2
     stub.add_response("get_object", answer(b"back", total=4))
-    assert store.read("s3://media/b.jpg", 100) == b"back"
+    assert store.read("s3://media/b.jpg", 100) == b"back" and len(asked) == 4
 
 
 def test_a_download_slower_than_the_read_timeout_is_unavailable():
@@ -185,16 +196,13 @@ def test_nothing_listening_is_unavailable_after_bounded_retries_then_fails_fast(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    store = S3MediaStore(ALLOW, endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1", addressing_style="path",
-                         connect_timeout_s=0.5, read_timeout_s=0.5, attempts=2)
-    store.client = real_client(f"http://127.0.0.1:{port}", connect_timeout=0.5, read_timeout=0.5,
-                               retries={"mode": "standard", "total_max_attempts": 2})
+    store = S3MediaStore(ALLOW, client=real_client(f"http://127.0.0.1:{port}", connect_timeout=0.5, read_timeout=0.5,
+                                                   retries={"mode": "standard", "total_max_attempts": 2}))
+    sent = calls(store.client, "before-send.s3.GetObject")
     started = time.monotonic()
     assert reason_of(store, "s3://media/a.jpg") == UNAVAILABLE
-    assert time.monotonic() - started < 5
-    started = time.monotonic()
-    assert reason_of(store, "s3://media/b.jpg") == UNAVAILABLE
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 5 and len(sent) == 2  # both attempts
+    assert reason_of(store, "s3://media/b.jpg") == UNAVAILABLE and len(sent) == 2  # cooling down: none sent
 
 
 def test_a_server_that_never_answers_costs_at_most_the_timeouts_of_the_attempts():
