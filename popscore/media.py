@@ -1,7 +1,8 @@
 """A post's pictures, from its media fields to the image encoder's input: inline images (base64), references read
 through a media store (``file://`` files under allow-listed roots, ``s3://`` objects of allow-listed buckets of an
-S3-compatible store; :func:`build_media_store` routes each scheme to its reader), and a video's frames. Decoding is Pillow's, bounded in bytes before it and in pixels before the
-pixels are decoded (a picture's header names its size), so a hostile or broken picture costs bounded work.
+S3-compatible store; :func:`build_media_store` routes each scheme to its reader), and a video's frames. Decoding
+is Pillow's, bounded in bytes before it and in pixels before the pixels are decoded (a picture's header names its
+size), so a hostile or broken picture costs bounded work.
 
 A picture that cannot be used raises :class:`MediaProblem` with one of :data:`REASONS`; the worker then scores the
 post without the visual modality and reports the reason (metric, flag and ``explanation.media_problem`` on the
@@ -21,13 +22,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from popscore.settings import MediaSettings
+from popscore.settings import MediaSettings
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +144,16 @@ class S3MediaStore:
 
     A read is one ranged GET of at most ``max_bytes`` + 1 bytes, its body read in chunks against a deadline, so
     neither a large object nor a slow one costs unbounded bytes or time. Connection errors, timeouts, throttling
-    and 5xx are retried by botocore (standard mode, ``attempts`` tries, jittered backoff); one still failing
-    raises ``unavailable`` and opens a cool-down of ``outage_cooldown_s`` during which references are rejected
-    as unavailable without a request: a store outage costs the worker one bounded wait per cool-down instead of
-    one per post, and is reported (reason, metric) rather than passed off as missing pictures."""
+    and 5xx are retried by botocore (standard mode, ``media.s3_attempts`` tries, jittered backoff); one still
+    failing raises ``unavailable`` and opens a cool-down of ``media.s3_outage_cooldown_s`` during which references
+    are rejected as unavailable without a request: a store outage costs the worker one bounded wait per cool-down
+    instead of one per post, and is reported (reason, metric) rather than passed off as missing pictures."""
 
-    def __init__(self, allow: Sequence[tuple[str, str]], *, endpoint_url: str | None = None,
-                 region: str | None = None, addressing_style: str = "auto", connect_timeout_s: float = 1.0,
-                 read_timeout_s: float = 2.0, attempts: int = 2, outage_cooldown_s: float = 30.0,
-                 client: Any = None, clock=time.monotonic) -> None:
-        self.allow = [(bucket, prefix) for bucket, prefix in allow]
-        self.read_timeout_s = read_timeout_s
-        self.outage_cooldown_s = outage_cooldown_s
+    def __init__(self, media: MediaSettings, *, client: Any = None, clock=time.monotonic) -> None:
+        """The store ``media.s3_*`` describe; ``client``: an S3 client of one's own (tests: a stubbed one)."""
+        self.allow = media.s3_allow_list()
+        self.read_timeout_s = media.s3_read_timeout_s
+        self.outage_cooldown_s = media.s3_outage_cooldown_s
         self.clock = clock
         self._down_until = float("-inf")
         self._down_detail = ""
@@ -168,19 +166,12 @@ class S3MediaStore:
             except ImportError:  # pragma: no cover - the s3 extra is part of dev
                 raise RuntimeError("media.s3_buckets is set but boto3 is not installed: install popscore[s3]") \
                     from None
-            config = Config(connect_timeout=connect_timeout_s, read_timeout=read_timeout_s,
-                            retries={"mode": "standard", "total_max_attempts": attempts},
-                            s3={"addressing_style": addressing_style})
-            client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region,
-                                                    config=config)
+            config = Config(connect_timeout=media.s3_connect_timeout_s, read_timeout=media.s3_read_timeout_s,
+                            retries={"mode": "standard", "total_max_attempts": media.s3_attempts},
+                            s3={"addressing_style": media.s3_addressing_style})
+            client = boto3.session.Session().client("s3", endpoint_url=media.s3_endpoint_url,
+                                                    region_name=media.s3_region, config=config)
         self.client = client
-
-    @classmethod
-    def from_settings(cls, media: "MediaSettings") -> "S3MediaStore":
-        return cls(media.s3_allow_list(), endpoint_url=media.s3_endpoint_url, region=media.s3_region,
-                   addressing_style=media.s3_addressing_style, connect_timeout_s=media.s3_connect_timeout_s,
-                   read_timeout_s=media.s3_read_timeout_s, attempts=media.s3_attempts,
-                   outage_cooldown_s=media.s3_outage_cooldown_s)
 
     def allowed(self, obj: S3Object) -> bool:
         return any(obj.bucket == bucket and obj.key.startswith(prefix) for bucket, prefix in self.allow)
@@ -278,12 +269,12 @@ class RoutingMediaStore:
         return store.read(uri, max_bytes)
 
 
-def build_media_store(media: "MediaSettings") -> RoutingMediaStore:
+def build_media_store(media: MediaSettings) -> RoutingMediaStore:
     """The worker's media store from its settings: ``file://`` through the allow-listed roots (none: every such
     reference is disallowed), ``s3://`` through the allow-listed buckets when any are set."""
     stores: dict[str, MediaStore] = {"file": LocalMediaStore(media.roots)}
     if media.s3_buckets:
-        stores["s3"] = S3MediaStore.from_settings(media)
+        stores["s3"] = S3MediaStore(media)
     return RoutingMediaStore(stores)
 
 

@@ -20,7 +20,7 @@ from popscore.media import (DISALLOWED, MISSING, OVERSIZED, REASONS, UNAVAILABLE
                             range_total)
 from popscore.settings import MediaSettings, Settings
 
-ALLOW = [("media", ""), ("shared", "popscore/")]
+MEDIA = MediaSettings(s3_buckets=["media", "shared/popscore/"])
 
 
 def real_client(endpoint="http://127.0.0.1:1", **config):
@@ -44,7 +44,7 @@ def calls(client, event="provide-client-params.s3.GetObject") -> list:
 def stubbed():
     client = real_client()
     with Stubber(client) as stub:
-        yield S3MediaStore(ALLOW, client=client), stub
+        yield S3MediaStore(MEDIA, client=client), stub
         stub.assert_no_pending_responses()
 
 
@@ -81,7 +81,7 @@ def test_malformed_or_escaping_references_are_disallowed(uri):
 
 
 def test_the_allow_list_is_by_bucket_and_key_prefix():
-    store = S3MediaStore(ALLOW, client=object())
+    store = S3MediaStore(MEDIA, client=object())
     assert store.allowed(S3Object("media", "anything/at/all.jpg"))
     assert store.allowed(S3Object("shared", "popscore/a.jpg"))
     assert not store.allowed(S3Object("shared", "other/a.jpg"))
@@ -183,7 +183,7 @@ def test_a_download_slower_than_the_read_timeout_is_unavailable():
             return b"x"
 
     client = real_client()
-    store = S3MediaStore(ALLOW, client=client, read_timeout_s=2.0, clock=lambda: now[0])
+    store = S3MediaStore(MEDIA.model_copy(update={"s3_read_timeout_s": 2.0}), client=client, clock=lambda: now[0])
     with Stubber(client) as stub:
         stub.add_response("get_object", {"Body": StreamingBody(Trickle(), 101), "ContentRange": "bytes 0-99/100"})
         assert reason_of(store, "s3://media/slow.jpg", 100) == UNAVAILABLE
@@ -196,7 +196,7 @@ def test_nothing_listening_is_unavailable_after_bounded_retries_then_fails_fast(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    store = S3MediaStore(ALLOW, client=real_client(f"http://127.0.0.1:{port}", connect_timeout=0.5, read_timeout=0.5,
+    store = S3MediaStore(MEDIA, client=real_client(f"http://127.0.0.1:{port}", connect_timeout=0.5, read_timeout=0.5,
                                                    retries={"mode": "standard", "total_max_attempts": 2}))
     sent = calls(store.client, "before-send.s3.GetObject")
     started = time.monotonic()
@@ -225,7 +225,7 @@ def test_a_server_that_never_answers_costs_at_most_the_timeouts_of_the_attempts(
     thread.start()
     try:
         endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
-        store = S3MediaStore(ALLOW, client=real_client(endpoint, connect_timeout=0.5, read_timeout=0.3,
+        store = S3MediaStore(MEDIA, client=real_client(endpoint, connect_timeout=0.5, read_timeout=0.3,
                                                        retries={"mode": "standard", "total_max_attempts": 2}))
         started = time.monotonic()
         assert reason_of(store, "s3://media/a.jpg") == UNAVAILABLE
