@@ -53,7 +53,8 @@ CMD ["train", "--help"]
 
 # The last stage is what `docker build .` produces.
 FROM base AS worker
-RUN python tools/deps.py requirements stream,serving > /tmp/requirements.txt \
+# s3: the object-store media reader (boto3), so an image can read s3:// pictures when buckets are configured.
+RUN python tools/deps.py requirements stream,serving,s3 > /tmp/requirements.txt \
     && pip install -c constraints.txt -r /tmp/requirements.txt
 COPY README.md ./
 COPY popscore/ popscore/

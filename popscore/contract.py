@@ -85,7 +85,7 @@ Counter = Annotated[int, Field(ge=0, le=MAX_COUNTER)]
 OpenKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
 OpenValue = Union[bool, int, float, Annotated[str, StringConstraints(max_length=MAX_OPEN_STR_CHARS)]]
 Uri = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS, pattern=r"^(file|https?)://[^\s]+$")
+    str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS, pattern=r"^(file|https?|s3)://[^\s]+$")
 ]
 
 # RFC 3339 date-time: T and Z in either case, a space for the T (as RFC 3339 allows), a zone always.
@@ -178,7 +178,8 @@ class Frame(_Strict):
 class Media(_Strict):
     """``image`` (inline), ``image_uris`` (references: the worker reads the first through its media store) and
     ``frames`` (a video's sampled frames, encoded together and pooled) feed the visual modality; ``frames`` wins
-    over ``image``, which wins over ``image_uris``. ``image`` and ``frames`` came after the first producers."""
+    over ``image``, which wins over ``image_uris``. ``image`` and ``frames`` came after the first producers, and
+    the ``s3`` scheme of references after them (additive: ``file``, ``http`` and ``https`` were accepted before)."""
 
     image_uris: Annotated[list[Uri], Field(max_length=MAX_URIS)] = []
     video_uri: Uri | None = None

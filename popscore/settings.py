@@ -22,6 +22,8 @@ SEQUENCE_KEY_BYTES = 352
 """Redis's own cost of one sequence key beyond its value (docs/benchmarks.md's bytes per post, less the value)."""
 PLATFORM_NAME = re.compile(r"[a-z][a-z0-9]{0,31}")
 """The platform of a model set (``popscore_<platform>_<kind>``): lower-case letters and digits."""
+S3_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+"""A bucket of ``media.s3_buckets``: S3's naming rules, widened to GCS's (underscores, up to 222 characters)."""
 
 
 class TopicSettings(BaseModel):
@@ -275,6 +277,31 @@ class MediaSettings(BaseModel):
     roots: list[str] = Field([], description="allow-listed local directories (JSON list of paths): a file:// "
                              "reference (image_uris, frames) is read only if it resolves, symlinks followed, under "
                              "one of them; other references are rejected as disallowed")
+    s3_buckets: list[str] = Field([], description="allow-listed object-store buckets (JSON list of `bucket` or "
+                                  "`bucket/key-prefix`; end a prefix with / to confine reads to a folder): an "
+                                  "s3://bucket/key reference is read from the S3-compatible store only if its bucket "
+                                  "is listed and its key starts with the listed prefix; empty: s3:// references are "
+                                  "rejected as disallowed. Credentials come from the standard AWS chain "
+                                  "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role). Needs "
+                                  "the s3 extra (boto3)")
+    s3_endpoint_url: str | None = Field(None, description="the S3-compatible endpoint (MinIO, Ceph RGW, SeaweedFS, "
+                                        "https://storage.googleapis.com for GCS's interoperability API, ...); "
+                                        "unset: AWS S3 (the region's endpoint)")
+    s3_region: str | None = Field(None, description="the store's region (signing); unset: the AWS chain's "
+                                  "(AWS_REGION, the profile's)")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="how a bucket is addressed: `path` (endpoint/bucket/key; what MinIO, Ceph RGW and "
+        "SeaweedFS behind a plain host name need), `virtual` (bucket.endpoint/key) or `auto` (botocore's choice)")
+    s3_connect_timeout_s: float = Field(1.0, gt=0, le=30, description="seconds to connect to the object store")
+    s3_read_timeout_s: float = Field(2.0, gt=0, le=60, description="seconds a read from the object store may take: "
+                                     "botocore's socket read timeout, and the most the picture's download may take")
+    s3_attempts: int = Field(2, ge=1, le=5, description="tries of one read (botocore's standard retry mode: "
+                             "connection errors, timeouts, throttling and 5xx are retried with jittered backoff); "
+                             "a read that still fails costs the post its picture (reason unavailable)")
+    s3_outage_cooldown_s: float = Field(30.0, ge=0, description="seconds after a read failed for the store's sake "
+                                        "(unreachable, timed out, 5xx) during which s3:// references are rejected "
+                                        "as unavailable without a request, so an outage costs the worker one "
+                                        "bounded wait per cool-down, not one per post; 0: every reference tries")
     max_image_bytes: int = Field(524_288, ge=1_024, description="bytes; a larger picture (inline after base64 "
                                  "decoding, or a referenced file) is rejected as oversized without being decoded")
     max_image_pixels: int = Field(16_000_000, ge=1, description="pixels (width x height, read from the header "
@@ -285,6 +312,19 @@ class MediaSettings(BaseModel):
                                  "kept in Redis")
     heatmap_grid: int = Field(6, ge=2, le=16, description="occlusion cells per side of the heat map: grid^2 + 1 "
                               "pictures are encoded and scored per heat map")
+
+    @field_validator("s3_buckets")
+    @classmethod
+    def _bucket_entries(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            if not S3_BUCKET_NAME.fullmatch(entry.partition("/")[0]):
+                raise ValueError(f"{entry!r} is not `bucket` or `bucket/key-prefix` (bucket: 3-222 characters "
+                                 f"of lower-case letters, digits, '.', '-', '_')")
+        return entries
+
+    def s3_allow_list(self) -> list[tuple[str, str]]:
+        """(bucket, key prefix; '' for the whole bucket) of every ``s3_buckets`` entry."""
+        return [(bucket, prefix) for bucket, _, prefix in (entry.partition("/") for entry in self.s3_buckets)]
 
 
 class ScoreSettings(BaseModel):

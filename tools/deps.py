@@ -18,7 +18,7 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 # Installed beside the project but not declared by it: aisfx's wheel pins numpy==1.23 and librosa==0.9.2, so
 # the Makefile and the trainer image install it with --no-deps (pyproject's `train` extra says why).
 UNDECLARED = ("aisfx",)
-ALL_EXTRAS = ("stream", "serving", "embedded", "train", "dev")
+ALL_EXTRAS = ("stream", "serving", "embedded", "s3", "train", "dev")
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[([^\]]*)\])?")
 
 

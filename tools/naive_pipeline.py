@@ -108,10 +108,10 @@ async def run_naive_images(settings: Settings, bootstrap: str, grpc_url: str, in
     prediction produced and awaited. Returns (processed, seconds)."""
     from tritonclient.grpc import InferRequestedOutput
 
-    from popscore.media import LocalMediaStore, load_pictures
+    from popscore.media import build_media_store, load_pictures
 
     spec, media = F.DEFAULT_SPEC, settings.media
-    store = LocalMediaStore(media.roots)
+    store = build_media_store(media)
     triton = grpcaio.InferenceServerClient(grpc_url)
     consumer = AIOKafkaConsumer(in_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 group_id="popscore-naive-images", enable_auto_commit=True,

@@ -19,7 +19,7 @@ import numpy as np
 
 from popscore import features as F
 from popscore.contract import Post
-from popscore.media import (UNDECODABLE, LocalMediaStore, MediaProblem, MediaStore, PostPictures, has_pictures,
+from popscore.media import (UNDECODABLE, MediaProblem, MediaStore, PostPictures, build_media_store, has_pictures,
                             load_pictures)
 from popscore.serving.model_sets import ModelSet
 from popscore.serving.routing import Route
@@ -85,7 +85,7 @@ class Features:
                  metrics: WorkerMetrics) -> None:
         self.weights_for = settings.score.weights_for
         self.media = settings.media
-        self.media_store: MediaStore = LocalMediaStore(settings.media.roots)
+        self.media_store: MediaStore = build_media_store(settings.media)
         self.models = models
         self.infer = infer
         self.store = store

@@ -1,4 +1,4 @@
-"""The worker image installs only the `stream` and `serving` extras (Dockerfile). Without a Docker engine
+"""The worker image installs only the `stream`, `serving` and `s3` extras (Dockerfile). Without a Docker engine
 here, this test imitates that image: the CLI and the worker must import with the trainer's and the
 embedded stack's packages made unimportable. It also guards `make demo`, which installs no trainer extras.
 """
@@ -43,8 +43,14 @@ def run_probe(blocked: tuple[str, ...]) -> subprocess.CompletedProcess:
 def test_cli_and_worker_import_without_trainer_or_embedded_packages():
     result = run_probe(NOT_IN_WORKER_IMAGE)
     assert result.returncode == 0 and result.stdout.strip() == "ok", (
-        "`popscore worker` cannot start in the worker image (extras stream,serving only):\n"
+        "`popscore worker` cannot start in the worker image (extras stream,serving,s3 only):\n"
         + result.stderr[-3000:])
+
+
+def test_the_worker_imports_without_the_s3_extra():
+    """boto3 is optional (the s3 extra): imported only when media.s3_buckets is set."""
+    result = run_probe(NOT_IN_WORKER_IMAGE + ("boto3", "botocore"))
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
 def test_the_probe_fails_when_a_needed_package_is_missing():
