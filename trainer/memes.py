@@ -9,8 +9,11 @@ times and final upvotes; the target is ``log1p(ups)``. There is one count per po
         the upload-time features + the author's settled history (+ the probes' scores), MTAF-static with
         title / image / both (and a more regularised image+title variant, an average with the ridge probe,
         and the title and image MTAFs weighted on validation), the pairwise intrinsic-popularity ranker on the
-        image -> metrics on the split's test window -> per model, mean and standard error over the folds and
-        the paired difference from title-only
+        image; issue 20's picture signals (trainer/picture_cues.py low-level cues, trainer/caption_ocr.py
+        caption OCR when tesseract is installed) as ridge probes, inside small trees beside the title's probe,
+        stacked with the title MTAF on validation, and the caption appended to the title for MTAF
+        -> metrics on the split's test window -> per model, mean and standard error over the folds, the
+        paired difference from title-only and the promotion rule's verdict against it
     -> the reference split's best image+title MTAF (by validation MAE) -> popscore_reddit_image_static
     -> occlusion heat maps of a few test images through the exported encoder + head
 
@@ -68,6 +71,8 @@ class MemesConfig:
     author_gap_days: float = 7.0  # an author's earlier posts count for their popularity once this old
     probe_blocks: int = 5  # time-ordered blocks of the cross-fitted probe scores the trees read
     image_pca: tuple[int, ...] = (8, 32)  # ridge probes on the image embedding's first principal components
+    picture_cues: bool = True  # low-level cues of the decoded picture (trainer/picture_cues.py) and their models
+    ocr: bool | None = None  # caption OCR (trainer/caption_ocr.py) and its models; None: when tesseract is installed
     heatmaps: int = 4  # test images explained by occlusion (0: none)
     occlusion_patch: int = 48  # px of the 224 crop
     occlusion_stride: int = 16
@@ -95,6 +100,11 @@ class MemesTable:
     images: np.ndarray  # [P, 1280] EfficientNet-Lite0
     image_encoder: str  # its version (weights hash + preprocessing)
     author_past: np.ndarray  # [P, 2] mean log1p(ups) (NaN: none) and count of the author's posts >= the gap older
+    cues: np.ndarray | None = None  # [P, len(CUE_NAMES)] low-level picture cues; None: not computed
+    ocr: object | None = None  # TitleEncodings of the caption text read off each picture; None: no OCR
+    ocr_words: np.ndarray | None = None  # [P] caption words OCR kept (0: none found)
+    titles_with_ocr: object | None = None  # TitleEncodings of "<title> | <caption text>" (the title alone when none)
+    ocr_seconds: np.ndarray | None = None  # [P] wall seconds of each picture's OCR when it ran (from the cache)
 
     def __len__(self) -> int:
         return len(self.target)
@@ -115,13 +125,49 @@ def load_table(cfg: MemesConfig) -> MemesTable:
     titles = cached_title_encodings(data.frame["title"].tolist(), progress=cfg.progress)
     images = embed_files(data.image_paths)
     target = np.log1p(data.frame["ups"].to_numpy(np.float64))
-    return MemesTable(
+    table = MemesTable(
         frame=data.frame, posts=data.posts, created_at=created, target=target,
         static=features.build_static_features(spec, created, [PLATFORM] * len(data), data.posts),
         titles=titles, images=images, image_encoder=encoder_version(),
         author_past=author_past_popularity(data.frame["author"].to_numpy(), created, target,
                                            cfg.author_gap_days * 86400.0),
     )  # fmt: skip
+    if cfg.picture_cues:
+        from popscore.trainer.picture_cues import cues_of_files
+
+        log("low-level picture cues (cached)")
+        table.cues = cues_of_files(data.image_paths)
+    if use_ocr(cfg):
+        add_ocr(table, data.image_paths, cfg.progress)
+    return table
+
+
+def use_ocr(cfg: MemesConfig) -> bool:
+    from popscore.trainer.caption_ocr import tesseract_available
+
+    if cfg.ocr is None:
+        if not tesseract_available():
+            log("no tesseract command: the OCR models are skipped")
+        return tesseract_available()
+    return cfg.ocr
+
+
+def add_ocr(table: MemesTable, image_paths: list, progress: bool = False) -> None:
+    """The caption text of each picture (Tesseract, cached per picture), encoded by the served MiniLM alone and
+    appended to the title (what MTAF's word attention can read; the encoder keeps the first 32 tokens)."""
+    from popscore.trainer.caption_ocr import cached_ocr, caption_texts
+    from popscore.trainer.encoders import cached_title_encodings
+
+    log("caption OCR (tesseract, cached per picture)")
+    records = cached_ocr(image_paths, progress=progress)
+    captions = caption_texts(records)
+    table.ocr_words = np.array([len(c.split()) for c in captions], np.float64)
+    table.ocr_seconds = np.array([r["seconds"] for r in records])
+    table.ocr = cached_title_encodings(captions, progress=progress)
+    titles = table.frame["title"].tolist()
+    table.titles_with_ocr = cached_title_encodings([f"{t} | {c}" if c else t for t, c in zip(titles, captions)],
+                                                   progress=progress)
+    log(f"OCR found caption words in {np.mean(table.ocr_words > 0):.1%} of the pictures")
 
 
 def author_past_popularity(authors: np.ndarray, created_at: np.ndarray, target: np.ndarray, gap_s: float) -> np.ndarray:
@@ -170,13 +216,15 @@ def splits(cfg: MemesConfig, table: MemesTable) -> list[Split]:
     return out
 
 
-def examples(table: MemesTable, idx: np.ndarray, text: bool, visual: bool):
-    """The posts ``idx`` as trainer Examples at upload, with the title and/or the image present."""
+def examples(table: MemesTable, idx: np.ndarray, text: bool | str, visual: bool):
+    """The posts ``idx`` as trainer Examples at upload, with the title and/or the image present. ``text``
+    ``"title+ocr"``: the title with the picture's caption text appended, in the title's place."""
     from popscore.trainer.data import Examples
 
     n = len(idx)
+    titles = table.titles_with_ocr if text == "title+ocr" else table.titles
     return Examples({"static_features": table.static[idx]}, table.target[idx], np.zeros(n), np.arange(n),
-                    np.zeros(n), table.created_at[idx], table.titles.take(idx) if text else None,
+                    np.zeros(n), table.created_at[idx], titles.take(idx) if text else None,
                     table.images[idx] if visual else None)
 
 
@@ -305,6 +353,53 @@ MTAF_VARIANTS = {
 IMAGE_TITLE_MODELS = ("mtaf_image_title", "mtaf_image_title_small", "mtaf_late_fusion")
 
 
+# name: (the author's settled history?, probe scores read, raw picture-signal blocks read); beside the upload-time
+# features. The issue-20 study of what the picture adds to the title: low-level cues and the caption OCR.
+SIGNAL_TREES = {
+    "lightgbm_title": (False, ("title",), ()),
+    "lightgbm_title_image": (False, ("title", "image"), ()),
+    "lightgbm_title_cues": (False, ("title",), ("cues",)),
+    "lightgbm_title_image_cues": (False, ("title", "image"), ("cues",)),
+    "lightgbm_title_ocr": (False, ("title", "ocr"), ("ocr_words",)),
+    "lightgbm_title_ocr_image": (False, ("title", "ocr", "image"), ("ocr_words",)),
+    "lightgbm_author_title_cues": (True, ("title",), ("cues",)),
+    "lightgbm_author_title_ocr": (True, ("title", "ocr"), ("ocr_words",)),
+    "lightgbm_author_title_ocr_image_cues": (True, ("title", "ocr", "image"), ("cues", "ocr_words")),
+}
+# name: the predictions weighted by least squares on the validation window (mtaf_*: the MTAF's; probe_*: the
+# ridge probe's, fit on the training posts)
+STACKS = {
+    "stack_title_image": ("mtaf_title", "mtaf_image"),
+    "stack_title_cues": ("mtaf_title", "probe_cues"),
+    "stack_title_image_cues": ("mtaf_title", "mtaf_image", "probe_cues"),
+    "stack_title_ocr": ("mtaf_title", "probe_ocr"),
+    "stack_title_ocr_image": ("mtaf_title", "probe_ocr", "mtaf_image"),
+    "stack_title+ocr_image": ("mtaf_title_ocr", "mtaf_image"),
+}
+
+
+def picture_signal_probes(cfg: MemesConfig, table: MemesTable, split: Split, preds: dict, probes: dict,
+                          extra: dict) -> dict[str, np.ndarray]:
+    """Ridge probes on the low-level cues and on the caption OCR (its MiniLM embedding and whether any word
+    was found): their test predictions (``ridge_cues``, ``ridge_ocr``) and, in ``probes``, their scores for the
+    trees and stacks. Returns the raw per-post blocks the trees may read (``cues``, ``ocr_words``)."""
+    y = table.target
+    blocks: dict[str, np.ndarray] = {}
+    signals = {}
+    if table.cues is not None:
+        blocks["cues"] = table.cues
+        signals["cues"] = table.cues
+    if table.ocr is not None:
+        blocks["ocr_words"] = table.ocr_words[:, None]
+        signals["ocr"] = np.column_stack([table.ocr.pooled.astype(np.float64), table.ocr_words > 0])
+    for name, x in signals.items():
+        model, alpha = ridge_probe(cfg, x[split.fit], y[split.fit], x[split.val], y[split.val])
+        preds[f"ridge_{name}"] = model.predict(x[split.test])
+        extra[f"ridge_{name}_alpha"] = alpha
+        probes[name] = probe_scores(cfg, x[split.fit], y[split.fit], x[split.val], y[split.val], x[split.test], alpha)
+    return blocks
+
+
 def late_fusion(title_model, image_model):
     """Image + title as one served graph: the mean of a title model and an image model, each trained alone
     (with the content features). Trained jointly on 1,664 embedding dimensions, the image+title MTAF overfits
@@ -347,7 +442,8 @@ def train_config(cfg: MemesConfig, **overrides):
     return replace(base, **overrides)
 
 
-def train_mtaf_variant(cfg: MemesConfig, table: MemesTable, split: Split, text: bool, visual: bool, overrides: dict):
+def train_mtaf_variant(cfg: MemesConfig, table: MemesTable, split: Split, text: bool | str, visual: bool,
+                       overrides: dict):
     from popscore.trainer.fitting import predict_mtaf, train_mtaf
 
     tcfg = train_config(cfg, **overrides)
@@ -459,6 +555,17 @@ def run_split(cfg: MemesConfig, table: MemesTable, split: Split, keep_models: bo
         tree = lightgbm_small(cfg, x_fit, y_fit, x_val, y_val)
         preds[name] = tree.predict(x_test)
         extra[f"{name}_trees"] = int(tree.best_iteration_ or tree.n_estimators)
+    cue_blocks = picture_signal_probes(cfg, table, split, preds, probes, extra)
+    for name, (with_author, reads, raw) in SIGNAL_TREES.items():
+        if not all(r in probes for r in reads) or not all(b in cue_blocks for b in raw):
+            continue  # a signal this run does not have (no OCR, no cues)
+        base = author if with_author else [table.static[rows] for rows in (split.fit, split.val, split.test)]
+        x_fit, x_val, x_test = (
+            np.column_stack([a, *[probes[r][k] for r in reads], *[cue_blocks[b][rows] for b in raw]])
+            for k, (a, rows) in enumerate(zip(base, (split.fit, split.val, split.test))))
+        tree = lightgbm_small(cfg, x_fit, y_fit, x_val, y_val)
+        preds[name] = tree.predict(x_test)
+        extra[f"{name}_trees"] = int(tree.best_iteration_ or tree.n_estimators)
     x_all = np.concatenate([table.static, emb["both"]], 1)
     gbm = lightgbm(cfg, x_all[split.fit], y_fit, x_all[split.val], y_val)
     preds["lightgbm"] = gbm.predict(x_all[split.test])
@@ -467,7 +574,10 @@ def run_split(cfg: MemesConfig, table: MemesTable, split: Split, keep_models: bo
     from popscore.trainer.fitting import predict_mtaf
 
     models = {}
-    for name, (text, visual, overrides) in MTAF_VARIANTS.items():
+    variants = dict(MTAF_VARIANTS)
+    if table.titles_with_ocr is not None:
+        variants["mtaf_title_ocr"] = ("title+ocr", False, {})  # the caption text appended to the title
+    for name, (text, visual, overrides) in variants.items():
         log(f"{split.name}: {name}")
         model, history, vmae, fit_ex, val_ex = train_mtaf_variant(cfg, table, split, text, visual, overrides)
         preds[name] = predict_mtaf(model, examples(table, split.test, text, visual), False)["log_score"]
@@ -477,10 +587,16 @@ def run_split(cfg: MemesConfig, table: MemesTable, split: Split, keep_models: bo
                         "val": examples(table, split.val, True, True), "history": history}
     # title and image MTAFs weighted by least squares on the validation window (the late fusion's fixed 1/2, 1/2
     # learnt instead); the validation window also stopped their training, so the weights are a little optimistic
-    val_of = {n: predict_mtaf(models[n]["model"], examples(table, split.val, *MTAF_VARIANTS[n][:2]), False)["log_score"]
-              for n in ("mtaf_title", "mtaf_image")}
-    preds["stack_title_image"], extra["stack_title_image_weights"] = stacked(
-        [val_of["mtaf_title"], val_of["mtaf_image"]], y_val, [preds["mtaf_title"], preds["mtaf_image"]])
+    val_of = {n: predict_mtaf(models[n]["model"], examples(table, split.val, *variants[n][:2]), False)["log_score"]
+              for n in ("mtaf_title", "mtaf_image", "mtaf_title_ocr") if n in models}
+    test_of = {n: preds[n] for n in val_of}
+    for signal in ("cues", "ocr"):  # the probes fit on the training posts, as on the test window
+        if signal in probes:
+            val_of[f"probe_{signal}"], test_of[f"probe_{signal}"] = probes[signal][1], probes[signal][2]
+    for name, parts in STACKS.items():
+        if all(part in val_of for part in parts):
+            preds[name], extra[f"{name}_weights"] = stacked([val_of[q] for q in parts], y_val,
+                                                            [test_of[q] for q in parts])
     fused = late_fusion(models["mtaf_title"]["model"], models["mtaf_image"]["model"])
     models["mtaf_late_fusion"] = {**models["mtaf_image_title"], "model": fused, "history": []}
     preds["mtaf_late_fusion"] = predict_mtaf(fused, examples(table, split.test, True, True), False)["log_score"]
@@ -684,7 +800,14 @@ def run(cfg: MemesConfig) -> dict:
         "splits": [{"name": r.split.name, "window": r.split.window, "metrics": r.metrics, "val_mae": r.val_mae,
                     **r.extra} for r in results_by_split],
         "summary": summarise(results_by_split), "paired": paired_differences(results_by_split),
+        "rule_vs_title": rule_against_title(results_by_split),
     }  # fmt: skip
+    if table.ocr_words is not None:
+        results["ocr"] = {"share_with_words": float(np.mean(table.ocr_words > 0)),
+                          "median_words": float(np.median(table.ocr_words[table.ocr_words > 0]))
+                          if np.any(table.ocr_words > 0) else 0.0,
+                          "seconds_per_picture_mean": float(np.mean(table.ocr_seconds)),
+                          "seconds_per_picture_median": float(np.median(table.ocr_seconds))}
     served = served_recipe_model(cfg.model_repo) if cfg.model_repo is not None else None
     chosen = min(IMAGE_TITLE_MODELS, key=lambda n: ref.val_mae[n])
     if served is not None:
@@ -734,7 +857,23 @@ COMPARISONS = (
     ("lightgbm_author_title", "lightgbm_author"), ("lightgbm_author_image", "lightgbm_author"),
     ("mtaf_late_fusion", "mtaf_image"), ("stack_title_image", "mtaf_image"), ("stack_title_image", "mtaf_late_fusion"),
     ("lightgbm_author", "mtaf_content"), ("pair_ranker_image", "ridge_image"),
+    # issue 20's picture signals, each against the same model family without them
+    ("lightgbm_title_image", "lightgbm_title"), ("lightgbm_title_cues", "lightgbm_title"),
+    ("lightgbm_title_image_cues", "lightgbm_title"), ("lightgbm_title_ocr", "lightgbm_title"),
+    ("lightgbm_title_ocr_image", "lightgbm_title"), ("lightgbm_author_title_cues", "lightgbm_author_title"),
+    ("lightgbm_author_title_ocr", "lightgbm_author_title"),
+    ("lightgbm_author_title_ocr_image_cues", "lightgbm_author_title"),
+    ("stack_title_ocr_image", "stack_title_image"), ("stack_title_image_cues", "stack_title_image"),
 )
+
+
+def rule_against_title(results: list[SplitResult]) -> dict:
+    """Per model: ``beats_on_folds`` against title-only (``BASELINE``), the promotion rule's verdict, so a
+    report says plainly which model, if any, would clear it."""
+    folds = [r for r in results if r.split.name != "reference"]
+    if len(folds) < 2:
+        return {}
+    return {m: beats_on_folds(results, m, BASELINE) for m in folds[0].metrics if m != BASELINE}
 
 
 def paired_differences(results: list[SplitResult]) -> dict:
@@ -782,6 +921,15 @@ def render(results: dict) -> str:
         for pair, d in results["paired"].items():
             lines.append(f"| {pair} | " + " | ".join(f"{d[c][0]:+.3f} ± {d[c][1]:.3f}" for c in COLUMNS) + " |")
         lines.append("")
+    winners = [m for m, v in results.get("rule_vs_title", {}).items() if v["wins"]]
+    if results.get("rule_vs_title"):
+        lines += [f"beats {BASELINE} by two standard errors of the paired difference on both the test-median and the "
+                  f"pairwise accuracy (`beats_on_folds`): {', '.join(winners) or 'no model'}", ""]
+    if "ocr" in results:
+        o = results["ocr"]
+        lines += [f"caption OCR: words found in {o['share_with_words']:.1%} of the pictures (median "
+                  f"{o['median_words']:.0f} words where found); {o['seconds_per_picture_mean']:.2f} s per picture "
+                  f"(median {o['seconds_per_picture_median']:.2f} s, wall, when the cache was filled)", ""]
     if "promotion" in results:
         lines += [f"promotion (served {results['promotion']['served']}): {json.dumps(results['promotion'])}", ""]
     if "export" in results:

@@ -101,6 +101,20 @@ def test_a_candidate_wins_only_by_two_standard_errors_on_the_folds():
     assert not memes.beats_on_folds(steady[:2], "cand", "inc")["wins"]  # one fold: no standard error
 
 
+def test_every_model_gets_the_rule_verdict_against_title_only():
+    def split_result(name, better, worse):
+        split = memes.Split(name, np.arange(1), np.arange(1), np.arange(1), {})
+        metrics = {m: {"acc_test_median": v, "pairwise_2x": v}
+                   for m, v in ((memes.BASELINE, 0.6), ("steady_gain", better), ("noise", worse))}
+        return memes.SplitResult(split, metrics, {}, {})
+
+    folds = [split_result(f"fold{k}", 0.63 + 0.001 * k, 0.6 + 0.05 * (-1) ** k) for k in range(6)]
+    verdicts = memes.rule_against_title([split_result("reference", 0.0, 1.0), *folds])
+    assert set(verdicts) == {"steady_gain", "noise"}  # not the baseline against itself
+    assert verdicts["steady_gain"]["wins"] and not verdicts["noise"]["wins"]
+    assert memes.rule_against_title(folds[:1]) == {}
+
+
 def test_paired_differences_are_taken_fold_by_fold():
     def split_result(name, a, b):
         split = memes.Split(name, np.arange(1), np.arange(1), np.arange(1), {})
@@ -193,6 +207,13 @@ def test_recipe_reports_every_model_on_the_same_pairs(recipe):
     models = set(ref["metrics"])
     assert {"mean", "ridge_title", "ridge_image", "ridge_both", "lightgbm", "mtaf_title", "mtaf_image",
             "mtaf_image_title", "stack_title_image", "pair_ranker_image", *memes.AUTHOR_TREES} <= models
+    from popscore.trainer.caption_ocr import tesseract_available
+
+    cue_models = {"ridge_cues", "lightgbm_title", "lightgbm_title_cues", "stack_title_cues", "stack_title_image_cues"}
+    ocr_models = {"ridge_ocr", "mtaf_title_ocr", "lightgbm_title_ocr", "stack_title_ocr", "stack_title+ocr_image"}
+    assert cue_models <= models
+    assert (ocr_models <= models) if tesseract_available() else not (ocr_models & models)  # skipped without it
+    assert results["rule_vs_title"] == {}  # one fold: no standard error, so no verdict against title-only
     n_pairs = {m["n_pairs_2x"] for m in ref["metrics"].values()}
     assert len(n_pairs) == 1 and n_pairs.pop() > 100
     assert ref["metrics"]["mean"]["pairwise_2x"] == 0.5
