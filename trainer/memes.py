@@ -72,7 +72,7 @@ class MemesConfig:
     probe_blocks: int = 5  # time-ordered blocks of the cross-fitted probe scores the trees read
     image_pca: tuple[int, ...] = (8, 32)  # ridge probes on the image embedding's first principal components
     picture_cues: bool = True  # low-level cues of the decoded picture (trainer/picture_cues.py) and their models
-    ocr: bool | None = None  # caption OCR (trainer/caption_ocr.py) and its models; None: when tesseract is installed
+    ocr: bool = False  # caption OCR (trainer/caption_ocr.py, the tesseract command) and its models: a study, opt-in
     heatmaps: int = 4  # test images explained by occlusion (0: none)
     occlusion_patch: int = 48  # px of the 224 crop
     occlusion_stride: int = 16
@@ -145,10 +145,8 @@ def load_table(cfg: MemesConfig) -> MemesTable:
 def use_ocr(cfg: MemesConfig) -> bool:
     from popscore.trainer.caption_ocr import tesseract_available
 
-    if cfg.ocr is None:
-        if not tesseract_available():
-            log("no tesseract command: the OCR models are skipped")
-        return tesseract_available()
+    if cfg.ocr and not tesseract_available():
+        raise RuntimeError("--ocr needs the tesseract command (Debian: apt-get install tesseract-ocr)")
     return cfg.ocr
 
 

@@ -16,6 +16,7 @@ pytest.importorskip("pandas")
 from popscore import features  # noqa: E402
 from popscore.datasets import memes as memes_data  # noqa: E402
 from popscore.trainer import memes  # noqa: E402
+from popscore.trainer.caption_ocr import tesseract_available  # noqa: E402
 
 
 def test_author_history_counts_only_strictly_earlier_posts():
@@ -194,7 +195,7 @@ def recipe(memes_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("memes")
     cfg = memes.MemesConfig(data_dir=memes_root.parent, limit=300, epochs=4, folds=1, heatmaps=1,
                             occlusion_stride=56, threads=1, model_repo=tmp / "repo", report_dir=tmp / "reports",
-                            heatmap_dir=tmp / "maps")
+                            heatmap_dir=tmp / "maps", ocr=tesseract_available())
     return cfg, memes.run(cfg)
 
 
@@ -207,8 +208,6 @@ def test_recipe_reports_every_model_on_the_same_pairs(recipe):
     models = set(ref["metrics"])
     assert {"mean", "ridge_title", "ridge_image", "ridge_both", "lightgbm", "mtaf_title", "mtaf_image",
             "mtaf_image_title", "stack_title_image", "pair_ranker_image", *memes.AUTHOR_TREES} <= models
-    from popscore.trainer.caption_ocr import tesseract_available
-
     cue_models = {"ridge_cues", "lightgbm_title", "lightgbm_title_cues", "stack_title_cues", "stack_title_image_cues"}
     ocr_models = {"ridge_ocr", "mtaf_title_ocr", "lightgbm_title_ocr", "stack_title_ocr", "stack_title+ocr_image"}
     assert cue_models <= models
