@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from popscore.stream.redis_client import ping_every_primary
+
 
 @dataclass
 class Check:
@@ -49,8 +51,8 @@ class Health:
 
 
 class Probes:
-    """Round trips to Redis and the broker, and the consumer's last commit: a connection that is open but does
-    not answer (a paused or partitioned service) fails its check too."""
+    """Round trips to Redis (every primary of a cluster) and the broker, and the consumer's last commit: a
+    connection that is open but does not answer (a paused or partitioned service) fails its check too."""
 
     def __init__(self, health: Health, bootstrap_servers: str, timeout_s: float) -> None:
         self.health = health
@@ -61,8 +63,8 @@ class Probes:
     async def run(self, redis, consumer) -> None:
         timeout = self.timeout_s
         try:
-            await asyncio.wait_for(redis.ping(), timeout)
-            self.health.set("redis", True, "answers PING")
+            await asyncio.wait_for(ping_every_primary(redis), timeout)
+            self.health.set("redis", True, "answers PING (a cluster: every primary)")
         except Exception as exc:
             self.health.set("redis", False, f"no answer to PING within {timeout:g}s: {exc!r}")
         try:

@@ -47,6 +47,16 @@ def primaries(client: AsyncClient | SyncClient) -> list:
     return [None]
 
 
+async def ping_every_primary(client: AsyncClient) -> None:
+    """PING one Redis, or every primary of a cluster. A cluster client sends a key-less PING to one node (its
+    default), which answers while another primary is dead and its slots are served by nobody; the worker writes
+    to every slot, so its readiness needs every primary."""
+    if isinstance(client, AsyncRedisCluster):
+        await client.ping(target_nodes=AsyncRedisCluster.PRIMARIES)
+    else:
+        await client.ping()
+
+
 async def on_node(client: AsyncClient, node, *command: Any) -> Any:
     """``command`` on one node of ``primaries`` (one Redis: the client's server)."""
     if node is None:

@@ -6,11 +6,16 @@ A stream is replayed in rounds, each waited for. In one test, between two rounds
 migrated to another master, and left half-migrated (some of its keys moved, the slot MIGRATING on its owner and
 IMPORTING on the target) while the next round is sent, until the worker's batches have failed on it (TRYAGAIN,
 ASK) and been retried; then the migration ends (SETSLOT NODE) and the stream goes on. In the other, the master of
-a slot holding live posts is failed over to its replica (CLUSTER FAILOVER) as a round is sent. Afterwards nothing
-may be lost on the outputs:
+a slot holding live posts is failed over to its replica (CLUSTER FAILOVER) as a round is sent. In a third, that
+master is killed (SIGKILL) in the middle of a round: its slots are served by nobody until its replica is promoted
+(the stack's ``cluster-node-timeout`` is 3 s, short for tests but within what production clusters use; Redis'
+default is 15 s), and the worker must say it is not ready meanwhile and retry. Afterwards nothing may be lost on
+the outputs:
 every snapshot in its post's sequence exactly once, each round's latest observation of each post predicted on the
 predictions topic, every post's latest prediction in Redis, and the platform's board (read through the worker's
 ``/leaderboard``, merged from the shards on the three nodes) listing every post with its latest predicted score.
+Then: a dead master makes even an idle worker unready (the probe covers every primary), and the stack stops with
+nodes dead.
 """
 
 from __future__ import annotations
@@ -267,3 +272,164 @@ def test_a_master_failed_over_in_the_middle_of_a_stream_loses_nothing(cluster_st
     last = {p: by_time[max(by_time)] for p, by_time in predicted.items()}
     assert status == 200 and {e["post_id"]: e["value"] for e in board["entries"]} == pytest.approx(last)
     print(f"slot {slot}'s master failed over to its replica mid-stream; {figures}")
+
+
+# --- a master that crashes -----------------------------------------------------------------------------------
+
+def process_of(stack, port: int) -> str:
+    """The stack's process name of the cluster node listening on ``port``."""
+    return next(name for name, info in stack.state.processes.items() if info.get("port") == port)
+
+
+def readiness(stack) -> tuple[int, dict]:
+    return web_json(stack, "/readyz")
+
+
+def wait_until(condition, timeout_s: float, what: str) -> float:
+    """Poll ``condition`` until it holds; the seconds it took. Fails after ``timeout_s``."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout_s, f"not within {timeout_s:g}s: {what}"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_a_master_killed_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
+    """SIGKILL, not a handover: until a replica is promoted (``cluster-node-timeout``, then an election) the
+    dead master's slots answer nothing, the other nodes CLUSTERDOWN. The worker must retry its batches (transient),
+    say it is not ready meanwhile, and afterwards nothing may be missing or doubled on the outputs."""
+    from popscore.tools.stack.process import group_alive
+
+    settings, endpoints, traffic, rounds = first_round_stored(cluster_stack, "clustercrash")
+    bootstrap = endpoints.broker_bootstrap
+    keys = RedisKeys.of(settings)
+    worker_pgid = int(cluster_stack.state.processes["worker"]["pid"])
+
+    _, shard_posts, slot = busiest_shard(keys, traffic.post_ids)
+    nodes = masters(endpoints)
+    master_id = owner(nodes, slot)
+    victim = nodes[master_id]
+    victim_port = victim.connection_pool.connection_kwargs["port"]
+    victim_name = process_of(cluster_stack, victim_port)
+    replica = replica_of(victim, master_id)
+    failed_before = transient_failures(cluster_stack)
+    assert readiness(cluster_stack)[0] == 200
+
+    # Half of a round is in flight when the master dies; the other half is sent while its slots are served by
+    # nobody, so the worker's writes to them certainly fail.
+    half = len(rounds[1]) // 2
+    send_snapshots(cluster_stack, rounds[1][:half])
+    cluster_stack.kill_component(victim_name)  # SIGKILL; returns once the process is gone
+    killed_at = time.monotonic()
+    send_snapshots(cluster_stack, rounds[1][half:])
+
+    # While nothing serves the slot, the worker is not ready (its agent retries, or its Redis probe fails)...
+    unready = {}
+
+    def not_ready() -> bool:
+        status, body = readiness(cluster_stack)
+        for check, why in (body.get("failing", {}) if status == 503 else {}).items():
+            unready.setdefault(check, why["detail"])
+        return status == 503
+
+    wait_until(not_ready, 30, "readiness to report the worker not ready while a master is dead")
+    # ... a replica takes over after cluster-node-timeout and an election ...
+    wait_until(lambda: not_ready() is not None and replica.execute_command("ROLE")[0] == b"master", 60,
+               "the dead master's replica to be promoted")
+    promoted_s = time.monotonic() - killed_at
+    # ... and the worker is ready again, its retried batch through.
+    wait_until(lambda: readiness(cluster_stack)[0] == 200, 60, "readiness back after the failover")
+    wait_processed(settings, bootstrap)
+    for part in rounds[2:]:
+        send_snapshots(cluster_stack, part)
+        wait_processed(settings, bootstrap)
+
+    assert group_alive(worker_pgid), "the worker exited during the outage"
+    assert int(cluster_stack.state.processes["worker"]["pid"]) == worker_pgid
+    assert transient_failures(cluster_stack) > failed_before, "no batch of the worker hit the dead master"
+    assert replica.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0
+    letters = [m for m in read_all(settings, bootstrap, settings.kafka.topics.deadletter)
+               if m.key and m.key.decode().startswith(traffic.prefix + "-")]
+    assert not letters, "a record was dead-lettered while the master was dead"
+
+    # The killed node comes back with its data and rejoins as a replica of its old replica: the cluster is whole
+    # for the checks (and for whatever runs next on this stack).
+    cluster_stack.start_component(victim_name)
+    assert node(endpoints.host, victim_port).execute_command("ROLE")[0] == b"slave"
+
+    figures = check_nothing_lost(cluster_stack, traffic)
+    predicted = received(read_all(settings, bootstrap, settings.kafka.topics.predictions), traffic.prefix)
+    for part in rounds:
+        latest = {}
+        for post_id, at, _ in part:
+            latest[post_id] = max(at, latest.get(post_id, 0))
+        missing = {p: iso(datetime.fromtimestamp(t, timezone.utc)) for p, t in latest.items()
+                   if t not in predicted.get(p, {})}
+        assert not missing, f"observations without a prediction: {missing}"
+    status, board = web_json(cluster_stack, f"/leaderboard?board=top:platform:{traffic.prefix}&k=100")
+    assert status == 200, board
+    last = {p: by_time[max(by_time)] for p, by_time in predicted.items()}
+    assert sorted(entry["post_id"] for entry in board["entries"]) == sorted(traffic.post_ids)
+    assert {entry["post_id"]: entry["value"] for entry in board["entries"]} == pytest.approx(last)
+    values = [entry["value"] for entry in board["entries"]]
+    assert values == sorted(values, reverse=True)
+    print(f"master of slot {slot} ({shard_posts} posts) killed mid-stream: replica promoted "
+          f"{promoted_s:.1f}s after the kill; "
+          f"failing meanwhile: {unready}; killed {victim_name}; {figures}")
+
+
+def test_a_dead_master_makes_an_idle_worker_unready_until_its_replica_takes_over(cluster_stack):
+    """With no batch in flight only the Redis probe can tell that a master's slots are served by nobody, so it
+    must cover every master, not only the one the client sends key-less commands to (the node of slot 0)."""
+    endpoints = cluster_stack.state.endpoints_obj()
+    default_port = redis_of(cluster_stack).nodes_manager.get_node_from_slot(0).port
+    nodes = masters(endpoints)
+    victim_id, victim = next((node_id, client) for node_id, client in nodes.items()
+                             if client.connection_pool.connection_kwargs["port"] != default_port)
+    victim_port = victim.connection_pool.connection_kwargs["port"]
+    victim_name = process_of(cluster_stack, victim_port)
+    replica = replica_of(victim, victim_id)
+    wait_until(lambda: readiness(cluster_stack)[0] == 200, 60, "the worker ready before the fault")
+
+    cluster_stack.kill_component(victim_name)
+    try:
+        wait_until(lambda: "redis" in readiness(cluster_stack)[1].get("failing", {}), 30,
+                   f"readiness to report Redis failing with {victim_name} dead")
+        wait_until(lambda: replica.execute_command("ROLE")[0] == b"master", 60, "the replica to be promoted")
+        wait_until(lambda: readiness(cluster_stack)[0] == 200, 60, "readiness back once the replica serves")
+    finally:
+        cluster_stack.start_component(victim_name)
+
+
+def test_the_stack_stops_with_a_master_dead(cluster_stack):
+    """`popscore down` after a master and its replica crashed (its slots served by nobody for good): the dead
+    nodes' stale pids are skipped, the others stop (the worker in the middle of retrying a batch against the dead
+    slots, which its stop must not wait for), and nothing is left running. Stops the module's stack, so it runs
+    last."""
+    from popscore.tools.stack.process import group_alive
+
+    endpoints = cluster_stack.state.endpoints_obj()
+    keys = RedisKeys.of(cluster_stack.settings)
+    port = redis_of(cluster_stack).nodes_manager.get_node_from_slot(key_slot(keys.tag(keys.all_shards[0]).encode())).port
+    master_id, master = next((node_id, client) for node_id, client in masters(endpoints).items()
+                             if client.connection_pool.connection_kwargs["port"] == port)  # serves a shard
+    dead = {process_of(cluster_stack, client.connection_pool.connection_kwargs["port"])
+            for client in (master, replica_of(master, master_id))}
+    for name in dead:
+        cluster_stack.kill_component(name)
+    failed_before = transient_failures(cluster_stack)
+    send_snapshots(cluster_stack, Traffic("clusterdown", n_posts=30, n_snapshots=2).snapshots)  # no posts: waiting
+    pgids = {name: int(info["pid"]) for name, info in cluster_stack.state.processes.items()}
+    wait_until(lambda: readiness(cluster_stack)[0] == 503 and transient_failures(cluster_stack) > failed_before, 30,
+               "the worker retrying a batch, unready, with a master dead")
+
+    started = time.monotonic()
+    running = cluster_stack.stop()
+    took = time.monotonic() - started
+    assert sorted(running) == sorted(set(pgids) - dead), "a dead node counted as running, or a live one not stopped"
+    left = {name: pgid for name, pgid in pgids.items() if group_alive(pgid)}
+    assert not left, f"still running after stop: {left}"
+    # Bounded, not quick: a worker retrying a batch does not act on SIGTERM (Faust waits for the batch), so the
+    # stack SIGKILLs it after stop_timeout_s, which loses nothing (the batch was not acknowledged).
+    assert took < cluster_stack.settings.stack.stop_timeout_s + 10, f"stopping took {took:.1f}s"
+    print(f"stack stopped in {took:.1f}s with {sorted(dead)} dead; stopped {sorted(running)}")

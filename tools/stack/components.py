@@ -186,7 +186,8 @@ def redis_argv(endpoints: Endpoints, data_dir: Path, maxmemory_bytes: int) -> li
 
 
 def redis_healthy(endpoints: Endpoints) -> bool:
-    """One Redis answers PING; a cluster's every node answers and says the cluster is ok (every slot served)."""
+    """One Redis answers PING; a cluster's every node answers and says the cluster is ok (every slot served), and
+    every replica has synced with its master."""
     if not endpoints.redis_cluster_nodes:
         return redis_node_healthy(endpoints.host, endpoints.redis_port)
     return all(redis_node_healthy(endpoints.host, port, cluster=True) for port, _ in endpoints.redis_cluster_nodes)
@@ -200,7 +201,12 @@ def redis_node_healthy(host: str, port: int, cluster: bool = False) -> bool:
         try:
             if not cluster:
                 return bool(client.ping())
-            return client.cluster("info").get("cluster_state") == "ok"
+            if client.cluster("info").get("cluster_state") != "ok":
+                return False
+            # A replica is one only once its sync is done: until then it cannot be promoted if its master dies
+            # (a node started again rejoins as a replica and syncs after the master's diskless-sync delay, 5 s).
+            replication = client.info("replication")
+            return replication.get("role") == "master" or replication.get("master_link_status") == "up"
         finally:
             client.close()
     except Exception:
