@@ -55,13 +55,18 @@ def create_app(settings: Settings) -> faust.App:
 
     worker = StreamWorker(settings, send, send_many, lambda topic: app.producer.partitioner_for(topic))
 
+    def stopping() -> bool:
+        """mode's ``Service.should_stop``: true from the start of ``app.stop()`` (SIGTERM), before Faust waits
+        for the agents' batches."""
+        return app.should_stop
+
     @app.agent(snapshots_topic)
     async def snapshots(stream):
-        await run_agent(stream, topics.snapshots, worker.handle_snapshots, worker)
+        await run_agent(stream, topics.snapshots, worker.handle_snapshots, worker, stopping)
 
     @app.agent(posts_topic)
     async def posts(stream):
-        await run_agent(stream, topics.posts, worker.handle_posts, worker)
+        await run_agent(stream, topics.posts, worker.handle_posts, worker, stopping)
 
     @app.task
     async def start_worker() -> None:

@@ -9,6 +9,9 @@
   splits it in halves and processes each half the same way, so the records that still fail alone are found in
   O(log n) steps. Such a record goes to the dead-letter topic with reason ``processing_failed`` and the
   exception; the others are processed. One record can therefore never block a partition.
+- The worker is asked to stop (SIGTERM) while a batch is failing: the retries end at the next attempt, the runner
+  raises ``StoppedWhileFailing`` and the agent exits the process without acknowledging the batch (Faust's
+  graceful stop would wait for that batch for as long as the outage lasts, until the supervisor's kill).
 While a batch fails, the agent's health check says so (``/readyz`` is not ready). ``run_agent`` is an agent's
 loop around the runner.
 """
@@ -24,7 +27,8 @@ from typing import TYPE_CHECKING
 
 import redis.exceptions as redis_errors
 from aiokafka import errors as kafka_errors
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, stop_any,
+                      wait_exponential_jitter)
 
 from popscore.serving.predictor import ModelUnavailable
 from popscore.stream.health import Health
@@ -79,10 +83,15 @@ class OutageTooLong(RuntimeError):
     """A transient error outlasted the outage budget: the worker stops rather than acknowledge the batch."""
 
 
+class StoppedWhileFailing(RuntimeError):
+    """The worker was asked to stop while a batch was failing: it exits without acknowledging the batch."""
+
+
 class BatchRunner:
     def __init__(self, name: str, handle: Callable[[list], Awaitable[None]],
                  dead_letter: Callable[[object, BaseException], Awaitable[None]], health: Health, metrics, *,
-                 attempts: int = 2, outage_budget_s: float = 120.0, max_backoff_s: float = 5.0) -> None:
+                 attempts: int = 2, outage_budget_s: float = 120.0, max_backoff_s: float = 5.0,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.name = name  # the agent's topic
         self.handle = handle
         self.dead_letter = dead_letter  # (message, exception): delivered when it returns
@@ -91,6 +100,7 @@ class BatchRunner:
         self.attempts = attempts
         self.outage_budget_s = outage_budget_s
         self.max_backoff_s = max_backoff_s
+        self.stopping = stopping  # the worker is being stopped: no further attempt
         self.check = f"agent:{name}"
 
     async def run(self, messages: list) -> None:
@@ -118,7 +128,8 @@ class BatchRunner:
 
     async def _attempt(self, call: Callable[[list], Awaitable[None]], messages: list) -> BaseException | None:
         """Run ``call(messages)`` with the retries; None on success, the error that still fails otherwise.
-        Raises ``OutageTooLong`` when transient errors outlast the budget."""
+        Raises ``OutageTooLong`` when transient errors outlast the budget, ``StoppedWhileFailing`` when the worker
+        is stopping (then a record is neither split off nor dead-lettered on fewer attempts than usual)."""
         try:  # the usual case, without the retry machinery
             await call(messages)
             return None
@@ -142,12 +153,15 @@ class BatchRunner:
 
         retrying = AsyncRetrying(retry=retry_if_exception(retry), reraise=True, before_sleep=before_sleep,
                                  wait=wait_exponential_jitter(multiplier=0.05, jitter=0.05, max=self.max_backoff_s),
-                                 stop=stop_after_delay(self.outage_budget_s))
+                                 stop=stop_any(stop_after_delay(self.outage_budget_s), lambda _: self.stopping()))
         try:
             await retrying(call, messages)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if self.stopping():
+                raise StoppedWhileFailing(f"{self.name}: asked to stop while a batch of {len(messages)} records "
+                                          f"was failing ({exc!r}); not acknowledged") from exc
             self.metrics.batch_failures.labels(self.name, "transient" if is_transient(exc) else "error").inc()
             if is_transient(exc):
                 self.health.set(self.check, False, f"outage longer than {self.outage_budget_s:g}s: {exc!r}")
@@ -163,13 +177,15 @@ class BatchRunner:
                     attempt, exc)
 
 
-async def run_agent(stream, topic: str, handle: Callable[[list], Awaitable[None]], worker: StreamWorker) -> None:
+async def run_agent(stream, topic: str, handle: Callable[[list], Awaitable[None]], worker: StreamWorker,
+                    stopping: Callable[[], bool] = lambda: False) -> None:
     """An agent's loop: once the worker has started, each micro-batch through a ``BatchRunner``; its health
-    check says whether it runs."""
+    check says whether it runs. ``stopping``: whether the app is being stopped."""
     settings = worker.settings.worker
     runner = BatchRunner(topic, handle, worker.decode.dead_letter_failure, worker.health, worker.metrics,
                          attempts=settings.batch_attempts, outage_budget_s=settings.outage_budget_s,
-                         max_backoff_s=settings.retry_max_backoff_s)
+                         max_backoff_s=settings.retry_max_backoff_s,
+                         stopping=stopping)
     try:
         await worker.start_when_possible()
         worker.health.set(runner.check, True, "running")
@@ -177,6 +193,8 @@ async def run_agent(stream, topic: str, handle: Callable[[list], Awaitable[None]
             await runner.run([event.message for event in events])
     except OutageTooLong as exc:
         stop_worker(str(exc))
+    except StoppedWhileFailing as exc:
+        stop_worker(str(exc), code=STOPPED_WHILE_FAILING)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -186,6 +204,9 @@ async def run_agent(stream, topic: str, handle: Callable[[list], Awaitable[None]
     finally:
         if worker.health.ok(runner.check):
             worker.health.set(runner.check, False, "stopped")
+
+
+STOPPED_WHILE_FAILING = 143  # as if SIGTERM had ended the process: it was asked to stop, and did not finish a batch
 
 
 def stop_worker(reason: str, code: int = 3) -> None:

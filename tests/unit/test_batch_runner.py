@@ -135,3 +135,30 @@ def test_redis_replies_as_the_client_raises_them_are_told_apart(reply, transient
 def test_what_the_cluster_client_raises_when_its_own_retries_ran_out_is_transient():
     assert is_transient(redis_errors.ClusterError("TTL exhausted."))
     assert is_transient(redis_errors.SlotNotCoveredError("slot 3999 is not covered"))
+
+
+def test_a_stop_ends_the_retries_without_processing_splitting_or_dead_lettering():
+    from popscore.stream.batch_runner import StoppedWhileFailing
+
+    stop = asyncio.Event()
+    sink, health = Sink(transient_failures=10_000), Health(("agent:snapshots",))
+    run = runner(sink, health, outage_budget_s=60.0, stopping=stop.is_set)
+
+    async def scenario():
+        task = asyncio.create_task(run.run([Message(0), Message(1), Message(2)]))
+        while len(sink.calls) < 3:  # retrying
+            await asyncio.sleep(0.001)
+        stop.set()
+        with pytest.raises(StoppedWhileFailing, match="not acknowledged"):
+            await asyncio.wait_for(task, 5.0)
+
+    asyncio.run(scenario())
+    assert not sink.processed and not sink.dead
+    assert all(call == [0, 1, 2] for call in sink.calls)  # the whole batch each time: never split
+    assert not health.ok("agent:snapshots")
+
+    poisoned = Sink(transient_failures=0)  # an error that is not transient, while stopping: no dead letter
+    stopped = runner(poisoned, Health(("agent:snapshots",)), stopping=lambda: True)
+    with pytest.raises(StoppedWhileFailing):
+        asyncio.run(stopped.run([Message(0), Message(1, poison=True)]))
+    assert not poisoned.dead
