@@ -193,6 +193,8 @@ def poll(check, timeout_s: float, what: str):
 
 
 def test_unavailable_pictures_are_read_again_when_the_store_is_back(private_stack, s3_server):
+    """An outage costs a post its picture only until the store is back (within the retries), and a post whose
+    retries ran out is never scored again: asserted on the predictions topic, the lookup and the counters."""
     settings, endpoints = private_stack.settings, private_stack.state.endpoints_obj()
     topic, posts_topic = settings.kafka.topics.predictions, settings.kafka.topics.posts
     if s3_server.process is None or s3_server.process.poll() is not None:
