@@ -302,6 +302,21 @@ class MediaSettings(BaseModel):
                                         "(unreachable, timed out, 5xx) during which s3:// references are rejected "
                                         "as unavailable without a request, so an outage costs the worker one "
                                         "bounded wait per cool-down, not one per post; 0: every reference tries")
+    retry_attempts: int = Field(5, ge=0, le=20, description="times (0-20) a post whose picture was unavailable "
+                                "(the store failed, not the picture) has it read again, after its first scoring "
+                                "without it; when a read succeeds its static prediction, content vector and "
+                                "temporal prediction are recomputed and published again (explanation.media_retry); "
+                                "after the last one it stays without (popscore_media_retries_total"
+                                "{outcome=\"given_up\"}). 0: never read again")
+    retry_after_s: float = Field(60.0, gt=0, description="seconds from the failed read to the first retry; each "
+                                 "later one waits retry_backoff times longer. Best above s3_outage_cooldown_s: a "
+                                 "retry during the cool-down fails at once (and counts)")
+    retry_backoff: float = Field(2.0, ge=1, le=10, description="factor (1-10) between the waits before "
+                                 "successive retries of a post's picture")
+    retry_scan_s: float = Field(1.0, gt=0, description="seconds between a worker's scans for posts due for a "
+                                "picture retry (of the partitions it holds; kept in Redis, ps:{<shard>}:media_retry)")
+    retry_lease_s: float = Field(120.0, gt=0, description="seconds a worker holds the posts of a retry it took; "
+                                 "one that dies meanwhile leaves them to be taken again after this")
     max_image_bytes: int = Field(524_288, ge=1_024, description="bytes; a larger picture (inline after base64 "
                                  "decoding, or a referenced file) is rejected as oversized without being decoded")
     max_image_pixels: int = Field(16_000_000, ge=1, description="pixels (width x height, read from the header "

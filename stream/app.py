@@ -88,6 +88,10 @@ def create_app(settings: Settings) -> faust.App:
     async def score_overdue() -> None:
         await worker.score_overdue()
 
+    @timer(app, worker, settings.media.retry_scan_s)
+    async def retry_media() -> None:
+        await worker.retry_media(worker.held_shards(app.consumer))
+
     probes = Probes(worker.health, settings.kafka.bootstrap_servers, worker_settings.probe_timeout_s)
 
     @timer(app, worker, worker_settings.probe_interval_s)

@@ -103,9 +103,20 @@ class WorkerMetrics:
         self.media_rejected = Counter("popscore_media_rejected", "Posts whose picture or frames could not be used "
                                       "(scored without the visual modality, flag media_rejected), by reason "
                                       "(popscore.media.REASONS)", ["reason"], registry=r)
+        self.media_retries_scheduled = Counter("popscore_media_retries_scheduled", "Posts whose picture was "
+                                               "unavailable (the object store failed) at upload, scheduled to have "
+                                               "it read again (media.retry_after_s)", registry=r)
+        self.media_retries = Counter("popscore_media_retries", "Retries of a post's unavailable picture, by outcome: "
+                                     "recovered (read: the post's predictions recomputed and published again), "
+                                     "unavailable (again: another retry scheduled), given_up (unavailable at the "
+                                     "last of media.retry_attempts: the post stays without), rejected (a permanent "
+                                     "problem now: no more retries)", ["outcome"], registry=r)
+        self.media_retries_pending = Gauge("popscore_media_retries_pending", "Posts scheduled for another read of "
+                                           "their picture, in every shard", registry=r)
         self.content_vectors = Counter("popscore_content_vectors",
-                                       "Content vectors computed: at upload ('post') or for a post whose cached "
-                                       "vector was missing or of another model version ('recomputed')",
+                                       "Content vectors computed: at upload ('post'), for a post whose cached "
+                                       "vector was missing or of another model version ('recomputed'), or when a "
+                                       "post's unavailable picture was read at a retry ('media_retry')",
                                        ["source"], registry=r)
         self.predicted_log_score = Histogram("popscore_predicted_log_score",
                                              "Distribution of predicted log1p(score at horizon)",
@@ -138,7 +149,8 @@ class WorkerMetrics:
         self.offline_mae = Gauge("popscore_offline_mae", "The trainer's validation MAE for this version and age",
                                  ["model", "platform", "model_version", "age_h"], registry=r)
 
-    def initialise_series(self, topics: TopicSettings, merge_outcomes: Iterable[str]) -> None:
+    def initialise_series(self, topics: TopicSettings, merge_outcomes: Iterable[str],
+                          media_retry_outcomes: Iterable[str] = ()) -> None:
         """Create the labelled counters at zero for every label value known at start. A series that first
         appears at its first increment has no earlier sample, so rate() and increase() miss that increment
         and an alert on it (dead letters, failed batches) cannot fire for the first occurrence."""
@@ -156,8 +168,10 @@ class WorkerMetrics:
             self.sequence_merges.labels(outcome)
         for source in ("cache", "redis"):
             self.post_metadata.labels(source)
-        for source in ("post", "recomputed"):
+        for source in ("post", "recomputed", "media_retry"):
             self.content_vectors.labels(source)
+        for outcome in media_retry_outcomes:
+            self.media_retries.labels(outcome)
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

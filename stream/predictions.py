@@ -48,6 +48,7 @@ def prediction_records(post_ids: list[str], model: str, model_version: str, as_o
     word_weights = None if word_weights is None else np.round(word_weights.astype(np.float64), 4).tolist()
     media_problem = outputs.get("media_problem")  # per row: why the post's picture was not used, or None
     frame_attention = outputs.get("frame_attention")  # per row: the weights of a video's frames, or None
+    media_retry = outputs.get("media_retry")  # per row: the retry that read the post's picture (a replacement)
     as_of_iso = _iso_all(as_of)
     produced = _iso(produced_at)
     log_score = log_score.tolist()
@@ -64,6 +65,8 @@ def prediction_records(post_ids: list[str], model: str, model_version: str, as_o
             explanation["media_problem"] = media_problem[i]
         if frame_attention is not None and frame_attention[i] is not None:
             explanation["frame_attention"] = frame_attention[i]
+        if media_retry is not None and media_retry[i] is not None:
+            explanation["media_retry"] = media_retry[i]
         records.append({
             "schema": "prediction.v1", "post_id": post_id, "model": model, "model_version": model_version,
             "as_of": as_of_iso[i], "horizon_s": int(horizon_s), "score": score[i], "log_score": log_score[i],

@@ -49,6 +49,16 @@ every key (as it moves Kafka keys between partitions): the state must be migrate
     post_id -> the wall time from which its snapshots are scored without their post. Added by
     ``SnapshotSequenceStore.await_posts``, leased by claim_awaiting.lua (``claim_overdue``: the score becomes the
     lease end), removed by ``done_waiting``.
+``{<shard>}:media_retry``, sorted set per shard, no TTL
+    post_id -> the wall time its picture is read again: a post whose picture was unavailable (the object store
+    failed) when it was scored. Added by ``MediaRetries.schedule`` (``stream/media_retry.py``, ZADD NX), leased by
+    claim_media_retries.lua (``MediaRetries.claim``: the score becomes the lease end), moved to the next retry by
+    ``reschedule``, removed by ``done`` (read, given up or now rejected for good). Bounded: a member per post
+    awaiting a retry, at most ``media.retry_attempts`` retries each.
+``{<shard>}:media_retry_posts``, hash per shard, no TTL
+    post_id -> its retry record (``encode_retry``: JSON of the retries made and the post event, what reading the
+    picture again and scoring the post need). Written by ``MediaRetries.schedule`` (HSETNX) and ``reschedule``,
+    read by claim_media_retries.lua, removed by ``done``: it holds exactly the members of ``media_retry``.
 ``{<shard>}:maturity``, sorted set per shard, no TTL
     post_id -> created_at + horizon, the moment its kept predictions can be compared with what it reached.
     Added by record_predictions.lua, read and removed by ``SnapshotSequenceStore.matured``.
@@ -155,6 +165,12 @@ class RedisKeys:
 
     def awaiting(self, shard: int) -> str:
         return f"{self.tag(shard)}awaiting"
+
+    def media_retry(self, shard: int) -> str:
+        return f"{self.tag(shard)}media_retry"
+
+    def media_retry_posts(self, shard: int) -> str:
+        return f"{self.tag(shard)}media_retry_posts"
 
     def maturity(self, shard: int) -> str:
         return f"{self.tag(shard)}maturity"
@@ -377,8 +393,8 @@ class PostMeta:
 
 # --- the Lua scripts: one function per script builds its KEYS and ARGV ------------------------------------
 
-MERGE_SNAPSHOTS, CLAIM_AWAITING, RECORD_PREDICTIONS = \
-    "merge_snapshots.lua", "claim_awaiting.lua", "record_predictions.lua"
+MERGE_SNAPSHOTS, CLAIM_AWAITING, RECORD_PREDICTIONS, CLAIM_MEDIA_RETRIES = \
+    "merge_snapshots.lua", "claim_awaiting.lua", "record_predictions.lua", "claim_media_retries.lua"
 
 
 def lua_source(script: str) -> str:
@@ -407,6 +423,22 @@ def merge_snapshots_call(keys: RedisKeys, post_ids: Sequence[str], records: dict
 def claim_awaiting_call(keys: RedisKeys, shard: int, now: float, lease_until: float, limit: int
                         ) -> tuple[list[str], list]:
     return [keys.awaiting(shard)], [now, lease_until, limit]
+
+
+def claim_media_retries_call(keys: RedisKeys, shard: int, now: float, lease_until: float, limit: int
+                             ) -> tuple[list[str], list]:
+    return [keys.media_retry(shard), keys.media_retry_posts(shard)], [now, lease_until, limit]
+
+
+def encode_retry(retries: int, post: Post) -> bytes:
+    """A ``media_retry_posts`` record: the retries of the post's picture made so far and the post event."""
+    return b'{"retries":%d,"post":%s}' % (retries, post.model_dump_json(by_alias=True, exclude_none=True).encode())
+
+
+def decode_retry(record: bytes) -> tuple[int, Post]:
+    """(retries made, post) of an ``encode_retry`` record."""
+    fields = orjson.loads(record)
+    return int(fields["retries"]), Post.model_validate_json(orjson.dumps(fields["post"]))
 
 
 @dataclass(frozen=True)

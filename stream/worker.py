@@ -2,6 +2,8 @@
 
     snapshots: decode -> pipeline(merge -> features -> infer -> publish)      (``stream/pipeline.py``)
     posts:     decode -> features (titles, content vectors) -> store -> infer -> publish -> rescore the waiting
+    timers:    the waiting posts' snapshots scored without them; pictures read again after a store outage
+               (``media_retry.py``: the post scored again with its picture); matured predictions evaluated
 
 A batch's outputs are awaited before it returns, so Faust commits its offsets only after the outputs are produced
 (at-least-once). What happens when a batch fails is ``batch_runner.py``'s; the model sets and routing are
@@ -14,16 +16,21 @@ import asyncio
 import gc
 import logging
 import time
+from collections import Counter
+from collections.abc import Iterable
 
 import numpy as np
 from aiokafka.admin import AIOKafkaAdminClient
 
 from popscore import features as F
+from popscore.media import UNAVAILABLE
 from popscore.settings import Settings
 from popscore.stream.batch_runner import stop_worker
 from popscore.stream.failpoints import Failpoints
 from popscore.stream.health import Health
 from popscore.stream.leaderboard import Leaderboards
+from popscore.stream.media_retry import OUTCOMES as MEDIA_RETRY_OUTCOMES, UNAVAILABLE_AGAIN, MediaRetries, \
+    RetryPolicy
 from popscore.stream.metrics import WorkerMetrics
 from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, model_labels
 from popscore.stream.pipeline import SnapshotPipeline, StepStages
@@ -54,7 +61,7 @@ class StreamWorker:
                               f"agent:{settings.kafka.topics.snapshots}"))
         self.failpoints = Failpoints(settings.worker.failpoints)
         self.metrics = WorkerMetrics()
-        self.metrics.initialise_series(settings.kafka.topics, MERGE_OUTCOMES.values())
+        self.metrics.initialise_series(settings.kafka.topics, MERGE_OUTCOMES.values(), MEDIA_RETRY_OUTCOMES)
         self.models = ServedModels(settings, self.metrics)
         self.decode = Decode(settings, self.metrics, send, partitioner)
         self.online = OnlineAccuracy(settings.worker.online_window)
@@ -62,6 +69,7 @@ class StreamWorker:
         self.redis: AsyncClient | None = None
         self.store: SnapshotSequenceStore | None = None
         self.boards: Leaderboards | None = None
+        self.media_retries: MediaRetries | None = None
         self.ready = False
         self.assigned = False
         self._start_lock = asyncio.Lock()
@@ -97,6 +105,7 @@ class StreamWorker:
                                    settings.score.horizon_s,
                                    BoardLimits(worker.leaderboard_ttl_s, worker.max_category_boards,
                                                worker.max_platform_boards, frozenset(worker.leaderboard_categories)))
+        self.media_retries = MediaRetries(self.redis, keys, RetryPolicy.of(settings.media))
         await self.models.start()
         self.merge = Merge(self.store, self.metrics, self.failpoints, worker.post_grace_s, self.models.lookback_s)
         self.infer = Infer(self.models)
@@ -163,8 +172,12 @@ class StreamWorker:
         waiting = []
         posts = await self.decode.posts(messages, deliveries)
         if posts:
-            jobs, static_features, content = await self.features.static_jobs(posts)
+            jobs, static_features, content, problems = await self.features.static_jobs(posts)
             await self.store.put_posts(posts, static_features, content, embedded_titles=self.infer.embeds_titles)
+            # A picture the store failed to give is read again later (in Redis before the batch is acknowledged).
+            unavailable = [post for post, problem in zip(posts, problems) if problem == UNAVAILABLE]
+            if unavailable:
+                self.metrics.media_retries_scheduled.inc(await self.media_retries.schedule(unavailable, time.time()))
             deliveries += await self._score(jobs)
             self.metrics.posts_in.inc(len(posts))
             # Snapshots that came before their post were stored and wait for it, or were scored without it after
@@ -199,6 +212,50 @@ class StreamWorker:
             await asyncio.gather(*await self._score(await self.features.temporal_jobs(updates)))
             await self.store.done_waiting(overdue)
         return len(overdue)
+
+    def held_shards(self, consumer) -> list[int]:
+        """The shards of the posts partitions this worker holds now (a shard is a partition: ``redis_schema``)."""
+        posts = self.settings.kafka.topics.posts
+        return sorted({tp.partition for tp in consumer.assignment() if tp.topic == posts})
+
+    async def retry_media(self, shards: Iterable[int], limit: int = 100) -> int:
+        """Read again the pictures due for a retry in ``shards`` (``stream/media_retry.py``), taken with a lease.
+        A post whose picture is read now is scored again with it: its static prediction, content vector and the
+        temporal prediction of its stored sequence, published marked ``explanation.media_retry``; the others
+        are scheduled again or dropped. The number of posts taken."""
+        media = self.settings.media
+        due = await self.media_retries.claim(shards, time.time(), media.retry_lease_s, limit)
+        if not due:
+            return 0
+        posts = [item.post for item in due]
+        read, problems, pictures = await self.features.retry_pictures(posts)
+        policy = self.media_retries.policy
+        outcomes = [policy.outcome(problem, item.retries + 1) for item, problem in zip(due, problems)]
+        if read:
+            recovered = [posts[row] for row in read]
+            mark = {due[row].post_id: due[row].retries + 1 for row in read}  # the retry that read the picture
+            pictures[1]["media_retry"] = [mark[post.post_id] for post in recovered]
+            jobs, static_features, content, _ = await self.features.static_jobs(recovered, pictures, "media_retry")
+            await self.store.put_posts(recovered, static_features, content, embedded_titles=self.infer.embeds_titles)
+            deliveries = await self._score(jobs)
+            # The content vector feeds the temporal head: the stored sequence is scored again with the new one.
+            updates = await self.store.current(list(mark))
+            temporal = [job for job in await self.features.temporal_jobs(updates) if job.model_set is not None]
+            for job in temporal:
+                job.explanations = {**(job.explanations or {}), "media_retry": [mark[p] for p in job.post_ids]}
+            deliveries += await self._score(temporal)
+            await asyncio.gather(*deliveries)
+        now = time.time()
+        await self.media_retries.reschedule([(item, policy.next_due(item.retries + 1, now))
+                                             for item, outcome in zip(due, outcomes) if outcome == UNAVAILABLE_AGAIN])
+        await self.media_retries.done([item.post_id for item, outcome in zip(due, outcomes)
+                                       if outcome != UNAVAILABLE_AGAIN])
+        for outcome, n in Counter(outcomes).items():
+            self.metrics.media_retries.labels(outcome).inc(n)
+        for item, outcome in zip(due, outcomes):
+            if outcome != UNAVAILABLE_AGAIN:
+                log.info("media retry %d of post %s: %s", item.retries + 1, item.post_id, outcome)
+        return len(due)
 
     async def evaluate_matured(self, limit: int = 2_000) -> int:
         """Compare the kept predictions of posts past their horizon with what they really reached, per model
@@ -240,6 +297,7 @@ class StreamWorker:
                 lag = max(0, consumer.highwater(tp) - position)
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
         self.metrics.tracked_posts.set(await self.store.estimate_tracked_posts())
+        self.metrics.media_retries_pending.set(await self.media_retries.pending())
         used, limit = await used_memory(self.redis)
         self.metrics.redis_used_memory.set(used)
         self.metrics.redis_maxmemory.set(limit)

