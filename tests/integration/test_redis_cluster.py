@@ -58,6 +58,28 @@ def cluster_stack(tmp_path_factory):
     stack.stop()
 
 
+def check_rounds_predicted_and_board(stack, traffic, rounds) -> None:
+    """Each round's latest observation of each post has its prediction on the topic (the rounds were waited for,
+    so none was folded into the next round's), and the platform's board, merged by the worker from the shards'
+    boards on the masters, lists every post with the score of its latest prediction, best first."""
+    settings, bootstrap = stack.settings, stack.state.endpoints_obj().broker_bootstrap
+    predicted = received(read_all(settings, bootstrap, settings.kafka.topics.predictions), traffic.prefix)
+    for part in rounds:
+        latest = {}
+        for post_id, at, _ in part:
+            latest[post_id] = max(at, latest.get(post_id, 0))
+        missing = {p: iso(datetime.fromtimestamp(t, timezone.utc)) for p, t in latest.items()
+                   if t not in predicted.get(p, {})}
+        assert not missing, f"observations without a prediction: {missing}"
+    status, board = web_json(stack, f"/leaderboard?board=top:platform:{traffic.prefix}&k=100")
+    assert status == 200, board
+    last = {p: by_time[max(by_time)] for p, by_time in predicted.items()}
+    assert sorted(entry["post_id"] for entry in board["entries"]) == sorted(traffic.post_ids)
+    assert {entry["post_id"]: entry["value"] for entry in board["entries"]} == pytest.approx(last)
+    values = [entry["value"] for entry in board["entries"]]
+    assert values == sorted(values, reverse=True)
+
+
 def test_the_stack_starts_a_cluster_whose_every_slot_is_served(cluster_stack):
     endpoints = cluster_stack.state.endpoints_obj()
     assert endpoints.redis_mode == "cluster" and len(endpoints.redis_cluster_nodes) == 6
@@ -205,26 +227,7 @@ def test_a_slot_migrated_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
     assert target.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) >= in_slot
     figures = check_nothing_lost(cluster_stack, traffic)
 
-    # Each round's latest observation of each post has its prediction on the topic (the rounds were waited for,
-    # so none was folded into the next round's).
-    predicted = received(read_all(settings, bootstrap, settings.kafka.topics.predictions), traffic.prefix)
-    for part in rounds:
-        latest = {}
-        for post_id, at, _ in part:
-            latest[post_id] = max(at, latest.get(post_id, 0))
-        missing = {p: iso(datetime.fromtimestamp(t, timezone.utc)) for p, t in latest.items()
-                   if t not in predicted.get(p, {})}
-        assert not missing, f"observations without a prediction: {missing}"
-
-    # The platform's board, merged by the worker from the shards' boards on the three masters: every post, with
-    # the score of its latest prediction, best first.
-    status, board = web_json(cluster_stack, f"/leaderboard?board=top:platform:{traffic.prefix}&k=100")
-    assert status == 200, board
-    last = {p: by_time[max(by_time)] for p, by_time in predicted.items()}
-    assert sorted(entry["post_id"] for entry in board["entries"]) == sorted(traffic.post_ids)
-    assert {entry["post_id"]: entry["value"] for entry in board["entries"]} == pytest.approx(last)
-    values = [entry["value"] for entry in board["entries"]]
-    assert values == sorted(values, reverse=True)
+    check_rounds_predicted_and_board(cluster_stack, traffic, rounds)
     client = redis_of(cluster_stack)
     assert {keys.shard(p) for p in traffic.post_ids} == set(keys.all_shards)  # the posts span every shard
     print(f"slot {slot} (shard {shard}, {shard_posts} posts, {in_slot} keys) moved mid-stream; "
@@ -262,15 +265,7 @@ def test_a_master_failed_over_in_the_middle_of_a_stream_loses_nothing(cluster_st
                if m.key and m.key.decode().startswith(traffic.prefix + "-")]
     assert not letters
     figures = check_nothing_lost(cluster_stack, traffic)
-    predicted = received(read_all(settings, bootstrap, settings.kafka.topics.predictions), traffic.prefix)
-    for part in rounds:
-        latest = {}
-        for post_id, at, _ in part:
-            latest[post_id] = max(at, latest.get(post_id, 0))
-        assert all(t in predicted.get(p, {}) for p, t in latest.items()), "an observation without its prediction"
-    status, board = web_json(cluster_stack, f"/leaderboard?board=top:platform:{traffic.prefix}&k=100")
-    last = {p: by_time[max(by_time)] for p, by_time in predicted.items()}
-    assert status == 200 and {e["post_id"]: e["value"] for e in board["entries"]} == pytest.approx(last)
+    check_rounds_predicted_and_board(cluster_stack, traffic, rounds)
     print(f"slot {slot}'s master failed over to its replica mid-stream; {figures}")
 
 
@@ -358,21 +353,7 @@ def test_a_master_killed_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
     assert node(endpoints.host, victim_port).execute_command("ROLE")[0] == b"slave"
 
     figures = check_nothing_lost(cluster_stack, traffic)
-    predicted = received(read_all(settings, bootstrap, settings.kafka.topics.predictions), traffic.prefix)
-    for part in rounds:
-        latest = {}
-        for post_id, at, _ in part:
-            latest[post_id] = max(at, latest.get(post_id, 0))
-        missing = {p: iso(datetime.fromtimestamp(t, timezone.utc)) for p, t in latest.items()
-                   if t not in predicted.get(p, {})}
-        assert not missing, f"observations without a prediction: {missing}"
-    status, board = web_json(cluster_stack, f"/leaderboard?board=top:platform:{traffic.prefix}&k=100")
-    assert status == 200, board
-    last = {p: by_time[max(by_time)] for p, by_time in predicted.items()}
-    assert sorted(entry["post_id"] for entry in board["entries"]) == sorted(traffic.post_ids)
-    assert {entry["post_id"]: entry["value"] for entry in board["entries"]} == pytest.approx(last)
-    values = [entry["value"] for entry in board["entries"]]
-    assert values == sorted(values, reverse=True)
+    check_rounds_predicted_and_board(cluster_stack, traffic, rounds)
     print(f"master of slot {slot} ({shard_posts} posts) killed mid-stream: replica promoted "
           f"{promoted_s:.1f}s after the kill; "
           f"failing meanwhile: {unready}; killed {victim_name}; {figures}")
