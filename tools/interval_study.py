@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
                 y, c = test["target"][m], test["complete"][m]
                 ok = (y >= lo) & (y <= hi)
                 per.append(f"{ok.mean():.2f}")
-                per_c.append(f"{ok[c].mean():.2f}[{c.sum()}]" if c.any() else f"-[0]")
+                per_c.append(f"{ok[c].mean():.2f}[{c.sum()}]" if c.any() else "-[0]")
                 inside, n, inside_c, n_c = inside + ok.sum(), n + len(y), inside_c + ok[c].sum(), n_c + c.sum()
                 widths.append(float(np.mean(hi - lo)))
             pooled, pooled_c = inside / n, inside_c / max(n_c, 1)
