@@ -64,8 +64,8 @@ class RedisSettings(BaseModel):
                                   "the post hash (metadata, content vector, latest predictions, kept evaluation "
                                   "fields) and its entry in the maturity set")
     append_room: float = Field(0.95, ge=0, description="room Redis keeps in a sequence grown by APPEND, as a share "
-                               "of its bytes, for the budget: Redis doubles an outgrown string's allocation (a "
-                               "25-observation key of 1,352 B took 2,632 B after its appends: 0.95)")
+                               "of its bytes, for the budget: Redis doubles an outgrown string's allocation "
+                               "(docs/deployment.md, 'Redis memory', says how 0.95 was measured)")
     memory_headroom: float = Field(1.25, ge=1, description="factor over the estimated data for allocator "
                                    "fragmentation and the append-only file's rewrite buffer")
     memory_base_bytes: int = Field(64 * 1024 ** 2, ge=0, description="bytes Redis needs with no post: its own "
