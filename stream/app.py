@@ -40,6 +40,8 @@ def create_app(settings: Settings) -> faust.App:
         # fetching; memory stays bounded by it instead of growing.
         stream_buffer_maxsize=worker_settings.stream_buffer_records,
         producer_max_batch_size=worker_settings.producer_batch_bytes,
+        producer_compression_type=None if settings.kafka.producer_compression == "none"
+        else settings.kafka.producer_compression,
     )
     app.fetch_max_wait_ms = worker_settings.fetch_max_wait_ms  # read by stream/faust_ext/transport.py
     posts_topic = app.topic(topics.posts, key_type=bytes, value_type=bytes)

@@ -31,6 +31,7 @@ from popscore.contract import Post
 from popscore.settings import COUNTER_NAMES, Settings
 from popscore.stream.redis_schema import CONTENT, RECORD, STATIC, RedisKeys, encode_post, encode_sequence
 from popscore.tools.calibration import CALIBRATION_VERSION, calibrated, machine_info, time_calibration
+from popscore.tools.record_codecs import LOADED_BATCH_RECORDS, codec_rows, measure_codecs
 from popscore.tools.replay import batch_envelope, partition_for
 from popscore.tools.stack.stack import EmbeddedStack
 
@@ -689,6 +690,10 @@ def paced_phase(bootstrap: str, settings: Settings, cfg: BenchConfig, workload: 
     return out
 
 
+CODEC_RECORDS = 20_000
+"""Prediction records of the latency phase kept for the codec measurement."""
+
+
 def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     from popscore.serving.model_sets import discover, repository_problem
     from popscore.tools.naive_pipeline import run_naive
@@ -792,9 +797,12 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         latencies: list[float] = []
         to_worker: list[float] = []  # produced -> the worker published the prediction (its produced_at)
         prediction_bytes: list[int] = []
+        predictions: list[tuple[bytes, bytes]] = []  # the codec measurement's records, as the worker wrote them
         wall_minus_monotonic = time.time() - time.monotonic()
 
         def on_prediction(message, now):
+            if len(predictions) < CODEC_RECORDS:
+                predictions.append((message.key, message.value))
             if message.key in sent_at and b'"temporal"' in message.value:
                 sent = sent_at.pop(message.key)
                 latencies.append(now - sent)
@@ -814,6 +822,13 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         results["latency_p99_ms"] = round(1000 * _percentile(latencies, 99), 1)
         results["latency_samples"] = len(latencies)
         results["prediction_bytes"] = round(float(np.mean(prediction_bytes)), 1) if prediction_bytes else None
+        if predictions:
+            log(f"prediction records: {len(predictions):,} built into record batches by each codec")
+            results["prediction_codecs"] = measure_codecs(predictions)
+            # on the broker, as the configured codec stores a loaded worker's batches
+            results["prediction_wire_bytes"] = results["prediction_codecs"][settings.kafka.producer_compression][
+                str(LOADED_BATCH_RECORDS)]["bytes_per_record"]
+            results["producer_compression"] = settings.kafka.producer_compression
         # Where it goes: up to the worker's publish (producer linger, broker, fetch, micro-batch, processing) and
         # after it (producer, broker, the reader's fetch). Same machine, same clock.
         results["latency_to_publish_p50_ms"] = round(1000 * _percentile(to_worker, 50), 1)
@@ -922,6 +937,7 @@ def render_table(results: dict, command: str) -> str:
          f"{results.get('latency_to_publish_p50_ms', 'n/a')} ms, p99 {results.get('latency_to_publish_p99_ms', 'n/a')} ms"),
         ("Redis bytes per post", f"{results['redis_bytes_per_post']:,}",
          f"naive JSON list {results['naive_redis_bytes_per_post']:,} (x{results['redis_memory_ratio']})"),
+        *codec_rows(results),
         *image_rows(results),
         *calibration_rows(results),
     ]

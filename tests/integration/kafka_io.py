@@ -7,7 +7,10 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
 
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # the fuzz tests send records over the worker's 1 MiB cap
@@ -45,9 +48,11 @@ async def consume_until(bootstrap: str, topic: str, done, timeout_s: float = 60.
     return messages
 
 
-async def produce_each(bootstrap: str, records: list[tuple[str, bytes | None, bytes, int | None]]) -> list:
+async def produce_each(bootstrap: str, records: list[tuple[str, bytes | None, bytes, int | None]],
+                       compression: str | None = None) -> list:
     """(topic, key, value, partition or None) each; the RecordMetadata (topic, partition, offset) of each."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=MAX_REQUEST_BYTES)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=MAX_REQUEST_BYTES,
+                                compression_type=compression)
     await producer.start()
     try:
         futures = [await producer.send(topic, key=key, value=value, partition=partition)
@@ -138,3 +143,31 @@ async def read_topic(bootstrap: str, topic: str, partitions: int, timeout_s: flo
     finally:
         await consumer.stop()
     return messages
+
+
+async def record_batches(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, list[bytes]]]:
+    """Every record batch of ``topic`` as stored: (codec id, keys of its records). A consumer decompresses
+    without saying how a batch was stored, so this fetches the raw batches."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    found: list[tuple[int, list[bytes]]] = []
+    try:
+        await client.force_metadata_update()
+        for partition in range(partitions):
+            node = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+            offset = 0
+            while True:
+                response = await client.send(node, FetchRequest(100, 1, 1 << 24, 0, [(topic, [(partition, offset,
+                                                                                                  1 << 24)])]))
+                records = MemoryRecords(response.topics[0][1][0][-1])  # the message set is the last field
+                fetched = 0
+                while (batch := records.next_batch()) is not None:
+                    keys = [record.key for record in batch]
+                    found.append((batch.compression_type, keys))
+                    offset = batch.base_offset + len(keys)
+                    fetched += 1
+                if not fetched:
+                    break
+    finally:
+        await client.close()
+    return found

@@ -52,7 +52,8 @@ def source_hash(function) -> str:
 
 def test_installed_versions_are_the_exact_pins():
     stream_extra = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]["stream"]
-    pins = dict(re.fullmatch(r"([\w.-]+)==([\w.]+)", spec).groups() for spec in stream_extra if "==" in spec)
+    pins = dict(re.fullmatch(r"([\w.-]+)(?:\[[\w,]+\])?==([\w.]+)", spec).groups()  # name[extras]==version
+                for spec in stream_extra if "==" in spec)
     for package in PINNED:
         assert package in pins, f"{package} is not pinned exactly (==) in pyproject's stream extra"
         assert importlib.metadata.version(package) == pins[package], (
