@@ -161,6 +161,52 @@ async def _through(bootstrap: str, settings: Settings, records, marker: bytes, e
     return hits, last - started, seen
 
 
+async def _sample_predictions(bootstrap: str, settings: Settings, replay_s: float = 5.0,
+                              timeout_s: float = 120.0) -> list[tuple[bytes, bytes]]:
+    """The predictions of the packaged sample (``popscore demo``'s simulated posts of every platform) replayed in
+    ``replay_s``: records whose scores, intervals and attention vary as real ones do, unlike the bench's
+    synthetic posts (50 distinct histories: their records repeat, and compress far better than real ones).
+    Collected until every post has a temporal prediction as of its latest snapshot."""
+    from aiokafka import AIOKafkaConsumer
+
+    from popscore.contract import Snapshot
+    from popscore.tools.demo import read_events, sample_path
+    from popscore.tools.replay import ReplayOptions, replay
+
+    events = read_events(sample_path())
+    latest: dict[str, datetime] = {}
+    for _, event in events:
+        if isinstance(event, Snapshot):
+            seen_at = event.observed_at.replace(microsecond=0)  # sequences keep whole seconds
+            latest[event.post_id] = max(latest.get(event.post_id, seen_at), seen_at)
+    span = (max(latest.values()) - min(latest.values())).total_seconds()
+    consumer = AIOKafkaConsumer(settings.kafka.topics.predictions, bootstrap_servers=bootstrap,
+                                auto_offset_reset="latest", group_id=None)
+    await consumer.start()
+    records: list[tuple[bytes, bytes]] = []
+    waiting = set(latest)
+    try:
+        await consumer.seek_to_end()
+        await replay(events, bootstrap, settings.kafka.topics,
+                     ReplayOptions(speed=max(1.0, span / replay_s), create_topics=False, progress=False))
+        deadline = time.monotonic() + timeout_s
+        while waiting and time.monotonic() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=200)).values():
+                for message in messages:
+                    record = json.loads(message.value)
+                    if record["post_id"] not in latest:
+                        continue
+                    records.append((message.key, message.value))
+                    as_of = datetime.fromisoformat(record["as_of"].replace("Z", "+00:00"))
+                    if record["model"] == "temporal" and as_of >= latest[record["post_id"]]:
+                        waiting.discard(record["post_id"])
+    finally:
+        await consumer.stop()
+    if waiting:
+        raise RuntimeError(f"{len(waiting)} sample posts got no prediction as of their latest snapshot")
+    return records
+
+
 def _envelopes(workload: Workload, rounds: range, partitions: list[int], size: int,
                envelope_of: dict[int, np.ndarray] | None = None):
     """Snapshot-batch records (key ``batch-<n>``, envelope, partition) of ``rounds``; ``envelope_of[k][i]``
@@ -690,8 +736,19 @@ def paced_phase(bootstrap: str, settings: Settings, cfg: BenchConfig, workload: 
     return out
 
 
-CODEC_RECORDS = 20_000
-"""Prediction records of the latency phase kept for the codec measurement."""
+def codec_phase(bootstrap: str, settings: Settings, log: Callable[[str], None]) -> dict:
+    """Bytes and producer CPU per prediction record by codec, on the sample's predictions (tools/record_codecs.py)."""
+    predictions = asyncio.run(_sample_predictions(bootstrap, settings))
+    log(f"codecs: {len(predictions):,} prediction records of the packaged sample, built into record batches by "
+        f"each codec")
+    codecs = measure_codecs(predictions)
+    plain = codecs["none"][str(LOADED_BATCH_RECORDS)]["bytes_per_record"]
+    wire = codecs[settings.kafka.producer_compression][str(LOADED_BATCH_RECORDS)]["bytes_per_record"]
+    log(f"  {LOADED_BATCH_RECORDS} per batch: {plain} B per record uncompressed, {wire} B with "
+        f"{settings.kafka.producer_compression}")
+    # prediction_wire_bytes: as the configured codec stores a loaded worker's batches (the capacity model's)
+    return {"prediction_codecs": codecs, "prediction_codec_records": len(predictions),
+            "producer_compression": settings.kafka.producer_compression, "prediction_wire_bytes": wire}
 
 
 def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
@@ -797,12 +854,9 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         latencies: list[float] = []
         to_worker: list[float] = []  # produced -> the worker published the prediction (its produced_at)
         prediction_bytes: list[int] = []
-        predictions: list[tuple[bytes, bytes]] = []  # the codec measurement's records, as the worker wrote them
         wall_minus_monotonic = time.time() - time.monotonic()
 
         def on_prediction(message, now):
-            if len(predictions) < CODEC_RECORDS:
-                predictions.append((message.key, message.value))
             if message.key in sent_at and b'"temporal"' in message.value:
                 sent = sent_at.pop(message.key)
                 latencies.append(now - sent)
@@ -822,13 +876,7 @@ def run_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] =
         results["latency_p99_ms"] = round(1000 * _percentile(latencies, 99), 1)
         results["latency_samples"] = len(latencies)
         results["prediction_bytes"] = round(float(np.mean(prediction_bytes)), 1) if prediction_bytes else None
-        if predictions:
-            log(f"prediction records: {len(predictions):,} built into record batches by each codec")
-            results["prediction_codecs"] = measure_codecs(predictions)
-            # on the broker, as the configured codec stores a loaded worker's batches
-            results["prediction_wire_bytes"] = results["prediction_codecs"][settings.kafka.producer_compression][
-                str(LOADED_BATCH_RECORDS)]["bytes_per_record"]
-            results["producer_compression"] = settings.kafka.producer_compression
+        results.update(codec_phase(bootstrap, settings, log))
         # Where it goes: up to the worker's publish (producer linger, broker, fetch, micro-batch, processing) and
         # after it (producer, broker, the reader's fetch). Same machine, same clock.
         results["latency_to_publish_p50_ms"] = round(1000 * _percentile(to_worker, 50), 1)

@@ -34,7 +34,7 @@ class BenchFigures:
     triton_us: float
     predictions_per_snapshot: float  # Triton rows per snapshot in that phase (below 1: snapshots folded)
     snapshot_bytes: float  # key and share of a batch envelope, as produced to the broker
-    prediction_bytes: float  # key and value of one prediction.v1 record
+    prediction_bytes: float  # one prediction.v1 record (key and value) as the broker stores it: the worker's codec
     calibration_us_per_round: float | None = None  # the run's calibration round (tools/calibration.py), if timed
     redis_sequence_bytes: float | None = None  # Redis bytes per post the bench measured (a sequence key) ...
     redis_sequence_observations: int | None = None  # ... of this many observations
@@ -196,7 +196,8 @@ def figures_from_results(results: dict, source: str, phase: str | None = None) -
         broker_us=per_component["broker"], triton_us=per_component["triton"],
         predictions_per_snapshot=results.get(f"{phase}_predictions_per_snapshot") or 1.0,
         snapshot_bytes=results.get("batch_bytes_per_snapshot") or DEFAULT_FIGURES.snapshot_bytes,
-        prediction_bytes=results.get("prediction_bytes") or DEFAULT_FIGURES.prediction_bytes,
+        prediction_bytes=(results.get("prediction_wire_bytes") or results.get("prediction_bytes")
+                          or DEFAULT_FIGURES.prediction_bytes),
         calibration_us_per_round=results.get("calibration_us_per_round"),
         redis_sequence_bytes=results.get("redis_bytes_per_post"),
         redis_sequence_observations=results.get("config", {}).get("memory_obs"))

@@ -63,15 +63,16 @@ def codec_rows(results: dict) -> list[tuple[str, str, str]]:
     codecs = results.get("prediction_codecs")
     if not codecs or "none" not in codecs:
         return []
-    none = codecs["none"]
+    none, n = codecs["none"], results.get("prediction_codec_records")
     rows = []
     for per_batch, plain in none.items():
         cells = [f"{codec} {cells[per_batch]['bytes_per_record']:,} B "
                  f"({cells[per_batch]['bytes_per_record'] / plain['bytes_per_record']:.2f}), "
                  f"{cells[per_batch]['cpu_us_per_record']} us"
                  for codec, cells in codecs.items() if codec != "none"]
-        rows.append((f"prediction records on the broker, {per_batch} per batch: bytes per record (share of "
-                     f"uncompressed), producer CPU per record",
+        rows.append((f"prediction records on the broker ({f'{n:,}' if n else '?'} of the "
+                     f"packaged sample's), {per_batch} per batch: bytes per record (share of uncompressed), "
+                     f"producer CPU per record",
                      "; ".join(cells),
                      f"none {plain['bytes_per_record']:,} B, {plain['cpu_us_per_record']} us"))
     return rows

@@ -108,6 +108,8 @@ def test_figures_come_from_the_preferred_phase_of_bench_results():
         ("sustained_scaled_out", 45.0, 16.0, 15.0)  # the workers summed; the load generator left out
     assert figures.predictions_per_snapshot == 0.98 and figures.prediction_bytes == 777.0
     assert figures.calibration_us_per_round == 14.0
+    # the record as the broker stores it, where the run measured the worker's codec on it
+    assert figures_from_results({**results, "prediction_wire_bytes": 90.5}, "run.json").prediction_bytes == 90.5
     assert figures_from_results(results, "run.json", "batch").worker_us == 4.0
     measured = {**results, "redis_bytes_per_post": 1_496.5, "config": {"memory_obs": 24}}
     text = render(plan(1_000, 1_000), figures_from_results(measured, "run.json"), Assumptions())
