@@ -6,7 +6,9 @@ failpoint is one dict lookup. The points, in a snapshot's path:
 - ``after_merge``: a step's snapshots are in Redis, nothing of it scored or published;
 - ``before_publish``: scored, nothing produced;
 - ``after_delivery``: predictions in Kafka, the leaderboards and ``predicted_to`` marks not yet written;
-- ``awaiting_post``: snapshots whose post has not come are stored and registered as waiting, not yet acked.
+- ``awaiting_post``: snapshots whose post has not come are stored and registered as waiting, not yet acked;
+- ``media_retry.after_claim``: due media retries taken under their lease (``media_retry.py``), no picture read,
+  nothing published or rescheduled.
 """
 
 from __future__ import annotations

@@ -32,11 +32,13 @@ class Leaderboards:
         self.limits = limits
         self._record = PipelinedScript(client, lua_source(RECORD_PREDICTIONS))
 
-    async def record(self, kind: str, predictions: list[RecordedPrediction], per_call: int = 512) -> None:
+    async def record(self, kind: str, predictions: list[RecordedPrediction], per_call: int = 512) -> int:
         """One script call per shard of the posts (per ``per_call`` of them), all in one pipeline. ``per_call``
-        must stay under the script's limit (its header: ZADD's arguments from Lua)."""
+        must stay under the script's limit (its header: ZADD's arguments from Lua). The number of temporal
+        predictions not recorded as their post's latest: older (``as_of``) than the one recorded (the script's
+        header says why that happens)."""
         if not predictions:
-            return
+            return 0
 
         now = time.time()
         by_shard: dict[int, list[RecordedPrediction]] = {}
@@ -51,7 +53,7 @@ class Leaderboards:
                                                                      kind, rows[start:start + per_call],
                                                                      self.limits, now))
 
-        await self._record.run(queue_calls)
+        return sum(await self._record.run(queue_calls))
 
     async def top(self, board: str = TOP_BOARD, k: int = 10) -> list[tuple[str, float]]:
         """The board's best ``k``: the merge of its shards' best ``k``."""

@@ -7,9 +7,11 @@ read again ``media.retry_after_s`` later, then after waits ``media.retry_backoff
 ``media.retry_attempts`` times. When a read succeeds the worker recomputes the post's static prediction and content
 vector (the visual modality feeds both) and its temporal prediction of the stored sequence, and publishes them
 again, marked ``explanation.media_retry`` (the retry that read it): the same post, kind and ``as_of`` as the
-predictions they replace, produced later, as the without_post re-score replaces its predictions. A read that is
-unavailable again waits for the next retry; after the last the post keeps its predictions without the picture
-(counted as given up); a read that now meets a permanent problem (missing, undecodable...) ends the retries.
+predictions they replace, produced later, as the without_post re-score replaces its predictions; except that a
+temporal prediction older than one recorded meanwhile (a newer snapshot scored while the retry ran) is published
+but not recorded as the post's latest (record_predictions.lua). A read that is unavailable again waits for the
+next retry; after the last the post keeps its predictions without the picture (counted as given up); a read that
+now meets a permanent problem (missing, undecodable...) ends the retries.
 
 The schedule lives in Redis (``redis_schema``: ``media_retry`` and ``media_retry_posts`` per shard, written only
 here), before the post's batch is acknowledged, so a worker restart loses none. A worker retries only the posts of

@@ -50,6 +50,10 @@ class WorkerMetrics:
         self.sequences_reread = Counter("popscore_sequences_reread", "Sequences read again whole because the tail "
                                         "their merge returned did not reach back as far as their model reads (one "
                                         "reading further back was promoted in between)", registry=r)
+        self.predictions_not_latest = Counter("popscore_predictions_not_latest", "Temporal predictions published "
+                                              "but not recorded as their post's latest (boards, /posts): a "
+                                              "prediction of a later observation was recorded first (a re-score "
+                                              "such as a media retry raced a newer snapshot)", registry=r)
         self.predictions_without_post = Counter("popscore_predictions_without_post", "Temporal predictions made "
                                                 "without the post event (it had not come after post_grace_s); the "
                                                 "post, when it comes, has its sequence scored again", registry=r)

@@ -227,6 +227,7 @@ class StreamWorker:
         due = await self.media_retries.claim(shards, time.time(), media.retry_lease_s, limit)
         if not due:
             return 0
+        self.failpoints.hit("media_retry.after_claim")
         posts = [item.post for item in due]
         read, problems, pictures = await self.features.retry_pictures(posts)
         policy = self.media_retries.policy

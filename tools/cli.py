@@ -37,14 +37,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     stack = EmbeddedStack(_settings(args), fixed_ports=_fixed_ports(args), log=_print)
     state = stack.start(with_worker=not args.no_worker)
-    _print(f"stack running; logs and state under {state.run_dir}")
-    for name, url in state.endpoints_obj().as_dict().items():
-        _print(f"  {name:16} {url}")
     if args.detach:
+        _print_endpoints(state)
         _print("detached; stop it with `popscore down`")
         return 0
-    _print("press Ctrl-C to stop")
+    # Everything after the start is inside the try: a signal that comes while the endpoints are printed (say just
+    # after "press Ctrl-C", as soon as a reader sees it) must stop the stack too, not leave it running.
     try:
+        _print_endpoints(state)
+        _print("press Ctrl-C to stop")
         while True:
             time.sleep(0.5)
             dead = [n for n, c in stack.status()["components"].items() if not c["alive"]]
@@ -57,6 +58,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         _print("stopping the stack ...")
         stack.stop()
         _print("stopped")
+
+
+def _print_endpoints(state) -> None:
+    _print(f"stack running; logs and state under {state.run_dir}")
+    for name, url in state.endpoints_obj().as_dict().items():
+        _print(f"  {name:16} {url}")
 
 
 def _fixed_ports(args: argparse.Namespace) -> dict[str, int]:

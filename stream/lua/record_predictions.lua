@@ -41,7 +41,16 @@
 -- the same TTL: the boards that exist, listed by GET /boards); post hash fields prediction:<kind> (the latest
 -- view), predicted_to (as_of, temporal only) and each kept eval field once (HSETNX: the first prediction at that
 -- age); ZADD NX of each post at its maturity time in KEYS[1].
--- Returns 0.
+-- Returns the number of rows not recorded as their post's latest (temporal only; 0 for static).
+--
+-- Latest means latest observation, not latest call: a temporal row whose as_of (ARGV[4]'s 9th item) is earlier
+-- than its post's predicted_to was made from an older sequence than a prediction already recorded (a re-score,
+-- such as a media retry, read the sequence, then a newer snapshot was scored and recorded first). Such a row is
+-- left out of the boards and does not replace prediction:temporal or predicted_to; its kept eval fields and
+-- maturity are still written (both first-write-wins, so nothing recorded is replaced). A row of the same as_of
+-- replaces the recorded one (a re-score of the same observation: the media retry's, the without_post one's). The
+-- prediction itself is already in Kafka (the caller records after delivery), with its as_of: consumers keeping a
+-- post's latest order by as_of, then produced_at.
 --
 -- A board is written per call, not per prediction: its members among the call's posts are updated (one
 -- ZMSCORE, one ZADD), then newcomers are added only if they reach the board's floor, the ARGV[2]-th best score
@@ -86,7 +95,19 @@ local function write_board(board, posts, scores)
   redis.call('ZREMRANGEBYRANK', key, 0, -(size + 1))
 end
 
+-- Rows older than their post's recorded latest (see above): neither boards nor latest view.
+local stale, n_stale = {}, 0
 if kind == 'temporal' then
+  for i, row in ipairs(rows) do
+    local recorded = redis.call('HGET', KEYS[7 + i], 'predicted_to')
+    if recorded and tonumber(recorded) > tonumber(row[9]) then
+      stale[i] = true
+      n_stale = n_stale + 1
+    end
+  end
+end
+
+if kind == 'temporal' and n_stale < n then
   local boards, order = {}, {}
   local function enter(board, post, score)
     local entry = boards[board]
@@ -121,16 +142,18 @@ if kind == 'temporal' then
     return self
   end
   local categories, platforms = registry(category_names, max_categories), registry(platform_names, max_platforms)
-  for _, row in ipairs(rows) do
+  for i, row in ipairs(rows) do
     local post, score, rising, platform, category, known = row[1], row[2], row[3], row[4], row[5], row[10]
-    enter('top', post, score)
-    if known == 1 or platforms.has_board(platform) then
-      enter('top:platform:' .. platform, post, score)
-    else
-      enter('top:platform:other', post, score)
+    if not stale[i] then
+      enter('top', post, score)
+      if known == 1 or platforms.has_board(platform) then
+        enter('top:platform:' .. platform, post, score)
+      else
+        enter('top:platform:other', post, score)
+      end
+      if category ~= '' and categories.has_board(category) then enter('top:category:' .. category, post, score) end
+      enter('rising', post, rising)
     end
-    if category ~= '' and categories.has_board(category) then enter('top:category:' .. category, post, score) end
-    enter('rising', post, rising)
   end
   for _, board in ipairs(order) do
     write_board(board, boards[board].posts, boards[board].scores)
@@ -149,10 +172,11 @@ for i, row in ipairs(rows) do
   local post, latest, kept = row[1], row[6], row[8]
   local post_key = KEYS[7 + i]
   -- The hash has its TTL from the merge or the post event just before; a hash this creates needs one.
-  local created
-  if kind == 'temporal' then
+  -- A stale row's hash exists (it holds the newer predicted_to), and its latest view is not replaced.
+  local created = false
+  if kind == 'temporal' and not stale[i] then
     created = redis.call('HSET', post_key, 'prediction:temporal', latest, 'predicted_to', row[9]) == 2
-  else
+  elseif kind ~= 'temporal' then
     created = redis.call('HSET', post_key, 'prediction:' .. kind, latest) == 1
   end
   if created then redis.call('EXPIRE', post_key, ttl) end
@@ -163,4 +187,4 @@ for i, row in ipairs(rows) do
   due[#due + 1] = post
 end
 redis.call('ZADD', maturity, 'NX', unpack(due))
-return 0
+return n_stale

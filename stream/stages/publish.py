@@ -4,7 +4,9 @@ Every model output is clamped into the range its training data supports and flag
 inputs lie outside that range (``serving/output_bounds.py``); a non-finite output is replaced by the fallback
 (``fallback.py``). A prediction's leaderboard entry and its ``predicted_to`` mark are written only once it is in
 Kafka, so a mark never claims a prediction that a crash lost; the caller awaits the returned futures before it
-acknowledges its records (at-least-once).
+acknowledges its records (at-least-once). A temporal prediction older (``as_of``) than the one its post has
+recorded (a re-score that raced a newer snapshot) is published but not recorded as the latest
+(record_predictions.lua; ``popscore_predictions_not_latest_total``).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class Publish:
     async def _record_delivered(self, kind: str, recorded: list[RecordedPrediction], deliveries: list) -> None:
         await asyncio.gather(*deliveries)
         self.failpoints.hit("after_delivery")
-        await self.boards.record(kind, recorded)
+        self.metrics.predictions_not_latest.inc(await self.boards.record(kind, recorded))
 
     def _model_records(self, job: ScoringJob, results: list, elapsed: float, now: float
                        ) -> tuple[list[dict], list[int], list[int]]:

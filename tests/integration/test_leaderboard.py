@@ -119,3 +119,42 @@ def test_a_recorded_prediction_is_read_back_through_the_schema(redis_url):
     assert kept_predictions(fields) == {first: 1.25}
     assert PostMeta.from_hash(fields).platform == "reddit"
     assert matures_at == 1_700_086_400.0 and board == [("p1", 2.5)]
+
+
+def test_an_older_prediction_is_never_recorded_as_the_latest(redis_url):
+    """Latest is by observation, not by arrival: a temporal prediction as of an earlier observation than the one
+    recorded (a re-score that read the sequence before a newer snapshot was scored) leaves the latest view,
+    predicted_to and the boards as they were, and is counted; one of the same observation replaces it (the media
+    retry's and the without_post re-score's replacements), and the other posts of the call are recorded as ever."""
+    keys = RedisKeys(f"lbtest-{uuid.uuid4().hex[:8]}:", 1)  # one shard: p1 and p2 in one call
+    first = eval_field("popscore_reddit_temporal", "3", 1)
+
+    def prediction(post: str, as_of: int, score: float, kept=()) -> RecordedPrediction:
+        return RecordedPrediction(post_id=post, score=score, rising=score / 10, platform="reddit", category="news",
+                                  latest_view=f'{{"as_of": {as_of}, "score": {score}}}', matures_at=1_700_086_400.0,
+                                  kept_for_evaluation=kept, as_of=as_of, known_platform=True)
+
+    async def scenario():
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            boards = Leaderboards(client, keys, size=SIZE, ttl_s=600)
+            stale = [await boards.record("temporal", [prediction("p1", 1_700_003_600, 5.0)])]
+            # p1's older prediction (raced in late) with p2's first, in one call
+            stale.append(await boards.record("temporal", [prediction("p1", 1_700_000_000, 9.0, ((first, 2.3),)),
+                                                          prediction("p2", 1_700_000_000, 3.0)]))
+            older = (await client.hgetall(keys.post("p1")), await boards.top(TOP_BOARD),
+                     await boards.top(RISING_BOARD), await boards.top(category_board("news")))
+            stale.append(await boards.record("temporal", [prediction("p1", 1_700_003_600, 7.0)]))  # same as_of
+            same = (await client.hgetall(keys.post("p1")), await boards.top(TOP_BOARD))
+            return stale, older, same
+        finally:
+            await client.aclose()
+
+    stale, (fields, top, rising, news), (replaced, top_after) = asyncio.run(scenario())
+    assert latest_predictions(fields)["temporal"] == {"as_of": 1_700_003_600, "score": 5.0}
+    assert fields[PREDICTED_TO.encode()] == b"1700003600"
+    assert top == news == [("p1", 5.0), ("p2", 3.0)] and rising == [("p1", 0.5), ("p2", 0.3)]
+    assert stale == [0, 1, 0]
+    assert kept_predictions(fields) == {first: 2.3}  # the first prediction at that age: first-write-wins, as ever
+    assert latest_predictions(replaced)["temporal"] == {"as_of": 1_700_003_600, "score": 7.0}
+    assert top_after == [("p1", 7.0), ("p2", 3.0)]

@@ -38,8 +38,9 @@ class FakeBoards:
     def __init__(self) -> None:
         self.recorded = []
 
-    async def record(self, kind, recorded) -> None:
+    async def record(self, kind, recorded) -> int:
         self.recorded += recorded
+        return 0  # none older than a recorded one
 
 
 def publisher_and_sent():

@@ -56,3 +56,36 @@ def test_signals_after_the_first_are_ignored_while_the_stack_stops():
 def test_deferral_without_a_guard_is_a_no_op():
     with termination_deferred():
         pass
+
+
+def test_up_stops_its_stack_when_the_signal_comes_just_as_it_says_it_runs(monkeypatch, tmp_path):
+    """`popscore up` prints "press Ctrl-C" once the stack runs; a SIGTERM sent as soon as a reader sees that line
+    (test_cli_sigterm does exactly that) may be handled before the wait loop starts: the stack is stopped all the
+    same and the command ends as a stopped foreground stack does (0)."""
+    from popscore.tools import cli
+    from popscore.tools.stack import stack as stack_module
+
+    events = []
+
+    class FakeStack:
+        def __init__(self, settings, fixed_ports=None, log=None) -> None:
+            pass
+
+        def start(self, with_worker=True):
+            events.append("started")
+            return stack_module.StackState(run_dir=str(tmp_path), endpoints={})
+
+        def stop(self):
+            events.append("stopped")
+            return []
+
+    def printed(message: str) -> None:
+        if message.startswith("press Ctrl-C"):
+            deliver(signal.SIGTERM)  # handled right here, before the wait loop
+
+    monkeypatch.setattr(stack_module, "EmbeddedStack", FakeStack)
+    monkeypatch.setattr(cli, "_print", printed)
+    monkeypatch.setattr(stack_module.StackState, "endpoints_obj", lambda self: type("E", (), {
+        "as_dict": lambda _: {"broker": "127.0.0.1:1"}})())
+    assert cli.main(["up", "--run-dir", str(tmp_path)]) == 0
+    assert events == ["started", "stopped"]
