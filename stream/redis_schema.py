@@ -47,8 +47,10 @@ every key (as it moves Kafka keys between partitions): the state must be migrate
     stage, for posts whose picture was used), read by ``get_thumbnail`` (the ``/posts/{id}/heatmap.png`` view).
 ``{<shard>}:awaiting``, sorted set per shard, no TTL
     post_id -> the wall time from which its snapshots are scored without their post. Added by
-    ``SnapshotSequenceStore.await_posts``, leased by claim_awaiting.lua (``claim_overdue``: the score becomes the
-    lease end), removed by ``done_waiting``.
+    ``SnapshotSequenceStore.await_posts`` (ZADD LT: a waiting post keeps its earlier time; a leased one gets the
+    new due time back), leased by claim_awaiting.lua (``claim_overdue``: the score becomes the lease end),
+    removed by ``done_waiting`` (the post came) or, once scored without it, by release_awaiting.lua
+    (``release_overdue``: only if still at its lease end, so a snapshot merged meanwhile is scored too).
 ``{<shard>}:media_retry``, sorted set per shard, no TTL
     post_id -> the wall time its picture is read again: a post whose picture was unavailable (the object store
     failed) when it was scored. Added by ``MediaRetries.schedule`` (``stream/media_retry.py``, ZADD NX), leased by
@@ -393,8 +395,9 @@ class PostMeta:
 
 # --- the Lua scripts: one function per script builds its KEYS and ARGV ------------------------------------
 
-MERGE_SNAPSHOTS, CLAIM_AWAITING, RECORD_PREDICTIONS, CLAIM_MEDIA_RETRIES = \
-    "merge_snapshots.lua", "claim_awaiting.lua", "record_predictions.lua", "claim_media_retries.lua"
+MERGE_SNAPSHOTS, CLAIM_AWAITING, RELEASE_AWAITING, RECORD_PREDICTIONS, CLAIM_MEDIA_RETRIES = \
+    "merge_snapshots.lua", "claim_awaiting.lua", "release_awaiting.lua", "record_predictions.lua", \
+    "claim_media_retries.lua"
 
 
 def lua_source(script: str) -> str:
@@ -423,6 +426,11 @@ def merge_snapshots_call(keys: RedisKeys, post_ids: Sequence[str], records: dict
 def claim_awaiting_call(keys: RedisKeys, shard: int, now: float, lease_until: float, limit: int
                         ) -> tuple[list[str], list]:
     return [keys.awaiting(shard)], [now, lease_until, limit]
+
+
+def release_awaiting_call(keys: RedisKeys, shard: int, lease_until: float, post_ids: Sequence[str]
+                          ) -> tuple[list[str], list]:
+    return [keys.awaiting(shard)], [lease_until, *post_ids]
 
 
 def claim_media_retries_call(keys: RedisKeys, shard: int, now: float, lease_until: float, limit: int

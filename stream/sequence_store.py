@@ -24,9 +24,9 @@ import numpy as np
 from popscore import features as F
 from popscore.contract import Post, Snapshot
 from popscore.stream.redis_schema import CLAIM_AWAITING, CONTENT, CONTENT_INPUT_FIELDS, DUPLICATE, KEEP_META, \
-    META_FIELDS, MERGE_SNAPSHOTS, READ_META, REFRESH_TTL, PostMeta, RedisKeys, claim_awaiting_call, \
-    decode_records, decode_sequence, decode_sequences, encode_post, encode_snapshot, kept_predictions, lua_source, \
-    merge_snapshots_call, post_ttl_s, record_time
+    META_FIELDS, MERGE_SNAPSHOTS, READ_META, REFRESH_TTL, RELEASE_AWAITING, PostMeta, RedisKeys, \
+    claim_awaiting_call, decode_records, decode_sequence, decode_sequences, encode_post, encode_snapshot, \
+    kept_predictions, lua_source, merge_snapshots_call, post_ttl_s, record_time, release_awaiting_call
 from popscore.stream.redis_client import AsyncClient, on_node, primaries, repeat_on_node
 from popscore.stream.redis_script import PipelinedScript
 
@@ -172,6 +172,7 @@ class SnapshotSequenceStore:
         self.meta_cache = PostMetaCache(cached_posts, post_ttl_refresh_s)
         self._merge = PipelinedScript(client, lua_source(MERGE_SNAPSHOTS))
         self._claim_awaiting = PipelinedScript(client, lua_source(CLAIM_AWAITING))
+        self._release_awaiting = PipelinedScript(client, lua_source(RELEASE_AWAITING))
 
     async def merge(self, snapshots: list[Snapshot]) -> list[SequenceUpdate]:
         return await self.merge_records(group_by_post(snapshots))
@@ -298,23 +299,38 @@ class SnapshotSequenceStore:
     # --- snapshots waiting for their post: kept in Redis, so a restart does not forget them -----------------
 
     async def await_posts(self, post_ids: list[str], due: float) -> None:
-        """Posts whose sequence changed before their post event came; a post already waiting keeps its time."""
+        """Posts whose sequence changed before their post event came. A post already waiting keeps its earlier
+        time; one the overdue timer holds (its score the lease end, later than ``due``) is due again at ``due``,
+        so the timer's release keeps it (release_awaiting.lua) and this newer observation is scored too."""
         async with self.client.pipeline(transaction=False) as pipe:
             for shard, group in self.keys.by_shard(post_ids).items():
-                pipe.zadd(self.keys.awaiting(shard), {post_id: due for post_id in group}, nx=True)
+                pipe.zadd(self.keys.awaiting(shard), {post_id: due for post_id in group}, lt=True)
             await pipe.execute()
 
-    async def claim_overdue(self, now: float, lease_s: float, limit: int) -> list[str]:
-        """Waiting posts due by ``now``, leased to the caller for ``lease_s``: up to ``limit`` of each shard."""
+    async def claim_overdue(self, now: float, lease_until: float, limit: int) -> list[str]:
+        """Waiting posts due by ``now``, leased to the caller until ``lease_until``: up to ``limit`` of each
+        shard."""
         def queue_calls(pipe) -> None:
             for shard in self.keys.all_shards:
-                self._claim_awaiting.call(pipe, *claim_awaiting_call(self.keys, shard, now, now + lease_s, limit))
+                self._claim_awaiting.call(pipe, *claim_awaiting_call(self.keys, shard, now, lease_until, limit))
 
         claimed = await self._claim_awaiting.run(queue_calls)
         return [post_id.decode() for shard_claimed in claimed for post_id in shard_claimed]
 
+    async def release_overdue(self, post_ids: list[str], lease_until: float) -> int:
+        """Called once the claimed posts' predictions are delivered: removes those still at ``lease_until`` (none
+        of their snapshots came meanwhile); returns how many."""
+        if not post_ids:
+            return 0
+
+        def queue_calls(pipe) -> None:
+            for shard, group in self.keys.by_shard(post_ids).items():
+                self._release_awaiting.call(pipe, *release_awaiting_call(self.keys, shard, lease_until, group))
+
+        return sum(await self._release_awaiting.run(queue_calls))
+
     async def done_waiting(self, post_ids: list[str]) -> None:
-        """Called once the posts' predictions are delivered."""
+        """Called once the posts' predictions are delivered, their post having come."""
         if post_ids:
             async with self.client.pipeline(transaction=False) as pipe:
                 for shard, group in self.keys.by_shard(post_ids).items():

@@ -205,12 +205,14 @@ class StreamWorker:
     async def score_overdue(self, limit: int = 1_000) -> int:
         """Score the posts whose snapshots waited longer than the grace period for a post that never came (taken
         with a lease: a worker that dies before it is done leaves them to be taken again)."""
-        overdue = await self.store.claim_overdue(time.time(), self.settings.worker.awaiting_lease_s, limit)
+        now = time.time()
+        lease_until = now + self.settings.worker.awaiting_lease_s
+        overdue = await self.store.claim_overdue(now, lease_until, limit)
         if overdue:
             updates = await self.store.current(overdue)
             self.metrics.predictions_without_post.inc(sum(u.post.created_at is None for u in updates))
             await asyncio.gather(*await self._score(await self.features.temporal_jobs(updates)))
-            await self.store.done_waiting(overdue)
+            await self.store.release_overdue(overdue, lease_until)
         return len(overdue)
 
     def held_shards(self, consumer) -> list[int]:

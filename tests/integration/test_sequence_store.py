@@ -388,9 +388,9 @@ def test_a_step_of_posts_of_every_shard_is_merged_and_its_waiting_posts_are_foun
         merged = await store.merge([snap(post, 60 * k, k) for post in posts for k in range(3)])
         stored = {post: len(await store.get(post)) for post in posts}
         await store.await_posts(posts[:12], due=T0)
-        claimed = await store.claim_overdue(T0 + 1, lease_s=30, limit=100)
-        await store.done_waiting(posts[:12])
-        after = await store.claim_overdue(T0 + 100, lease_s=30, limit=100)
+        claimed = await store.claim_overdue(T0 + 1, lease_until=T0 + 31, limit=100)
+        await store.release_overdue(posts[:12], lease_until=T0 + 31)
+        after = await store.claim_overdue(T0 + 100, lease_until=T0 + 130, limit=100)
         keys = [key async for key in client.scan_iter(match=store.keys.sequence_pattern())]
         return shards, merged, stored, claimed, after, keys
 
@@ -400,3 +400,27 @@ def test_a_step_of_posts_of_every_shard_is_merged_and_its_waiting_posts_are_foun
     assert stored == {post: 3 for post in posts}
     assert sorted(claimed) == sorted(posts[:12]) and not set(after) & set(posts)
     assert {key.decode() for key in keys} >= {RedisKeys("test:", SHARDS).sequence(post) for post in posts}
+
+
+def test_a_snapshot_merged_while_its_post_is_scored_without_the_post_keeps_it_waiting(redis_url):
+    """The overdue timer leases a waiting post, scores it and releases it; a snapshot of it merged in between
+    registers it again, so the release leaves it to be scored when due (not the newest observation unscored)."""
+    calm, busy = (f"p{uuid.uuid4().hex[:8]}-{name}" for name in ("calm", "busy"))
+
+    async def scenario(store, client):
+        await store.await_posts([calm, busy], due=T0)
+        await store.await_posts([calm], due=T0 + 50)  # a waiting post keeps its earlier time
+        claimed = await store.claim_overdue(T0 + 1, lease_until=T0 + 61, limit=100)
+        # while the timer scores them: a new snapshot of ``busy`` (its post still missing) registers it again
+        await store.await_posts([busy], due=T0 + 11)
+        released = await store.release_overdue(claimed, lease_until=T0 + 61)
+        again = await store.claim_overdue(T0 + 12, lease_until=T0 + 72, limit=100)
+        await store.done_waiting([busy])  # its post came: it leaves, whatever its time
+        left = {m.decode() for shard in store.keys.all_shards
+                for m in await client.zrange(store.keys.awaiting(shard), 0, -1)}
+        return claimed, released, again, left
+
+    claimed, released, again, left = run(redis_url, scenario)
+    assert sorted(claimed) == sorted([calm, busy]) and released == 1
+    assert again == [busy]  # due at T0 + 11, not at the lease end
+    assert not left & {calm, busy}

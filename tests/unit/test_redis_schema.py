@@ -142,6 +142,7 @@ CALLS = {  # script -> (number of items) -> the KEYS and ARGV its Python caller 
         KEYS, posts(n), {p: [b"r" * schema.RECORD.size] * 2 for p in posts(n)},
         bytes([schema.READ_META] * n), 3600, 7200, 28_800.0),
     schema.CLAIM_AWAITING: lambda n: schema.claim_awaiting_call(KEYS, 0, 100.0, 130.0, 50),
+    schema.RELEASE_AWAITING: lambda n: schema.release_awaiting_call(KEYS, 0, 130.0, posts(n)),
     schema.CLAIM_MEDIA_RETRIES: lambda n: schema.claim_media_retries_call(KEYS, 0, 100.0, 220.0, 50),
     schema.RECORD_PREDICTIONS: lambda n: schema.record_predictions_call(
         KEYS, 0, 3600, 100, "temporal",
