@@ -443,8 +443,8 @@ def test_a_batch_is_neither_published_nor_acknowledged_until_a_replica_has_its_w
 
 
 def test_a_master_lost_before_its_replica_had_the_writes_loses_no_snapshot(cluster_stack):
-    """The window replica_acks closes. The replica of a shard's master is paused, a round is sent and written to
-    the master alone, then the master dies (SIGKILL) and the replica, resumed, takes over (CLUSTER FAILOVER
+    """The window replica_acks closes. The replica of a shard's master is cut off (paused, its link closed), a
+    round is sent and written to the master alone, then the master dies (SIGKILL) and the replica, resumed, takes over (CLUSTER FAILOVER
     TAKEOVER) without those writes. The batch was never acknowledged, so it is retried against the new master
     and every snapshot ends up stored and predicted. (With replica_acks 0 the batch is acknowledged as soon as
     the master has it, and the promoted replica never gets those snapshots: check_nothing_lost fails.)"""
@@ -472,8 +472,11 @@ def test_a_master_lost_before_its_replica_had_the_writes_loses_no_snapshot(clust
         predicted = received(read_all(settings, bootstrap, settings.kafka.topics.predictions), traffic.prefix)
         return all(at in predicted.get(post_id, {}) for post_id, at in stored)
 
+    # The replica cut off: paused, and its link closed by the master (a paused process would still find in its
+    # socket buffer what the master sent it, and apply it on resuming).
     cluster_stack.pause_component(replica_name)
     try:
+        master.execute_command("CLIENT", "KILL", "TYPE", "replica")
         send_snapshots(cluster_stack, rounds[1])
         wait_until(written_and_decided, 30, "the round's snapshots written to the master, and refused or published")
         written = on_master()
