@@ -84,7 +84,8 @@ class ReplicaAcks:
         started = time.perf_counter()
         confirmed = await asyncio.gather(*(self._write_and_wait(client, shard) for _, client, shard in targets))
         self.metrics.replica_wait_seconds.observe(time.perf_counter() - started)
-        behind = [f"{name} (shard {shard}): {n}" for (name, _, shard), n in zip(targets, confirmed) if n < self.replicas]
+        behind = [f"{name} (shard {shard}): {n}" for (name, _, shard), n in zip(targets, confirmed)
+                  if n < self.replicas]
         if behind:
             self.metrics.replica_wait_failures.inc()
             why = (f"fewer than {self.replicas} replica(s) confirmed the writes within {self.timeout_ms} ms on "

@@ -7,8 +7,8 @@
 
 A batch's outputs are awaited before it returns, so Faust commits its offsets only after the outputs are produced
 (at-least-once); with ``redis.replica_acks``, replicas confirm its Redis writes before anything is published and
-before it returns (``replication.py``). What happens when a batch fails is ``batch_runner.py``'s; the model sets and routing are
-``served_models.py``'s.
+before it returns (``replication.py``). What happens when a batch fails is ``batch_runner.py``'s; the model sets
+and routing are ``served_models.py``'s.
 """
 
 from __future__ import annotations

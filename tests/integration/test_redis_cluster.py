@@ -415,7 +415,8 @@ def test_a_batch_is_neither_published_nor_acknowledged_until_a_replica_has_its_w
                    and transient_failures(cluster_stack) > transient_before
                    and REPLICATION_CHECK in readiness(cluster_stack)[1].get("failing", {}), 30,
                    "a batch failing on the replica's confirmation, and readiness saying so")
-        stored = [at for post_id, at in waiting if at in decode_sequence(master.get(keys.sequence(post_id)) or b"")[:, 0]]
+        stored = [at for post_id, at in waiting
+                  if at in decode_sequence(master.get(keys.sequence(post_id)) or b"")[:, 0]]
         predicted = received(read_all(settings, bootstrap, settings.kafka.topics.predictions), traffic.prefix)
         offsets_paused = committed(settings, bootstrap)
         status, body = readiness(cluster_stack)
@@ -444,10 +445,11 @@ def test_a_batch_is_neither_published_nor_acknowledged_until_a_replica_has_its_w
 
 def test_a_master_lost_before_its_replica_had_the_writes_loses_no_snapshot(cluster_stack):
     """The window replica_acks closes. The replica of a shard's master is cut off (paused, its link closed), a
-    round is sent and written to the master alone, then the master dies (SIGKILL) and the replica, resumed, takes over (CLUSTER FAILOVER
-    TAKEOVER) without those writes. The batch was never acknowledged, so it is retried against the new master
-    and every snapshot ends up stored and predicted. (With replica_acks 0 the batch is acknowledged as soon as
-    the master has it, and the promoted replica never gets those snapshots: check_nothing_lost fails.)"""
+    round is sent and written to the master alone, then the master dies (SIGKILL) and the replica, resumed, takes
+    over (CLUSTER FAILOVER TAKEOVER) without those writes. The batch was never acknowledged, so it is retried
+    against the new master and every snapshot ends up stored and predicted. (With replica_acks 0 the batch is
+    acknowledged as soon as the master has it, and the promoted replica never gets those snapshots:
+    check_nothing_lost fails.)"""
     settings, endpoints, traffic, rounds = first_round_stored(cluster_stack, "replicaloss")
     bootstrap = endpoints.broker_bootstrap
     keys = RedisKeys.of(settings)
