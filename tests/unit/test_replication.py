@@ -28,3 +28,26 @@ def test_the_wait_must_end_before_the_socket_times_out():
         RedisSettings(replica_ack_timeout_ms=5_000, socket_timeout_s=5)
     with pytest.raises(ValidationError):
         RedisSettings(replica_acks=-1)
+
+
+def test_the_embedded_cluster_with_replicas_asks_for_one_confirmation_unless_told_otherwise(tmp_path):
+    from popscore.settings import Settings
+    from popscore.tools.stack.components import Endpoints
+    from popscore.tools.stack.stack import worker_settings_env
+
+    ports = dict(broker_port=1, redis_port=2, triton_http_port=3, triton_grpc_port=4, triton_metrics_port=5,
+                 worker_web_port=6, worker_metrics_port=7)
+    single, cluster = Endpoints("127.0.0.1", **ports), Endpoints("127.0.0.1", **ports,
+                                                                 redis_cluster_nodes=((2, 12), (8, 18), (9, 19)))
+
+    def acks(endpoints, replicas: int, given: int | None = None) -> str:
+        settings = Settings()
+        settings.stack.redis_cluster_replicas = replicas
+        if given is not None:
+            settings.redis.replica_acks = given
+        return worker_settings_env(settings, endpoints, tmp_path)["POPSCORE_REDIS__REPLICA_ACKS"]
+
+    assert acks(single, 0) == "0"
+    assert acks(cluster, 0) == "0"
+    assert acks(cluster, 1) == "1"
+    assert acks(cluster, 1, given=0) == "0"
