@@ -60,6 +60,14 @@ class RedisSettings(BaseModel):
                             "(no braces: the hash tag after it is the shard's)")
     socket_timeout_s: float = Field(5.0, gt=0, description="seconds; a Redis reply slower than this fails the batch "
                                     "(which is retried), so a paused or partitioned Redis cannot hang the worker")
+    replica_acks: int = Field(0, ge=0, description="replicas of each primary a batch wrote to that must confirm "
+                              "its writes (WAIT) before its outputs are published and its offsets acknowledged; "
+                              "fewer within replica_ack_timeout_ms fail the batch as a transient failure (retried "
+                              "whole). 0: off (a Redis without replicas). The embedded stack sets 1 for a cluster "
+                              "with replicas unless this is given (docs/deployment.md, 'Redis replicas')")
+    replica_ack_timeout_ms: int = Field(1_000, ge=1, description="milliseconds a primary waits for replica_acks "
+                                        "confirmations (WAIT's timeout); less than socket_timeout_s, whose read "
+                                        "would otherwise fail first")
     capacity_posts: int = Field(100_000, ge=1, description="live posts (sequence not yet expired) Redis's memory "
                                 "budget is sized for: maxmemory = capacity_posts x bytes per post x "
                                 "memory_headroom + memory_base_bytes (docs/deployment.md, 'Redis memory')")
@@ -78,6 +86,13 @@ class RedisSettings(BaseModel):
     maxmemory_bytes: int | None = Field(None, ge=1024 ** 2, description="Redis's maxmemory, overriding the budget "
                                         "derived from capacity_posts (the embedded stack sets it; compose's redis "
                                         "command line must match it)")
+
+    @model_validator(mode="after")
+    def _wait_ends_before_the_socket_timeout(self) -> "RedisSettings":
+        if self.replica_ack_timeout_ms >= self.socket_timeout_s * 1000:
+            raise ValueError(f"replica_ack_timeout_ms ({self.replica_ack_timeout_ms}) must be less than "
+                             f"socket_timeout_s ({self.socket_timeout_s:g} s): the client would give up on WAIT first")
+        return self
 
     def sequence_bytes(self) -> int:
         """A full sequence key: the per-key cost (key name, TTL entry, allocation) measured with 24 observations

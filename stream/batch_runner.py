@@ -1,6 +1,7 @@
 """What an agent does with a micro-batch that fails: it never acknowledges what was not processed.
 
-- A transient error (Redis, the broker or Triton unreachable, timing out, loading, out of memory) retries the
+- A transient error (Redis, the broker or Triton unreachable, timing out, loading, out of memory, or fewer
+  replicas than ``redis.replica_acks`` confirming the batch's writes: ``replication.py``) retries the
   whole batch with exponential backoff and jitter. Redis state is idempotent and a redelivered snapshot whose
   post has no prediction as of it is scored again, so a retry repeats nothing visible but duplicates of
   predictions. The outage may last ``outage_budget_s``; after that the runner raises ``OutageTooLong`` and the
@@ -33,6 +34,7 @@ from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception, stop_af
 from popscore.serving.predictor import ModelUnavailable
 from popscore.stream.health import Health
 from popscore.stream.faust_ext.micro_batches import take_batches
+from popscore.stream.replication import ReplicasBehind
 
 if TYPE_CHECKING:
     from popscore.stream.worker import StreamWorker
@@ -57,7 +59,7 @@ def is_transient(exc: BaseException) -> bool:
     an exception group: transient if any of theirs is.)"""
     if isinstance(exc, BaseExceptionGroup):
         return any(is_transient(inner) for inner in exc.exceptions)
-    if isinstance(exc, TRANSIENT_CLUSTER_ERRORS):
+    if isinstance(exc, TRANSIENT_CLUSTER_ERRORS + (ReplicasBehind,)):
         return True
     if isinstance(exc, redis_errors.ResponseError):
         return _reply(exc).startswith(TRANSIENT_REDIS_REPLIES)

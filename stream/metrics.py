@@ -79,6 +79,13 @@ class WorkerMetrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.redis_seconds = Histogram("popscore_redis_seconds", "Time of one pipelined Redis round trip",
                                        ["operation"], buckets=LATENCY_BUCKETS, registry=r)
+        self.replica_wait_seconds = Histogram(
+            "popscore_redis_replica_wait_seconds", "Time of one confirmation of writes by the written primaries' "
+            "replicas (redis.replica_acks: a marker write and WAIT on each primary, concurrently)",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.replica_wait_failures = Counter(
+            "popscore_redis_replica_wait_failures", "Confirmations in which a primary had fewer replicas than "
+            "redis.replica_acks confirm within replica_ack_timeout_ms (the batch fails, transient)", registry=r)
         self.inference_seconds = Histogram("popscore_inference_seconds", "Time of one batched model inference",
                                            ["model", "platform", "model_version", "served_by"],
                                            buckets=LATENCY_BUCKETS, registry=r)

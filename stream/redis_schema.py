@@ -85,6 +85,11 @@ every key (as it moves Kafka keys between partitions): the state must be migrate
     board name (``top:platform:reddit``...) -> when a prediction last wrote the shard's board, so the boards can
     be listed without scanning the keyspace (the union of the shards'); entries older than the TTL are dropped at
     every write (their board expired). Written by record_predictions.lua, read by ``BoardReader`` (``/boards``).
+``{<shard>}:replicated``, string per shard, expires ``REPLICATED_TTL_S`` after its last write
+    When a worker last asked the shard's primary for replica confirmations (epoch ms), with ``redis.replica_acks``
+    only. Written by ``ReplicaAcks.confirm`` (``stream/replication.py``) just before its WAIT, on the same
+    connection: the write WAIT waits for (Redis 7.0 has no key-less write a cluster node replicates). Read by
+    nobody.
 """
 
 from __future__ import annotations
@@ -189,6 +194,10 @@ class RedisKeys:
         """The shard's registry of the category or unknown-platform boards that exist (record_predictions.lua)."""
         return f"{self.tag(shard)}boards:{family}"
 
+    def replicated(self, shard: int) -> str:
+        """The shard's replication marker (``ReplicaAcks``)."""
+        return f"{self.tag(shard)}replicated"
+
     def by_shard(self, post_ids: Iterable[str]) -> dict[int, list[str]]:
         """``post_ids`` grouped by shard, each group in the order given."""
         groups: dict[int, list[str]] = {}
@@ -216,6 +225,9 @@ def platform_board(platform: str) -> str:
 
 def category_board(category: str) -> str:
     return f"top:category:{category}"
+
+
+REPLICATED_TTL_S = 3600  # the marker outlives any batch's confirmation and is gone soon after replica_acks is off
 
 
 def post_ttl_s(sequence_ttl_s: int, refresh_s: int) -> int:

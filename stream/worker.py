@@ -6,8 +6,9 @@
                (``media_retry.py``: the post scored again with its picture); matured predictions evaluated
 
 A batch's outputs are awaited before it returns, so Faust commits its offsets only after the outputs are produced
-(at-least-once). What happens when a batch fails is ``batch_runner.py``'s; the model sets and routing are
-``served_models.py``'s.
+(at-least-once); with ``redis.replica_acks``, replicas confirm its Redis writes before anything is published and
+before it returns (``replication.py``). What happens when a batch fails is ``batch_runner.py``'s; the model sets
+and routing are ``served_models.py``'s.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from popscore.stream.online_accuracy import AccuracyKey, OnlineAccuracy, model_l
 from popscore.stream.pipeline import SnapshotPipeline, StepStages
 from popscore.stream.redis_client import AsyncClient, connect, used_memory
 from popscore.stream.redis_schema import BoardLimits, RedisKeys, parse_eval_field
+from popscore.stream.replication import ReplicaAcks
 from popscore.stream.sequence_store import SequenceUpdate, SnapshotSequenceStore
 from popscore.stream.served_models import ServedModels
 from popscore.stream.stages.decode import Decode
@@ -70,6 +72,7 @@ class StreamWorker:
         self.store: SnapshotSequenceStore | None = None
         self.boards: Leaderboards | None = None
         self.media_retries: MediaRetries | None = None
+        self.replica_acks: ReplicaAcks | None = None
         self.ready = False
         self.assigned = False
         self._start_lock = asyncio.Lock()
@@ -98,7 +101,8 @@ class StreamWorker:
         await self._check_topics()
         self.redis = connect(settings.redis)
         await self.redis.ping()
-        keys = RedisKeys.of(settings)
+        keys = self.keys = RedisKeys.of(settings)
+        self.replica_acks = ReplicaAcks(self.redis, keys, settings.redis, self.health, self.metrics)
         self.store = SnapshotSequenceStore(self.redis, keys, settings.score.horizon_s, worker.cached_posts,
                                            worker.post_ttl_refresh_s)
         self.boards = Leaderboards(self.redis, keys, worker.leaderboard_size,
@@ -112,7 +116,7 @@ class StreamWorker:
         self.features = Features(settings, self.models, self.infer, self.store, self.metrics)
         self.publish = Publish(settings, self.metrics, self.send_many, self.boards, self.failpoints)
         self.pipeline = SnapshotPipeline(
-            StepStages(self.merge.step, self._temporal_jobs, self.infer.jobs, self.publish.jobs),
+            StepStages(self.merge.step, self._temporal_jobs, self._infer_confirmed, self.publish.jobs),
             lanes=worker.lanes, window_snapshots=worker.window_snapshots,
             lane_min_snapshots=worker.lane_min_snapshots, step_snapshots=worker.max_batch_snapshots,
             folded=self.metrics.snapshots_folded.inc)
@@ -146,6 +150,8 @@ class StreamWorker:
     async def stop(self) -> None:
         self.ready = False
         await self.models.close()
+        if self.replica_acks is not None:
+            await self.replica_acks.close()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -153,14 +159,19 @@ class StreamWorker:
 
     async def handle_snapshots(self, messages: list) -> None:
         deliveries = []
+        written = set()  # the shards of the batch's posts, whose primaries confirm its writes (replica_acks)
         with self.metrics.in_flight.track_inprogress():
             windows = self.pipeline.batch()
             for message in messages:
                 snapshots = await self.decode.snapshots(message, deliveries)
+                if snapshots and self.replica_acks.replicas:
+                    written.update(map(self.keys.shard, {s.post_id for s in snapshots}))
                 if snapshots and windows.add(message.partition or 0, snapshots):
                     await windows.score()
             await windows.score(last=True)
             await asyncio.gather(*deliveries)
+            # What the steps wrote after publishing (boards, marks) and the posts registered as waiting.
+            await self.replica_acks.confirm(written)
         self.metrics.batch_size.labels("snapshots").observe(len(messages))
         self._observe_end_to_end("temporal", messages)
 
@@ -187,11 +198,27 @@ class StreamWorker:
                 deliveries += await self._score(await self.features.temporal_jobs(waiting))
         await asyncio.gather(*deliveries)
         await self.store.done_waiting([update.post_id for update in waiting])
+        await self.replica_acks.confirm({self.keys.shard(post.post_id) for post in posts})
         self._observe_end_to_end("static", messages)
 
     async def _score(self, jobs: list[ScoringJob]) -> list:
         """Infer and publish jobs outside the pipeline; the futures of their outputs still being delivered."""
-        return await self.publish.jobs(jobs, await self.infer.jobs(jobs)) if jobs else []
+        return await self.publish.jobs(jobs, await self._infer_confirmed(jobs)) if jobs else []
+
+    async def _infer_confirmed(self, jobs: list[ScoringJob]) -> list:
+        """The jobs' inference, while the primaries of their posts' shards get their writes so far confirmed by
+        replicas (``replica_acks``): nothing is published before both, and the wait overlaps the inference."""
+        if not self.replica_acks.replicas:
+            return await self.infer.jobs(jobs)
+        confirming = asyncio.ensure_future(self.replica_acks.confirm(
+            {self.keys.shard(post_id) for job in jobs for post_id in job.post_ids}))
+        try:
+            inferred = await self.infer.jobs(jobs)
+        except BaseException:
+            confirming.cancel()
+            raise
+        await confirming
+        return inferred
 
     def _observe_end_to_end(self, model: str, messages: list) -> None:
         now = time.time()

@@ -1006,19 +1006,33 @@ def write_into_readme(readme_path, table: str, machine_note: str) -> None:
     path.write_text(text[:start] + section + text[end + len(README_END):])
 
 
-def run_cluster_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+CLUSTER_PHASES = {
+    False: (("single", "one Redis", "single", 0, 0), ("cluster", "Redis Cluster (3 masters)", "cluster", 0, 0)),
+    True: (("cluster_acks0", "cluster, 1 replica each, replica_acks 0", "cluster", 1, 0),
+           ("cluster_acks1", "cluster, 1 replica each, replica_acks 1", "cluster", 1, 1)),
+}
+"""--cluster (False) and --cluster --replica-acks (True): (phase, its column, redis.mode, replicas per master,
+redis.replica_acks) of each phase."""
+
+
+def run_cluster_bench(settings: Settings, cfg: BenchConfig, log: Callable[[str], None] = print,
+                      replica_acks: bool = False) -> dict:
     """The sustained phase (envelopes of ``live_posts`` posts paced at ``batch_target_per_s``, shared by
     ``scale_out_workers`` workers) on one Redis, then on a three-master Redis Cluster, each on a stack of its own,
     in the same run: whether the cluster keeps up, and what its layout and client cost per snapshot against one
-    Redis (CPU per component; a cluster's nodes summed as ``redis``)."""
-    results: dict = {"config": asdict(cfg), "text_encoder": False}
-    for mode in ("single", "cluster"):
+    Redis (CPU per component; a cluster's nodes summed as ``redis``). With ``replica_acks``: on a cluster with a
+    replica per master, without and then with replicas confirming each batch's writes (what WAIT costs)."""
+    results: dict = {"config": asdict(cfg), "text_encoder": False, "phases": []}
+    for phase, title, mode, replicas, acks in CLUSTER_PHASES[replica_acks]:
         run_settings = settings.model_copy(deep=True)
         run_settings.redis.mode = mode
+        run_settings.stack.redis_cluster_replicas = replicas
+        run_settings.redis.replica_acks = acks
         run_settings.serving.text_encoder = False  # the snapshot path is measured (as run_bench does)
         run_settings.stack.workers = max(1, cfg.scale_out_workers)
-        run_settings.stack.run_dir = settings.stack.run_dir / f"bench-redis-{mode}"
-        results.update(_sustained_phase(run_settings, cfg, f"{mode}_redis_sustained", log))
+        run_settings.stack.run_dir = settings.stack.run_dir / f"bench-redis-{phase}"
+        results.update(_sustained_phase(run_settings, cfg, f"{phase}_redis_sustained", log))
+        results["phases"].append([f"{phase}_redis_sustained", title])
     return results
 
 
@@ -1041,8 +1055,9 @@ def _sustained_phase(settings: Settings, cfg: BenchConfig, prefix: str, log: Cal
 
 
 def render_cluster_table(results: dict, command: str) -> str:
-    lines = [f"`{command}`", "", "| sustained phase | one Redis | Redis Cluster (3 masters) |", "|---|---|---|"]
-    single, cluster = "single_redis_sustained", "cluster_redis_sustained"
+    phases = results["phases"]
+    lines = [f"`{command}`", "", "| sustained phase | " + " | ".join(title for _, title in phases) + " |",
+             "|---|" + "---|" * len(phases)]
     rows = [("kept up", "kept_up", lambda v: "yes" if v else "no"),
             ("produced at (snapshots/s)", "produced_per_s", lambda v: f"{v:,}"),
             ("produced -> published (snapshots/s)", "snapshots_per_s", lambda v: f"{v:,}"),
@@ -1053,11 +1068,12 @@ def render_cluster_table(results: dict, command: str) -> str:
     for label, key, show in rows:
         if key is None:
             cells = [f"{results.get(f'{p}_staleness_p50_s')} / {results.get(f'{p}_staleness_p99_s')}"
-                     for p in (single, cluster)]
+                     for p, _ in phases]
         else:
-            cells = [show(results[f"{p}_{key}"]) if f"{p}_{key}" in results else "n/a" for p in (single, cluster)]
-        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
-    workers = results.get(f"{cluster}_workers", "?")
-    target = results.get(f"{cluster}_target_per_s", 0)
+            cells = [show(results[f"{p}_{key}"]) if f"{p}_{key}" in results else "n/a" for p, _ in phases]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    last = phases[-1][0]
+    workers = results.get(f"{last}_workers", "?")
+    target = results.get(f"{last}_target_per_s", 0)
     lines.insert(2, f"Envelopes paced at {target:,.0f} snapshots/s, {workers} worker(s).\n")
     return "\n".join(lines)

@@ -173,6 +173,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print("--flat runs on its own: without --images, --cluster or --readme", file=sys.stderr)
             return 2
         return cmd_flat_bench(args)
+    if args.replica_acks and not args.cluster:
+        print("--replica-acks is a variant of --cluster: give both", file=sys.stderr)
+        return 2
     if (args.images or args.cluster) and args.readme or args.images and args.cluster:
         print("--readme writes the whole bench table: run it without --images or --cluster (one at a time)",
               file=sys.stderr)
@@ -185,8 +188,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.cluster:
         from popscore.tools.bench import render_cluster_table, run_cluster_bench
 
-        results = run_cluster_bench(_settings(args), config, log=log)
-        command = "popscore bench --cluster" + (" --quick" if args.quick else "")
+        results = run_cluster_bench(_settings(args), config, log=log, replica_acks=args.replica_acks)
+        command = "popscore bench --cluster" + (" --replica-acks" if args.replica_acks else "") + \
+            (" --quick" if args.quick else "")
         print(json.dumps(results, indent=2) if args.json else render_cluster_table(results, command))
         return 0
     results = (run_image_bench if args.images else run_bench)(_settings(args), config, log=log)
@@ -304,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "naive one-request-per-picture baseline), on a stack of its own")
     bench.add_argument("--cluster", action="store_true", help="only the sustained phase, on one Redis and then on a "
                        "local three-master Redis Cluster, each on a stack of its own (scale_out_workers workers)")
+    bench.add_argument("--replica-acks", action="store_true", help="with --cluster: on a cluster with a replica per "
+                       "master, with redis.replica_acks 0 and then 1 (what the replicas' confirmations cost)")
     bench.add_argument("--readme", help="write the results table between the bench markers of this file (docs/benchmarks.md holds them)")
     bench.add_argument("--results-json", metavar="FILE", help="also write the results as one JSON object to FILE "
                        "(what `popscore capacity --bench-results` reads)")

@@ -9,8 +9,10 @@ ASK) and been retried; then the migration ends (SETSLOT NODE) and the stream goe
 a slot holding live posts is failed over to its replica (CLUSTER FAILOVER) as a round is sent. In a third, that
 master is killed (SIGKILL) in the middle of a round: its slots are served by nobody until its replica is promoted
 (the stack's ``cluster-node-timeout`` is 3 s, short for tests but within what production clusters use; Redis'
-default is 15 s), and the worker must say it is not ready meanwhile and retry. Afterwards nothing may be lost on
-the outputs:
+default is 15 s), and the worker must say it is not ready meanwhile and retry. With ``redis.replica_acks`` 1 (what
+the stack sets with replicas), a batch waits until a replica has its writes: while a master's replica is paused
+nothing of its shards is published or acknowledged, and a master killed before its replica got a batch's writes
+loses none of them (the batch is retried on the promoted replica). Afterwards nothing may be lost on the outputs:
 every snapshot in its post's sequence exactly once, each round's latest observation of each post predicted on the
 predictions topic, every post's latest prediction in Redis, and the platform's board (read through the worker's
 ``/leaderboard``, merged from the shards on the three nodes) listing every post with its latest predicted score.
@@ -20,6 +22,7 @@ nodes dead.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
@@ -31,9 +34,11 @@ import redis
 from redis.crc import key_slot
 
 from popscore.settings import Settings
-from popscore.stream.redis_schema import RedisKeys
+from popscore.stream.redis_schema import RedisKeys, decode_sequence
+from popscore.stream.replication import REPLICATION_CHECK
 from tests.conftest import MODEL_REPO
-from tests.integration.outcomes import (Traffic, check_nothing_lost, iso, read_all, redis_of, send_posts,
+from tests.integration.kafka_io import committed_offsets
+from tests.integration.outcomes import (Traffic, check_nothing_lost, iso, metric, read_all, redis_of, send_posts,
                                         send_snapshots, wait_processed, web_json)
 
 pytestmark = pytest.mark.integration
@@ -332,6 +337,10 @@ def test_a_master_killed_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
     wait_until(lambda: not_ready() is not None and replica.execute_command("ROLE")[0] == b"master", 60,
                "the dead master's replica to be promoted")
     promoted_s = time.monotonic() - killed_at
+    # ... the killed node comes back with its data and rejoins as a replica of its old replica (the promoted master
+    # has none until then, and with replica_acks 1 its batches wait for one) ...
+    cluster_stack.start_component(victim_name)
+    assert node(endpoints.host, victim_port).execute_command("ROLE")[0] == b"slave"
     # ... and the worker is ready again, its retried batch through.
     wait_until(lambda: readiness(cluster_stack)[0] == 200, 60, "readiness back after the failover")
     wait_processed(settings, bootstrap)
@@ -347,16 +356,153 @@ def test_a_master_killed_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
                if m.key and m.key.decode().startswith(traffic.prefix + "-")]
     assert not letters, "a record was dead-lettered while the master was dead"
 
-    # The killed node comes back with its data and rejoins as a replica of its old replica: the cluster is whole
-    # for the checks (and for whatever runs next on this stack).
-    cluster_stack.start_component(victim_name)
-    assert node(endpoints.host, victim_port).execute_command("ROLE")[0] == b"slave"
-
     figures = check_nothing_lost(cluster_stack, traffic)
     check_rounds_predicted_and_board(cluster_stack, traffic, rounds)
     print(f"master of slot {slot} ({shard_posts} posts) killed mid-stream: replica promoted "
           f"{promoted_s:.1f}s after the kill; "
           f"failing meanwhile: {unready}; killed {victim_name}; {figures}")
+
+
+# --- replicas confirm a batch's writes (redis.replica_acks 1, the stack's default with replicas) ----------------
+
+def paused_shards_target(stack, keys: RedisKeys, post_ids) -> tuple[str, redis.Redis, redis.Redis, set[int]]:
+    """(id, client) of the master of the busiest shard, a client of its replica, and every shard that master
+    holds: the ones whose batches wait while that replica does not answer."""
+    _, _, slot = busiest_shard(keys, post_ids)
+    nodes = masters(stack.state.endpoints_obj())
+    master_id = owner(nodes, slot)
+    master = nodes[master_id]
+    port = master.connection_pool.connection_kwargs["port"]
+    cluster = redis_of(stack)
+    held = {shard for shard in keys.all_shards if cluster.get_node_from_key(keys.tag(shard)).port == port}
+    return master_id, master, replica_of(master, master_id), held
+
+
+def replica_read(replica: redis.Redis, key: str) -> bytes | None:
+    """GET on a replica (READONLY first, on the same connection: a cluster replica redirects reads otherwise)."""
+    with replica.pipeline(transaction=False) as pipe:
+        pipe.execute_command("READONLY")
+        pipe.get(key)
+        return pipe.execute()[1]
+
+
+def committed(settings, bootstrap: str) -> dict[int, int]:
+    topics = settings.kafka.topics
+    return asyncio.run(committed_offsets(bootstrap, settings.worker.app_id, topics.snapshots, topics.partitions))
+
+
+def test_a_batch_is_neither_published_nor_acknowledged_until_a_replica_has_its_writes(cluster_stack):
+    """The replica of a shard's master paused (SIGSTOP): the master takes the batch's writes but cannot have them
+    confirmed, so no prediction of its shards' posts is published, their partitions' offsets stay where they were,
+    and /readyz says why. Resumed: every snapshot stored once, predicted and on the board, none dead-lettered."""
+    settings, endpoints, traffic, rounds = first_round_stored(cluster_stack, "replicawait")
+    bootstrap = endpoints.broker_bootstrap
+    keys = RedisKeys.of(settings)
+    _, master, replica, held = paused_shards_target(cluster_stack, keys, traffic.post_ids)
+    replica_name = process_of(cluster_stack, replica.connection_pool.connection_kwargs["port"])
+    waiting = {(post_id, at) for post_id, at, _ in rounds[1] if keys.shard(post_id) in held}
+    assert waiting, "the round has no snapshot of the master's shards"
+    offsets_before = committed(settings, bootstrap)
+    failed_before = metric(cluster_stack, "popscore_redis_replica_wait_failures_total")
+    transient_before = transient_failures(cluster_stack)
+
+    cluster_stack.pause_component(replica_name)
+    try:
+        send_snapshots(cluster_stack, rounds[1])
+        # The positive event: a batch was written and then failed for want of the replica's confirmation, as a
+        # transient failure, and readiness names the reason.
+        wait_until(lambda: metric(cluster_stack, "popscore_redis_replica_wait_failures_total") > failed_before
+                   and transient_failures(cluster_stack) > transient_before
+                   and REPLICATION_CHECK in readiness(cluster_stack)[1].get("failing", {}), 30,
+                   "a batch failing on the replica's confirmation, and readiness saying so")
+        stored = [at for post_id, at in waiting
+                  if at in decode_sequence(master.get(keys.sequence(post_id)) or b"")[:, 0]]
+        predicted = received(read_all(settings, bootstrap, settings.kafka.topics.predictions), traffic.prefix)
+        offsets_paused = committed(settings, bootstrap)
+        status, body = readiness(cluster_stack)
+    finally:
+        cluster_stack.resume_component(replica_name)
+    assert stored, "the master does not hold the waiting batch's writes"
+    published = sorted((post_id, at) for post_id, at in waiting if at in predicted.get(post_id, {}))
+    assert not published, f"predictions published before a replica confirmed their writes: {published}"
+    assert {p: offsets_paused[p] for p in held} == {p: offsets_before[p] for p in held}, \
+        "an offset of the master's shards was committed before a replica confirmed the writes"
+    assert status == 503 and "replica" in body["failing"][REPLICATION_CHECK]["detail"], body
+
+    wait_processed(settings, bootstrap)
+    for part in rounds[2:]:
+        send_snapshots(cluster_stack, part)
+        wait_processed(settings, bootstrap)
+    letters = [m for m in read_all(settings, bootstrap, settings.kafka.topics.deadletter)
+               if m.key and m.key.decode().startswith(traffic.prefix + "-")]
+    assert not letters
+    figures = check_nothing_lost(cluster_stack, traffic)
+    check_rounds_predicted_and_board(cluster_stack, traffic, rounds)
+    wait_until(lambda: readiness(cluster_stack)[0] == 200, 30, "readiness back once the replica confirms")
+    print(f"replica of shards {sorted(held)} paused: {len(waiting)} snapshots held back, {len(stored)} of them "
+          f"on the master meanwhile; {figures}")
+
+
+def test_a_master_lost_before_its_replica_had_the_writes_loses_no_snapshot(cluster_stack):
+    """The window replica_acks closes. The replica of a shard's master is cut off (paused, its link closed), a
+    round is sent and written to the master alone, then the master dies (SIGKILL) and the replica, resumed, takes
+    over (CLUSTER FAILOVER TAKEOVER) without those writes. The batch was never acknowledged, so it is retried
+    against the new master and every snapshot ends up stored and predicted. (With replica_acks 0 the batch is
+    acknowledged as soon as the master has it, and the promoted replica never gets those snapshots:
+    check_nothing_lost fails.)"""
+    settings, endpoints, traffic, rounds = first_round_stored(cluster_stack, "replicaloss")
+    bootstrap = endpoints.broker_bootstrap
+    keys = RedisKeys.of(settings)
+    master_id, master, replica, held = paused_shards_target(cluster_stack, keys, traffic.post_ids)
+    master_name = process_of(cluster_stack, master.connection_pool.connection_kwargs["port"])
+    replica_name = process_of(cluster_stack, replica.connection_pool.connection_kwargs["port"])
+    waiting = {(post_id, at) for post_id, at, _ in rounds[1] if keys.shard(post_id) in held}
+    failed_before = metric(cluster_stack, "popscore_redis_replica_wait_failures_total")
+
+    def on_master() -> list[tuple[str, int]]:
+        return [(post_id, at) for post_id, at in waiting
+                if at in decode_sequence(master.get(keys.sequence(post_id)) or b"")[:, 0]]
+
+    def written_and_decided() -> bool:
+        """Some of the round is on the master, and the worker went past its writes: a confirmation refused the
+        batch, or (replica_acks 0) the written snapshots' predictions are published."""
+        stored = on_master()
+        if not stored:
+            return False
+        if metric(cluster_stack, "popscore_redis_replica_wait_failures_total") > failed_before:
+            return True
+        predicted = received(read_all(settings, bootstrap, settings.kafka.topics.predictions), traffic.prefix)
+        return all(at in predicted.get(post_id, {}) for post_id, at in stored)
+
+    # The replica cut off: paused, and its link closed by the master (a paused process would still find in its
+    # socket buffer what the master sent it, and apply it on resuming).
+    cluster_stack.pause_component(replica_name)
+    try:
+        master.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        send_snapshots(cluster_stack, rounds[1])
+        wait_until(written_and_decided, 30, "the round's snapshots written to the master, and refused or published")
+        written = on_master()
+        cluster_stack.kill_component(master_name)
+    finally:
+        cluster_stack.resume_component(replica_name)
+    missing = [(post_id, at) for post_id, at in written
+               if at not in decode_sequence(replica_read(replica, keys.sequence(post_id)) or b"")[:, 0]]
+    assert missing, "the paused replica got the writes: the failover would not test the window"
+    replica.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+    wait_until(lambda: replica.execute_command("ROLE")[0] == b"master", 30, "the replica to take over")
+    cluster_stack.start_component(master_name)  # rejoins as its replica: the new master's batches need one
+    wait_processed(settings, bootstrap)
+    for part in rounds[2:]:
+        send_snapshots(cluster_stack, part)
+        wait_processed(settings, bootstrap)
+
+    letters = [m for m in read_all(settings, bootstrap, settings.kafka.topics.deadletter)
+               if m.key and m.key.decode().startswith(traffic.prefix + "-")]
+    assert not letters
+    figures = check_nothing_lost(cluster_stack, traffic)
+    check_rounds_predicted_and_board(cluster_stack, traffic, rounds)
+    print(f"master {master_id[:8]} of shards {sorted(held)} killed with {len(missing)} snapshots its replica never "
+          f"got; after the takeover: {figures}")
 
 
 def test_a_dead_master_makes_an_idle_worker_unready_until_its_replica_takes_over(cluster_stack):

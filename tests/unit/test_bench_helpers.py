@@ -109,3 +109,19 @@ def test_a_preloaded_history_is_stored_as_the_merge_script_stores_records():
     sequence = decode_sequence(blob)
     assert sequence[:, 0].tolist() == [1_700_000_000 - 1800 * k for k in (3, 2, 1, 0)]
     assert last_likes == 9 and sequence[-1, 2] == 9  # likes, then comments
+
+
+def test_the_cluster_table_has_a_column_per_phase_in_run_order():
+    from popscore.tools.bench import CLUSTER_PHASES, render_cluster_table
+
+    phases = [[f"{phase}_redis_sustained", title] for phase, title, *_ in CLUSTER_PHASES[True]]
+    results = {"phases": phases}
+    for n, (prefix, _) in enumerate(phases):
+        results.update({f"{prefix}_kept_up": True, f"{prefix}_produced_per_s": 1000 + n,
+                        f"{prefix}_cpu_us_per_component": {"worker": 40 + n}, f"{prefix}_workers": 2,
+                        f"{prefix}_target_per_s": 5000})
+    table = render_cluster_table(results, "popscore bench --cluster --replica-acks --quick")
+    header = next(line for line in table.splitlines() if line.startswith("| sustained phase"))
+    assert header.index("replica_acks 0") < header.index("replica_acks 1")
+    assert "| produced at (snapshots/s) | 1,000 | 1,001 |" in table
+    assert "| CPU per snapshot (us) | worker 40 | worker 41 |" in table

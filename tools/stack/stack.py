@@ -94,7 +94,8 @@ def free_port_besides(host: str, taken) -> int:
 
 
 def worker_settings_env(settings: Settings, endpoints: c.Endpoints, run_dir: Path) -> dict[str, str]:
-    """The worker gets the stack's Settings whole, pointed at the embedded services."""
+    """The worker gets the stack's Settings whole, pointed at the embedded services (and, with a Redis Cluster with
+    replicas, ``redis.replica_acks`` 1 unless it was given)."""
     env = dict(os.environ)
     env.update({name: value for name, value, _ in settings_reference(settings)})
     env.update({
@@ -110,6 +111,10 @@ def worker_settings_env(settings: Settings, endpoints: c.Endpoints, run_dir: Pat
         "POPSCORE_SERVING__PYTHON_BACKEND_MIRROR": str(run_dir / "triton_repository"),
         "PYTHONUNBUFFERED": "1",
     })
+    if endpoints.redis_cluster_nodes and settings.stack.redis_cluster_replicas \
+            and "replica_acks" not in settings.redis.model_fields_set:
+        # The replicas are there for failover: a batch is acknowledged only once one of them has its writes.
+        env["POPSCORE_REDIS__REPLICA_ACKS"] = "1"
     return env
 
 
