@@ -120,8 +120,9 @@ async def _produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, by
 
 async def _count_until(bootstrap: str, topic: str, marker: bytes, expected: int, timeout_s: float,
                        on_message: Callable | None = None, fetch_max_wait_ms: int = 20) -> tuple[int, float, int]:
-    """Consume ``topic`` from its end until ``expected`` records containing ``marker`` arrived;
-    returns (records with the marker, monotonic time of the last one, records seen)."""
+    """Consume ``topic`` from its end until records containing ``marker`` arrived under ``expected`` distinct keys
+    (a batch retried after a transient failure publishes some predictions twice: at-least-once); returns (keys
+    with the marker, monotonic time of the first record of the last of them, records seen)."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None,
@@ -129,24 +130,25 @@ async def _count_until(bootstrap: str, topic: str, marker: bytes, expected: int,
                                 fetch_max_wait_ms=fetch_max_wait_ms)  # Tansu holds a fetch for the whole wait
     await consumer.start()
     await consumer.seek_to_end()
-    seen, hits, last = 0, 0, time.monotonic()
+    seen, last = 0, time.monotonic()
+    marked: set[bytes | None] = set()
     deadline = time.monotonic() + timeout_s
     ready = asyncio.get_running_loop().create_future()
     ready.set_result(None)
     try:
-        while hits < expected and time.monotonic() < deadline:
+        while len(marked) < expected and time.monotonic() < deadline:
             for messages in (await consumer.getmany(timeout_ms=200, max_records=20_000)).values():
                 now = time.monotonic()
                 for message in messages:
                     seen += 1
                     if on_message is not None:
                         on_message(message, now)
-                    if marker in message.value:
-                        hits += 1
+                    if marker in message.value and message.key not in marked:
+                        marked.add(message.key)
                         last = now
     finally:
         await consumer.stop()
-    return hits, last, seen
+    return len(marked), last, seen
 
 
 async def _through(bootstrap: str, settings: Settings, records, marker: bytes, expected: int, timeout_s: float,
