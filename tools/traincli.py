@@ -56,6 +56,9 @@ def add_train_commands(subparsers) -> None:
     p.add_argument("--no-export", action="store_true", help="do not export/promote into the model repository")
     p.add_argument("--ocr", action="store_true", help=f"{MEMES}: also read each picture's caption with Tesseract "
                    "and compare the models that use it (the tesseract command; ~0.2 CPU-s a picture, cached)")
+    p.add_argument("--views", action="store_true", help=f"{MEMES}: also embed each picture whole (letterboxed), in "
+                   "three horizontal bands and at mid-level stages with the same frozen encoder, and compare the models "
+                   "that use them (~5 encoder passes a picture, cached)")
     p.add_argument("--force", action="store_true", help="promote even if the gate says no")
     p.set_defaults(func=cmd_train)
 
@@ -178,14 +181,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def train_memes(args: argparse.Namespace) -> int:
     """The memes recipe. It takes --limit, --seed, --epochs, --threads, --folds, --embargo-h (default 7 days),
-    --report-dir, --model-repo, --no-export, --force, --data-dir, --ocr; its batch size and test windows are its own
+    --report-dir, --model-repo, --no-export, --force, --data-dir, --ocr, --views; its batch size and test windows are its own
     (MemesConfig: the reference split is the last 20 %, six folds share the last 60 %)."""
     from popscore.trainer.memes import MemesConfig, run
 
     cfg = MemesConfig(
         data_dir=args.data_dir, limit=args.limit, seed=args.seed, epochs=args.epochs, threads=args.threads,
         report_dir=args.report_dir, model_repo=None if args.no_export else _model_repo(args),
-        force=args.force, progress=not args.no_progress, ocr=args.ocr,
+        force=args.force, progress=not args.no_progress, ocr=args.ocr, views=args.views,
         **({"embargo_days": args.embargo_h / 24.0} if args.embargo_h is not None else {}),
         **({"folds": args.folds} if args.folds is not None else {}),
     )  # fmt: skip

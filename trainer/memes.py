@@ -11,7 +11,8 @@ times and final upvotes; the target is ``log1p(ups)``. There is one count per po
         and the title and image MTAFs weighted on validation), the pairwise intrinsic-popularity ranker on the
         image; issue 20's picture signals (trainer/picture_cues.py low-level cues, trainer/caption_ocr.py
         caption OCR when tesseract is installed) as ridge probes, inside small trees beside the title's probe,
-        stacked with the title MTAF on validation, and the caption appended to the title for MTAF
+        stacked with the title MTAF on validation, and the caption appended to the title for MTAF; with --views
+        the picture seen whole, in three bands and at mid-level (trainer/picture_views.py) in the same families
         -> metrics on the split's test window -> per model, mean and standard error over the folds, the
         paired difference from title-only and the promotion rule's verdict against it
     -> the reference split's best image+title MTAF (by validation MAE) -> popscore_reddit_image_static
@@ -73,6 +74,8 @@ class MemesConfig:
     image_pca: tuple[int, ...] = (8, 32)  # ridge probes on the image embedding's first principal components
     picture_cues: bool = True  # low-level cues of the decoded picture (trainer/picture_cues.py) and their models
     ocr: bool = False  # caption OCR (trainer/caption_ocr.py, the tesseract command) and its models: a study, opt-in
+    views: bool = False  # whole-picture views, tiles and mid-level features (trainer/picture_views.py): a study, opt-in
+    views_mid_pca: int = 64  # the mid-level statistics' principal components (fit on the training window) the probe reads
     heatmaps: int = 4  # test images explained by occlusion (0: none)
     occlusion_patch: int = 48  # px of the 224 crop
     occlusion_stride: int = 16
@@ -105,6 +108,8 @@ class MemesTable:
     ocr_words: np.ndarray | None = None  # [P] caption words OCR kept (0: none found)
     titles_with_ocr: object | None = None  # TitleEncodings of "<title> | <caption text>" (the title alone when none)
     ocr_seconds: np.ndarray | None = None  # [P] wall seconds of each picture's OCR when it ran (from the cache)
+    views: dict | None = None  # picture_views.view_blocks: whole / tiles / mid / views_mean [P, d]; None: not computed
+    views_check: dict | None = None  # the views' centre crop against the cached embedding (same encoder, same crop)
 
     def __len__(self) -> int:
         return len(self.target)
@@ -139,7 +144,26 @@ def load_table(cfg: MemesConfig) -> MemesTable:
         table.cues = cues_of_files(data.image_paths)
     if use_ocr(cfg):
         add_ocr(table, data.image_paths, cfg.progress)
+    if cfg.views:
+        add_views(table, data.image_paths)
     return table
+
+
+def add_views(table: MemesTable, image_paths: list) -> None:
+    """The frozen encoder on the whole picture (letterboxed), its three horizontal bands and its mid-level
+    stages (trainer/picture_views.py, cached per picture). Their centre-crop view must reproduce the cached
+    embedding, or the views were not computed by the same encoder and preprocessing."""
+    from popscore.trainer.picture_views import VIEWS, view_blocks, view_features_of_files
+
+    log("whole-picture views, bands and mid-level features (EfficientNet-Lite0, cached per picture)")
+    t0 = time.time()
+    feats = view_features_of_files(image_paths)
+    crop = feats[:, VIEWS.index("crop"), :table.images.shape[1]]
+    diff = float(np.abs(crop - table.images).max())
+    if not diff <= 1e-3:
+        raise RuntimeError(f"the views' centre crop differs from the cached image embedding by {diff}")
+    table.views = view_blocks(feats)
+    table.views_check = {"crop_max_abs_diff": diff, "seconds": time.time() - t0}
 
 
 def use_ocr(cfg: MemesConfig) -> bool:
@@ -214,16 +238,18 @@ def splits(cfg: MemesConfig, table: MemesTable) -> list[Split]:
     return out
 
 
-def examples(table: MemesTable, idx: np.ndarray, text: bool | str, visual: bool):
+def examples(table: MemesTable, idx: np.ndarray, text: bool | str, visual: bool | str):
     """The posts ``idx`` as trainer Examples at upload, with the title and/or the image present. ``text``
-    ``"title+ocr"``: the title with the picture's caption text appended, in the title's place."""
+    ``"title+ocr"``: the title with the picture's caption text appended, in the title's place. ``visual`` a
+    name of ``table.views`` with 1280 columns (``whole``, ``views_mean``): that view in the centre crop's place."""
     from popscore.trainer.data import Examples
 
     n = len(idx)
     titles = table.titles_with_ocr if text == "title+ocr" else table.titles
+    images = table.views[visual].astype(np.float32) if isinstance(visual, str) else table.images
     return Examples({"static_features": table.static[idx]}, table.target[idx], np.zeros(n), np.arange(n),
                     np.zeros(n), table.created_at[idx], titles.take(idx) if text else None,
-                    table.images[idx] if visual else None)
+                    images[idx] if visual else None)
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -363,6 +389,12 @@ SIGNAL_TREES = {
     "lightgbm_author_title_cues": (True, ("title",), ("cues",)),
     "lightgbm_author_title_ocr": (True, ("title", "ocr"), ("ocr_words",)),
     "lightgbm_author_title_ocr_image_cues": (True, ("title", "ocr", "image"), ("cues", "ocr_words")),
+    # --views: the picture seen whole, in bands and at mid-level (trainer/picture_views.py), as probe scores
+    "lightgbm_title_image_whole": (False, ("title", "image_whole"), ()),
+    "lightgbm_title_image_tiles": (False, ("title", "image_tiles"), ()),
+    "lightgbm_title_image_mid": (False, ("title", "image_mid"), ()),
+    "lightgbm_title_image_views": (False, ("title", "image_whole", "image_tiles", "image_mid"), ()),
+    "lightgbm_author_title_image_views": (True, ("title", "image_whole", "image_tiles", "image_mid"), ()),
 }
 # name: the predictions weighted by least squares on the validation window (mtaf_*: the MTAF's; probe_*: the
 # ridge probe's, fit on the training posts)
@@ -373,7 +405,12 @@ STACKS = {
     "stack_title_ocr": ("mtaf_title", "probe_ocr"),
     "stack_title_ocr_image": ("mtaf_title", "probe_ocr", "mtaf_image"),
     "stack_title+ocr_image": ("mtaf_title_ocr", "mtaf_image"),
+    "stack_title_image_whole": ("mtaf_title", "mtaf_image_whole"),
+    "stack_title_image_views": ("mtaf_title", "mtaf_image_views"),
+    "stack_title_probe_views": ("mtaf_title", "probe_image_whole", "probe_image_tiles", "probe_image_mid"),
 }
+# --views: MTAF with a whole-picture 1280-d vector in the centre crop's place (name: the table.views block)
+VIEW_MTAF = {"mtaf_image_whole": "whole", "mtaf_image_views": "views_mean"}
 
 
 def picture_signal_probes(cfg: MemesConfig, table: MemesTable, split: Split, preds: dict, probes: dict,
@@ -396,6 +433,27 @@ def picture_signal_probes(cfg: MemesConfig, table: MemesTable, split: Split, pre
         extra[f"ridge_{name}_alpha"] = alpha
         probes[name] = probe_scores(cfg, x[split.fit], y[split.fit], x[split.val], y[split.val], x[split.test], alpha)
     return blocks
+
+
+def view_probes(cfg: MemesConfig, table: MemesTable, split: Split, preds: dict, probes: dict, extra: dict) -> None:
+    """Ridge probes on the picture's views (``ridge_image_{whole,tiles,mid,views}``: the letterboxed whole, the
+    bands' mean and max, the whole picture's mid-level statistics reduced to ``views_mid_pca`` principal
+    components fit on the training window, the mean of the whole and the bands) and their scores for the trees
+    and stacks (``probes["image_<name>"]``)."""
+    from sklearn.decomposition import PCA
+
+    y = table.target
+    train = np.concatenate([split.fit, split.val])
+    for name, key in (("whole", "whole"), ("tiles", "tiles"), ("mid", "mid"), ("views", "views_mean")):
+        x = table.views[key]
+        if name == "mid":
+            k = min(cfg.views_mid_pca, len(train) - 1, x.shape[1])
+            x = PCA(k, random_state=cfg.seed).fit(x[train]).transform(x)
+        model, alpha = ridge_probe(cfg, x[split.fit], y[split.fit], x[split.val], y[split.val])
+        preds[f"ridge_image_{name}"] = model.predict(x[split.test])
+        extra[f"ridge_image_{name}_alpha"] = alpha
+        probes[f"image_{name}"] = probe_scores(cfg, x[split.fit], y[split.fit], x[split.val], y[split.val],
+                                               x[split.test], alpha)
 
 
 def late_fusion(title_model, image_model):
@@ -554,6 +612,8 @@ def run_split(cfg: MemesConfig, table: MemesTable, split: Split, keep_models: bo
         preds[name] = tree.predict(x_test)
         extra[f"{name}_trees"] = int(tree.best_iteration_ or tree.n_estimators)
     cue_blocks = picture_signal_probes(cfg, table, split, preds, probes, extra)
+    if table.views is not None:
+        view_probes(cfg, table, split, preds, probes, extra)
     for name, (with_author, reads, raw) in SIGNAL_TREES.items():
         if not all(r in probes for r in reads) or not all(b in cue_blocks for b in raw):
             continue  # a signal this run does not have (no OCR, no cues)
@@ -575,6 +635,8 @@ def run_split(cfg: MemesConfig, table: MemesTable, split: Split, keep_models: bo
     variants = dict(MTAF_VARIANTS)
     if table.titles_with_ocr is not None:
         variants["mtaf_title_ocr"] = ("title+ocr", False, {})  # the caption text appended to the title
+    if table.views is not None:
+        variants.update({name: (False, view, {}) for name, view in VIEW_MTAF.items()})
     for name, (text, visual, overrides) in variants.items():
         log(f"{split.name}: {name}")
         model, history, vmae, fit_ex, val_ex = train_mtaf_variant(cfg, table, split, text, visual, overrides)
@@ -586,9 +648,10 @@ def run_split(cfg: MemesConfig, table: MemesTable, split: Split, keep_models: bo
     # title and image MTAFs weighted by least squares on the validation window (the late fusion's fixed 1/2, 1/2
     # learnt instead); the validation window also stopped their training, so the weights are a little optimistic
     val_of = {n: predict_mtaf(models[n]["model"], examples(table, split.val, *variants[n][:2]), False)["log_score"]
-              for n in ("mtaf_title", "mtaf_image", "mtaf_title_ocr") if n in models}
+              for n in ("mtaf_title", "mtaf_image", "mtaf_title_ocr", *VIEW_MTAF) if n in models}
     test_of = {n: preds[n] for n in val_of}
-    for signal in ("cues", "ocr"):  # the probes fit on the training posts, as on the test window
+    for signal in ("cues", "ocr", "image_whole", "image_tiles", "image_mid"):  # the probes fit on the training
+        # posts, as on the test window
         if signal in probes:
             val_of[f"probe_{signal}"], test_of[f"probe_{signal}"] = probes[signal][1], probes[signal][2]
     for name, parts in STACKS.items():
@@ -600,6 +663,10 @@ def run_split(cfg: MemesConfig, table: MemesTable, split: Split, keep_models: bo
     preds["mtaf_late_fusion"] = predict_mtaf(fused, examples(table, split.test, True, True), False)["log_score"]
     val_mae["mtaf_late_fusion"] = float(np.mean(np.abs(
         predict_mtaf(fused, models["mtaf_late_fusion"]["val"], False)["log_score"] - y_val)))
+    if "mtaf_image_whole" in models:  # the served late fusion's form with the whole picture in the crop's place
+        fused_whole = late_fusion(models["mtaf_title"]["model"], models["mtaf_image_whole"]["model"])
+        preds["mtaf_late_fusion_whole"] = predict_mtaf(fused_whole, examples(table, split.test, True, "whole"),
+                                                       False)["log_score"]
     if not keep_models:
         models = {}
     # the image+title MTAF averaged with the ridge probe on both embeddings (chosen beforehand, not on the test)
@@ -806,6 +873,8 @@ def run(cfg: MemesConfig) -> dict:
                           if np.any(table.ocr_words > 0) else 0.0,
                           "seconds_per_picture_mean": float(np.mean(table.ocr_seconds)),
                           "seconds_per_picture_median": float(np.median(table.ocr_seconds))}
+    if table.views_check is not None:
+        results["views"] = table.views_check
     served = served_recipe_model(cfg.model_repo) if cfg.model_repo is not None else None
     chosen = min(IMAGE_TITLE_MODELS, key=lambda n: ref.val_mae[n])
     if served is not None:
@@ -862,6 +931,15 @@ COMPARISONS = (
     ("lightgbm_author_title_ocr", "lightgbm_author_title"),
     ("lightgbm_author_title_ocr_image_cues", "lightgbm_author_title"),
     ("stack_title_ocr_image", "stack_title_image"), ("stack_title_image_cues", "stack_title_image"),
+    # --views: each view against the centre crop in the same model family, then image+title against image-only
+    ("ridge_image_whole", "ridge_image"), ("ridge_image_tiles", "ridge_image"), ("ridge_image_mid", "ridge_image"),
+    ("ridge_image_views", "ridge_image"), ("mtaf_image_whole", "mtaf_image"), ("mtaf_image_views", "mtaf_image"),
+    ("lightgbm_title_image_whole", "lightgbm_title_image"), ("lightgbm_title_image_views", "lightgbm_title_image"),
+    ("lightgbm_title_image_views", "lightgbm_title"), ("lightgbm_author_title_image_views", "lightgbm_author_title"),
+    ("stack_title_image_whole", "stack_title_image"), ("mtaf_late_fusion_whole", "mtaf_late_fusion"),
+    ("mtaf_late_fusion_whole", "mtaf_image_whole"), ("stack_title_image_whole", "mtaf_image_whole"),
+    ("stack_title_image_views", "mtaf_image_views"), ("stack_title_probe_views", "mtaf_image_views"),
+    ("lightgbm_title_image_views", "mtaf_image_views"),
 )
 
 
@@ -928,6 +1006,10 @@ def render(results: dict) -> str:
         lines += [f"caption OCR: words found in {o['share_with_words']:.1%} of the pictures (median "
                   f"{o['median_words']:.0f} words where found); {o['seconds_per_picture_mean']:.2f} s per picture "
                   f"(median {o['seconds_per_picture_median']:.2f} s, wall, when the cache was filled)", ""]
+    if "views" in results:
+        v = results["views"]
+        lines += [f"picture views: centre-crop view against the cached embedding, max abs diff "
+                  f"{v['crop_max_abs_diff']:.2e}; {v['seconds']:.0f} s to read or compute them", ""]
     if "promotion" in results:
         lines += [f"promotion (served {results['promotion']['served']}): {json.dumps(results['promotion'])}", ""]
     if "export" in results:

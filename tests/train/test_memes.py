@@ -195,7 +195,7 @@ def recipe(memes_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("memes")
     cfg = memes.MemesConfig(data_dir=memes_root.parent, limit=300, epochs=4, folds=1, heatmaps=1,
                             occlusion_stride=56, threads=1, model_repo=tmp / "repo", report_dir=tmp / "reports",
-                            heatmap_dir=tmp / "maps", ocr=tesseract_available())
+                            heatmap_dir=tmp / "maps", ocr=tesseract_available(), views=True)
     return cfg, memes.run(cfg)
 
 
@@ -212,6 +212,11 @@ def test_recipe_reports_every_model_on_the_same_pairs(recipe):
     ocr_models = {"ridge_ocr", "mtaf_title_ocr", "lightgbm_title_ocr", "stack_title_ocr", "stack_title+ocr_image"}
     assert cue_models <= models
     assert (ocr_models <= models) if tesseract_available() else not (ocr_models & models)  # skipped without it
+    view_models = {"ridge_image_whole", "ridge_image_tiles", "ridge_image_mid", "ridge_image_views",
+                   "mtaf_image_whole", "mtaf_image_views", "mtaf_late_fusion_whole", "stack_title_image_whole",
+                   "stack_title_image_views", "stack_title_probe_views", "lightgbm_title_image_views"}
+    assert view_models <= models
+    assert results["views"]["crop_max_abs_diff"] <= 1e-3  # the views' centre crop is the cached embedding
     assert results["rule_vs_title"] == {}  # one fold: no standard error, so no verdict against title-only
     n_pairs = {m["n_pairs_2x"] for m in ref["metrics"].values()}
     assert len(n_pairs) == 1 and n_pairs.pop() > 100
