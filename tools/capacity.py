@@ -46,9 +46,9 @@ class BenchFigures:
 
 DEFAULT_FIGURES = BenchFigures(
     source="docs/benchmarks.md, 2026-12-02 (`popscore bench`, full run): the sustained phase with 2 workers; sizes "
-           "from the 2026-12-03 --quick run",
+           "from the 2026-12-03 runs (a prediction record as zstd stores it in batches of 256)",
     phase="sustained_scaled_out", worker_us=44.9, redis_us=18.0, broker_us=6.6, triton_us=16.0,
-    predictions_per_snapshot=1.0, snapshot_bytes=125.0, prediction_bytes=601.2)
+    predictions_per_snapshot=1.0, snapshot_bytes=125.0, prediction_bytes=94.2)
 """The latest full bench's figures (docs/benchmarks.md): the sustained phase, where every snapshot gets its own
 prediction at a paced rate, the operating point of a deployment that keeps up. That run timed no calibration."""
 
