@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 
@@ -28,8 +27,8 @@ from popscore.stream.redis_schema import RedisKeys
 from popscore.tools.stack.process import group_alive, stop_group
 from tests.integration import test_media, test_media_s3
 from tests.integration.kafka_io import consume_until, produce
-from tests.integration.test_media_s3 import BUCKET, PREFIX, s3_server  # noqa: F401 (a fixture)
-from tests.integration.test_platform_routing import counts
+from tests.integration.test_media_s3 import BUCKET, PREFIX, poll, s3_server  # noqa: F401 (a fixture)
+from tests.integration.test_platform_routing import counts, scrape_url
 
 pytestmark = pytest.mark.integration
 
@@ -52,15 +51,7 @@ def configure_private_stack(settings) -> None:
 
 
 def scrape_port(port: int) -> dict[str, list[tuple[dict, float]]]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = defaultdict(list)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name].append((sample.labels, sample.value))
-    return samples
+    return scrape_url(f"http://127.0.0.1:{port}/metrics")
 
 
 def metrics_ports(stack) -> dict[str, int]:
@@ -82,16 +73,6 @@ def held_partitions(port: int, topic: str) -> set[int]:
     """The partitions of ``topic`` a worker has held (its lag gauge has a series for each it was assigned)."""
     return {int(labels["partition"]) for labels, _ in scrape_port(port)["popscore_consumer_lag_records"]
             if labels["topic"] == topic}
-
-
-def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        time.sleep(0.25)
 
 
 def predictions(endpoints, topic: str, post_ids: set[str], done, timeout_s: float = 120) -> list[dict]:
@@ -161,7 +142,7 @@ def test_a_worker_killed_holding_a_retry_leaves_it_to_the_next_after_the_lease(p
         asyncio.run(produce(endpoints.broker_bootstrap, topics.snapshots, snapshots))  # they wait for the post
         sent_at = time.time()
         asyncio.run(produce(endpoints.broker_bootstrap, topics.posts, posts))
-        wait_for(lambda: not group_alive(pid), 60, "the worker to die holding the retry")
+        poll(lambda: not group_alive(pid), 60, "the worker to die holding the retry")
     finally:
         settings.worker.failpoints = ""
         if group_alive(int(private_stack.state.processes["worker"]["pid"])):
@@ -181,7 +162,7 @@ def test_a_worker_killed_holding_a_retry_leaves_it_to_the_next_after_the_lease(p
     assert [r["explanation"]["media_retry"] for r in again] == [1, 1], again
     produced = min(datetime.fromisoformat(r["produced_at"].replace("Z", "+00:00")).timestamp() for r in again)
     assert produced >= lease_end - 1, (produced, lease_end)  # not before the lease ended (1 s: clock rounding)
-    wait_for(lambda: redis.zscore(keys.media_retry(shard), post_id) is None, 30, "the retry done")
+    poll(lambda: redis.zscore(keys.media_retry(shard), post_id) is None, 30, "the retry done")
     assert redis.hget(keys.media_retry_posts(shard), post_id) is None
     # The new worker's counters: one retry, recovered; nothing scheduled by it (the first worker did).
     assert retry_outcomes(endpoints.worker_metrics_port) == Counter({"recovered": 1})
@@ -211,7 +192,7 @@ def test_a_stopped_workers_pending_retries_are_performed_by_the_worker_taking_it
         settings.stack.workers = 1
     ports = metrics_ports(private_stack)
     assert set(ports) == {"worker", "worker-2"}
-    held = wait_for(lambda: (lambda h: h if set().union(*h.values()) == set(keys.all_shards) else None)(
+    held = poll(lambda: (lambda h: h if set().union(*h.values()) == set(keys.all_shards) else None)(
         {name: held_partitions(port, topics.posts) for name, port in ports.items()}), 30,
         "both workers' partitions in their lag gauges")
     assert held["worker"] and held["worker-2"] and not held["worker"] & held["worker-2"], held
@@ -222,7 +203,7 @@ def test_a_stopped_workers_pending_retries_are_performed_by_the_worker_taking_it
     predictions(endpoints, topics.predictions, set(post_ids), lambda rs: Counter(r["model"] for r in rs) == Counter(
         {"static": len(post_ids), "temporal": len(post_ids)}))
     # Each worker retries the posts of its own shards (the store still down: unavailable again).
-    wait_for(lambda: all(retry_outcomes(port)["unavailable"] >= len(held[name]) * 2 for name, port in ports.items()),
+    poll(lambda: all(retry_outcomes(port)["unavailable"] >= len(held[name]) * 2 for name, port in ports.items()),
              60, "both workers retrying their shards' posts")
     assert {name: retry_outcomes(port)["scheduled"] for name, port in ports.items()} == {
         name: 2 * len(held[name]) for name in ports}, "each scheduled its own partitions' posts"
@@ -230,7 +211,7 @@ def test_a_stopped_workers_pending_retries_are_performed_by_the_worker_taking_it
     # worker-2 leaves the group (SIGTERM) with its shards' retries pending; the other takes its partitions.
     stop_group(int(private_stack.state.processes["worker-2"]["pid"]), settings.stack.stop_timeout_s)
     assert pending(redis, keys) == len(post_ids)
-    wait_for(lambda: held_partitions(ports["worker"], topics.posts) == set(keys.all_shards), 60,
+    poll(lambda: held_partitions(ports["worker"], topics.posts) == set(keys.all_shards), 60,
              "the remaining worker holding every partition")
     before = retry_outcomes(ports["worker"])
 
@@ -239,7 +220,7 @@ def test_a_stopped_workers_pending_retries_are_performed_by_the_worker_taking_it
         r["model"] for r in retried(rs)) == Counter({"static": len(post_ids), "temporal": len(post_ids)}),
         timeout_s=180)
     check_recovered_once(records, set(post_ids), latest)
-    wait_for(lambda: pending(redis, keys) == 0, 30, "nothing left to retry")
+    poll(lambda: pending(redis, keys) == 0, 30, "nothing left to retry")
     after = retry_outcomes(ports["worker"])
     # Every post recovered by the remaining worker, those of worker-2's shards included, once each.
     assert after["recovered"] - before["recovered"] == len(post_ids), (before, after)

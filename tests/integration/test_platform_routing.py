@@ -39,9 +39,14 @@ AGES = ["fresh", "at_creation", "weeks_old", "before_creation"]
 
 def scrape(stack) -> dict[str, list[tuple[dict, float]]]:
     """metric sample name -> [(labels, value)] from the worker's /metrics."""
+    return scrape_url(stack.state.endpoints_obj().as_dict()["worker_metrics"])
+
+
+def scrape_url(url: str) -> dict[str, list[tuple[dict, float]]]:
+    """metric sample name -> [(labels, value)] from a /metrics page."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(stack.state.endpoints_obj().as_dict()["worker_metrics"], timeout=5) as response:
+    with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
     samples = defaultdict(list)
     for family in text_string_to_metric_families(text):

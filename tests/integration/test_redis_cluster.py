@@ -85,6 +85,28 @@ def check_rounds_predicted_and_board(stack, traffic, rounds) -> None:
     assert values == sorted(values, reverse=True)
 
 
+def send_later_rounds(stack, rounds) -> None:
+    """The rounds after the first two, each sent once the worker has committed everything before it (so none
+    is folded into the next)."""
+    settings, bootstrap = stack.settings, stack.state.endpoints_obj().broker_bootstrap
+    wait_processed(settings, bootstrap)
+    for part in rounds[2:]:
+        send_snapshots(stack, part)
+        wait_processed(settings, bootstrap)
+
+
+def check_fault_outputs(stack, traffic, rounds, during: str = "during the fault") -> dict:
+    """No record of the traffic dead-lettered, every snapshot stored once and predicted, each round's latest
+    observation predicted and the board complete; the figures of ``check_nothing_lost``."""
+    settings, bootstrap = stack.settings, stack.state.endpoints_obj().broker_bootstrap
+    letters = [m for m in read_all(settings, bootstrap, settings.kafka.topics.deadletter)
+               if m.key and m.key.decode().startswith(traffic.prefix + "-")]
+    assert not letters, f"a record was dead-lettered {during}"
+    figures = check_nothing_lost(stack, traffic)
+    check_rounds_predicted_and_board(stack, traffic, rounds)
+    return figures
+
+
 def test_the_stack_starts_a_cluster_whose_every_slot_is_served(cluster_stack):
     endpoints = cluster_stack.state.endpoints_obj()
     assert endpoints.redis_mode == "cluster" and len(endpoints.redis_cluster_nodes) == 6
@@ -190,7 +212,6 @@ def busiest_shard(keys: RedisKeys, post_ids) -> tuple[int, int, int]:
 
 def test_a_slot_migrated_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
     settings, endpoints, traffic, rounds = first_round_stored(cluster_stack, "clustermove")
-    bootstrap = endpoints.broker_bootstrap
     keys = RedisKeys.of(settings)
 
     # The slot of the shard with the most posts, from its master to another one.
@@ -220,19 +241,11 @@ def test_a_slot_migrated_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
     migrate_keys(source, target, slot)
     for client in nodes.values():  # the slot is the target's, on every master
         client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-    wait_processed(settings, bootstrap)
-    for part in rounds[2:]:
-        send_snapshots(cluster_stack, part)
-        wait_processed(settings, bootstrap)
+    send_later_rounds(cluster_stack, rounds)
 
     assert source.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
-    letters = [m for m in read_all(settings, bootstrap, settings.kafka.topics.deadletter)
-               if m.key and m.key.decode().startswith(traffic.prefix + "-")]
-    assert not letters, "a record was dead-lettered while the slot moved"
     assert target.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) >= in_slot
-    figures = check_nothing_lost(cluster_stack, traffic)
-
-    check_rounds_predicted_and_board(cluster_stack, traffic, rounds)
+    figures = check_fault_outputs(cluster_stack, traffic, rounds, "while the slot moved")
     client = redis_of(cluster_stack)
     assert {keys.shard(p) for p in traffic.post_ids} == set(keys.all_shards)  # the posts span every shard
     print(f"slot {slot} (shard {shard}, {shard_posts} posts, {in_slot} keys) moved mid-stream; "
@@ -242,7 +255,6 @@ def test_a_slot_migrated_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
 
 def test_a_master_failed_over_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
     settings, endpoints, traffic, rounds = first_round_stored(cluster_stack, "clusterfailover")
-    bootstrap = endpoints.broker_bootstrap
     keys = RedisKeys.of(settings)
 
     _, _, slot = busiest_shard(keys, traffic.post_ids)
@@ -257,20 +269,13 @@ def test_a_master_failed_over_in_the_middle_of_a_stream_loses_nothing(cluster_st
     while replica.execute_command("ROLE")[0] != b"master":
         assert time.monotonic() < deadline, "the replica did not take over"
         time.sleep(0.1)
-    for part in rounds[2:]:
-        wait_processed(settings, bootstrap)
-        send_snapshots(cluster_stack, part)
-    wait_processed(settings, bootstrap)
+    send_later_rounds(cluster_stack, rounds)
 
     assert old_master.execute_command("ROLE")[0] == b"slave"
     assert replica.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0
     # the worker went on writing the slot, to the old master first (answered MOVED), then to the new one
     assert redirections({master_id: old_master}, ("MOVED",)) > moved_before
-    letters = [m for m in read_all(settings, bootstrap, settings.kafka.topics.deadletter)
-               if m.key and m.key.decode().startswith(traffic.prefix + "-")]
-    assert not letters
-    figures = check_nothing_lost(cluster_stack, traffic)
-    check_rounds_predicted_and_board(cluster_stack, traffic, rounds)
+    figures = check_fault_outputs(cluster_stack, traffic, rounds, "while the master failed over")
     print(f"slot {slot}'s master failed over to its replica mid-stream; {figures}")
 
 
@@ -301,7 +306,6 @@ def test_a_master_killed_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
     from popscore.tools.stack.process import group_alive
 
     settings, endpoints, traffic, rounds = first_round_stored(cluster_stack, "clustercrash")
-    bootstrap = endpoints.broker_bootstrap
     keys = RedisKeys.of(settings)
     worker_pgid = int(cluster_stack.state.processes["worker"]["pid"])
 
@@ -343,21 +347,13 @@ def test_a_master_killed_in_the_middle_of_a_stream_loses_nothing(cluster_stack):
     assert node(endpoints.host, victim_port).execute_command("ROLE")[0] == b"slave"
     # ... and the worker is ready again, its retried batch through.
     wait_until(lambda: readiness(cluster_stack)[0] == 200, 60, "readiness back after the failover")
-    wait_processed(settings, bootstrap)
-    for part in rounds[2:]:
-        send_snapshots(cluster_stack, part)
-        wait_processed(settings, bootstrap)
+    send_later_rounds(cluster_stack, rounds)
 
     assert group_alive(worker_pgid), "the worker exited during the outage"
     assert int(cluster_stack.state.processes["worker"]["pid"]) == worker_pgid
     assert transient_failures(cluster_stack) > failed_before, "no batch of the worker hit the dead master"
     assert replica.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0
-    letters = [m for m in read_all(settings, bootstrap, settings.kafka.topics.deadletter)
-               if m.key and m.key.decode().startswith(traffic.prefix + "-")]
-    assert not letters, "a record was dead-lettered while the master was dead"
-
-    figures = check_nothing_lost(cluster_stack, traffic)
-    check_rounds_predicted_and_board(cluster_stack, traffic, rounds)
+    figures = check_fault_outputs(cluster_stack, traffic, rounds, "while the master was dead")
     print(f"master of slot {slot} ({shard_posts} posts) killed mid-stream: replica promoted "
           f"{promoted_s:.1f}s after the kill; "
           f"failing meanwhile: {unready}; killed {victim_name}; {figures}")
@@ -429,15 +425,8 @@ def test_a_batch_is_neither_published_nor_acknowledged_until_a_replica_has_its_w
         "an offset of the master's shards was committed before a replica confirmed the writes"
     assert status == 503 and "replica" in body["failing"][REPLICATION_CHECK]["detail"], body
 
-    wait_processed(settings, bootstrap)
-    for part in rounds[2:]:
-        send_snapshots(cluster_stack, part)
-        wait_processed(settings, bootstrap)
-    letters = [m for m in read_all(settings, bootstrap, settings.kafka.topics.deadletter)
-               if m.key and m.key.decode().startswith(traffic.prefix + "-")]
-    assert not letters
-    figures = check_nothing_lost(cluster_stack, traffic)
-    check_rounds_predicted_and_board(cluster_stack, traffic, rounds)
+    send_later_rounds(cluster_stack, rounds)
+    figures = check_fault_outputs(cluster_stack, traffic, rounds, "while the replica was paused")
     wait_until(lambda: readiness(cluster_stack)[0] == 200, 30, "readiness back once the replica confirms")
     print(f"replica of shards {sorted(held)} paused: {len(waiting)} snapshots held back, {len(stored)} of them "
           f"on the master meanwhile; {figures}")
@@ -491,16 +480,8 @@ def test_a_master_lost_before_its_replica_had_the_writes_loses_no_snapshot(clust
     replica.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
     wait_until(lambda: replica.execute_command("ROLE")[0] == b"master", 30, "the replica to take over")
     cluster_stack.start_component(master_name)  # rejoins as its replica: the new master's batches need one
-    wait_processed(settings, bootstrap)
-    for part in rounds[2:]:
-        send_snapshots(cluster_stack, part)
-        wait_processed(settings, bootstrap)
-
-    letters = [m for m in read_all(settings, bootstrap, settings.kafka.topics.deadletter)
-               if m.key and m.key.decode().startswith(traffic.prefix + "-")]
-    assert not letters
-    figures = check_nothing_lost(cluster_stack, traffic)
-    check_rounds_predicted_and_board(cluster_stack, traffic, rounds)
+    send_later_rounds(cluster_stack, rounds)
+    figures = check_fault_outputs(cluster_stack, traffic, rounds, "while the master was lost")
     print(f"master {master_id[:8]} of shards {sorted(held)} killed with {len(missing)} snapshots its replica never "
           f"got; after the takeover: {figures}")
 
